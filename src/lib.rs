@@ -1,0 +1,2 @@
+//! qubs-bridge: integration bridge between the QUBS radiology API and hospital interface engines.
+//! (The component walkthrough is written as the components land.)
