@@ -1,2 +1,43 @@
-//! qubs-bridge: integration bridge between the QUBS radiology API and hospital interface engines.
-//! (The component walkthrough is written as the components land.)
+//! # qubs-bridge
+//!
+//! An integration bridge between **QUBS**, a radiology practice-management system with a
+//! partner REST API, and the hospital systems around it: interface engines calling gRPC,
+//! HL7 v2 feed consumers on MLLP, and integration analysts who own the mappings.
+//!
+//! ## A walk through the components
+//!
+//! Data flows from QUBS to the hospital and results flow back:
+//!
+//! 1. [`config`] reads the settings: built-in defaults, a TOML file, then
+//!    `QUBS_BRIDGE__SECTION__KEY` environment variables; everything is validated before the
+//!    service starts, and each problem names its key.
+//! 2. [`qubs`] is the QUBS client. It gets OAuth2 tokens (cached, refreshed early, one
+//!    request at a time), sends an `X-Correlation-Id` with every call, turns RFC 7807
+//!    problems into typed errors, retries what is safe to retry with back-off, and reads
+//!    QUBS's loosely specified JSON tolerantly: an [`qubs::Appointment`] is the object QUBS
+//!    sent, so mapping files can reach any field.
+//! 3. [`domain`] holds the types the rest of the bridge speaks in, such as
+//!    [`domain::ReportSubmission`].
+//! 4. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
+//!    in-flight work finishes before the process exits.
+//! 5. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
+//!    never patient data, report text or secrets.
+//! 6. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
+//!    rules, idempotency, fault injection, request log, demo data). Only the CLI
+//!    (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
+//!    exactly as it reaches QUBS.
+//! 7. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
+//!
+//! Imports run from the edges (CLI, service, admin) to the ports (QUBS client) and the core
+//! (domain types), never the other way round.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod qubs;
+pub mod service;
+pub mod shutdown;
+pub mod simulator;
+pub mod telemetry;

@@ -1,0 +1,102 @@
+//! The admin HTTP endpoint: `/healthz` (the process is alive) and `/readyz` (QUBS answers
+//! for every configured domain). Bound to loopback by default; see README "Security".
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// What the last QUBS check of one domain found.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainHealth {
+    pub ready: bool,
+    /// When the check finished (UTC).
+    pub checked_at: String,
+    /// Appointments pending reporting at that time.
+    pub pending: Option<usize>,
+    /// Sites whose time zone was read.
+    pub sites: Option<usize>,
+    /// Why the domain is not ready (no PHI: QUBS problem types, statuses, ids).
+    pub error: Option<String>,
+}
+
+/// Readiness shared between the checks that update it and the endpoint that shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    domains: Arc<RwLock<BTreeMap<String, DomainHealth>>>,
+}
+
+impl Readiness {
+    pub fn set(&self, domain: &str, health: DomainHealth) {
+        self.domains
+            .write()
+            .expect("readiness")
+            .insert(domain.to_string(), health);
+    }
+
+    /// Ready when every domain has been checked and answered.
+    pub fn is_ready(&self, expected: &[String]) -> bool {
+        let domains = self.domains.read().expect("readiness");
+        expected
+            .iter()
+            .all(|d| domains.get(d).is_some_and(|h| h.ready))
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, DomainHealth> {
+        self.domains.read().expect("readiness").clone()
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    readiness: Readiness,
+    domains: Arc<Vec<String>>,
+}
+
+/// Binds the admin endpoint; serves until `shutdown` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    readiness: Readiness,
+    domains: Vec<String>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState {
+            readiness,
+            domains: Arc::new(domains),
+        });
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let ready = s.readiness.is_ready(&s.domains);
+    let body = serde_json::json!({
+        "ready": ready,
+        "domains": s.readiness.snapshot(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,76 @@
+//! The `qubs-bridge` command line: one file per subcommand.
+
+mod config_check;
+mod serve;
+mod simulator;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigError;
+
+#[derive(Parser)]
+#[command(
+    name = "qubs-bridge",
+    version,
+    about = "Bridge between the QUBS radiology API and hospital interface engines (gRPC, HL7 v2 over MLLP, FHIR R4)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(serve::ServeArgs),
+    /// Run the embedded QUBS simulator alone, with its demo data.
+    Simulator(simulator::SimulatorArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (with the current environment overrides).
+    Check {
+        /// The TOML file; only defaults and the environment when omitted.
+        file: Option<PathBuf>,
+    },
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Simulator(args) => simulator::run(args).await,
+            Command::Config(ConfigCommand::Check { file }) => config_check::run(file),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `qubs-bridge serve [--config FILE] [--demo]`: run the service.
+//!
+//! `--demo` starts the embedded QUBS simulator with its demo data on a free loopback port
+//! and points the service at it, so the bridge runs with nothing else installed.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::config::Settings;
+use crate::simulator::{DEMO_CLIENT_ID, DEMO_DOMAIN, Simulator};
+use crate::{qubs, service, shutdown, telemetry};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); environment variables QUBS_BRIDGE__* override it.
+    #[arg(long, short, env = "QUBS_BRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Run against the embedded QUBS simulator with demo data.
+    #[arg(long)]
+    demo: bool,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::load_unchecked(args.config.as_deref(), std::env::vars())?;
+    let simulator = if args.demo {
+        let sim = Simulator::demo();
+        let running = sim.start(([127, 0, 0, 1], 0).into()).await?;
+        let creds = running
+            .client(DEMO_CLIENT_ID)
+            .expect("the demo simulator registers its client");
+        settings.qubs.base_url = Some(running.base_url());
+        settings.qubs.token_url = Some(running.token_url());
+        settings.qubs.client_id = creds.client_id;
+        settings.qubs.client_secret = Some(SecretString::from(creds.client_secret));
+        settings.qubs.client_secret_file = None;
+        settings.qubs.domains = vec![DEMO_DOMAIN.to_string()];
+        Some(running)
+    } else {
+        None
+    };
+    settings.validate()?;
+    telemetry::init(
+        settings.telemetry.log_format,
+        &settings.telemetry.log_filter,
+    );
+
+    let shutdown = shutdown::on_signal();
+    let client = qubs::Client::new(&settings.qubs)?;
+    let running = service::start(&settings, client, shutdown.clone()).await?;
+    if let Some(sim) = &simulator {
+        println!(
+            "qubs-bridge demo: embedded QUBS simulator at {} (domain {DEMO_DOMAIN})",
+            sim.base_url()
+        );
+    }
+    println!(
+        "qubs-bridge serving; admin endpoint http://{}/readyz",
+        running.admin_addr
+    );
+    tracing::info!(domains = ?settings.qubs.domains, "qubs-bridge started");
+    running.wait().await;
+    if let Some(sim) = simulator {
+        sim.shutdown().await;
+    }
+    tracing::info!("qubs-bridge stopped");
+    Ok(())
+}

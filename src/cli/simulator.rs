@@ -1,0 +1,55 @@
+//! `qubs-bridge simulator`: the embedded QUBS simulator on its own, with demo data, for
+//! trying the bridge (or any other QUBS client) without a QUBS account.
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::Args;
+
+use crate::config::LogFormat;
+use crate::simulator::{DEMO_CLIENT_ID, DEMO_DOMAIN, Simulator};
+
+#[derive(Args)]
+pub struct SimulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8089)]
+    port: u16,
+    /// Client secret to accept for the demo client (random when not given).
+    #[arg(long, env = "QUBS_SIMULATOR_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+}
+
+pub async fn run(args: SimulatorArgs) -> anyhow::Result<()> {
+    crate::telemetry::init(LogFormat::Pretty, "info");
+    let sim = Simulator::demo();
+    if let Some(secret) = &args.client_secret {
+        sim.add_client(DEMO_CLIENT_ID, secret, &[DEMO_DOMAIN]);
+    }
+    let shutdown = crate::shutdown::on_signal();
+    let running = sim.start(SocketAddr::new(args.host, args.port)).await?;
+    let secret_shown = match &args.client_secret {
+        Some(_) => "(the one you gave)".to_string(),
+        None => running
+            .client(DEMO_CLIENT_ID)
+            .map(|c| c.client_secret)
+            .unwrap_or_default(),
+    };
+    println!("QUBS simulator listening");
+    println!("  base URL       {}", running.base_url());
+    println!("  token URL      {}", running.token_url());
+    println!("  client id      {DEMO_CLIENT_ID}");
+    println!("  client secret  {secret_shown}");
+    println!("  domain         {DEMO_DOMAIN}");
+    println!(
+        "  request log    http://{}/_simulator/requests",
+        running.addr
+    );
+    println!(
+        "Point the bridge at it with QUBS_BRIDGE__QUBS__BASE_URL, __TOKEN_URL, __CLIENT_ID, __CLIENT_SECRET. Ctrl-C stops."
+    );
+    shutdown.cancelled().await;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! Service configuration: built-in defaults, then an optional file (TOML), then environment
+//! overrides (`QUBS_BRIDGE__QUBS__BASE_URL` sets `qubs.base_url`), read with the `config` crate.
+//!
+//! Everything is validated before the service starts: a bad value stops start-up with one
+//! message that names the key and the reason. Secrets (the QUBS client secret) are held in
+//! [`secrecy::SecretString`], so they are redacted in `Debug` output and never logged.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The defaults every deployment starts from; a config file and the environment override them.
+pub const DEFAULTS_TOML: &str = include_str!("config/defaults.toml");
+
+/// Prefix of environment overrides: `QUBS_BRIDGE__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "QUBS_BRIDGE";
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub qubs: QubsSettings,
+    pub server: ServerSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// How to reach and authenticate against the QUBS Integrations API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QubsSettings {
+    /// API root up to and including the version, e.g. `https://api.example/integrations/v1`.
+    pub base_url: Option<String>,
+    /// OAuth2 token endpoint, e.g. `https://auth.example/oauth2/token`.
+    pub token_url: Option<String>,
+    pub client_id: String,
+    /// Client secret, inline (best set from the environment).
+    pub client_secret: Option<SecretString>,
+    /// Alternatively a file holding the client secret (trailing newline ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// Domains this bridge serves; each must be in the token's domain claims.
+    pub domains: Vec<String>,
+    /// Page size for the pending list (QUBS accepts 1–500).
+    pub page_size: u32,
+    pub connect_timeout_ms: u64,
+    /// Per-attempt timeout for one HTTP request, body included.
+    pub request_timeout_ms: u64,
+    /// Renew the token this long before it expires.
+    pub token_refresh_margin_secs: u64,
+    /// How long site settings (the IANA time zone) are cached.
+    pub site_cache_ttl_secs: u64,
+    /// `urlTtlSeconds` asked for presigned attachment URLs.
+    pub attachment_url_ttl_secs: u32,
+    pub retry: RetrySettings,
+}
+
+/// Back-off policy for transient QUBS failures (429, 502/503/504, connect errors, timeouts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Upper bound on the total time spent on one call, retries included.
+    pub max_elapsed_ms: u64,
+    /// Upper bound on attempts for one call (first attempt included).
+    pub max_attempts: u32,
+}
+
+/// Listen addresses of the service's own endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Admin HTTP endpoint: `/healthz`, `/readyz`.
+    pub admin_listen: String,
+    /// gRPC endpoint for interface engines.
+    pub grpc_listen: String,
+    /// MLLP listener for inbound ORU^R01 results.
+    pub mllp_listen: String,
+    /// How long in-flight work may take to finish after SIGINT/SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// How often the service re-checks that QUBS answers for every domain.
+    pub qubs_probe_interval_secs: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `pretty` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// `tracing` env-filter directives; `RUST_LOG` wins when set.
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then `QUBS_BRIDGE__*` environment variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (used by tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let settings = Self::load_unchecked(file, env)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The layered settings before [`Settings::validate`]; demo mode fills in the embedded
+    /// simulator's address and credentials here before validating.
+    pub fn load_unchecked(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            // Parse first with `toml` so syntax errors carry line and column.
+            if let Err(e) = toml::from_str::<toml::Table>(&text) {
+                return Err(ConfigError::File {
+                    path: path.to_path_buf(),
+                    reason: e.to_string().trim_end().to_string(),
+                });
+            }
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        }
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("qubs.domains")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        Ok(settings)
+    }
+
+    /// Semantic checks the types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let q = &self.qubs;
+        check_http_url("qubs.base_url", q.base_url.as_deref())?;
+        check_http_url("qubs.token_url", q.token_url.as_deref())?;
+        if q.client_id.trim().is_empty() {
+            return Err(invalid("qubs.client_id", "must not be empty"));
+        }
+        match (&q.client_secret, &q.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "qubs.client_secret",
+                    "set either qubs.client_secret or qubs.client_secret_file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "qubs.client_secret",
+                    "missing: set QUBS_BRIDGE__QUBS__CLIENT_SECRET or qubs.client_secret_file",
+                ));
+            }
+            (Some(s), None) if s.expose_secret().is_empty() => {
+                return Err(invalid("qubs.client_secret", "must not be empty"));
+            }
+            _ => {}
+        }
+        if q.domains.is_empty() {
+            return Err(invalid("qubs.domains", "list at least one QUBS domain"));
+        }
+        for d in &q.domains {
+            if d.is_empty()
+                || !d
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    "qubs.domains",
+                    format!("`{d}` is not a domain name (letters, digits, '-' and '_' only)"),
+                ));
+            }
+        }
+        if !(1..=500).contains(&q.page_size) {
+            return Err(invalid(
+                "qubs.page_size",
+                format!("must be between 1 and 500 (got {})", q.page_size),
+            ));
+        }
+        positive("qubs.connect_timeout_ms", q.connect_timeout_ms)?;
+        positive("qubs.request_timeout_ms", q.request_timeout_ms)?;
+        positive("qubs.site_cache_ttl_secs", q.site_cache_ttl_secs)?;
+        if !(1..=86_400).contains(&q.attachment_url_ttl_secs) {
+            return Err(invalid(
+                "qubs.attachment_url_ttl_secs",
+                format!(
+                    "must be between 1 and 86400 (got {})",
+                    q.attachment_url_ttl_secs
+                ),
+            ));
+        }
+        let r = &q.retry;
+        positive("qubs.retry.initial_backoff_ms", r.initial_backoff_ms)?;
+        if r.max_backoff_ms < r.initial_backoff_ms {
+            return Err(invalid(
+                "qubs.retry.max_backoff_ms",
+                format!(
+                    "must be at least qubs.retry.initial_backoff_ms ({})",
+                    r.initial_backoff_ms
+                ),
+            ));
+        }
+        if r.max_attempts == 0 {
+            return Err(invalid(
+                "qubs.retry.max_attempts",
+                "must be at least 1 (1 = no retries)",
+            ));
+        }
+        for (key, addr) in [
+            ("server.admin_listen", &self.server.admin_listen),
+            ("server.grpc_listen", &self.server.grpc_listen),
+            ("server.mllp_listen", &self.server.mllp_listen),
+        ] {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    key,
+                    format!("`{addr}` is not a socket address like 127.0.0.1:8080"),
+                )
+            })?;
+        }
+        positive(
+            "server.qubs_probe_interval_secs",
+            self.server.qubs_probe_interval_secs,
+        )?;
+        tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
+            .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The client secret, read from the file when one is configured.
+    pub fn client_secret(&self) -> Result<SecretString, ConfigError> {
+        self.qubs.client_secret()
+    }
+}
+
+impl QubsSettings {
+    /// The client secret, read from `client_secret_file` when that is the configured source.
+    pub fn client_secret(&self) -> Result<SecretString, ConfigError> {
+        if let Some(s) = &self.client_secret {
+            return Ok(s.clone());
+        }
+        let path = self
+            .client_secret_file
+            .as_ref()
+            .ok_or_else(|| invalid("qubs.client_secret", "missing"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "qubs.client_secret_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let secret = text.trim_end_matches(['\r', '\n']).to_string();
+        if secret.is_empty() {
+            return Err(invalid(
+                "qubs.client_secret_file",
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(SecretString::from(secret))
+    }
+
+    /// The validated API root, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.base_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+    }
+
+    /// The validated token endpoint.
+    pub fn token_url(&self) -> &str {
+        self.token_url.as_deref().unwrap_or_default()
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_http_url(key: &str, value: Option<&str>) -> Result<(), ConfigError> {
+    let env_name = format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase());
+    let value = value.ok_or_else(|| {
+        invalid(
+            key,
+            format!("missing: set it in the config file or with {env_name}"),
+        )
+    })?;
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| invalid(key, format!("`{value}` is not a URL: {e}")))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(invalid(key, format!("`{value}` must be an http(s) URL")));
+    }
+    if url.host_str().is_none() {
+        return Err(invalid(key, format!("`{value}` has no host")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The given variables plus the two required URLs (unless given).
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in [
+            (
+                "QUBS_BRIDGE__QUBS__BASE_URL",
+                "https://qubs.test/integrations/v1",
+            ),
+            (
+                "QUBS_BRIDGE__QUBS__TOKEN_URL",
+                "https://auth.test/oauth2/token",
+            ),
+        ] {
+            if !all.iter().any(|(key, _)| key == k) {
+                all.push((k.to_string(), v.to_string()));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_lists() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                (
+                    "QUBS_BRIDGE__QUBS__BASE_URL",
+                    "https://qubs.test/integrations/v1/",
+                ),
+                ("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "s3cret"),
+                ("QUBS_BRIDGE__QUBS__DOMAINS", "acme,globex"),
+                ("QUBS_BRIDGE__QUBS__PAGE_SIZE", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.qubs.base_url(), "https://qubs.test/integrations/v1");
+        assert_eq!(s.qubs.domains, vec!["acme", "globex"]);
+        assert_eq!(s.qubs.page_size, 250);
+        assert_eq!(s.client_secret().unwrap().expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn secret_is_redacted_in_debug() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "very-secret-value")]),
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("very-secret-value"), "{shown}");
+        assert!(shown.contains("client_id"));
+    }
+
+    #[test]
+    fn page_size_out_of_range_names_the_key() {
+        let e = Settings::load_with_env(
+            None,
+            env(&[
+                ("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x"),
+                ("QUBS_BRIDGE__QUBS__PAGE_SIZE", "0"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "configuration key `qubs.page_size`: must be between 1 and 500 (got 0)"
+        );
+    }
+
+    #[test]
+    fn missing_secret_says_how_to_set_it() {
+        let e = Settings::load_with_env(None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("qubs.client_secret"), "{e}");
+        assert!(e.contains("QUBS_BRIDGE__QUBS__CLIENT_SECRET"), "{e}");
+    }
+
+    #[test]
+    fn missing_base_url_names_its_env_variable() {
+        let e = Settings::load_with_env(
+            None,
+            vec![("QUBS_BRIDGE__QUBS__CLIENT_SECRET".into(), "x".into())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "configuration key `qubs.base_url`: missing: set it in the config file or with QUBS_BRIDGE__QUBS__BASE_URL"
+        );
+    }
+
+    #[test]
+    fn non_numeric_value_names_the_key() {
+        let e = Settings::load_with_env(
+            None,
+            env(&[
+                ("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x"),
+                ("QUBS_BRIDGE__QUBS__PAGE_SIZE", "many"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("page_size"), "{e}");
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let s = Settings::load_with_env(
+            None,
+            env(&[(
+                "QUBS_BRIDGE__QUBS__CLIENT_SECRET_FILE",
+                path.to_str().unwrap(),
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.client_secret().unwrap().expose_secret(), "from-file");
+    }
+}
