@@ -26,6 +26,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::load_unchecked(args.config.as_deref(), std::env::vars())?;
     let simulator = if args.demo {
         let sim = Simulator::demo();
+        // A fixed demo secret may be chosen (as for `qubs-bridge simulator`); random otherwise.
+        if let Ok(secret) = std::env::var("QUBS_SIMULATOR_CLIENT_SECRET") {
+            sim.add_client(DEMO_CLIENT_ID, &secret, &[DEMO_DOMAIN]);
+        }
         let running = sim.start(([127, 0, 0, 1], 0).into()).await?;
         let creds = running
             .client(DEMO_CLIENT_ID)

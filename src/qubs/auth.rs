@@ -100,7 +100,7 @@ impl TokenSource {
 
     async fn fetch(&self, correlation_id: Uuid) -> Result<AccessToken, Error> {
         let fail = |status: Option<StatusCode>, reason: String| Error {
-            operation: "POST oauth2 token".into(),
+            operation: "POST oauth2 token",
             correlation_id,
             attempts: 1,
             kind: ErrorKind::Token { status, reason },

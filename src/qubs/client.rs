@@ -208,7 +208,7 @@ impl Client {
                 let page = client.pending_page(&domain, token.as_deref(), None).await?;
                 if page.next_token.is_some() && page.next_token == token {
                     return Err(Error {
-                        operation: "GET pending appointments".into(),
+                        operation: "GET pending appointments",
                         correlation_id: Uuid::nil(),
                         attempts: 1,
                         kind: ErrorKind::Decode(
@@ -301,7 +301,7 @@ impl Client {
     pub async fn download_attachment(&self, attachment: &Attachment) -> Result<Download, Error> {
         let guid = attachment.guid.as_deref().unwrap_or("(no guid)");
         let invalid = |reason: String| Error {
-            operation: "GET attachment content".into(),
+            operation: "GET attachment content",
             correlation_id: Uuid::nil(),
             attempts: 0,
             kind: ErrorKind::InvalidRequest(reason),
@@ -323,7 +323,7 @@ impl Client {
     /// Streams the content behind a presigned URL (no bearer token is sent to it).
     pub async fn download(&self, url: &str) -> Result<Download, Error> {
         let url = Url::parse(url).map_err(|e| Error {
-            operation: "GET attachment content".into(),
+            operation: "GET attachment content",
             correlation_id: Uuid::nil(),
             attempts: 0,
             kind: ErrorKind::InvalidRequest(format!("not a URL: {e}")),
@@ -425,7 +425,7 @@ impl Client {
     ) -> Result<jiff::tz::TimeZone, Error> {
         let settings = self.site_settings(domain, site_name).await?;
         let invalid = |reason: String| Error {
-            operation: "GET site settings".into(),
+            operation: "GET site settings",
             correlation_id: Uuid::nil(),
             attempts: 1,
             kind: ErrorKind::Decode(reason),
@@ -842,7 +842,7 @@ impl<'a> From<&'a ReportSubmission> for ReportBody<'a> {
     }
 }
 
-fn check_idempotency_key(operation: &str, key: Option<&str>) -> Result<(), Error> {
+fn check_idempotency_key(operation: &'static str, key: Option<&str>) -> Result<(), Error> {
     match key {
         Some(k) if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) => {
             Err(invalid_request(
@@ -854,9 +854,9 @@ fn check_idempotency_key(operation: &str, key: Option<&str>) -> Result<(), Error
     }
 }
 
-fn invalid_request(operation: &str, reason: String) -> Error {
+fn invalid_request(operation: &'static str, reason: String) -> Error {
     Error {
-        operation: operation.into(),
+        operation,
         correlation_id: Uuid::nil(),
         attempts: 0,
         kind: ErrorKind::InvalidRequest(reason),
@@ -867,7 +867,7 @@ fn invalid_request(operation: &str, reason: String) -> Error {
 /// Reads a response body, refusing one over `limit` bytes.
 async fn read_reply(
     mut response: reqwest::Response,
-    operation: &str,
+    operation: &'static str,
     limit: usize,
 ) -> Result<Reply, Error> {
     let status = response.status();
@@ -877,7 +877,7 @@ async fn read_reply(
         .is_some_and(|n| n as usize > limit)
     {
         return Err(Error {
-            operation: operation.into(),
+            operation,
             correlation_id: Uuid::nil(),
             attempts: 1,
             kind: ErrorKind::Decode(format!("response body is over {limit} bytes")),
@@ -892,7 +892,7 @@ async fn read_reply(
     {
         if body.len() + chunk.len() > limit {
             return Err(Error {
-                operation: operation.into(),
+                operation,
                 correlation_id: Uuid::nil(),
                 attempts: 1,
                 kind: ErrorKind::Decode(format!("response body is over {limit} bytes")),
@@ -909,8 +909,11 @@ async fn read_reply(
 }
 
 /// A reqwest failure as a client error: timeout, connect or other transport fault.
-pub(crate) fn transport_error(e: &reqwest::Error, operation: &str) -> Error {
+pub(crate) fn transport_error(e: &reqwest::Error, operation: &'static str) -> Error {
     let mut message = e.to_string();
+    if let Some(url) = e.url() {
+        message = message.replace(url.as_str(), &redacted_url(url));
+    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         message.push_str(": ");
@@ -925,7 +928,7 @@ pub(crate) fn transport_error(e: &reqwest::Error, operation: &str) -> Error {
         ErrorKind::Transport(message)
     };
     Error {
-        operation: operation.into(),
+        operation,
         correlation_id: Uuid::nil(),
         attempts: 1,
         kind,
@@ -933,8 +936,28 @@ pub(crate) fn transport_error(e: &reqwest::Error, operation: &str) -> Error {
     }
 }
 
+/// A URL fit for messages: no query, and no long path segment (presigned URLs carry their
+/// signature in one or the other).
+fn redacted_url(url: &Url) -> String {
+    let path: Vec<&str> = url
+        .path_segments()
+        .map(|segments| {
+            segments
+                .map(|s| if s.len() > 64 { "…" } else { s })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}/{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        path.join("/")
+    )
+}
+
 /// An error status as a typed error: the RFC 7807 problem when the body is one.
-fn error_from_reply(operation: &str, reply: &Reply) -> Error {
+fn error_from_reply(operation: &'static str, reply: &Reply) -> Error {
     let content_type = reply
         .headers
         .get(CONTENT_TYPE)
@@ -948,7 +971,7 @@ fn error_from_reply(operation: &str, reply: &Reply) -> Error {
     let kind = match problem {
         Some(problem) => ErrorKind::Problem {
             status: reply.status,
-            problem,
+            problem: Box::new(problem),
         },
         None => ErrorKind::Status {
             status: reply.status,
@@ -957,7 +980,7 @@ fn error_from_reply(operation: &str, reply: &Reply) -> Error {
         },
     };
     Error {
-        operation: operation.into(),
+        operation,
         correlation_id: Uuid::nil(),
         attempts: 1,
         kind,
@@ -965,7 +988,7 @@ fn error_from_reply(operation: &str, reply: &Reply) -> Error {
     }
 }
 
-fn decode_error(operation: &str, reply: &Reply, reason: String) -> Error {
+fn decode_error(operation: &'static str, reply: &Reply, reason: String) -> Error {
     let request_id = reply
         .headers
         .get("X-Correlation-Id")
@@ -973,7 +996,7 @@ fn decode_error(operation: &str, reply: &Reply, reason: String) -> Error {
         .and_then(|v| v.parse().ok())
         .unwrap_or(Uuid::nil());
     Error {
-        operation: operation.into(),
+        operation,
         correlation_id: request_id,
         attempts: 1,
         kind: ErrorKind::Decode(reason),

@@ -67,7 +67,7 @@ pub enum ErrorKind {
     /// QUBS answered with an RFC 7807 problem.
     Problem {
         status: StatusCode,
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// An error status whose body is not a problem document (a proxy page, plain text...).
     Status {
@@ -97,7 +97,7 @@ pub enum ErrorKind {
 #[derive(Debug, Clone)]
 pub struct Error {
     /// The call, e.g. `GET pending appointments`.
-    pub operation: String,
+    pub operation: &'static str,
     /// The `X-Correlation-Id` this call sent (the same on every retry).
     pub correlation_id: Uuid,
     /// Attempts made, the first included.
@@ -255,19 +255,19 @@ mod tests {
     #[test]
     fn display_names_operation_status_and_request_id() {
         let e = Error {
-            operation: "POST report".into(),
+            operation: "POST report",
             correlation_id: Uuid::nil(),
             attempts: 3,
             kind: ErrorKind::Problem {
                 status: StatusCode::CONFLICT,
-                problem: Problem {
+                problem: Box::new(Problem {
                     problem_type: Some("urn:qubs:integrations:conflict".into()),
                     title: Some("Conflict".into()),
                     status: Some(409),
                     detail: Some("Idempotency-Key reused with a different payload".into()),
                     instance: None,
                     request_id: Some("req-42".into()),
-                },
+                }),
             },
             retry_after: None,
         };

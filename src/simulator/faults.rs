@@ -23,6 +23,13 @@ pub enum Fault {
     DropAfterProcessing,
     /// Answer 200 with a truncated JSON body.
     MalformedJson,
+    /// Answer with this status and a body that is not a problem document (a proxy's HTML
+    /// page, plain text...).
+    Raw {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
     /// Handle the request, then send the body `chunk_bytes` at a time, `delay_ms` apart.
     SlowBody { chunk_bytes: usize, delay_ms: u64 },
 }
@@ -35,6 +42,7 @@ impl Fault {
             Fault::DropConnection => "drop_connection",
             Fault::DropAfterProcessing => "drop_after_processing",
             Fault::MalformedJson => "malformed_json",
+            Fault::Raw { .. } => "raw",
             Fault::SlowBody { .. } => "slow_body",
         }
     }

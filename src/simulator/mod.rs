@@ -63,6 +63,7 @@ pub struct RequestRecord {
     pub query: Option<String>,
     pub correlation_id: String,
     pub idempotency_key: Option<String>,
+    /// The answer's status; 0 while unanswered, or when the client went away first.
     pub status: u16,
     /// The injected fault, if one applied.
     pub fault: Option<String>,
@@ -234,7 +235,7 @@ impl Simulator {
         self.with_domain(domain, |d| d.appointments.keys().cloned().collect())
     }
 
-    /// Requests seen so far, in arrival order of their answers.
+    /// Requests seen so far, in arrival order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.state.log.lock().expect("request log").clone()
     }

@@ -118,6 +118,23 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // Logged on arrival with status 0, completed below: a request whose client went away
+    // (a timeout) stays in the log with status 0.
+    let logged = (!path.starts_with("/_simulator")).then(|| {
+        let mut log = state.log.lock().expect("request log");
+        let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        log.push(RequestRecord {
+            seq,
+            method: method.clone(),
+            path: path.clone(),
+            query,
+            correlation_id: correlation_id.clone(),
+            idempotency_key,
+            status: 0,
+            fault: None,
+        });
+        seq
+    });
     let mut response = next.run(request).await;
     if let Some(PendingProblem(p)) = response.extensions_mut().remove::<PendingProblem>() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
@@ -134,19 +151,24 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
         .extensions()
         .get::<FaultApplied>()
         .map(|f| f.0.to_string());
-    tracing::debug!(%method, %path, status, correlation_id, fault = fault.as_deref(), "simulator request");
-    if !path.starts_with("/_simulator") {
-        let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        state.log.lock().expect("request log").push(RequestRecord {
-            seq,
-            method,
-            path,
-            query,
-            correlation_id,
-            idempotency_key,
-            status,
-            fault,
-        });
+    // Presigned paths carry a credential: log the route, not the token.
+    let shown = match path
+        .split_once("/_files/")
+        .or_else(|| path.split_once("/_uploads/"))
+    {
+        Some(_) => path
+            .rsplit_once('/')
+            .map(|(route, _)| format!("{route}/…"))
+            .unwrap_or_default(),
+        None => path.clone(),
+    };
+    tracing::debug!(%method, path = %shown, status, correlation_id, fault = fault.as_deref(), "simulator request");
+    if let Some(seq) = logged {
+        let mut log = state.log.lock().expect("request log");
+        if let Ok(i) = log.binary_search_by_key(&seq, |r| r.seq) {
+            log[i].status = status;
+            log[i].fault = fault;
+        }
     }
     response
 }
@@ -215,6 +237,18 @@ async fn inject_faults(State(state): State<Shared>, request: Request, next: Next
             r#"{"items": [{"appointmentId": "A1", "status": "PEND"#,
         )
             .into_response(),
+        Fault::Raw {
+            status,
+            content_type,
+            body,
+        } => {
+            let mut r = Response::new(Body::from(body));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Ok(v) = HeaderValue::from_str(&content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r
+        }
         Fault::SlowBody {
             chunk_bytes,
             delay_ms,

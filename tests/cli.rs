@@ -1,0 +1,297 @@
+//! The `qubs-bridge` binary: configuration checks, the standalone simulator, and
+//! `serve --demo` end to end (start, ready, graceful shutdown on SIGTERM, no PHI in logs).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qubs-bridge");
+
+/// The binary with a clean QUBS_BRIDGE environment.
+fn bridge() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("QUBS_BRIDGE") || k == "RUST_LOG" || k == "QUBS_SIMULATOR_CLIENT_SECRET" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const VALID: &str = r#"
+[qubs]
+base_url = "https://qubs.example.test/integrations/v1"
+token_url = "https://auth.example.test/oauth2/token"
+client_id = "bridge"
+domains = ["acme", "globex"]
+"#;
+
+#[test]
+fn config_check_accepts_a_valid_file_and_never_prints_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, VALID);
+    let out = bridge()
+        .args(["config", "check"])
+        .arg(&path)
+        .env("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "pw-41d7c2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configuration OK"));
+    assert!(stdout.contains("acme, globex"));
+    assert!(!stdout.contains("pw-41d7c2"));
+}
+
+/// Runs `config check` and returns (exit code, stderr).
+fn check(config: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, config);
+    let mut cmd = bridge();
+    cmd.args(["config", "check"]).arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+#[test]
+fn bad_configuration_gives_the_promised_messages() {
+    let secret = [("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x")];
+    let (code, err) = check(VALID, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: configuration key `qubs.client_secret`: missing: set QUBS_BRIDGE__QUBS__CLIENT_SECRET or qubs.client_secret_file"
+    );
+
+    let (code, err) = check(VALID, &[secret[0], ("QUBS_BRIDGE__QUBS__PAGE_SIZE", "0")]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: configuration key `qubs.page_size`: must be between 1 and 500 (got 0)"
+    );
+
+    let (code, err) = check(
+        VALID,
+        &[secret[0], ("QUBS_BRIDGE__QUBS__PAGE_SIZE", "lots")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("qubs.page_size") && err.contains("integer"),
+        "{err}"
+    );
+
+    let (code, err) = check(
+        &VALID.replace("https://qubs.example.test", "ftp://x"),
+        &secret,
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("error: configuration key `qubs.base_url`: "),
+        "{err}"
+    );
+    assert!(err.contains("http(s)"), "{err}");
+
+    let (code, err) = check(&format!("{VALID}page_sise = 5\n"), &secret);
+    assert_eq!(code, 2);
+    assert!(err.contains("page_sise"), "unknown keys are named: {err}");
+
+    let (code, err) = check("[qubs\nbase_url = 1", &secret);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bridge.toml") && err.contains("line 1"),
+        "{err}"
+    );
+
+    let (code, err) = check(
+        VALID,
+        &[(
+            "QUBS_BRIDGE__QUBS__CLIENT_SECRET_FILE",
+            "/nonexistent/secret",
+        )],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("qubs.client_secret_file") && err.contains("/nonexistent/secret"),
+        "{err}"
+    );
+
+    let (code, err) = check(
+        VALID,
+        &[secret[0], ("QUBS_BRIDGE__SERVER__GRPC_LISTEN", "localhost")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("server.grpc_listen"), "{err}");
+
+    let (code, err) = check(
+        VALID,
+        &[secret[0], ("QUBS_BRIDGE__QUBS__DOMAINS", "acme,bad domain")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("qubs.domains") && err.contains("bad domain"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_on_bad_configuration() {
+    let out = bridge()
+        .arg("serve")
+        .env(
+            "QUBS_BRIDGE__QUBS__BASE_URL",
+            "https://q.test/integrations/v1",
+        )
+        .env(
+            "QUBS_BRIDGE__QUBS__TOKEN_URL",
+            "https://q.test/oauth2/token",
+        )
+        .env("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x")
+        .env("QUBS_BRIDGE__QUBS__RETRY__MAX_ATTEMPTS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one clear message: {err}");
+    assert!(
+        err.contains("`qubs.retry.max_attempts`: must be at least 1"),
+        "{err}"
+    );
+}
+
+/// Reads the child's stdout until a line contains `marker`; returns that line.
+fn wait_for_line(child: &mut Child, marker: &str) -> String {
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains(marker) {
+            return line.trim().to_string();
+        }
+    }
+    panic!("no line with {marker:?} on stdout");
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_demo_becomes_ready_shuts_down_cleanly_and_logs_no_phi() {
+    let secret = "demo-secret-5c0ffee";
+    let mut child = bridge()
+        .args(["serve", "--demo"])
+        .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("QUBS_SIMULATOR_CLIENT_SECRET", secret)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain stderr on a thread so the child never blocks on a full pipe.
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s).unwrap();
+        s
+    });
+    let line = wait_for_line(&mut child, "admin endpoint");
+    let url = line.split_whitespace().last().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let resp = reqwest::blocking::get(&url).unwrap();
+        if resp.status() == 200 {
+            break resp.text().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], true);
+    assert!(ready["domains"]["acme"]["pending"].as_u64().unwrap() >= 24);
+    assert_eq!(ready["domains"]["acme"]["sites"], 4);
+
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("QUBS domain ready"), "logs were captured");
+    assert!(logs.contains("SIGTERM"));
+    assert!(
+        !logs.contains(secret),
+        "the client secret leaked into the logs"
+    );
+    for name in qubs_bridge::simulator::demo_patient_names() {
+        assert!(
+            !logs.contains(&name),
+            "patient name {name:?} leaked into the logs"
+        );
+    }
+}
+
+#[test]
+fn the_standalone_simulator_prints_working_credentials() {
+    let mut child = bridge()
+        .args(["simulator", "--port", "0"])
+        .env("QUBS_SIMULATOR_CLIENT_SECRET", "sim-secret-1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let token_line = wait_for_line(&mut child, "token URL");
+    let token_url = token_line.split_whitespace().last().unwrap().to_string();
+    let resp = reqwest::blocking::Client::new()
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "qubs-bridge-demo"),
+            ("client_secret", "sim-secret-1"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    sigterm(&child);
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}
