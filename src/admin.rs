@@ -1,5 +1,5 @@
-//! The admin HTTP endpoint: `/healthz` (the process is alive) and `/readyz` (QUBS answers
-//! for every configured domain). Bound to loopback by default; see README "Security".
+//! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz` (QUBS answers
+//! for every configured domain) and `/metrics` (Prometheus text). Bound to loopback by default; see README "Security".
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +13,8 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// What the last QUBS check of one domain found.
 #[derive(Debug, Clone, Serialize)]
 pub struct DomainHealth {
@@ -25,6 +27,9 @@ pub struct DomainHealth {
     pub sites: Option<usize>,
     /// Why the domain is not ready (no PHI: QUBS problem types, statuses, ids).
     pub error: Option<String>,
+    /// QUBS refused the bridge's credentials (token endpoint or API said 401/403).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub credentials_refused: bool,
 }
 
 /// Readiness shared between the checks that update it and the endpoint that shows it.
@@ -58,6 +63,7 @@ impl Readiness {
 struct AdminState {
     readiness: Readiness,
     domains: Arc<Vec<String>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Binds the admin endpoint; serves until `shutdown` is cancelled.
@@ -65,6 +71,7 @@ pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
     domains: Vec<String>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -72,9 +79,11 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(AdminState {
             readiness,
             domains: Arc::new(domains),
+            metrics,
         });
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -85,6 +94,17 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {

@@ -42,6 +42,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 pub struct Settings {
     pub qubs: QubsSettings,
     pub server: ServerSettings,
+    pub grpc: GrpcSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -100,6 +101,66 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     /// How often the service re-checks that QUBS answers for every domain.
     pub qubs_probe_interval_secs: u64,
+}
+
+/// The gRPC API: who may call it, TLS, and transport limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// Callers and the QUBS domains each may use.
+    #[serde(default)]
+    pub clients: Vec<GrpcClient>,
+    /// TLS for the gRPC listener (plaintext when absent).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Largest request or response message.
+    pub max_message_bytes: usize,
+    /// HTTP/2 keep-alive ping interval.
+    pub keepalive_interval_secs: u64,
+    /// Close a connection whose keep-alive ping is not answered within this time.
+    pub keepalive_timeout_secs: u64,
+    /// Comments fetched concurrently while listing or streaming orders.
+    pub fetch_concurrency: usize,
+}
+
+/// One caller of the gRPC API, identified by a bearer token or a client certificate.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcClient {
+    /// A name for logs and metrics, e.g. `mirth-prod`.
+    pub name: String,
+    /// SHA-256 (hex) of the caller's bearer token; the token itself is never stored.
+    /// `qubs-bridge grpc new-token` makes a token and its hash.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// Or: the Common Name of the caller's client certificate (needs `grpc.tls.client_ca_file`).
+    #[serde(default)]
+    pub certificate_cn: Option<String>,
+    /// QUBS domains this caller may use.
+    pub domains: Vec<String>,
+}
+
+impl std::fmt::Debug for GrpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcClient")
+            .field("name", &self.name)
+            .field("certificate_cn", &self.certificate_cn)
+            .field("domains", &self.domains)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Server certificate, and for mutual TLS the CA that signs client certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Log output.
@@ -272,8 +333,83 @@ impl Settings {
             "server.qubs_probe_interval_secs",
             self.server.qubs_probe_interval_secs,
         )?;
+        self.validate_grpc()?;
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_grpc(&self) -> Result<(), ConfigError> {
+        let g = &self.grpc;
+        if g.max_message_bytes < 1024 {
+            return Err(invalid("grpc.max_message_bytes", "must be at least 1024"));
+        }
+        positive("grpc.keepalive_interval_secs", g.keepalive_interval_secs)?;
+        positive("grpc.keepalive_timeout_secs", g.keepalive_timeout_secs)?;
+        if g.fetch_concurrency == 0 {
+            return Err(invalid("grpc.fetch_concurrency", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in g.clients.iter().enumerate() {
+            let key = |field: &str| format!("grpc.clients[{i}].{field}");
+            if c.name.trim().is_empty() {
+                return Err(invalid(&key("name"), "must not be empty"));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(invalid(&key("name"), format!("`{}` is used twice", c.name)));
+            }
+            match (&c.token_sha256, &c.certificate_cn) {
+                (None, None) => {
+                    return Err(invalid(
+                        &key("token_sha256"),
+                        "set token_sha256 or certificate_cn so the caller can be identified",
+                    ));
+                }
+                (Some(h), _) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    return Err(invalid(
+                        &key("token_sha256"),
+                        "must be 64 hex digits (qubs-bridge grpc new-token prints one)",
+                    ));
+                }
+                (_, Some(_)) if g.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) => {
+                    return Err(invalid(
+                        &key("certificate_cn"),
+                        "client certificates need grpc.tls.client_ca_file",
+                    ));
+                }
+                _ => {}
+            }
+            if c.domains.is_empty() {
+                return Err(invalid(
+                    &key("domains"),
+                    "list the QUBS domains this caller may use",
+                ));
+            }
+            for d in &c.domains {
+                if !self.qubs.domains.contains(d) {
+                    return Err(invalid(
+                        &key("domains"),
+                        format!("`{d}` is not one of qubs.domains"),
+                    ));
+                }
+            }
+        }
+        if let Some(tls) = &g.tls {
+            for (field, path) in [
+                ("cert_file", Some(&tls.cert_file)),
+                ("key_file", Some(&tls.key_file)),
+                ("client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    return Err(invalid(
+                        &format!("grpc.tls.{field}"),
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! The long-running service: wires the QUBS client to the bridge's endpoints and keeps
-//! watch on QUBS. Started by `qubs-bridge serve`.
+//! The long-running service: wires the QUBS client to the gRPC API and the admin endpoint,
+//! and keeps watch on QUBS. Started by `qubs-bridge serve`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,13 +7,18 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::admin::{self, DomainHealth, Readiness};
 use crate::config::Settings;
-use crate::qubs;
+use crate::metrics::Metrics;
+use crate::{grpc, qubs};
 
 /// A started service; [`RunningService::wait`] returns once it has shut down.
 pub struct RunningService {
     pub admin_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
@@ -23,32 +28,48 @@ pub struct RunningService {
 /// cancelled.
 pub async fn start(
     settings: &Settings,
-    client: qubs::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningService> {
+    let metrics = Arc::new(Metrics::new());
+    let observer: Arc<dyn qubs::CallObserver> = metrics.clone();
+    let client = qubs::Client::with_observer(&settings.qubs, Some(observer))?;
     let readiness = Readiness::default();
     let admin_listen: SocketAddr = settings.server.admin_listen.parse()?;
     let (admin_addr, admin_task) = admin::serve(
         admin_listen,
         readiness.clone(),
         settings.qubs.domains.clone(),
+        metrics.clone(),
         shutdown.clone(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot listen on server.admin_listen {admin_listen}: {e}"))?;
-    tracing::info!(%admin_addr, "admin endpoint listening (/healthz, /readyz)");
+    tracing::info!(%admin_addr, "admin endpoint listening (/healthz, /readyz, /metrics)");
+
+    let ctx = Arc::new(grpc::Context {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        config_values: Default::default(),
+        page_size: settings.qubs.page_size,
+        fetch_concurrency: settings.grpc.fetch_concurrency,
+    });
+    let grpc_listen: SocketAddr = settings.server.grpc_listen.parse()?;
+    let grpc = grpc::serve(ctx, &settings.grpc, grpc_listen, shutdown.clone()).await?;
 
     let probe = tokio::spawn(watch_qubs(
         client,
         settings.qubs.domains.clone(),
         Duration::from_secs(settings.server.qubs_probe_interval_secs),
         readiness.clone(),
+        grpc.health.clone(),
         shutdown,
     ));
     Ok(RunningService {
         admin_addr,
+        grpc_addr: grpc.addr,
+        metrics,
         readiness,
-        tasks: vec![admin_task, probe],
+        tasks: vec![admin_task, grpc.task, probe],
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     })
 }
@@ -72,9 +93,11 @@ async fn watch_qubs(
     domains: Vec<String>,
     interval: Duration,
     readiness: Readiness,
+    grpc_health: grpc::Health,
     shutdown: CancellationToken,
 ) {
     loop {
+        let mut refused = false;
         for domain in &domains {
             let health = tokio::select! {
                 h = check_domain(&client, domain) => h,
@@ -94,8 +117,11 @@ async fn watch_qubs(
                     "QUBS domain not ready"
                 );
             }
+            refused |= health.credentials_refused;
             readiness.set(domain, health);
         }
+        // Engines should not be sent here while QUBS refuses the bridge's credentials.
+        grpc_health.set(!refused).await;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
@@ -129,12 +155,14 @@ pub async fn check_domain(client: &qubs::Client, domain: &str) -> DomainHealth {
             pending: Some(pending),
             sites: Some(sites),
             error: None,
+            credentials_refused: false,
         },
         Err(e) => DomainHealth {
             ready: false,
             checked_at,
             pending: None,
             sites: None,
+            credentials_refused: matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)),
             error: Some(e.to_string()),
         },
     }

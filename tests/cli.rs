@@ -221,6 +221,7 @@ fn serve_demo_becomes_ready_shuts_down_cleanly_and_logs_no_phi() {
     let mut child = bridge()
         .args(["serve", "--demo"])
         .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("QUBS_BRIDGE__SERVER__GRPC_LISTEN", "127.0.0.1:0")
         .env("QUBS_SIMULATOR_CLIENT_SECRET", secret)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())

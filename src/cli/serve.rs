@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use clap::Args;
 use secrecy::SecretString;
 
-use crate::config::Settings;
+use crate::config::{GrpcClient, Settings};
 use crate::simulator::{DEMO_CLIENT_ID, DEMO_DOMAIN, Simulator};
-use crate::{qubs, service, shutdown, telemetry};
+use crate::{grpc, service, shutdown, telemetry};
+
+/// The gRPC bearer token `serve --demo` accepts.
+pub const DEMO_GRPC_TOKEN: &str = "demo-token";
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -40,6 +43,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings.qubs.client_secret = Some(SecretString::from(creds.client_secret));
         settings.qubs.client_secret_file = None;
         settings.qubs.domains = vec![DEMO_DOMAIN.to_string()];
+        // A well-known token for the demo's gRPC API (demo data only, loopback only).
+        settings.grpc.clients.push(GrpcClient {
+            name: "demo".into(),
+            token_sha256: Some(grpc::auth::hash_token(DEMO_GRPC_TOKEN)),
+            certificate_cn: None,
+            domains: vec![DEMO_DOMAIN.to_string()],
+        });
         Some(running)
     } else {
         None
@@ -51,14 +61,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let shutdown = shutdown::on_signal();
-    let client = qubs::Client::new(&settings.qubs)?;
-    let running = service::start(&settings, client, shutdown.clone()).await?;
+    let running = service::start(&settings, shutdown.clone()).await?;
     if let Some(sim) = &simulator {
         println!(
             "qubs-bridge demo: embedded QUBS simulator at {} (domain {DEMO_DOMAIN})",
             sim.base_url()
         );
+        println!(
+            "qubs-bridge demo: gRPC token `{DEMO_GRPC_TOKEN}` (export QUBS_BRIDGE_TOKEN={DEMO_GRPC_TOKEN})"
+        );
     }
+    println!("qubs-bridge gRPC API on {}", running.grpc_addr);
     println!(
         "qubs-bridge serving; admin endpoint http://{}/readyz",
         running.admin_addr

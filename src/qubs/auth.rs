@@ -77,17 +77,18 @@ impl TokenSource {
         self.fetched.load(Ordering::Relaxed)
     }
 
-    /// A token valid for a while yet, fetching one if needed (one fetch at a time).
-    pub async fn token(&self, correlation_id: Uuid) -> Result<AccessToken, Error> {
+    /// A token valid for a while yet, fetching one if needed (one fetch at a time); the
+    /// flag says whether this call fetched it.
+    pub async fn token(&self, correlation_id: Uuid) -> Result<(AccessToken, bool), Error> {
         let mut cached = self.cached.lock().await;
         if let Some(token) = cached.as_ref()
             && Instant::now() < token.renew_at
         {
-            return Ok(token.clone());
+            return Ok((token.clone(), false));
         }
         let token = self.fetch(correlation_id).await?;
         *cached = Some(token.clone());
-        Ok(token)
+        Ok((token, true))
     }
 
     /// Forget the token of `generation` (QUBS refused it); a newer one is kept.

@@ -35,6 +35,14 @@ pub const MAX_REPORT_ATTACHMENTS: usize = 20;
 /// JSON bodies larger than this are refused rather than buffered.
 const MAX_JSON_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Told about every QUBS HTTP exchange, for metrics. Implementations must be cheap.
+pub trait CallObserver: Send + Sync {
+    /// One HTTP attempt finished: its status, or `None` when no answer came.
+    fn qubs_response(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+    /// A new access token was fetched.
+    fn token_fetched(&self);
+}
+
 /// A cheap-to-clone handle on the QUBS API.
 #[derive(Clone)]
 pub struct Client {
@@ -51,6 +59,7 @@ struct Inner {
     attachment_url_ttl_secs: u32,
     site_ttl: Duration,
     site_cache: Mutex<HashMap<(String, String), (Instant, SiteSettings)>>,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 /// One logical API call; [`Client::execute`] turns it into one or more HTTP attempts.
@@ -83,6 +92,14 @@ pub struct Download {
 impl Client {
     /// A client for `settings` (the secret is read now, from the environment or its file).
     pub fn new(settings: &QubsSettings) -> Result<Client, ConfigError> {
+        Self::with_observer(settings, None)
+    }
+
+    /// As [`Client::new`], reporting every exchange to `observer` (metrics).
+    pub fn with_observer(
+        settings: &QubsSettings,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Result<Client, ConfigError> {
         let secret = settings.client_secret()?;
         let base = Url::parse(settings.base_url()).map_err(|e| ConfigError::Invalid {
             key: "qubs.base_url".into(),
@@ -111,6 +128,7 @@ impl Client {
                 attachment_url_ttl_secs: settings.attachment_url_ttl_secs,
                 site_ttl: Duration::from_secs(settings.site_cache_ttl_secs),
                 site_cache: Mutex::new(HashMap::new()),
+                observer,
             }),
         })
     }
@@ -742,7 +760,10 @@ impl Client {
             .timeout(timeout);
         let mut generation = None;
         if call.bearer {
-            let token = inner.auth.token(correlation_id).await?;
+            let (token, fetched) = inner.auth.token(correlation_id).await?;
+            if fetched && let Some(o) = &inner.observer {
+                o.token_fetched();
+            }
             generation = Some(token.generation);
             request = request.bearer_auth(token.value.expose_secret());
         }
@@ -755,10 +776,12 @@ impl Client {
                 .body(body.clone());
         }
         let started = Instant::now();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, call.operation))?;
+        let sent = request.send().await;
+        if let Some(o) = &inner.observer {
+            let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+            o.qubs_response(call.operation, status, started.elapsed());
+        }
+        let response = sent.map_err(|e| transport_error(&e, call.operation))?;
         tracing::debug!(
             status = response.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,

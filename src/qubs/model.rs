@@ -40,7 +40,19 @@ pub struct Appointment {
 }
 
 impl Appointment {
-    /// Accepts any object with a non-blank `appointmentId` (string or integer).
+    /// Accepts any object with a non-blank `appointmentId` (string or integer); every
+    /// other field is kept as sent.
+    ///
+    /// ```
+    /// use qubs_bridge::qubs::Appointment;
+    /// let a = Appointment::from_json(serde_json::json!({
+    ///     "appointmentId": "A123456", "status": "PENDING REPORTING", "vendorExtra": [1, 2]
+    /// })).unwrap();
+    /// assert_eq!(a.id(), "A123456");
+    /// assert_eq!(a.status(), Some("PENDING REPORTING"));
+    /// assert_eq!(a.fields()["vendorExtra"][1], 2);
+    /// assert!(Appointment::from_json(serde_json::json!({"status": "x"})).is_err());
+    /// ```
     pub fn from_json(value: Value) -> Result<Appointment, String> {
         let Value::Object(fields) = value else {
             return Err(format!(
@@ -141,6 +153,14 @@ pub enum CommentType {
 }
 
 impl CommentType {
+    /// Reads QUBS's two-letter code, in any case and with stray blanks.
+    ///
+    /// ```
+    /// use qubs_bridge::qubs::CommentType;
+    /// assert_eq!(CommentType::parse(" pa"), CommentType::PatientAlert);
+    /// assert!(CommentType::parse("AA").is_alert());
+    /// assert_eq!(CommentType::parse("ZZ"), CommentType::Other("ZZ".into()));
+    /// ```
     pub fn parse(code: &str) -> CommentType {
         match code.trim().to_ascii_uppercase().as_str() {
             "AC" => CommentType::AppointmentComment,

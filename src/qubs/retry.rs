@@ -51,6 +51,14 @@ impl RetryPolicy {
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date; `None` when absent or unreadable.
+///
+/// ```
+/// use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+/// use std::time::Duration;
+/// let mut headers = HeaderMap::new();
+/// headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+/// assert_eq!(qubs_bridge::qubs::retry::parse_retry_after(&headers), Some(Duration::from_secs(120)));
+/// ```
 pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {

@@ -90,3 +90,124 @@ pub fn with_pending(n: usize) -> Simulator {
     }
     sim
 }
+
+/// The bearer token the test gRPC caller uses (allowed domain `acme` only).
+pub const GRPC_TOKEN: &str = "grpc-test-token-3b9e";
+
+/// A simulator plus the whole service (admin, gRPC) wired to it, on loopback ports.
+pub struct Bridge {
+    pub sim: RunningSimulator,
+    pub service: qubs_bridge::service::RunningService,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Full settings for a service talking to `sim`, with extra environment overrides.
+pub fn service_settings(
+    sim: &RunningSimulator,
+    extra_env: &[(&str, &str)],
+) -> qubs_bridge::config::Settings {
+    let mut env: Vec<(String, String)> = vec![
+        ("QUBS_BRIDGE__QUBS__BASE_URL".into(), sim.base_url()),
+        ("QUBS_BRIDGE__QUBS__TOKEN_URL".into(), sim.token_url()),
+        ("QUBS_BRIDGE__QUBS__CLIENT_ID".into(), CLIENT_ID.into()),
+        (
+            "QUBS_BRIDGE__QUBS__CLIENT_SECRET".into(),
+            CLIENT_SECRET.into(),
+        ),
+        ("QUBS_BRIDGE__QUBS__DOMAINS".into(), "acme,globex".into()),
+        (
+            "QUBS_BRIDGE__QUBS__RETRY__INITIAL_BACKOFF_MS".into(),
+            "10".into(),
+        ),
+        (
+            "QUBS_BRIDGE__QUBS__RETRY__MAX_BACKOFF_MS".into(),
+            "100".into(),
+        ),
+        (
+            "QUBS_BRIDGE__QUBS__RETRY__MAX_ELAPSED_MS".into(),
+            "5000".into(),
+        ),
+        (
+            "QUBS_BRIDGE__SERVER__ADMIN_LISTEN".into(),
+            "127.0.0.1:0".into(),
+        ),
+        (
+            "QUBS_BRIDGE__SERVER__GRPC_LISTEN".into(),
+            "127.0.0.1:0".into(),
+        ),
+        // Tests that watch the probe shorten this.
+        (
+            "QUBS_BRIDGE__SERVER__QUBS_PROBE_INTERVAL_SECS".into(),
+            "3600".into(),
+        ),
+        (
+            "QUBS_BRIDGE__SERVER__SHUTDOWN_GRACE_SECS".into(),
+            "5".into(),
+        ),
+    ];
+    for (k, v) in extra_env {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    let mut settings = Settings::load_unchecked(None, env).expect("settings load");
+    settings.grpc.clients.push(qubs_bridge::config::GrpcClient {
+        name: "engine".into(),
+        token_sha256: Some(qubs_bridge::grpc::auth::hash_token(GRPC_TOKEN)),
+        certificate_cn: None,
+        domains: vec!["acme".into()],
+    });
+    settings
+}
+
+/// Starts `sim` (the test client allowed on `acme`) and the service against it.
+pub async fn start_bridge(sim: Simulator, extra_env: &[(&str, &str)]) -> Bridge {
+    start_bridge_with(sim, extra_env, |_| {}).await
+}
+
+/// As [`start_bridge`], with a last say over the settings.
+pub async fn start_bridge_with(
+    sim: Simulator,
+    extra_env: &[(&str, &str)],
+    tweak: impl FnOnce(&mut qubs_bridge::config::Settings),
+) -> Bridge {
+    sim.add_client(CLIENT_ID, CLIENT_SECRET, &["acme"]);
+    let running = sim
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .expect("simulator starts");
+    let mut settings = service_settings(&running, extra_env);
+    tweak(&mut settings);
+    settings.validate().expect("valid test settings");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let service = qubs_bridge::service::start(&settings, shutdown.clone())
+        .await
+        .expect("service starts");
+    Bridge {
+        sim: running,
+        service,
+        shutdown,
+    }
+}
+
+impl Bridge {
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.service.grpc_addr)
+    }
+
+    /// A channel to the gRPC API.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("gRPC connects")
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to a request.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}

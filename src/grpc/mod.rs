@@ -1,0 +1,247 @@
+//! The gRPC API for interface engines (`proto/qubs_bridge/v1/bridge.proto`), served with
+//! tonic: bearer-token or client-certificate auth on every call, `grpc.health.v1`, server
+//! reflection (so `grpcurl` works), gzip, message size limits and HTTP/2 keep-alive.
+//!
+//! The health and reflection services need no credentials, so load balancers and tools can
+//! use them; every `qubs_bridge.v1` call is authenticated.
+
+pub mod auth;
+mod orders;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Response, Status};
+
+use crate::config::GrpcSettings;
+use crate::metrics::Metrics;
+use crate::orders::Order;
+use crate::qubs;
+
+/// Code generated from `proto/`.
+pub mod pb {
+    tonic::include_proto!("qubs_bridge.v1");
+
+    /// Encoded descriptors of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("qubs_bridge_descriptor");
+}
+
+use pb::OutputFormat;
+
+/// What every gRPC handler needs.
+pub struct Context {
+    pub client: qubs::Client,
+    pub metrics: Arc<Metrics>,
+    /// Values mapping files read as `config.*`.
+    pub config_values: Map<String, Value>,
+    pub page_size: u32,
+    pub fetch_concurrency: usize,
+}
+
+impl Context {
+    /// Renders an order in the requested formats.
+    pub(crate) fn render(
+        &self,
+        order: &Order,
+        formats: &[OutputFormat],
+    ) -> Result<pb::Order, Status> {
+        let mut outputs = Vec::with_capacity(formats.len());
+        for format in formats {
+            let (content_type, content) = match format {
+                OutputFormat::SourceJson => (
+                    "application/json",
+                    serde_json::to_string(&order.to_json(&self.config_values))
+                        .map_err(|e| Status::internal(e.to_string()))?,
+                ),
+                other => {
+                    return Err(Status::unimplemented(format!(
+                        "output format {} is not available in this build",
+                        other.as_str_name()
+                    )));
+                }
+            };
+            outputs.push(pb::Output {
+                format: *format as i32,
+                content_type: content_type.into(),
+                content,
+            });
+        }
+        Ok(pb::Order {
+            domain: order.domain.clone(),
+            appointment_id: order.appointment.id().to_string(),
+            outputs,
+            warnings: Vec::new(),
+            mapping_set_version: String::new(),
+            comments: order.comments.iter().map(comment).collect(),
+            attachments: order.attachments.iter().map(attachment).collect(),
+            status: order.appointment.status().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Counts a finished call by method and code.
+    pub(crate) fn observe<T>(
+        &self,
+        method: &str,
+        started: Instant,
+        result: &Result<Response<T>, Status>,
+    ) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics.observe_rpc(method, code, started.elapsed());
+    }
+}
+
+/// The caller's deadline from its `grpc-timeout` header, if it set one.
+pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (value, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let value: u64 = value.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+/// Runs `work` within the caller's deadline, answering DEADLINE_EXCEEDED (and abandoning
+/// the QUBS calls in flight) a little before tonic's own timer would cancel the call.
+pub(crate) async fn within<T>(
+    deadline: Option<Duration>,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(deadline) = deadline else {
+        return work.await;
+    };
+    let margin = (deadline / 10).min(Duration::from_millis(20));
+    match tokio::time::timeout(deadline - margin, work).await {
+        Ok(result) => result,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the call's deadline of {} ms passed while waiting for QUBS",
+            deadline.as_millis()
+        ))),
+    }
+}
+
+fn comment(c: &qubs::Comment) -> pb::Comment {
+    pb::Comment {
+        guid: c.guid.clone().unwrap_or_default(),
+        comment_type: c.comment_type.clone().unwrap_or_default(),
+        text: c.comment_text.clone().unwrap_or_default(),
+        comment_date_time: c.comment_date_time.clone().unwrap_or_default(),
+        is_alert: c.is_alert(),
+    }
+}
+
+fn attachment(a: &qubs::Attachment) -> pb::Attachment {
+    pb::Attachment {
+        guid: a.guid.clone().unwrap_or_default(),
+        category: a.category.clone().unwrap_or_default(),
+        file_name: a.file_name.clone().unwrap_or_default(),
+        added_date_time: a.added_date_time.clone().unwrap_or_default(),
+        url: a.url.clone().unwrap_or_default(),
+        url_expires_at_utc: a.url_expires_at_utc.clone().unwrap_or_default(),
+    }
+}
+
+/// Reports the API as serving or not in `grpc.health.v1`.
+#[derive(Clone)]
+pub struct Health {
+    reporter: tonic_health::server::HealthReporter,
+}
+
+impl Health {
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        self.reporter
+            .set_service_status("qubs_bridge.v1.OrderService", status)
+            .await;
+    }
+}
+
+/// A listening gRPC server.
+pub struct GrpcServer {
+    pub addr: SocketAddr,
+    pub health: Health,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds `addr` and serves until `shutdown`; in-flight calls finish first.
+pub async fn serve(
+    ctx: Arc<Context>,
+    settings: &GrpcSettings,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<GrpcServer> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on server.grpc_listen {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health { reporter };
+    health.set(true).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let limit = settings.max_message_bytes;
+    let auth = auth::Authenticator::new(settings);
+    let orders = pb::order_service_server::OrderServiceServer::new(orders::Orders::new(ctx))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(settings.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(settings.keepalive_timeout_secs)));
+    if let Some(tls) = &settings.tls {
+        let cert = std::fs::read(&tls.cert_file)?;
+        let key = std::fs::read(&tls.key_file)?;
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &tls.client_ca_file {
+            config = config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| anyhow::anyhow!("grpc.tls: {e}"))?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(orders, auth::interceptor(auth)));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        let served = router
+            .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
+    tracing::info!(addr = %bound, tls = settings.tls.is_some(), "gRPC API listening");
+    Ok(GrpcServer {
+        addr: bound,
+        health,
+        task,
+    })
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics, served as text on the admin endpoint's `/metrics`.
+//!
+//! Labels carry only operation names, status codes, caller names and code-table names —
+//! never patient data or ids.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::qubs::CallObserver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QubsLabels {
+    pub operation: String,
+    /// HTTP status, or `error` when no answer came (timeout, connection).
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric the bridge exports.
+pub struct Metrics {
+    registry: Registry,
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    pub rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    pub qubs_requests: Family<QubsLabels, Counter>,
+    pub qubs_seconds: Family<QubsLabels, Histogram, fn() -> Histogram>,
+    pub qubs_token_refreshes: Counter,
+    pub mapping_reloads: Family<OutcomeLabels, Counter>,
+    /// 1 while the loaded mapping set is the last good one but a newer edit failed to load.
+    pub mapping_reload_failing: Gauge,
+    pub unmapped_values: Family<TableLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("qubs_bridge");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        let rpc_seconds = Family::<RpcLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let qubs_requests = Family::<QubsLabels, Counter>::default();
+        let qubs_seconds = Family::<QubsLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let qubs_token_refreshes = Counter::default();
+        let mapping_reloads = Family::<OutcomeLabels, Counter>::default();
+        let mapping_reload_failing = Gauge::default();
+        let unmapped_values = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls by method and status code",
+            rpc_requests.clone(),
+        );
+        registry.register(
+            "grpc_request_seconds",
+            "gRPC call latency by method and status code",
+            rpc_seconds.clone(),
+        );
+        registry.register(
+            "qubs_requests",
+            "QUBS API requests by operation and HTTP status",
+            qubs_requests.clone(),
+        );
+        registry.register(
+            "qubs_request_seconds",
+            "QUBS API request latency",
+            qubs_seconds.clone(),
+        );
+        registry.register(
+            "qubs_token_refreshes",
+            "OAuth2 tokens fetched from QUBS",
+            qubs_token_refreshes.clone(),
+        );
+        registry.register(
+            "mapping_reloads",
+            "Mapping set (re)loads by outcome",
+            mapping_reloads.clone(),
+        );
+        registry.register(
+            "mapping_reload_failing",
+            "1 while the newest mapping files fail to load (the last good set is in use)",
+            mapping_reload_failing.clone(),
+        );
+        registry.register(
+            "unmapped_values",
+            "Values a code table could not map, by table",
+            unmapped_values.clone(),
+        );
+        Metrics {
+            registry,
+            rpc_requests,
+            rpc_seconds,
+            qubs_requests,
+            qubs_seconds,
+            qubs_token_refreshes,
+            mapping_reloads,
+            mapping_reload_failing,
+            unmapped_values,
+        }
+    }
+
+    /// Records one finished gRPC call.
+    pub fn observe_rpc(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let labels = RpcLabels {
+            method: method.to_string(),
+            code: format!("{code:?}"),
+        };
+        self.rpc_requests.get_or_create(&labels).inc();
+        self.rpc_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl CallObserver for Metrics {
+    fn qubs_response(&self, operation: &'static str, status: Option<u16>, elapsed: Duration) {
+        let labels = QubsLabels {
+            operation: operation.to_string(),
+            status: status.map_or_else(|| "error".to_string(), |s| s.to_string()),
+        };
+        self.qubs_requests.get_or_create(&labels).inc();
+        self.qubs_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn token_fetched(&self) {
+        self.qubs_token_refreshes.inc();
+    }
+}
