@@ -1,0 +1,159 @@
+//! TLS and mutual TLS on the gRPC API, with certificates the test makes itself.
+
+mod common;
+
+use common::{GRPC_TOKEN, authed, start_bridge_with, with_pending};
+use qubs_bridge::config::{GrpcClient, TlsSettings};
+use qubs_bridge::grpc::pb::order_service_client::OrderServiceClient;
+use qubs_bridge::grpc::pb::{GetOrderRequest, OutputFormat};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A CA, a server certificate for localhost/127.0.0.1, and client certificates.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "qubs-bridge test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+        }
+    }
+
+    /// Writes a certificate signed by the CA; returns (cert PEM, key PEM).
+    fn issue(&self, cn: &str, names: &[&str]) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(&self, name: &str, pem: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    fn server_tls(&self, mutual: bool) -> TlsSettings {
+        let (cert, key) = self.issue("qubs-bridge", &["localhost", "127.0.0.1"]);
+        TlsSettings {
+            cert_file: self.write("server.pem", &cert),
+            key_file: self.write("server.key", &key),
+            client_ca_file: mutual.then(|| self.write("ca.pem", &self.ca_pem())),
+        }
+    }
+}
+
+async fn tls_channel(addr: std::net::SocketAddr, pki: &Pki, identity: Option<(String, String)>) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pki.ca_pem()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+fn get_order() -> GetOrderRequest {
+    GetOrderRequest {
+        domain: "acme".into(),
+        appointment_id: "A0001".into(),
+        formats: vec![OutputFormat::SourceJson as i32],
+    }
+}
+
+#[tokio::test]
+async fn tls_with_bearer_tokens() {
+    let pki = Pki::new();
+    let tls = pki.server_tls(false);
+    let bridge = start_bridge_with(with_pending(1), &[], |s| s.grpc.tls = Some(tls)).await;
+    let addr = bridge.service.grpc_addr;
+    let channel = tls_channel(addr, &pki, None).await.unwrap();
+    let order = OrderServiceClient::new(channel)
+        .get_order(authed(get_order(), GRPC_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.order.unwrap().appointment_id, "A0001");
+    // Plaintext to a TLS port gets nowhere.
+    let plain = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let e = OrderServiceClient::new(plain)
+        .get_order(authed(get_order(), GRPC_TOKEN))
+        .await
+        .unwrap_err();
+    assert_ne!(e.code(), Code::Ok);
+}
+
+#[tokio::test]
+async fn mutual_tls_identifies_callers_by_certificate() {
+    let pki = Pki::new();
+    let tls = pki.server_tls(true);
+    let bridge = start_bridge_with(with_pending(1), &[], |s| {
+        s.grpc.tls = Some(tls);
+        s.grpc.clients.push(GrpcClient {
+            name: "engine-by-cert".into(),
+            token_sha256: None,
+            certificate_cn: Some("mirth-prod".into()),
+            domains: vec!["acme".into()],
+        });
+    })
+    .await;
+    let addr = bridge.service.grpc_addr;
+
+    // A known certificate is enough: no token.
+    let channel = tls_channel(addr, &pki, Some(pki.issue("mirth-prod", &[]))).await.unwrap();
+    let mut client = OrderServiceClient::new(channel);
+    let order = client
+        .get_order(tonic::Request::new(get_order()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.order.unwrap().appointment_id, "A0001");
+    let mut other_domain = get_order();
+    other_domain.domain = "globex".into();
+    assert_eq!(
+        client.get_order(tonic::Request::new(other_domain)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    // A certificate from the CA but for nobody configured.
+    let channel = tls_channel(addr, &pki, Some(pki.issue("stranger", &[]))).await.unwrap();
+    let e = OrderServiceClient::new(channel)
+        .get_order(tonic::Request::new(get_order()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("stranger"), "{}", e.message());
+
+    // No client certificate: the handshake is refused.
+    let refused = match tls_channel(addr, &pki, None).await {
+        Err(_) => true,
+        Ok(channel) => OrderServiceClient::new(channel)
+            .get_order(authed(get_order(), GRPC_TOKEN))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate got through");
+}
