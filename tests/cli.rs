@@ -174,22 +174,32 @@ fn serve_refuses_to_start_on_bad_configuration() {
     );
 }
 
-/// Reads the child's stdout until a line contains `marker`; returns that line.
-fn wait_for_line(child: &mut Child, marker: &str) -> String {
+/// Reads the child's stdout up to the line containing `marker`; returns the lines read.
+fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
     let stdout = child.stdout.as_mut().unwrap();
     let mut reader = BufReader::new(stdout);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
     let mut line = String::new();
-    while Instant::now() < deadline {
+    loop {
         line.clear();
         if reader.read_line(&mut line).unwrap() == 0 {
-            break;
+            panic!("no line with {marker:?} on stdout: {lines:?}");
         }
+        lines.push(line.trim().to_string());
         if line.contains(marker) {
-            return line.trim().to_string();
+            return lines;
         }
     }
-    panic!("no line with {marker:?} on stdout");
+}
+
+/// The last word of the first line containing `marker`.
+fn last_word(lines: &[String], marker: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l.contains(marker))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no {marker:?} in {lines:?}"))
+        .to_string()
 }
 
 fn sigterm(child: &Child) {
@@ -235,8 +245,8 @@ fn serve_demo_becomes_ready_shuts_down_cleanly_and_logs_no_phi() {
         std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s).unwrap();
         s
     });
-    let line = wait_for_line(&mut child, "admin endpoint");
-    let url = line.split_whitespace().last().unwrap().to_string();
+    let lines = read_until(&mut child, "admin endpoint");
+    let url = last_word(&lines, "admin endpoint");
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         let resp = reqwest::blocking::get(&url).unwrap();
@@ -278,8 +288,8 @@ fn the_standalone_simulator_prints_working_credentials() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let token_line = wait_for_line(&mut child, "token URL");
-    let token_url = token_line.split_whitespace().last().unwrap().to_string();
+    let lines = read_until(&mut child, "token URL");
+    let token_url = last_word(&lines, "token URL");
     let resp = reqwest::blocking::Client::new()
         .post(&token_url)
         .form(&[
@@ -295,4 +305,107 @@ fn the_standalone_simulator_prints_working_credentials() {
         wait_exit(&mut child, Duration::from_secs(10)).code(),
         Some(0)
     );
+}
+
+/// Runs a CLI client command against `server` with the demo token.
+fn client(server: &str, args: &[&str]) -> (bool, String, String) {
+    let out = bridge()
+        .args(args)
+        .env("QUBS_BRIDGE_SERVER", server)
+        .env("QUBS_BRIDGE_TOKEN", "demo-token")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn the_cli_client_reads_the_demo_orders_over_grpc() {
+    let mut child = bridge()
+        .args(["serve", "--demo"])
+        .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("QUBS_BRIDGE__SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, "admin endpoint");
+    let server = format!("http://{}", last_word(&lines, "gRPC API on"));
+
+    let (ok, out, err) = client(&server, &["orders", "list", "--page-size", "5"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("APPOINTMENT"), "{out}");
+    assert!(
+        out.contains("PENDING REPORTING") && out.contains("next page: --page-token"),
+        "{out}"
+    );
+
+    let (ok, out, err) = client(
+        &server,
+        &["orders", "list", "--format", "json", "--page-size", "2"],
+    );
+    assert!(ok, "{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let id = first["appointmentId"].as_str().unwrap().to_string();
+    assert_eq!(
+        first["outputs"][0]["content"]["appointment"]["appointmentId"],
+        id.as_str()
+    );
+
+    let (ok, out, err) = client(&server, &["orders", "get", &id]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("appointment  {id}")) && out.contains("attachments"),
+        "{out}"
+    );
+
+    let (ok, _, err) = client(&server, &["orders", "stream", "--count-only"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("40 orders in"), "{err}");
+
+    let (ok, _, err) = client(&server, &["orders", "list", "--domain", "globex"]);
+    assert!(!ok);
+    assert!(err.contains("PermissionDenied"), "{err}");
+
+    let out = bridge()
+        .args(["orders", "list"])
+        .env("QUBS_BRIDGE_SERVER", &server)
+        .env("QUBS_BRIDGE_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+
+    sigterm(&child);
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn grpc_new_token_prints_a_config_entry_whose_hash_matches() {
+    let out = bridge()
+        .args(["grpc", "new-token", "--name", "ris"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let token = text
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap();
+    let hash = text
+        .lines()
+        .find(|l| l.starts_with("token_sha256"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap();
+    assert_eq!(qubs_bridge::grpc::auth::hash_token(token), hash);
+    assert!(text.contains("name = \"ris\""));
 }

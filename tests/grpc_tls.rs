@@ -6,9 +6,7 @@ use common::{GRPC_TOKEN, authed, start_bridge_with, with_pending};
 use qubs_bridge::config::{GrpcClient, TlsSettings};
 use qubs_bridge::grpc::pb::order_service_client::OrderServiceClient;
 use qubs_bridge::grpc::pb::{GetOrderRequest, OutputFormat};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -35,7 +33,8 @@ impl Pki {
     /// Writes a certificate signed by the CA; returns (cert PEM, key PEM).
     fn issue(&self, cn: &str, names: &[&str]) -> (String, String) {
         let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
@@ -62,7 +61,11 @@ impl Pki {
     }
 }
 
-async fn tls_channel(addr: std::net::SocketAddr, pki: &Pki, identity: Option<(String, String)>) -> Result<Channel, tonic::transport::Error> {
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    identity: Option<(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(pki.ca_pem()))
         .domain_name("localhost");
@@ -98,7 +101,11 @@ async fn tls_with_bearer_tokens() {
         .into_inner();
     assert_eq!(order.order.unwrap().appointment_id, "A0001");
     // Plaintext to a TLS port gets nowhere.
-    let plain = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let plain = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let e = OrderServiceClient::new(plain)
         .get_order(authed(get_order(), GRPC_TOKEN))
         .await
@@ -123,7 +130,9 @@ async fn mutual_tls_identifies_callers_by_certificate() {
     let addr = bridge.service.grpc_addr;
 
     // A known certificate is enough: no token.
-    let channel = tls_channel(addr, &pki, Some(pki.issue("mirth-prod", &[]))).await.unwrap();
+    let channel = tls_channel(addr, &pki, Some(pki.issue("mirth-prod", &[])))
+        .await
+        .unwrap();
     let mut client = OrderServiceClient::new(channel);
     let order = client
         .get_order(tonic::Request::new(get_order()))
@@ -134,12 +143,18 @@ async fn mutual_tls_identifies_callers_by_certificate() {
     let mut other_domain = get_order();
     other_domain.domain = "globex".into();
     assert_eq!(
-        client.get_order(tonic::Request::new(other_domain)).await.unwrap_err().code(),
+        client
+            .get_order(tonic::Request::new(other_domain))
+            .await
+            .unwrap_err()
+            .code(),
         Code::PermissionDenied
     );
 
     // A certificate from the CA but for nobody configured.
-    let channel = tls_channel(addr, &pki, Some(pki.issue("stranger", &[]))).await.unwrap();
+    let channel = tls_channel(addr, &pki, Some(pki.issue("stranger", &[])))
+        .await
+        .unwrap();
     let e = OrderServiceClient::new(channel)
         .get_order(tonic::Request::new(get_order()))
         .await

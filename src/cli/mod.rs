@@ -1,6 +1,9 @@
 //! The `qubs-bridge` command line: one file per subcommand.
 
 mod config_check;
+mod connect;
+mod grpc_tokens;
+mod orders;
 mod serve;
 mod simulator;
 
@@ -31,6 +34,16 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Read orders from a running bridge (gRPC client).
+    Orders {
+        #[command(flatten)]
+        connection: connect::Connection,
+        #[command(subcommand)]
+        command: orders::OrdersCommand,
+    },
+    /// gRPC caller tokens.
+    #[command(subcommand)]
+    Grpc(grpc_tokens::GrpcCommand),
 }
 
 #[derive(Subcommand)]
@@ -60,6 +73,11 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Simulator(args) => simulator::run(args).await,
             Command::Config(ConfigCommand::Check { file }) => config_check::run(file),
+            Command::Orders {
+                connection,
+                command,
+            } => orders::run(&connection, command).await,
+            Command::Grpc(command) => grpc_tokens::run(command),
         }
     });
     match result {

@@ -1,0 +1,314 @@
+//! `qubs-bridge orders list|get|stream`: read orders from a running bridge over gRPC.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::connect::{Connection, Display, describe};
+use crate::grpc::pb::{self, OutputFormat, order_service_client::OrderServiceClient};
+
+#[derive(Subcommand)]
+pub enum OrdersCommand {
+    /// One page of orders pending reporting.
+    List(ListArgs),
+    /// One order with its comments, alerts and attachments.
+    Get(GetArgs),
+    /// Every order pending reporting, streamed across all pages.
+    Stream(StreamArgs),
+}
+
+/// Output documents to ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum As {
+    /// FHIR R4 ServiceRequest (JSON).
+    FhirServiceRequest,
+    /// FHIR R4 DiagnosticReport (JSON).
+    FhirDiagnosticReport,
+    /// HL7 v2 ORM^O01 (ER7).
+    Hl7Orm,
+    /// The QUBS source JSON.
+    SourceJson,
+}
+
+impl From<As> for OutputFormat {
+    fn from(a: As) -> Self {
+        match a {
+            As::FhirServiceRequest => OutputFormat::FhirServiceRequest,
+            As::FhirDiagnosticReport => OutputFormat::FhirDiagnosticReport,
+            As::Hl7Orm => OutputFormat::Hl7OrmO01,
+            As::SourceJson => OutputFormat::SourceJson,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct Common {
+    /// QUBS domain.
+    #[arg(long, env = "QUBS_BRIDGE_DOMAIN", default_value = "acme")]
+    domain: String,
+    /// Documents wanted per order (repeatable).
+    #[arg(long = "as", value_enum, default_values_t = [As::SourceJson])]
+    outputs: Vec<As>,
+    /// Output style.
+    #[arg(long, value_enum, default_value_t = Display::Table)]
+    format: Display,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Orders per page (0 = the server's default).
+    #[arg(long, default_value_t = 0)]
+    page_size: u32,
+    /// The `next page token` printed by the previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+    /// Fetch comments and alerts too.
+    #[arg(long)]
+    comments: bool,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    common: Common,
+    /// QUBS appointment id.
+    appointment_id: String,
+}
+
+#[derive(Args)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    common: Common,
+    /// QUBS page size while streaming (0 = the server's default).
+    #[arg(long, default_value_t = 0)]
+    page_size: u32,
+    /// Fetch comments and alerts too.
+    #[arg(long)]
+    comments: bool,
+    /// Stop after this many orders.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print only the progress and the total, not the orders.
+    #[arg(long)]
+    count_only: bool,
+}
+
+pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()> {
+    let mut client = OrderServiceClient::new(conn.channel().await?);
+    let formats = |c: &Common| -> Vec<i32> {
+        c.outputs
+            .iter()
+            .map(|a| OutputFormat::from(*a) as i32)
+            .collect()
+    };
+    let mut out = std::io::stdout().lock();
+    match command {
+        OrdersCommand::List(args) => {
+            let page = client
+                .list_pending_orders(pb::ListPendingOrdersRequest {
+                    domain: args.common.domain.clone(),
+                    page_size: args.page_size,
+                    page_token: args.page_token.clone(),
+                    formats: formats(&args.common),
+                    include_comments: args.comments,
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            if args.common.format == Display::Table {
+                table_header(&mut out)?;
+            }
+            for order in &page.orders {
+                print_order(&mut out, order, args.common.format)?;
+            }
+            for s in &page.skipped {
+                eprintln!("skipped QUBS item {} ({}): {}", s.index, s.id, s.reason);
+            }
+            match args.common.format {
+                Display::Table if !page.next_page_token.is_empty() => writeln!(
+                    out,
+                    "\n{} orders; next page: --page-token {}",
+                    page.orders.len(),
+                    page.next_page_token
+                )?,
+                Display::Table => writeln!(out, "\n{} orders; last page", page.orders.len())?,
+                Display::Json => {
+                    writeln!(out, "{}", json!({"nextPageToken": page.next_page_token}))?
+                }
+            }
+        }
+        OrdersCommand::Get(args) => {
+            let order = client
+                .get_order(pb::GetOrderRequest {
+                    domain: args.common.domain.clone(),
+                    appointment_id: args.appointment_id.clone(),
+                    formats: formats(&args.common),
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner()
+                .order
+                .ok_or_else(|| anyhow::anyhow!("the bridge answered without an order"))?;
+            match args.common.format {
+                Display::Json => print_order(&mut out, &order, Display::Json)?,
+                Display::Table => {
+                    writeln!(out, "appointment  {}", order.appointment_id)?;
+                    writeln!(out, "domain       {}", order.domain)?;
+                    writeln!(out, "status       {}", order.status)?;
+                    writeln!(
+                        out,
+                        "mappings     {}",
+                        empty_dash(&order.mapping_set_version)
+                    )?;
+                    for w in &order.warnings {
+                        writeln!(out, "warning      {} {} {}", w.code, w.rule, w.message)?;
+                    }
+                    writeln!(out, "comments     {}", order.comments.len())?;
+                    for c in &order.comments {
+                        let kind = if c.is_alert { "ALERT" } else { "note" };
+                        writeln!(out, "  {:<5} {:<2} {}", kind, c.comment_type, c.text)?;
+                    }
+                    writeln!(out, "attachments  {}", order.attachments.len())?;
+                    for a in &order.attachments {
+                        writeln!(out, "  {}  {}  {}", a.guid, a.category, a.file_name)?;
+                    }
+                    for o in &order.outputs {
+                        writeln!(out, "\n--- {} ({})", format_name(o.format), o.content_type)?;
+                        writeln!(out, "{}", readable(&o.content))?;
+                    }
+                }
+            }
+        }
+        OrdersCommand::Stream(args) => {
+            let mut stream = client
+                .stream_pending_orders(pb::StreamPendingOrdersRequest {
+                    domain: args.common.domain.clone(),
+                    formats: formats(&args.common),
+                    page_size: args.page_size,
+                    include_comments: args.comments,
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            let started = Instant::now();
+            let progress = std::io::stderr().is_terminal();
+            let mut count = 0usize;
+            if args.common.format == Display::Table && !args.count_only {
+                table_header(&mut out)?;
+            }
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(|s| describe(&s))?;
+                if let Some(s) = item.skipped {
+                    eprintln!("skipped QUBS item {} ({}): {}", s.index, s.id, s.reason);
+                }
+                let Some(order) = item.order else { continue };
+                count += 1;
+                if !args.count_only {
+                    print_order(&mut out, &order, args.common.format)?;
+                }
+                if progress && count % 500 == 0 {
+                    let rate = count as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    eprint!("\r{count} orders, {rate:.0}/s");
+                }
+                if args.limit.is_some_and(|l| count >= l) {
+                    break;
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            if progress {
+                eprint!("\r");
+            }
+            eprintln!(
+                "{count} orders in {secs:.1} s ({:.0}/s)",
+                count as f64 / secs.max(1e-3)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn table_header(out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:<22} {:>8} {:>9}  OUTPUTS",
+        "APPOINTMENT", "STATUS", "WARNINGS", "COMMENTS"
+    )
+}
+
+fn print_order(out: &mut impl Write, order: &pb::Order, display: Display) -> std::io::Result<()> {
+    match display {
+        Display::Table => {
+            let outputs: Vec<String> = order
+                .outputs
+                .iter()
+                .map(|o| format!("{} ({} B)", format_name(o.format), o.content.len()))
+                .collect();
+            writeln!(
+                out,
+                "{:<14} {:<22} {:>8} {:>9}  {}",
+                order.appointment_id,
+                order.status,
+                order.warnings.len(),
+                order.comments.len(),
+                outputs.join(", ")
+            )
+        }
+        Display::Json => {
+            let outputs: Vec<Value> = order
+                .outputs
+                .iter()
+                .map(|o| {
+                    let content = serde_json::from_str::<Value>(&o.content)
+                        .unwrap_or_else(|_| Value::String(o.content.clone()));
+                    json!({"format": format_name(o.format), "contentType": o.content_type, "content": content})
+                })
+                .collect();
+            let warnings: Vec<Value> = order
+                .warnings
+                .iter()
+                .map(|w| json!({"code": w.code, "rule": w.rule, "message": w.message}))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                json!({
+                    "domain": order.domain,
+                    "appointmentId": order.appointment_id,
+                    "status": order.status,
+                    "mappingSetVersion": order.mapping_set_version,
+                    "warnings": warnings,
+                    "comments": order.comments.iter().map(|c| json!({"guid": c.guid, "commentType": c.comment_type, "text": c.text, "isAlert": c.is_alert})).collect::<Vec<_>>(),
+                    "attachments": order.attachments.iter().map(|a| json!({"guid": a.guid, "category": a.category, "fileName": a.file_name, "url": a.url, "urlExpiresAtUtc": a.url_expires_at_utc})).collect::<Vec<_>>(),
+                    "outputs": outputs,
+                })
+            )
+        }
+    }
+}
+
+fn format_name(format: i32) -> &'static str {
+    match OutputFormat::try_from(format) {
+        Ok(OutputFormat::FhirServiceRequest) => "fhir-service-request",
+        Ok(OutputFormat::FhirDiagnosticReport) => "fhir-diagnostic-report",
+        Ok(OutputFormat::Hl7OrmO01) => "hl7-orm",
+        Ok(OutputFormat::SourceJson) => "source-json",
+        _ => "unknown",
+    }
+}
+
+/// JSON pretty-printed, ER7 with one segment per line.
+fn readable(content: &str) -> String {
+    match serde_json::from_str::<Value>(content) {
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| content.to_string()),
+        Err(_) => content.replace('\r', "\n"),
+    }
+}
+
+fn empty_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
