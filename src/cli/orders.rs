@@ -211,7 +211,7 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
                 if !args.count_only {
                     print_order(&mut out, &order, args.common.format)?;
                 }
-                if progress && count % 500 == 0 {
+                if progress && count.is_multiple_of(500) {
                     let rate = count as f64 / started.elapsed().as_secs_f64().max(1e-3);
                     eprint!("\r{count} orders, {rate:.0}/s");
                 }
