@@ -2,3 +2,4 @@
 //! (The component walkthrough is written as the components land.)
 
 pub mod hl7;
+pub mod mapping;

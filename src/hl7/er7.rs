@@ -288,6 +288,15 @@ impl<'a> Segment<'a> {
         self.text
     }
 
+    /// Calls `f` with every raw value at `path`'s field/repetition/component in this
+    /// segment (the path's segment id and occurrence are not looked at).
+    pub fn visit(&self, path: &Path, f: &mut dyn FnMut(&'a str)) {
+        if let Some(field) = self.field(path.field) {
+            let opaque = self.id == "MSH" && path.field <= 2;
+            visit_field(field, path, &self.delims, opaque, f);
+        }
+    }
+
     /// Raw field `n` (1-based), all repetitions; `None` when the segment is shorter.
     pub fn field(&self, n: u16) -> Option<&'a str> {
         let fs = self.delims.field;
@@ -569,6 +578,21 @@ impl<'a> Scope<'_, 'a> {
         out
     }
 
+    /// The segments with id `id` this scope answers from (the group's, else the header's).
+    pub fn segments_with_id(&self, id: &[u8; 3]) -> Vec<Segment<'a>> {
+        let pick = |r: Range<usize>| -> Vec<Segment<'a>> {
+            r.filter(|&i| &self.msg.segs[i].id == id)
+                .filter_map(|i| self.msg.segment(i))
+                .collect()
+        };
+        let v = pick(self.range.clone());
+        if v.is_empty() {
+            pick(self.header.clone())
+        } else {
+            v
+        }
+    }
+
     /// Calls `f` with every raw value at `path`, in message order.
     pub fn visit(&self, path: &Path, f: &mut dyn FnMut(&'a str)) {
         let mut in_range = self.visit_range(self.range.clone(), path, f);
@@ -591,16 +615,7 @@ impl<'a> Scope<'_, 'a> {
             {
                 continue;
             }
-            let seg = self.msg.segment(i).expect("index in range");
-            if let Some(field) = seg.field(path.field) {
-                visit_field(
-                    field,
-                    path,
-                    &self.msg.delims,
-                    seg.id == "MSH" && path.field <= 2,
-                    f,
-                );
-            }
+            self.msg.segment(i).expect("index in range").visit(path, f);
         }
         seen > 0
     }

@@ -72,7 +72,10 @@ impl Node {
     /// Looks up `key` in a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.kind {
-            Kind::Map(m) => m.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Kind::Map(m) => m
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -133,7 +136,11 @@ fn convert(s: Spanned<Raw>) -> Node {
         Raw::Number(n) => Kind::Number(n),
         Raw::Str(s) => Kind::Str(s),
         Raw::Seq(v) => Kind::Seq(v.into_iter().map(convert).collect()),
-        Raw::Map(v) => Kind::Map(v.into_iter().map(|(k, v)| (convert(k), convert(v))).collect()),
+        Raw::Map(v) => Kind::Map(
+            v.into_iter()
+                .map(|(k, v)| (convert(k), convert(v)))
+                .collect(),
+        ),
     };
     Node { pos, kind }
 }
