@@ -81,7 +81,9 @@ fn order_to_orm() {
     println!("{}", t.replace('\r', "\n"));
     assert!(t.starts_with("MSH|^~\\&|QUBS-BRIDGE|North Shore Imaging|RIS||20261120100000+1100||ORM^O01^ORM_O01|TEST0001|P|2.5.1||||||UNICODE UTF-8\r"));
     assert!(t.contains("\rPID|1||P-55021^^^acme^MR||O'Brien^Jane^Mary^^Mrs||19610314|F\r"));
-    assert!(t.contains("\rTQ1|1||||||20261120091500+1100|20261120094500+1100|A\r"));
+    assert!(
+        t.contains("\rORC|NW|APT-1001^QUBS|||SC||^^^20261120091500+1100^20261120094500+1100^A|")
+    );
     assert!(t.contains("Persistent cough 6 weeks. ?mass \\F\\ r/o PE"));
     assert!(t.contains("\rNTE|2|O|ALERT: Contrast allergy (iodine) - premedicate|RE\r"));
 }

@@ -35,12 +35,14 @@ pub fn max_field_count(segment: &str) -> Option<u16> {
 }
 
 /// Segment order of ORM^O01 (flattened; groups repeat as a whole) and the ids it requires.
+/// ORM^O01 has no TQ1 in any version (TQ1 came with 2.5 for OMG/OMI; ORM keeps ORC-7 and
+/// OBR-27 for timing), so a TQ1 in an ORM mapping is refused.
 pub fn structure(message: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
     match message {
         "ORM^O01" => Some((
             &[
-                "MSH", "NTE", "PID", "PD1", "NTE", "PV1", "PV2", "IN1", "GT1", "AL1", "ORC", "TQ1",
-                "OBR", "NTE", "DG1", "OBX", "NTE", "CTI", "BLG",
+                "MSH", "NTE", "PID", "PD1", "NTE", "PV1", "PV2", "IN1", "GT1", "AL1", "ORC", "OBR",
+                "NTE", "CTD", "DG1", "OBX", "NTE", "FT1", "CTI", "BLG",
             ],
             &["MSH", "PID", "ORC", "OBR"],
         )),
@@ -209,7 +211,8 @@ mod tests {
     #[test]
     fn order() {
         let (o, _) = structure("ORM^O01").unwrap();
-        assert!(check_order(&["MSH", "PID", "PV1", "ORC", "TQ1", "OBR", "NTE"], o).is_ok());
+        assert!(check_order(&["MSH", "PID", "PV1", "ORC", "OBR", "NTE"], o).is_ok());
+        assert!(check_order(&["MSH", "PID", "ORC", "TQ1", "OBR"], o).is_err());
         assert!(check_order(&["MSH", "PID", "ORC", "OBR", "ORC", "OBR"], o).is_ok());
         assert_eq!(check_order(&["MSH", "ORC", "PID"], o), Err(2));
     }
