@@ -115,3 +115,123 @@ fn oru_samples_to_reports() {
     println!("{}", serde_json::to_string_pretty(sub).unwrap());
     assert_eq!(sub.appointment_id, "PlacerOrderNumberImagingServiceRequest");
 }
+
+#[test]
+fn dry_run_lists_unread_fields_and_unmapped_values() {
+    let s = set();
+    let mut o = order("routine-ct.json");
+    o["appointment"]["priority"] = "whenever".into();
+    o["appointment"]["referralSource"] = "GP".into();
+    let d = s.dry_run("service_request", &o, &opts()).unwrap();
+    assert_eq!(d.output.unmapped.len(), 1);
+    assert_eq!(d.output.unmapped[0].table, "priority");
+    assert_eq!(d.output.unmapped[0].value, "whenever");
+    assert!(
+        d.unread_fields
+            .contains(&"appointment.referralSource".to_string()),
+        "{:?}",
+        d.unread_fields
+    );
+    assert!(d.unread_fields.contains(&"comments[].guid".to_string()));
+    assert!(
+        !d.unread_fields
+            .contains(&"comments[].commentText".to_string())
+    );
+    assert!(
+        !d.unread_fields
+            .contains(&"appointment.appointmentId".to_string())
+    );
+}
+
+#[test]
+fn repeating_fields_and_segment_conditions() {
+    let yaml = r#"mapping: t
+input: order
+output: hl7
+message: ORM^O01
+version: "2.5.1"
+segments:
+  - segment: MSH
+  - segment: PID
+    rules:
+      - for_each: appointment.examCodes[*]
+        as: x
+        rules:
+          - target: PID-3[*].1
+            from: x.code
+          - target: PID-3[*].5
+            value: EX
+  - segment: ORC
+    rules:
+      - target: ORC-1
+        value: NW
+  - segment: OBR
+    rules:
+      - target: OBR-4.2
+        value: x
+  - segment: NTE
+    when: {from: appointment.clinicalInfo, present: true}
+    rules:
+      - target: NTE-3
+        from: appointment.clinicalInfo
+"#;
+    let set = MappingSet::from_texts(&[(PathBuf::from("t.yaml"), yaml.to_string())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut o = order("routine-ct.json");
+    o["appointment"]["examCodes"] = serde_json::json!([{"code": "A"}, {"code": ""}, {"code": "B"}]);
+    let out = set.map_order_with("t", &o, &opts()).unwrap();
+    let Body::Hl7(t) = out.body else { panic!() };
+    // Every item writes PID-3.5, so the empty code keeps its repetition.
+    assert!(t.contains("\rPID|||A^^^^EX~^^^^EX~B^^^^EX\r"), "{t}");
+    assert!(t.contains("\rNTE|||Persistent cough"));
+    o["appointment"]["clinicalInfo"] = serde_json::Value::Null;
+    let out = set.map_order_with("t", &o, &opts()).unwrap();
+    let Body::Hl7(t) = out.body else { panic!() };
+    assert!(!t.contains("NTE"));
+}
+
+#[test]
+fn invalid_output_is_an_error_naming_the_mapping() {
+    // pass_through of a free-text priority into a coded element is refused at load time;
+    // a date-time the site cannot resolve is refused at run time, naming the rule.
+    let s = set();
+    let mut o = order("routine-ct.json");
+    o["appointment"]["startTime"] = "9.15am".into();
+    let e = s
+        .map_order_with("service_request", &o, &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("service_request.yaml:") && e.contains("occurrenceDateTime"),
+        "{e}"
+    );
+    assert!(!e.contains("9.15am"), "PHI-free: {e}");
+}
+
+#[test]
+fn diagnostic_report_input() {
+    let s = set();
+    let mut dr: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("tests/data/fhir/hl7r4-diagnosticreport-ultrasound.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // The FHIR example has no link to an order: a clear error, then mapped once linked.
+    let e = s
+        .map_diagnostic_report(&dr, &InboundContext::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("appointmentId") && e.contains("required"), "{e}");
+    dr["identifier"] = serde_json::json!([{"value": "APT-9"}]);
+    let r = s
+        .map_diagnostic_report(&dr, &InboundContext::default())
+        .unwrap();
+    assert_eq!(r.submissions[0].appointment_id, "APT-9");
+    assert_eq!(
+        r.submissions[0].report_status,
+        qubs_bridge::mapping::ReportStatus::Final
+    );
+    assert!(!r.submissions[0].report_text.is_empty());
+}

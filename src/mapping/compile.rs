@@ -621,7 +621,7 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
             }
         }
         if hl7::field_count(&id, &version).is_none() {
-            cx.err(it.get("segment").map_or(it.pos, |n| n.pos), format!("segment {id} is not known for HL7 v{version}"), "supported: MSH PID PV1 ORC OBR NTE OBX, TQ1 from v2.5 (add `min_version: \"2.5\"`)");
+            cx.err(it.get("segment").map_or(it.pos, |n| n.pos), format!("segment {id} is not known for HL7 v{version}"), "the built-in tables know MSH PID PV1 ORC OBR NTE OBX MSA ERR (and TQ1 from v2.5, which ORM^O01 does not use)");
             continue;
         }
         ids.push((id.clone(), it.pos));
@@ -1401,7 +1401,7 @@ fn check_alt(cx: &mut Cx, a: &Alt, pos: Pos, aliases: &[(String, String)]) {
             if let Some(max) = hl7::max_field_count(seg)
                 && h.path.field > max
             {
-                cx.err(pos, format!("{seg}-{} does not exist in any supported HL7 version ({seg} has at most {max} fields)", h.path.field), "");
+                cx.err(pos, format!("{seg}-{} does not exist in any supported HL7 version ({seg} has at most {max} fields)", h.path.field), format!("use {seg}-1 to {seg}-{max}"));
             }
             if let Some((f, _, _)) = &h.filter
                 && let Some(max) = hl7::max_field_count(seg)
@@ -1722,7 +1722,10 @@ fn check_value_type(
             cx.err(
                 pos,
                 format!("type mismatch: `{}` is a {tn}, the value is not", ft.text),
-                "",
+                match p {
+                    Prim::Bool => "write `true` or `false`",
+                    _ => "write a number",
+                },
             );
         }
     }
