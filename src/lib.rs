@@ -17,17 +17,26 @@
 //!    QUBS's loosely specified JSON tolerantly: an [`qubs::Appointment`] is the object QUBS
 //!    sent, so mapping files can reach any field.
 //! 3. [`domain`] holds the types the rest of the bridge speaks in, such as
-//!    [`domain::ReportSubmission`].
-//! 4. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//!    [`domain::ReportSubmission`]; [`orders`] assembles an order (appointment, comments,
+//!    attachments, site settings) into the JSON document mappings read.
+//! 4. [`hl7`] reads and writes HL7 v2 ER7: escaping, a lazy zero-copy reader for the hot
+//!    path, a writer that escapes automatically and builds a correct MSH.
+//! 5. [`mapping`] is the declarative mapping engine: YAML files in `mappings/`, checked at
+//!    load time (every problem with file:line:column), compiled to plans, and evaluated into
+//!    FHIR R4 JSON, HL7 ORM^O01, or (inbound) QUBS report submissions.
+//! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
+//!    authenticated per caller and domain, with health, reflection and metrics
+//!    ([`metrics`]).
+//! 7. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
 //!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
 //!    in-flight work finishes before the process exits.
-//! 5. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
+//! 8. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!    never patient data, report text or secrets.
-//! 6. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
+//! 9. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
 //!    rules, idempotency, fault injection, request log, demo data). Only the CLI
 //!    (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!    exactly as it reaches QUBS.
-//! 7. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
+//! 10. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
 //!
 //! Imports run from the edges (CLI, service, admin) to the ports (QUBS client) and the core
 //! (domain types), never the other way round.
@@ -37,6 +46,8 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod hl7;
+pub mod mapping;
 pub mod metrics;
 pub mod orders;
 pub mod qubs;

@@ -1,0 +1,287 @@
+//! HL7 v2 escape sequences, written with the message's own delimiters.
+//!
+//! Output: the five delimiters become `\F\ \S\ \T\ \R\ \E\`; CR and LF become `\X0D\` and
+//! `\X0A\` (exact bytes, the default) or one `\.br\` per line break (formatted text).
+//! Input: `\F\ \S\ \T\ \R\ \E\`, `\Xhh..\` (consecutive hex escapes are decoded together:
+//! UTF-8 when the bytes are valid UTF-8, else Latin-1), `\.br\` → `\n`, `\.sp\`/`\.spN\` →
+//! N newlines, `\H\`/`\N\` (highlighting) dropped. Anything else (`\Z..\`, `\C..\`,
+//! `\.in\`, an unterminated escape, bad hex) is kept verbatim, so nothing is lost.
+//! Everything works on chars: delimiters are ASCII, so byte scanning never splits a
+//! multi-byte character.
+
+use std::borrow::Cow;
+
+use super::Delimiters;
+
+/// How line breaks in a value are written on output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineBreaks {
+    /// `\X0D\` and `\X0A\`: byte-exact, the receiver gets back exactly what we had.
+    #[default]
+    Hex,
+    /// `\.br\` per line break (CRLF, CR or LF): formatted-text (FT) style.
+    Br,
+}
+
+/// Appends `value` to `out` with every delimiter and line break escaped.
+pub fn escape_into(out: &mut String, value: &str, d: &Delimiters, breaks: LineBreaks) {
+    let needs = |b: u8| {
+        b == d.field
+            || b == d.component
+            || b == d.repetition
+            || b == d.escape
+            || b == d.subcomponent
+            || b == b'\r'
+            || b == b'\n'
+    };
+    if !value.bytes().any(needs) {
+        out.push_str(value);
+        return;
+    }
+    let e = d.escape as char;
+    let bytes = value.as_bytes();
+    let mut last = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !needs(b) {
+            i += 1;
+            continue;
+        }
+        // Only ASCII bytes reach here, so `last..i` is always on char boundaries.
+        out.push_str(&value[last..i]);
+        let code = if b == d.field {
+            "F"
+        } else if b == d.component {
+            "S"
+        } else if b == d.subcomponent {
+            "T"
+        } else if b == d.repetition {
+            "R"
+        } else if b == d.escape {
+            "E"
+        } else if breaks == LineBreaks::Br {
+            // CRLF is one break, not two.
+            if b == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                i += 1;
+            }
+            ".br"
+        } else if b == b'\r' {
+            "X0D"
+        } else {
+            "X0A"
+        };
+        out.push(e);
+        out.push_str(code);
+        out.push(e);
+        i += 1;
+        last = i;
+    }
+    out.push_str(&value[last..]);
+}
+
+/// `value` with every delimiter and line break escaped (CR/LF as hex).
+pub fn escape<'a>(value: &'a str, d: &Delimiters) -> Cow<'a, str> {
+    let mut out = String::new();
+    escape_into(&mut out, value, d, LineBreaks::Hex);
+    if out.len() == value.len() && out == value {
+        Cow::Borrowed(value)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+/// `raw` with escape sequences undone; borrows when there is nothing to undo.
+pub fn unescape<'a>(raw: &'a str, d: &Delimiters) -> Cow<'a, str> {
+    if !raw.as_bytes().contains(&d.escape) {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    unescape_into(&mut out, raw, d);
+    Cow::Owned(out)
+}
+
+/// Appends `raw` with escape sequences undone to `out`.
+pub fn unescape_into(out: &mut String, raw: &str, d: &Delimiters) {
+    let bytes = raw.as_bytes();
+    let esc = d.escape;
+    // Bytes of consecutive `\Xhh\` escapes, decoded together so that a UTF-8 character
+    // written as several hex escapes comes back whole.
+    let mut hex: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let mut last = 0;
+    while i < bytes.len() {
+        if bytes[i] != esc {
+            i += 1;
+            continue;
+        }
+        let Some(len) = bytes[i + 1..].iter().position(|&b| b == esc) else {
+            // Unterminated: keep the rest verbatim.
+            break;
+        };
+        let body = &raw[i + 1..i + 1 + len];
+        let end = i + 1 + len + 1;
+        let decoded: Option<Decoded> = decode_body(body, d);
+        match decoded {
+            Some(Decoded::Hex(bytes_)) => {
+                if hex.is_empty() {
+                    out.push_str(&raw[last..i]);
+                } else if last != i {
+                    flush_hex(out, &mut hex);
+                    out.push_str(&raw[last..i]);
+                }
+                hex.extend_from_slice(&bytes_);
+            }
+            Some(other) => {
+                flush_hex(out, &mut hex);
+                out.push_str(&raw[last..i]);
+                match other {
+                    Decoded::Char(c) => out.push(c),
+                    Decoded::Newlines(n) => (0..n).for_each(|_| out.push('\n')),
+                    Decoded::Nothing => {}
+                    Decoded::Hex(_) => unreachable!("handled above"),
+                }
+            }
+            None => {
+                // Unknown sequence: keep it as written, escape characters included.
+                flush_hex(out, &mut hex);
+                out.push_str(&raw[last..end]);
+            }
+        }
+        i = end;
+        last = end;
+    }
+    flush_hex(out, &mut hex);
+    out.push_str(&raw[last..]);
+}
+
+enum Decoded {
+    Char(char),
+    Hex(Vec<u8>),
+    Newlines(usize),
+    Nothing,
+}
+
+fn decode_body(body: &str, d: &Delimiters) -> Option<Decoded> {
+    Some(match body {
+        "F" => Decoded::Char(d.field as char),
+        "S" => Decoded::Char(d.component as char),
+        "T" => Decoded::Char(d.subcomponent as char),
+        "R" => Decoded::Char(d.repetition as char),
+        "E" => Decoded::Char(d.escape as char),
+        ".br" => Decoded::Newlines(1),
+        ".sp" => Decoded::Newlines(1),
+        "H" | "N" => Decoded::Nothing,
+        _ => {
+            if let Some(n) = body.strip_prefix(".sp") {
+                let n: usize = n.trim_start_matches('+').parse().ok()?;
+                return Some(Decoded::Newlines(n.min(100)));
+            }
+            let h = body.strip_prefix('X')?;
+            if h.is_empty() || h.len() % 2 != 0 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let bytes = (0..h.len())
+                .step_by(2)
+                .map(|k| u8::from_str_radix(&h[k..k + 2], 16).expect("checked hex digits"))
+                .collect();
+            Decoded::Hex(bytes)
+        }
+    })
+}
+
+fn flush_hex(out: &mut String, hex: &mut Vec<u8>) {
+    if hex.is_empty() {
+        return;
+    }
+    match std::str::from_utf8(hex) {
+        Ok(s) => out.push_str(s),
+        // Not UTF-8: read as Latin-1, where every byte is the code point of the same value.
+        Err(_) => out.extend(hex.iter().map(|&b| b as char)),
+    }
+    hex.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d() -> Delimiters {
+        Delimiters::default()
+    }
+
+    #[test]
+    fn escapes_every_delimiter_and_line_breaks() {
+        assert_eq!(
+            escape("a|b^c&d~e\\f", &d()),
+            "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
+        );
+        assert_eq!(escape("x\r\ny", &d()), "x\\X0D\\\\X0A\\y");
+        let mut s = String::new();
+        escape_into(&mut s, "x\r\ny\nz", &d(), LineBreaks::Br);
+        assert_eq!(s, "x\\.br\\y\\.br\\z");
+        assert!(matches!(escape("plain", &d()), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn unescape_is_char_correct_on_unicode() {
+        // hl7-parser 0.3 gets these wrong or panics (see stack-notes).
+        assert_eq!(
+            unescape("Müller \\T\\ Söhne \\F\\ x", &d()),
+            "Müller & Söhne | x"
+        );
+        assert_eq!(unescape("ÄÖÜ\\F\\", &d()), "ÄÖÜ|");
+    }
+
+    #[test]
+    fn unescape_hex_utf8_and_latin1() {
+        assert_eq!(unescape("OPERA\\XC7\\\\XC3\\O", &d()), "OPERAÇÃO");
+        assert_eq!(unescape("caf\\XC3A9\\", &d()), "café");
+        assert_eq!(unescape("caf\\XC3\\\\XA9\\", &d()), "café");
+        assert_eq!(unescape("a\\X0D\\\\X0A\\b", &d()), "a\r\nb");
+    }
+
+    #[test]
+    fn unescape_formatting_and_unknown() {
+        assert_eq!(
+            unescape("some text\\.br\\after \\H\\new\\N\\\\.br\\end", &d()),
+            "some text\nafter new\nend"
+        );
+        assert_eq!(unescape("a\\.sp2\\b", &d()), "a\n\nb");
+        assert_eq!(unescape("keep \\Zxyz\\ this", &d()), "keep \\Zxyz\\ this");
+        assert_eq!(unescape("bad \\XZZ\\ hex", &d()), "bad \\XZZ\\ hex");
+        assert_eq!(unescape("open \\F", &d()), "open \\F");
+    }
+
+    #[test]
+    fn custom_delimiters() {
+        let d = Delimiters::from_msh(b'#', b"$%!*").unwrap();
+        assert_eq!(escape("a#b$c", &d), "a!F!b!S!c");
+        assert_eq!(unescape("a!F!b!S!c!E!", &d), "a#b$c!");
+    }
+
+    #[test]
+    fn round_trip_many_strings() {
+        // Deterministic pseudo-random strings over an alphabet rich in delimiters,
+        // line breaks and multi-byte characters.
+        let alphabet: Vec<char> = "ab |^~\\&\r\nÄö€😀 XF".chars().collect();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let mut s = String::new();
+            let mut x = seed;
+            for _ in 0..len {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                s.push(alphabet[(x >> 33) as usize % alphabet.len()]);
+            }
+            let e = escape(&s, &d());
+            assert!(!e.contains(['|', '^', '~', '&', '\r', '\n']), "{e:?}");
+            assert_eq!(unescape(&e, &d()), s, "escaped as {e:?}");
+        }
+    }
+}

@@ -1,0 +1,1732 @@
+//! Load-time: reads a mapping file's node tree, checks everything that can be checked
+//! before any input arrives, and compiles it into a plan that [`super::eval`] runs without
+//! looking at YAML again. Every problem is collected with its file:line:column and a hint;
+//! a file with any error yields no plan.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::fhir::{self, FhirTarget, Prim, Ty};
+use super::filters::{Filter, Hl7NameKind, NamePart, Policy, Table, TimeOut};
+use super::hl7::{self, Hl7Target, Rep};
+use super::spec::{self, Alt, InputKind, JsonPath, OutputKind, Part, Step};
+use super::yaml::{Kind, Node, Pos};
+use super::{Diagnostic, ReportField};
+
+/// Where a rule is written, for error messages: `file:line:col (target X)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRef {
+    /// File name (no directory).
+    pub file: Arc<str>,
+    /// Position of the rule.
+    pub pos: Pos,
+    /// Target as written.
+    pub target: Arc<str>,
+}
+
+impl std::fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} (target `{}`)", self.file, self.pos, self.target)
+    }
+}
+
+/// A condition (`when`).
+#[derive(Debug, Clone)]
+pub struct Cond {
+    /// Value tested.
+    pub chain: Vec<Alt>,
+    /// Test.
+    pub test: Test,
+}
+
+/// What a condition checks.
+#[derive(Debug, Clone)]
+pub enum Test {
+    /// Value equals one of these (`equals: x` or `in: [..]`).
+    In(Vec<String>),
+    /// Value is none of these.
+    NotIn(Vec<String>),
+    /// Value is present (true) or absent (false).
+    Present(bool),
+    /// Value is a key of this code table.
+    InTable(usize),
+}
+
+/// Where a value goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A FHIR element.
+    Fhir(FhirTarget),
+    /// An HL7 position in the current segment.
+    Hl7(Hl7Target),
+    /// A report submission field.
+    Report(ReportField),
+    /// No value: a `for_each` container.
+    None,
+}
+
+/// Where a value comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A constant.
+    Const(String),
+    /// Alternatives, first present wins.
+    Chain(Vec<Alt>),
+}
+
+/// A repeat over a list.
+#[derive(Debug, Clone)]
+pub struct Each {
+    /// The list.
+    pub over: JsonPath,
+    /// Name the item is bound to.
+    pub alias: String,
+    /// FHIR: steps of the array each item appends to (`note` for `note[*]`).
+    pub array: Option<Vec<fhir::TStep>>,
+    /// Rules run per item.
+    pub rules: Vec<Rule>,
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Where it is written.
+    pub at: RuleRef,
+    /// Condition.
+    pub when: Option<Cond>,
+    /// Source (absent for containers).
+    pub source: Option<Source>,
+    /// Filters in order.
+    pub filters: Vec<Filter>,
+    /// Target.
+    pub target: Target,
+    /// Repeat.
+    pub each: Option<Box<Each>>,
+}
+
+/// One segment of an HL7 output plan.
+#[derive(Debug, Clone)]
+pub struct SegmentPlan {
+    /// Segment id.
+    pub id: String,
+    /// Where it is written.
+    pub at: RuleRef,
+    /// Condition.
+    pub when: Option<Cond>,
+    /// One segment per item of this list.
+    pub each: Option<(JsonPath, String)>,
+    /// Rules.
+    pub rules: Vec<Rule>,
+}
+
+/// What a compiled mapping produces.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// A FHIR resource.
+    Fhir {
+        /// Resource type.
+        resource: String,
+        /// Rules.
+        rules: Vec<Rule>,
+    },
+    /// An HL7 message.
+    Hl7 {
+        /// `ORM^O01`.
+        message: String,
+        /// Version written to MSH-12.
+        version: String,
+        /// Segments in order.
+        segments: Vec<SegmentPlan>,
+    },
+    /// A report submission.
+    Report {
+        /// Rules.
+        rules: Vec<Rule>,
+    },
+}
+
+/// A compiled mapping file.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The mapping's name (`mapping:`).
+    pub name: String,
+    /// The file.
+    pub file: PathBuf,
+    /// Input kind.
+    pub input: InputKind,
+    /// The plan.
+    pub plan: Plan,
+    /// Code tables.
+    pub tables: Vec<Table>,
+    /// Input fields read, as shape keys (`comments[].commentText`).
+    pub reads: Vec<String>,
+    /// Table files read (for the content hash).
+    pub table_files: Vec<PathBuf>,
+}
+
+struct Cx {
+    file: PathBuf,
+    fname: Arc<str>,
+    diags: Vec<Diagnostic>,
+    input: InputKind,
+    known: HashSet<String>,
+    open: Vec<String>,
+    tables: Vec<Table>,
+    table_names: HashMap<String, (usize, Pos)>,
+    reads: Vec<String>,
+    table_files: Vec<PathBuf>,
+    targets: HashMap<String, (Pos, bool)>,
+}
+
+#[derive(Clone)]
+struct Scope<'s> {
+    output: OutputKind,
+    resource: &'s str,
+    segment: Option<&'s str>,
+    version: &'s str,
+    prefix: Option<String>,
+    aliases: Vec<(String, String)>,
+    each_id: Option<Pos>,
+    /// Inside a rule-level `for_each` (HL7 `[*]` repetitions are allowed).
+    rep_each: bool,
+}
+
+impl Cx {
+    fn err(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        let hint = hint.into();
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            pos,
+            message: message.into(),
+            hint: (!hint.is_empty()).then_some(hint),
+        });
+    }
+
+    fn keys(&mut self, n: &Node, allowed: &[&str], what: &str) {
+        if let Kind::Map(m) = &n.kind {
+            for (k, _) in m {
+                let name = k.as_str().unwrap_or("");
+                if !allowed.contains(&name) {
+                    let hint = fhir::hint_for(name, allowed);
+                    self.err(k.pos, format!("unknown key `{name}` in {what}"), hint);
+                }
+            }
+        } else {
+            self.err(
+                n.pos,
+                format!("{what} must be a mapping, found {}", n.type_name()),
+                "",
+            );
+        }
+    }
+
+    fn string(&mut self, n: &Node, what: &str) -> Option<String> {
+        match n.scalar_text() {
+            Some(s) => Some(s),
+            None => {
+                self.err(
+                    n.pos,
+                    format!("{what} must be text, found {}", n.type_name()),
+                    "",
+                );
+                None
+            }
+        }
+    }
+}
+
+const FILE_KEYS: &[&str] = &[
+    "mapping",
+    "description",
+    "input",
+    "output",
+    "resource",
+    "message",
+    "version",
+    "tables",
+    "rules",
+    "segments",
+    "extra_fields",
+];
+const RULE_KEYS: &[&str] = &[
+    "min_version",
+    "target",
+    "from",
+    "value",
+    "template",
+    "filters",
+    "when",
+    "for_each",
+    "as",
+    "rules",
+    "description",
+];
+const SEGMENT_KEYS: &[&str] = &[
+    "segment",
+    "when",
+    "for_each",
+    "as",
+    "rules",
+    "min_version",
+    "description",
+];
+const TABLE_KEYS: &[&str] = &[
+    "values",
+    "unmapped",
+    "default",
+    "ignore_case",
+    "file",
+    "require_keys",
+    "description",
+];
+
+/// Compiles one mapping file's text. `file` is used for messages and to find table files.
+pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
+    let fname: Arc<str> = file
+        .file_name()
+        .map_or_else(
+            || file.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        )
+        .into();
+    let root = match super::yaml::parse(text) {
+        Ok(n) => n,
+        Err((pos, msg)) => {
+            return Err(vec![Diagnostic {
+                file: file.to_path_buf(),
+                pos,
+                message: format!("YAML syntax: {msg}"),
+                hint: Some("check indentation and quoting around this position".into()),
+            }]);
+        }
+    };
+    let mut cx = Cx {
+        file: file.to_path_buf(),
+        fname,
+        diags: Vec::new(),
+        input: InputKind::Order,
+        known: HashSet::new(),
+        open: Vec::new(),
+        tables: Vec::new(),
+        table_names: HashMap::new(),
+        reads: Vec::new(),
+        table_files: Vec::new(),
+        targets: HashMap::new(),
+    };
+    cx.keys(&root, FILE_KEYS, "the mapping file");
+    let name = match root.get("mapping") {
+        Some(n) => cx.string(n, "`mapping`").unwrap_or_default(),
+        None => {
+            cx.err(
+                root.pos,
+                "missing `mapping:` (the mapping's name)",
+                "add e.g. `mapping: service_request`",
+            );
+            String::new()
+        }
+    };
+    let input = match root.get("input").map(|n| (n, n.as_str())) {
+        Some((_, Some("order"))) => InputKind::Order,
+        Some((_, Some("oru"))) => InputKind::Oru,
+        Some((_, Some("diagnostic_report"))) => InputKind::DiagnosticReport,
+        Some((n, _)) => {
+            cx.err(n.pos, "`input` must be order, oru or diagnostic_report", "");
+            InputKind::Order
+        }
+        None => {
+            cx.err(
+                root.pos,
+                "missing `input:`",
+                "add `input: order`, `input: oru` or `input: diagnostic_report`",
+            );
+            InputKind::Order
+        }
+    };
+    cx.input = input;
+    let output = match root.get("output").map(|n| (n, n.as_str())) {
+        Some((_, Some("fhir"))) => OutputKind::Fhir,
+        Some((_, Some("hl7"))) => OutputKind::Hl7,
+        Some((_, Some("report"))) => OutputKind::Report,
+        Some((n, _)) => {
+            cx.err(n.pos, "`output` must be fhir, hl7 or report", "");
+            OutputKind::Fhir
+        }
+        None => {
+            cx.err(
+                root.pos,
+                "missing `output:`",
+                "add `output: fhir`, `output: hl7` or `output: report`",
+            );
+            OutputKind::Fhir
+        }
+    };
+    match (input, output) {
+        (InputKind::Order, OutputKind::Report)
+        | (InputKind::Oru | InputKind::DiagnosticReport, OutputKind::Fhir | OutputKind::Hl7) => {
+            let pos = root.get("output").map_or(root.pos, |n| n.pos);
+            cx.err(
+                pos,
+                "this input/output pair is not supported",
+                "orders map to fhir or hl7; oru and diagnostic_report map to report",
+            );
+        }
+        _ => {}
+    }
+    // Input shape.
+    match input {
+        InputKind::Order => {
+            let (known, open) = spec::order_shape();
+            cx.known = known.into_iter().collect();
+            cx.open = open;
+        }
+        InputKind::Oru => {
+            cx.known = ["site", "config", "domain"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            cx.open = vec!["site".into(), "config".into()];
+        }
+        InputKind::DiagnosticReport => {
+            cx.known = ["site", "config", "domain", "resource"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            cx.open = vec!["site".into(), "config".into()];
+        }
+    }
+    if let Some(n) = root.get("extra_fields") {
+        match &n.kind {
+            Kind::Seq(items) => {
+                for it in items {
+                    if let Some(s) = cx.string(it, "an extra field") {
+                        match JsonPath::parse(&s) {
+                            Ok(p) => {
+                                cx.known.insert(p.shape_key());
+                            }
+                            Err(e) => cx.err(
+                                it.pos,
+                                e,
+                                "write a path such as `appointment.referralSource`",
+                            ),
+                        }
+                    }
+                }
+            }
+            _ => cx.err(n.pos, "`extra_fields` must be a list of paths", ""),
+        }
+    }
+    if let Some(t) = root.get("tables") {
+        compile_tables(&mut cx, t);
+    }
+    let plan = match output {
+        OutputKind::Fhir => {
+            let resource = match root.get("resource") {
+                Some(n) => {
+                    let r = cx.string(n, "`resource`").unwrap_or_default();
+                    if fhir::resource_elements(&r).is_none() {
+                        cx.err(
+                            n.pos,
+                            format!("resource `{r}` is not supported"),
+                            "use ServiceRequest or DiagnosticReport",
+                        );
+                    }
+                    r
+                }
+                None => {
+                    cx.err(
+                        root.pos,
+                        "missing `resource:`",
+                        "add `resource: ServiceRequest` or `resource: DiagnosticReport`",
+                    );
+                    String::new()
+                }
+            };
+            let scope = Scope {
+                output,
+                resource: &resource,
+                segment: None,
+                version: "",
+                prefix: None,
+                aliases: Vec::new(),
+                each_id: None,
+                rep_each: false,
+            };
+            let rules = rules_of(&mut cx, root.get("rules"), &scope, root.pos);
+            if fhir::resource_elements(&resource).is_some() {
+                for req in fhir::required_elements(&resource) {
+                    if !cx.targets.keys().any(|k| {
+                        k == req
+                            || k.starts_with(&format!("{req}."))
+                            || k.starts_with(&format!("{req}["))
+                    }) {
+                        let pos = root.get("rules").map_or(root.pos, |n| n.pos);
+                        cx.err(
+                            pos,
+                            format!("{resource}.{req} is required but no rule sets it"),
+                            format!(
+                                "add a rule with `target: {req}{}`",
+                                if *req == "subject" {
+                                    ".reference (or .display)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+            Plan::Fhir { resource, rules }
+        }
+        OutputKind::Report => {
+            let scope = Scope {
+                output,
+                resource: "",
+                segment: None,
+                version: "",
+                prefix: None,
+                aliases: Vec::new(),
+                each_id: None,
+                rep_each: false,
+            };
+            let rules = rules_of(&mut cx, root.get("rules"), &scope, root.pos);
+            for req in [
+                ReportField::AppointmentId,
+                ReportField::ReportText,
+                ReportField::ReportStatus,
+            ] {
+                if !cx.targets.contains_key(req.name()) {
+                    cx.err(
+                        root.pos,
+                        format!(
+                            "report field `{}` is required but no rule sets it",
+                            req.name()
+                        ),
+                        format!("add a rule with `target: {}`", req.name()),
+                    );
+                }
+            }
+            Plan::Report { rules }
+        }
+        OutputKind::Hl7 => compile_hl7(&mut cx, &root),
+    };
+    if !matches!(output, OutputKind::Hl7) && root.get("segments").is_some() {
+        let pos = root.get("segments").map_or(root.pos, |n| n.pos);
+        cx.err(pos, "`segments` is only for `output: hl7`", "use `rules`");
+    }
+    if cx.diags.is_empty() {
+        Ok(Compiled {
+            name,
+            file: file.to_path_buf(),
+            input,
+            plan,
+            tables: cx.tables,
+            reads: cx.reads,
+            table_files: cx.table_files,
+        })
+    } else {
+        Err(cx.diags)
+    }
+}
+
+fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
+    let message = match root.get("message") {
+        Some(n) => {
+            let m = cx.string(n, "`message`").unwrap_or_default();
+            if hl7::structure(&m).is_none() {
+                cx.err(
+                    n.pos,
+                    format!("message `{m}` is not supported"),
+                    "use `message: ORM^O01`",
+                );
+            }
+            m
+        }
+        None => {
+            cx.err(root.pos, "missing `message:`", "add `message: ORM^O01`");
+            String::new()
+        }
+    };
+    let version = match root.get("version") {
+        Some(n) => {
+            let v = cx.string(n, "`version`").unwrap_or_default();
+            if !hl7::VERSIONS.contains(&v.as_str()) {
+                cx.err(
+                    n.pos,
+                    format!("HL7 version `{v}` is not supported"),
+                    format!(
+                        "use one of {} (quote it: \"2.5.1\")",
+                        hl7::VERSIONS.join(", ")
+                    ),
+                );
+            }
+            v
+        }
+        None => "2.5.1".to_string(),
+    };
+    let vidx = hl7::VERSIONS
+        .iter()
+        .position(|v| *v == version)
+        .unwrap_or(0);
+    let mut segments = Vec::new();
+    let Some(segs) = root.get("segments") else {
+        cx.err(
+            root.pos,
+            "missing `segments:` (the segments of the message, in order)",
+            "",
+        );
+        return Plan::Hl7 {
+            message,
+            version,
+            segments,
+        };
+    };
+    let Kind::Seq(items) = &segs.kind else {
+        cx.err(segs.pos, "`segments` must be a list", "");
+        return Plan::Hl7 {
+            message,
+            version,
+            segments,
+        };
+    };
+    if root.get("rules").is_some() {
+        let pos = root.get("rules").map_or(root.pos, |n| n.pos);
+        cx.err(
+            pos,
+            "an hl7 mapping has `segments`, each with its own `rules`",
+            "move the rules under their segment",
+        );
+    }
+    let mut ids: Vec<(String, Pos)> = Vec::new();
+    for it in items {
+        cx.keys(it, SEGMENT_KEYS, "a segment");
+        let Some(id) = it.get("segment").and_then(|n| cx.string(n, "`segment`")) else {
+            cx.err(
+                it.pos,
+                "a segment entry needs `segment:` (e.g. `segment: PID`)",
+                "",
+            );
+            continue;
+        };
+        if let Some(mv) = it.get("min_version") {
+            let m = mv.scalar_text().unwrap_or_default();
+            match hl7::VERSIONS.iter().position(|v| *v == m) {
+                Some(mi) if vidx < mi => continue, // not in this version: skipped by design
+                Some(_) => {}
+                None => cx.err(
+                    mv.pos,
+                    format!("unknown HL7 version `{m}`"),
+                    format!("one of {}", hl7::VERSIONS.join(", ")),
+                ),
+            }
+        }
+        if hl7::field_count(&id, &version).is_none() {
+            cx.err(it.get("segment").map_or(it.pos, |n| n.pos), format!("segment {id} is not known for HL7 v{version}"), "the built-in tables know MSH PID PV1 ORC OBR NTE OBX MSA ERR (and TQ1 from v2.5, which ORM^O01 does not use)");
+            continue;
+        }
+        ids.push((id.clone(), it.pos));
+        let mut aliases = Vec::new();
+        let each = match it.get("for_each") {
+            Some(n) => {
+                let alias = it
+                    .get("as")
+                    .and_then(|a| a.scalar_text())
+                    .unwrap_or_else(|| "item".into());
+                match n.as_str().map(JsonPath::parse) {
+                    Some(Ok(p)) => {
+                        let key = check_json(cx, &p, n.pos, &[]);
+                        if !p.is_many() {
+                            cx.err(n.pos, "`for_each` needs a list: end the path with `[*]` or a filter like `[commentType in (AA, PA)]`", "");
+                        }
+                        aliases.push((alias.clone(), key.unwrap_or_default()));
+                        Some((p, alias))
+                    }
+                    Some(Err(e)) => {
+                        cx.err(n.pos, e, "");
+                        None
+                    }
+                    None => {
+                        cx.err(n.pos, "`for_each` must be a path", "");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let seg_id = id.clone();
+        let scope = Scope {
+            output: OutputKind::Hl7,
+            resource: "",
+            segment: Some(&seg_id),
+            version: &version,
+            prefix: None,
+            aliases,
+            each_id: Some(it.pos),
+            rep_each: false,
+        };
+        let when = it.get("when").and_then(|w| cond(cx, w, &scope));
+        let rules = rules_of(cx, it.get("rules"), &scope, it.pos);
+        segments.push(SegmentPlan {
+            id: id.clone(),
+            at: RuleRef {
+                file: cx.fname.clone(),
+                pos: it.pos,
+                target: id.clone().into(),
+            },
+            when,
+            each,
+            rules,
+        });
+    }
+    if let Some((order, required)) = hl7::structure(&message) {
+        let list: Vec<&str> = ids.iter().map(|(s, _)| s.as_str()).collect();
+        if list.first() != Some(&"MSH") {
+            cx.err(
+                segs.pos,
+                "the first segment must be MSH",
+                "add `- segment: MSH` first (MSH-7, MSH-9, MSH-10 and MSH-12 are generated)",
+            );
+        }
+        if let Err(k) = hl7::check_order(&list, order) {
+            cx.err(
+                ids[k].1,
+                format!("segment {} is out of order for {message}", ids[k].0),
+                format!("{message} order: {}", order.join(" ")),
+            );
+        }
+        for r in required {
+            if !list.contains(r) {
+                cx.err(
+                    segs.pos,
+                    format!("{message} requires a {r} segment"),
+                    format!("add `- segment: {r}`"),
+                );
+            }
+        }
+    }
+    Plan::Hl7 {
+        message,
+        version,
+        segments,
+    }
+}
+
+fn compile_tables(cx: &mut Cx, n: &Node) {
+    let Kind::Map(entries) = &n.kind else {
+        cx.err(n.pos, "`tables` must map table names to tables", "");
+        return;
+    };
+    for (k, v) in entries {
+        let name = k.scalar_text().unwrap_or_default();
+        // A table may live in its own file; its content is read as if written here.
+        let loaded;
+        let body: &Node = match v.get("file") {
+            Some(f) => {
+                let rel = f.scalar_text().unwrap_or_default();
+                let path = cx.file.parent().unwrap_or(Path::new(".")).join(&rel);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => match super::yaml::parse(&text) {
+                        Ok(node) => {
+                            cx.table_files.push(path.clone());
+                            loaded = node;
+                            &loaded
+                        }
+                        Err((pos, msg)) => {
+                            cx.diags.push(Diagnostic {
+                                file: path,
+                                pos,
+                                message: format!("YAML syntax: {msg}"),
+                                hint: None,
+                            });
+                            continue;
+                        }
+                    },
+                    Err(_) => {
+                        cx.err(
+                            f.pos,
+                            format!("table file `{rel}` cannot be read"),
+                            "paths are relative to this mapping file",
+                        );
+                        continue;
+                    }
+                }
+            }
+            None => v,
+        };
+        let mut merged_keys: Vec<(Node, Node)> = match (&v.kind, &body.kind) {
+            (Kind::Map(a), Kind::Map(b)) if !std::ptr::eq(v, body) => a
+                .iter()
+                .filter(|(k, _)| k.as_str() != Some("file"))
+                .cloned()
+                .chain(b.iter().cloned())
+                .collect(),
+            (_, Kind::Map(b)) => b.clone(),
+            _ => {
+                cx.err(
+                    body.pos,
+                    format!("table `{name}` must be a mapping with `values`"),
+                    "",
+                );
+                continue;
+            }
+        };
+        merged_keys.retain(|(k, _)| k.as_str() != Some("file"));
+        let t = Node {
+            pos: body.pos,
+            kind: Kind::Map(merged_keys),
+        };
+        cx.keys(&t, TABLE_KEYS, &format!("table `{name}`"));
+        let ignore_case = matches!(
+            t.get("ignore_case").map(|n| &n.kind),
+            Some(Kind::Bool(true))
+        );
+        let mut map = HashMap::new();
+        match t.get("values").map(|n| (n, &n.kind)) {
+            Some((_, Kind::Map(vals))) => {
+                for (vk, vv) in vals {
+                    let (Some(a), Some(b)) = (vk.scalar_text(), vv.scalar_text()) else {
+                        cx.err(
+                            vk.pos,
+                            format!("table `{name}`: keys and values must be text"),
+                            "",
+                        );
+                        continue;
+                    };
+                    let key = if ignore_case {
+                        a.trim().to_lowercase()
+                    } else {
+                        a.trim().to_string()
+                    };
+                    if map.insert(key, b).is_some() {
+                        cx.err(
+                            vk.pos,
+                            format!(
+                                "table `{name}`: key `{a}` appears twice{}",
+                                if ignore_case {
+                                    " (keys are compared ignoring case)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                            "",
+                        );
+                    }
+                }
+            }
+            Some((n, _)) => cx.err(
+                n.pos,
+                format!("table `{name}`: `values` must map codes to codes"),
+                "",
+            ),
+            None => cx.err(
+                t.pos,
+                format!("table `{name}` has no `values`"),
+                "add `values:` with `from: to` lines",
+            ),
+        }
+        let policy = match t.get("unmapped").map(|n| (n, n.as_str())) {
+            Some((_, Some("error"))) => Policy::Error,
+            Some((_, Some("pass_through"))) => Policy::PassThrough,
+            Some((_, Some("default"))) => Policy::Default,
+            Some((n, _)) => {
+                cx.err(
+                    n.pos,
+                    format!("table `{name}`: `unmapped` must be error, pass_through or default"),
+                    "",
+                );
+                Policy::Error
+            }
+            None => {
+                cx.err(t.pos, format!("table `{name}` has no `unmapped` policy"), "say what happens to values not in the table: `unmapped: error`, `pass_through` or `default`");
+                Policy::Error
+            }
+        };
+        let default = t.get("default").and_then(|n| n.scalar_text());
+        if policy == Policy::Default && default.is_none() {
+            cx.err(
+                t.pos,
+                format!("table `{name}` has `unmapped: default` but no `default`"),
+                "add `default: <value>`",
+            );
+        }
+        if let Some(req) = t.get("require_keys") {
+            if let Kind::Seq(keys) = &req.kind {
+                for k in keys {
+                    let kt = k.scalar_text().unwrap_or_default();
+                    let lk = if ignore_case {
+                        kt.trim().to_lowercase()
+                    } else {
+                        kt.trim().to_string()
+                    };
+                    if !map.contains_key(&lk) {
+                        cx.err(
+                            k.pos,
+                            format!("table `{name}` is missing the required key `{kt}`"),
+                            "add it under `values`",
+                        );
+                    }
+                }
+            } else {
+                cx.err(req.pos, "`require_keys` must be a list", "");
+            }
+        }
+        if cx.table_names.contains_key(&name) {
+            cx.err(k.pos, format!("table `{name}` is defined twice"), "");
+            continue;
+        }
+        cx.table_names
+            .insert(name.clone(), (cx.tables.len(), k.pos));
+        cx.tables.push(Table {
+            name,
+            map,
+            ignore_case,
+            policy,
+            default,
+        });
+    }
+}
+
+fn rules_of(cx: &mut Cx, n: Option<&Node>, scope: &Scope<'_>, parent: Pos) -> Vec<Rule> {
+    let Some(n) = n else {
+        if scope.segment.is_none() || scope.each_id.is_none() {
+            cx.err(parent, "missing `rules:`", "");
+        }
+        return Vec::new();
+    };
+    let Kind::Seq(items) = &n.kind else {
+        cx.err(
+            n.pos,
+            "`rules` must be a list of rules",
+            "start each rule with `- target: ...`",
+        );
+        return Vec::new();
+    };
+    items.iter().filter_map(|it| rule(cx, it, scope)).collect()
+}
+
+fn rule(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Rule> {
+    cx.keys(n, RULE_KEYS, "a rule");
+    if let Some(mv) = n.get("min_version") {
+        let m = mv.scalar_text().unwrap_or_default();
+        let have = hl7::VERSIONS.iter().position(|v| *v == scope.version);
+        match (hl7::VERSIONS.iter().position(|v| *v == m), have) {
+            (None, _) => cx.err(
+                mv.pos,
+                format!("unknown HL7 version `{m}`"),
+                format!("one of {}", hl7::VERSIONS.join(", ")),
+            ),
+            (Some(_), None) => cx.err(mv.pos, "`min_version` is only for hl7 mappings", ""),
+            // Not in this version: the rule is skipped by design.
+            (Some(mi), Some(hi)) if hi < mi => return None,
+            _ => {}
+        }
+    }
+    let target_text = n.get("target").and_then(|t| cx.string(t, "`target`"));
+    let tpos = n.get("target").map_or(n.pos, |t| t.pos);
+    let is_each = n.get("for_each").is_some();
+    let at = RuleRef {
+        file: cx.fname.clone(),
+        pos: n.pos,
+        target: target_text.clone().unwrap_or_default().into(),
+    };
+    let when = n.get("when").and_then(|w| cond(cx, w, scope));
+    if is_each {
+        return each_rule(cx, n, scope, at, when, target_text, tpos);
+    }
+    let Some(target_text) = target_text else {
+        cx.err(n.pos, "a rule needs `target:`", "");
+        return None;
+    };
+    let target = resolve_target(cx, &target_text, tpos, scope, false)?;
+    // Source.
+    let srcs: Vec<&str> = ["from", "value", "template"]
+        .into_iter()
+        .filter(|k| n.get(k).is_some())
+        .collect();
+    if srcs.len() != 1 {
+        cx.err(n.pos, format!("rule for `{target_text}` needs exactly one of `from`, `value`, `template` (found {})", if srcs.is_empty() { "none".to_string() } else { srcs.join(", ") }), "");
+        return None;
+    }
+    let hl7_in = cx.input == InputKind::Oru;
+    let (source, mut many) = match srcs[0] {
+        "value" => {
+            let v = n.get("value").expect("checked");
+            (Source::Const(cx.string(v, "`value`")?), false)
+        }
+        "template" => {
+            let v = n.get("template").expect("checked");
+            let s = cx.string(v, "`template`")?;
+            match spec::parse_template(&s, hl7_in) {
+                Ok(parts) => {
+                    for p in &parts {
+                        if let Part::Value(alts) = p {
+                            for a in alts {
+                                check_alt(cx, a, v.pos, &scope.aliases);
+                            }
+                        }
+                    }
+                    (Source::Chain(vec![Alt::Template(parts)]), false)
+                }
+                Err(e) => {
+                    cx.err(v.pos, e, "placeholders look like `{appointment.patientId}`");
+                    return None;
+                }
+            }
+        }
+        _ => {
+            let v = n.get("from").expect("checked");
+            let alts: Vec<String> = match &v.kind {
+                Kind::Seq(items) => items.iter().filter_map(|i| i.scalar_text()).collect(),
+                _ => vec![cx.string(v, "`from`")?],
+            };
+            let mut chain = Vec::new();
+            for a in &alts {
+                match spec::parse_chain(a, hl7_in) {
+                    Ok(c) => chain.extend(c),
+                    Err(e) => cx.err(
+                        v.pos,
+                        e,
+                        if hl7_in {
+                            "HL7 paths look like `OBR-25`, `OBX[*]-5`, `PID-3[2].1`"
+                        } else {
+                            "paths look like `appointment.patientId` or `comments[*].commentText`"
+                        },
+                    ),
+                }
+            }
+            for a in &chain {
+                check_alt(cx, a, v.pos, &scope.aliases);
+            }
+            let many = chain.iter().any(Alt::is_many);
+            (Source::Chain(chain), many)
+        }
+    };
+    let filters = filters_of(cx, n.get("filters"), &mut many);
+    if many {
+        cx.err(n.pos, format!("type mismatch: the source of `{target_text}` yields a list but the target holds one value"), "add a `join: \"\\n\"` or `first` filter, or use `for_each`");
+    }
+    check_value_type(cx, n, &target, &source, &filters, scope);
+    // A target set twice.
+    let key = match &target {
+        Target::Fhir(t) => t.text.clone(),
+        Target::Hl7(t) => format!(
+            "{}#{}",
+            t.text,
+            scope.each_id.map(|p| p.to_string()).unwrap_or_default()
+        ),
+        Target::Report(r) => r.name().to_string(),
+        Target::None => String::new(),
+    };
+    let key = if key.contains("[*]") {
+        format!(
+            "{key}@{}",
+            scope.each_id.map(|p| p.to_string()).unwrap_or_default()
+        )
+    } else {
+        key
+    };
+    let conditional = when.is_some();
+    match cx.targets.get(&key) {
+        Some(&(first, first_cond)) if !(conditional && first_cond) => {
+            cx.err(
+                tpos,
+                format!(
+                    "target `{target_text}` is set twice (first at line {})",
+                    first.line
+                ),
+                "remove one rule, or give both a `when` so that they exclude each other",
+            );
+        }
+        _ => {
+            cx.targets.insert(key, (tpos, conditional));
+        }
+    }
+    Some(Rule {
+        at,
+        when,
+        source: Some(source),
+        filters,
+        target,
+        each: None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn each_rule(
+    cx: &mut Cx,
+    n: &Node,
+    scope: &Scope<'_>,
+    at: RuleRef,
+    when: Option<Cond>,
+    target_text: Option<String>,
+    tpos: Pos,
+) -> Option<Rule> {
+    let over_node = n.get("for_each").expect("checked");
+    let over = match over_node.as_str().map(JsonPath::parse) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            cx.err(over_node.pos, e, "");
+            return None;
+        }
+        None => {
+            cx.err(
+                over_node.pos,
+                "`for_each` must be a path such as `comments[*]`",
+                "",
+            );
+            return None;
+        }
+    };
+    let key = check_json(cx, &over, over_node.pos, &scope.aliases).unwrap_or_default();
+    // Iterating a list reads its items, not every field of them.
+    cx.reads.retain(|r| *r != key);
+    if !over.is_many() {
+        cx.err(over_node.pos, "`for_each` needs a list: end the path with `[*]` or a filter like `[commentType in (AA, PA)]`", "");
+    }
+    for k in ["from", "value", "template", "filters"] {
+        if let Some(x) = n.get(k) {
+            cx.err(
+                x.pos,
+                format!("a `for_each` rule has no `{k}`: put it on the rules inside"),
+                "",
+            );
+        }
+    }
+    let alias = n
+        .get("as")
+        .and_then(|a| a.scalar_text())
+        .unwrap_or_else(|| "item".into());
+    let mut inner = scope.clone();
+    inner.aliases.push((alias.clone(), key));
+    inner.each_id = Some(n.pos);
+    inner.rep_each = true;
+    let mut array = None;
+    match scope.output {
+        OutputKind::Fhir => {
+            let Some(t) = &target_text else {
+                cx.err(
+                    n.pos,
+                    "a FHIR `for_each` needs `target:` naming the list, e.g. `target: note[*]`",
+                    "",
+                );
+                return None;
+            };
+            let full = match &scope.prefix {
+                Some(p) => format!("{p}.{t}"),
+                None => t.clone(),
+            };
+            if !full.ends_with("[*]") {
+                cx.err(
+                    tpos,
+                    format!("the target of a `for_each` must end with `[*]` (found `{t}`)"),
+                    "e.g. `target: note[*]`; the rules inside then target `text`, `time`, ...",
+                );
+                return None;
+            }
+            match fhir::resolve(scope.resource, &full, true) {
+                Ok(ft) => {
+                    let mut steps = ft.steps.clone();
+                    steps.pop(); // the final Each: the array itself
+                    array = Some(steps);
+                }
+                Err((m, h)) => {
+                    cx.err(tpos, m, h);
+                    return None;
+                }
+            }
+            inner.prefix = Some(full);
+        }
+        OutputKind::Hl7 => {
+            if target_text.is_some() {
+                cx.err(tpos, "an HL7 `for_each` rule has no target; its rules use `[*]` for the repetition, e.g. `PID-3[*].1`", "");
+            }
+        }
+        OutputKind::Report => {
+            cx.err(
+                n.pos,
+                "`for_each` is not available in report mappings",
+                "use a `[*]` source with `join`",
+            );
+            return None;
+        }
+    }
+    let rules = rules_of(cx, n.get("rules"), &inner, n.pos);
+    Some(Rule {
+        at,
+        when,
+        source: None,
+        filters: Vec::new(),
+        target: Target::None,
+        each: Some(Box::new(Each {
+            over,
+            alias,
+            array,
+            rules,
+        })),
+    })
+}
+
+fn resolve_target(
+    cx: &mut Cx,
+    t: &str,
+    pos: Pos,
+    scope: &Scope<'_>,
+    partial: bool,
+) -> Option<Target> {
+    match scope.output {
+        OutputKind::Fhir => {
+            let full = match &scope.prefix {
+                Some(p) => format!("{p}.{t}"),
+                None => t.to_string(),
+            };
+            if full.contains("[*]") && scope.prefix.is_none() {
+                cx.err(
+                    pos,
+                    format!("`[*]` in `{t}` needs an enclosing `for_each`"),
+                    "use a fixed index like `[0]`, or wrap the rule in a `for_each`",
+                );
+                return None;
+            }
+            if t == "resourceType" {
+                cx.err(
+                    pos,
+                    "resourceType is written automatically",
+                    "remove this rule",
+                );
+                return None;
+            }
+            match fhir::resolve(scope.resource, &full, partial) {
+                Ok(ft) => Some(Target::Fhir(ft)),
+                Err((m, h)) => {
+                    cx.err(pos, m, h);
+                    None
+                }
+            }
+        }
+        OutputKind::Hl7 => {
+            let seg = scope.segment.unwrap_or("");
+            match hl7::resolve(t, seg, scope.version) {
+                Ok(ht) => {
+                    if ht.rep == Rep::Each && !scope.rep_each {
+                        cx.err(
+                            pos,
+                            format!("`[*]` in `{t}` needs an enclosing `for_each`"),
+                            "",
+                        );
+                        return None;
+                    }
+                    if seg == "MSH" && matches!(ht.field, 7 | 9 | 10 | 12) {
+                        cx.err(pos, format!("{t} is generated (MSH-7 time, MSH-9 type, MSH-10 control id, MSH-12 version)"), "remove this rule; set `message` and `version` at the top of the file");
+                        return None;
+                    }
+                    Some(Target::Hl7(ht))
+                }
+                Err((m, h)) => {
+                    cx.err(pos, m, h);
+                    None
+                }
+            }
+        }
+        OutputKind::Report => match ReportField::parse(t) {
+            Some(r) => Some(Target::Report(r)),
+            None => {
+                let names: Vec<&str> = ReportField::ALL.iter().map(|f| f.name()).collect();
+                cx.err(
+                    pos,
+                    format!("`{t}` is not a report field"),
+                    fhir::hint_for(t, &names),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// Checks a JSON source path against the input shape; returns its shape key.
+fn check_json(cx: &mut Cx, p: &JsonPath, pos: Pos, aliases: &[(String, String)]) -> Option<String> {
+    let (base, rest_key): (String, String) = match aliases.iter().rev().find(|(a, _)| *a == p.root)
+    {
+        Some((_, k)) => {
+            let pk = p.shape_key();
+            (k.clone(), pk[p.root.len()..].to_string())
+        }
+        None => (String::new(), p.shape_key()),
+    };
+    let key = format!("{base}{rest_key}");
+    if cx.input == InputKind::DiagnosticReport && key.starts_with("resource") {
+        let parts: Vec<&str> = key
+            .split('.')
+            .skip(1)
+            .map(|s| s.trim_end_matches("[]"))
+            .collect();
+        if let Err((m, h)) = fhir_source_ok(&parts) {
+            cx.err(pos, m, h);
+            return None;
+        }
+        cx.reads.push(key.clone());
+        return Some(key);
+    }
+    let ok = |cx: &Cx, k: &str| {
+        cx.known.contains(k)
+            || cx
+                .open
+                .iter()
+                .any(|o| k.starts_with(&format!("{o}.")) || k.starts_with(&format!("{o}[")))
+    };
+    if !ok(cx, &key) {
+        let parent = key.rsplit_once('.').map_or("", |(a, _)| a);
+        let sibs: Vec<&str> = cx
+            .known
+            .iter()
+            .filter_map(|k| k.strip_prefix(parent).and_then(|r| r.strip_prefix('.')))
+            .filter(|r| !r.contains('.') && !r.contains('['))
+            .collect();
+        let last = key.rsplit('.').next().unwrap_or(&key);
+        let mut hint = if parent.is_empty() {
+            let roots: Vec<&str> = cx
+                .known
+                .iter()
+                .filter(|k| !k.contains('.') && !k.contains('['))
+                .map(String::as_str)
+                .collect();
+            let mut r = roots.clone();
+            r.sort();
+            fhir::hint_for(last, &r)
+        } else {
+            let mut s = sibs.clone();
+            s.sort();
+            fhir::hint_for(last, &s)
+        };
+        if !aliases.is_empty() {
+            hint.push_str(&format!(
+                "; names bound by for_each here: {}",
+                aliases
+                    .iter()
+                    .map(|a| a.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if cx.input == InputKind::Order {
+            hint.push_str("; a field QUBS sends that is not in the built-in shape can be declared under `extra_fields`");
+        }
+        cx.err(
+            pos,
+            format!("unknown source field `{}`", p_display(p)),
+            hint,
+        );
+        return None;
+    }
+    // Fields compared inside `[field op values]` must exist on the items too.
+    let mut prefix = if base.is_empty() {
+        p.root.clone()
+    } else {
+        base.clone()
+    };
+    for st in &p.steps {
+        match st {
+            Step::Key(k) => {
+                prefix.push('.');
+                prefix.push_str(k);
+            }
+            Step::Filter { field, .. } => {
+                prefix.push_str("[]");
+                let fk = format!("{prefix}.{field}");
+                if !ok(cx, &fk) {
+                    cx.err(
+                        pos,
+                        format!(
+                            "unknown field `{field}` in the filter of `{}`",
+                            p_display(p)
+                        ),
+                        "",
+                    );
+                }
+            }
+            _ => prefix.push_str("[]"),
+        }
+    }
+    cx.reads.push(key.clone());
+    Some(key)
+}
+
+fn p_display(p: &JsonPath) -> String {
+    p.shape_key().replace("[]", "[…]")
+}
+
+fn fhir_source_ok(parts: &[&str]) -> Result<(), (String, String)> {
+    // Walk DiagnosticReport elements, ignoring list-ness (sources may select items).
+    let mut path = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(p);
+        // Re-resolve as a partial target with `[0]` for lists.
+        let probe: Vec<String> = parts[..=i].iter().map(|s| s.to_string()).collect();
+        let mut text = String::new();
+        for (k, s) in probe.iter().enumerate() {
+            if k > 0 {
+                text.push('.');
+            }
+            text.push_str(s);
+            if fhir::resolve("DiagnosticReport", &text, true).is_err() {
+                let with = format!("{text}[0]");
+                if fhir::resolve("DiagnosticReport", &with, true).is_ok() {
+                    text = with;
+                }
+            }
+        }
+        if let Err((m, h)) = fhir::resolve("DiagnosticReport", &text, true) {
+            return Err((m.replace("target", "source"), h));
+        }
+    }
+    Ok(())
+}
+
+fn check_alt(cx: &mut Cx, a: &Alt, pos: Pos, aliases: &[(String, String)]) {
+    match a {
+        Alt::Json(p) => {
+            if cx.input == InputKind::Oru && spec::looks_like_hl7(&p.root) {
+                return;
+            }
+            check_json(cx, p, pos, aliases);
+        }
+        Alt::Hl7(h) => {
+            if cx.input != InputKind::Oru {
+                cx.err(pos, format!("`{}` is an HL7 path but this mapping reads `input: order`/`diagnostic_report`", h.path), "HL7 paths are for `input: oru`");
+                return;
+            }
+            let seg = h.path.segment_id();
+            if let Some(max) = hl7::max_field_count(seg)
+                && h.path.field > max
+            {
+                cx.err(pos, format!("{seg}-{} does not exist in any supported HL7 version ({seg} has at most {max} fields)", h.path.field), format!("use {seg}-1 to {seg}-{max}"));
+            }
+            if let Some((f, _, _)) = &h.filter
+                && let Some(max) = hl7::max_field_count(seg)
+                && *f > max
+            {
+                cx.err(
+                    pos,
+                    format!("{seg}-{f} in the segment filter does not exist"),
+                    "",
+                );
+            }
+            cx.reads.push(h.path.to_string());
+        }
+        Alt::Template(parts) => {
+            for p in parts {
+                if let Part::Value(alts) = p {
+                    for a in alts {
+                        check_alt(cx, a, pos, aliases);
+                    }
+                }
+            }
+        }
+        Alt::Index => {
+            if aliases.is_empty() {
+                cx.err(pos, "`$index` is only available inside `for_each`", "");
+            }
+        }
+    }
+}
+
+fn cond(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Cond> {
+    cx.keys(
+        n,
+        &["from", "equals", "in", "not_in", "present", "in_table"],
+        "`when`",
+    );
+    let from = n.get("from").and_then(|f| cx.string(f, "`when.from`"));
+    let Some(from) = from else {
+        cx.err(
+            n.pos,
+            "`when` needs `from:` (the value tested)",
+            "e.g. `when: {from: comment.isAlert, equals: true}`",
+        );
+        return None;
+    };
+    let chain = match spec::parse_chain(&from, cx.input == InputKind::Oru) {
+        Ok(c) => c,
+        Err(e) => {
+            cx.err(n.pos, e, "");
+            return None;
+        }
+    };
+    for a in &chain {
+        check_alt(cx, a, n.pos, &scope.aliases);
+    }
+    let list = |cx: &mut Cx, v: &Node| -> Vec<String> {
+        match &v.kind {
+            Kind::Seq(items) => items.iter().filter_map(|i| i.scalar_text()).collect(),
+            _ => match v.scalar_text() {
+                Some(s) => vec![s],
+                None => {
+                    cx.err(v.pos, "expected a value or a list of values", "");
+                    vec![]
+                }
+            },
+        }
+    };
+    let tests: Vec<Test> = [
+        n.get("equals").map(|v| Test::In(list(cx, v))),
+        n.get("in").map(|v| Test::In(list(cx, v))),
+        n.get("not_in").map(|v| Test::NotIn(list(cx, v))),
+        n.get("present")
+            .map(|v| Test::Present(!matches!(v.kind, Kind::Bool(false)))),
+        n.get("in_table").and_then(|v| {
+            let t = v.scalar_text().unwrap_or_default();
+            match cx.table_names.get(&t) {
+                Some(&(i, _)) => Some(Test::InTable(i)),
+                None => {
+                    cx.err(
+                        v.pos,
+                        format!("unknown code table `{t}`"),
+                        "define it under `tables:`",
+                    );
+                    None
+                }
+            }
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if tests.len() != 1 {
+        cx.err(
+            n.pos,
+            "`when` needs exactly one of `equals`, `in`, `not_in`, `present`, `in_table`",
+            "",
+        );
+        return None;
+    }
+    Some(Cond {
+        chain,
+        test: tests.into_iter().next().expect("one"),
+    })
+}
+
+fn filters_of(cx: &mut Cx, n: Option<&Node>, many: &mut bool) -> Vec<Filter> {
+    let Some(n) = n else { return Vec::new() };
+    let items: Vec<&Node> = match &n.kind {
+        Kind::Seq(items) => items.iter().collect(),
+        _ => vec![n],
+    };
+    let mut out = Vec::new();
+    for it in items {
+        let (name, arg, pos) = match &it.kind {
+            Kind::Str(s) => (s.clone(), None, it.pos),
+            Kind::Map(m) if m.len() == 1 => (
+                m[0].0.scalar_text().unwrap_or_default(),
+                Some(&m[0].1),
+                m[0].0.pos,
+            ),
+            _ => {
+                cx.err(
+                    it.pos,
+                    "a filter is a name (`trim`) or a name with an argument (`{default: routine}`)",
+                    "",
+                );
+                continue;
+            }
+        };
+        let text_arg = |cx: &mut Cx| -> Option<String> {
+            match arg.and_then(|a| a.scalar_text()) {
+                Some(s) => Some(s),
+                None => {
+                    cx.err(
+                        pos,
+                        format!("filter `{name}` needs an argument, e.g. `{{{name}: ...}}`"),
+                        "",
+                    );
+                    None
+                }
+            }
+        };
+        let time = |cx: &mut Cx| -> Option<TimeOut> {
+            let a = text_arg(cx)?;
+            let t = TimeOut::parse(&a);
+            if t.is_none() {
+                cx.err(
+                    pos,
+                    format!(
+                        "filter `{name}`: output must be instant, offset, hl7, date or hl7_date"
+                    ),
+                    "",
+                );
+            }
+            t
+        };
+        let no_arg = |cx: &mut Cx, f: Filter| -> Option<Filter> {
+            if arg.is_some() {
+                cx.err(
+                    pos,
+                    format!("filter `{name}` takes no argument"),
+                    format!("write just `{name}`"),
+                );
+            }
+            Some(f)
+        };
+        let f = match name.as_str() {
+            "trim" => no_arg(cx, Filter::Trim),
+            "upper" => no_arg(cx, Filter::Upper),
+            "lower" => no_arg(cx, Filter::Lower),
+            "required" => no_arg(cx, Filter::Required),
+            "first" => {
+                *many = false;
+                no_arg(cx, Filter::First)
+            }
+            "base64_decode" => no_arg(cx, Filter::Base64Decode),
+            "default" => text_arg(cx).map(Filter::Default),
+            "prefix" => text_arg(cx).map(Filter::Prefix),
+            "suffix" => text_arg(cx).map(Filter::Suffix),
+            "join" => {
+                *many = false;
+                text_arg(cx).map(Filter::Join)
+            }
+            "split" => {
+                *many = true;
+                text_arg(cx).map(Filter::Split)
+            }
+            "table" => text_arg(cx).and_then(|t| match cx.table_names.get(&t) {
+                Some(&(i, _)) => Some(Filter::Table(i)),
+                None => {
+                    let names: Vec<&str> = cx.table_names.keys().map(String::as_str).collect();
+                    let hint = if names.is_empty() {
+                        "define it under `tables:`".to_string()
+                    } else {
+                        fhir::hint_for(&t, &names)
+                    };
+                    cx.err(pos, format!("unknown code table `{t}`"), hint);
+                    None
+                }
+            }),
+            "site_time" => time(cx).map(Filter::SiteTime),
+            "instant" => time(cx).map(Filter::Instant),
+            "hl7_time" => time(cx).map(Filter::Hl7Time),
+            "date" => time(cx).map(Filter::Date),
+            "name" => text_arg(cx).and_then(|a| {
+                let p = match a.as_str() {
+                    "family" => NamePart::Family,
+                    "given" => NamePart::Given,
+                    "middle" => NamePart::Middle,
+                    "prefix" => NamePart::Prefix,
+                    "text" => NamePart::Text,
+                    _ => {
+                        cx.err(
+                            pos,
+                            "filter `name`: part must be family, given, middle, prefix or text",
+                            "",
+                        );
+                        return None;
+                    }
+                };
+                Some(Filter::Name(p))
+            }),
+            "hl7_name" => text_arg(cx).and_then(|a| match a.as_str() {
+                "xpn" => Some(Filter::Hl7Name(Hl7NameKind::Xpn)),
+                "xcn" | "cnn" | "ndl" => Some(Filter::Hl7Name(Hl7NameKind::Xcn)),
+                _ => {
+                    cx.err(
+                        pos,
+                        "filter `hl7_name`: layout must be xpn, xcn, cnn or ndl",
+                        "",
+                    );
+                    None
+                }
+            }),
+            other => {
+                cx.err(
+                    pos,
+                    format!("unknown filter `{other}`"),
+                    fhir::hint_for(other, super::filters::NAMES),
+                );
+                None
+            }
+        };
+        out.extend(f);
+    }
+    out
+}
+
+fn check_value_type(
+    cx: &mut Cx,
+    n: &Node,
+    target: &Target,
+    source: &Source,
+    filters: &[Filter],
+    scope: &Scope<'_>,
+) {
+    let Target::Fhir(ft) = target else {
+        if let (Target::Report(ReportField::ReportStatus), Source::Const(c)) = (target, source)
+            && !matches!(c.to_lowercase().as_str(), "preliminary" | "final")
+        {
+            cx.err(n.pos, "reportStatus must be `preliminary` or `final`", "");
+        }
+        return;
+    };
+    let pos = n.get("value").map_or(n.pos, |v| v.pos);
+    // The last table filter decides the codes a table-fed target can receive.
+    let last_table = filters.iter().rev().find_map(|f| match f {
+        Filter::Table(i) => Some(*i),
+        _ => None,
+    });
+    let element = ft.text.rsplit('.').next().unwrap_or("");
+    if !ft.text.contains('.')
+        && let Some(codes) = fhir::required_binding(scope.resource, element)
+    {
+        if let Source::Const(c) = source
+            && filters.is_empty()
+            && !codes.contains(&c.as_str())
+        {
+            cx.err(
+                pos,
+                format!("`{c}` is not a valid {}.{element} code", scope.resource),
+                format!("one of: {}", codes.join(", ")),
+            );
+        }
+        if let Some(i) = last_table {
+            let t = cx.tables[i].clone();
+            let mut bad: Vec<String> = t
+                .map
+                .values()
+                .filter(|v| !codes.contains(&v.as_str()))
+                .cloned()
+                .collect();
+            if let Some(d) = &t.default
+                && !codes.contains(&d.as_str())
+            {
+                bad.push(d.clone());
+            }
+            let tname = t.name.clone();
+            let tpos = cx.table_names.get(&tname).map_or(pos, |x| x.1);
+            if !bad.is_empty() {
+                bad.sort();
+                bad.dedup();
+                cx.err(tpos, format!("table `{tname}` feeds {}.{element} but has values that are not valid codes: {}", scope.resource, bad.join(", ")), format!("allowed: {}", codes.join(", ")));
+            }
+            if t.policy == Policy::PassThrough {
+                cx.err(tpos, format!("table `{tname}` feeds the coded element {}.{element} with `unmapped: pass_through`", scope.resource), "an unmapped value would make an invalid resource: use `unmapped: default` or `error`");
+            }
+        }
+    }
+    if let (Ty::Prim(p, tn), Source::Const(c)) = (ft.ty, source) {
+        let ok = match p {
+            Prim::Bool => matches!(c.as_str(), "true" | "false"),
+            Prim::Int => c.parse::<i64>().is_ok(),
+            Prim::Decimal => c.parse::<f64>().is_ok(),
+            Prim::Str => true,
+        };
+        if !ok && filters.is_empty() {
+            cx.err(
+                pos,
+                format!("type mismatch: `{}` is a {tn}, the value is not", ft.text),
+                match p {
+                    Prim::Bool => "write `true` or `false`",
+                    _ => "write a number",
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! FHIR R4 targets: a compact element list for ServiceRequest and DiagnosticReport (and
+//! the datatypes they use), path checks at load time, writing values into a JSON tree, and
+//! the fhir-sdk check every resource passes before it leaves.
+
+use serde_json::{Map, Value};
+
+/// Kind of a FHIR element's type, as far as the mapping needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prim {
+    /// A JSON string primitive (string, code, uri, dateTime, ...).
+    Str,
+    /// `boolean`
+    Bool,
+    /// `integer`, `unsignedInt`, `positiveInt`
+    Int,
+    /// `decimal`
+    Decimal,
+}
+
+/// Resolved type of an element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ty {
+    /// A primitive, with its FHIR type name.
+    Prim(Prim, &'static str),
+    /// A complex datatype or backbone element, by name.
+    Complex(&'static str),
+}
+
+/// `(element, type, is_list)`; a type in lower case is a primitive.
+type Elements = &'static [(&'static str, &'static str, bool)];
+
+const SERVICE_REQUEST: Elements = &[
+    ("id", "id", false),
+    ("meta", "Meta", false),
+    ("implicitRules", "uri", false),
+    ("language", "code", false),
+    ("extension", "Extension", true),
+    ("identifier", "Identifier", true),
+    ("instantiatesCanonical", "canonical", true),
+    ("instantiatesUri", "uri", true),
+    ("basedOn", "Reference", true),
+    ("replaces", "Reference", true),
+    ("requisition", "Identifier", false),
+    ("status", "code", false),
+    ("intent", "code", false),
+    ("category", "CodeableConcept", true),
+    ("priority", "code", false),
+    ("doNotPerform", "boolean", false),
+    ("code", "CodeableConcept", false),
+    ("orderDetail", "CodeableConcept", true),
+    ("quantityQuantity", "Quantity", false),
+    ("subject", "Reference", false),
+    ("encounter", "Reference", false),
+    ("occurrenceDateTime", "dateTime", false),
+    ("occurrencePeriod", "Period", false),
+    ("asNeededBoolean", "boolean", false),
+    ("asNeededCodeableConcept", "CodeableConcept", false),
+    ("authoredOn", "dateTime", false),
+    ("requester", "Reference", false),
+    ("performerType", "CodeableConcept", false),
+    ("performer", "Reference", true),
+    ("locationCode", "CodeableConcept", true),
+    ("locationReference", "Reference", true),
+    ("reasonCode", "CodeableConcept", true),
+    ("reasonReference", "Reference", true),
+    ("insurance", "Reference", true),
+    ("supportingInfo", "Reference", true),
+    ("specimen", "Reference", true),
+    ("bodySite", "CodeableConcept", true),
+    ("note", "Annotation", true),
+    ("patientInstruction", "string", false),
+    ("relevantHistory", "Reference", true),
+];
+
+const DIAGNOSTIC_REPORT: Elements = &[
+    ("id", "id", false),
+    ("meta", "Meta", false),
+    ("implicitRules", "uri", false),
+    ("language", "code", false),
+    ("extension", "Extension", true),
+    ("identifier", "Identifier", true),
+    ("basedOn", "Reference", true),
+    ("status", "code", false),
+    ("category", "CodeableConcept", true),
+    ("code", "CodeableConcept", false),
+    ("subject", "Reference", false),
+    ("encounter", "Reference", false),
+    ("effectiveDateTime", "dateTime", false),
+    ("effectivePeriod", "Period", false),
+    ("issued", "instant", false),
+    ("performer", "Reference", true),
+    ("resultsInterpreter", "Reference", true),
+    ("specimen", "Reference", true),
+    ("result", "Reference", true),
+    ("imagingStudy", "Reference", true),
+    ("media", "DiagnosticReportMedia", true),
+    ("conclusion", "string", false),
+    ("conclusionCode", "CodeableConcept", true),
+    ("presentedForm", "Attachment", true),
+];
+
+fn datatype(name: &str) -> Option<Elements> {
+    Some(match name {
+        "Identifier" => &[
+            ("use", "code", false),
+            ("type", "CodeableConcept", false),
+            ("system", "uri", false),
+            ("value", "string", false),
+            ("period", "Period", false),
+            ("assigner", "Reference", false),
+        ],
+        "CodeableConcept" => &[("coding", "Coding", true), ("text", "string", false)],
+        "Coding" => &[
+            ("system", "uri", false),
+            ("version", "string", false),
+            ("code", "code", false),
+            ("display", "string", false),
+            ("userSelected", "boolean", false),
+        ],
+        "Reference" => &[
+            ("reference", "string", false),
+            ("type", "uri", false),
+            ("identifier", "Identifier", false),
+            ("display", "string", false),
+        ],
+        "Annotation" => &[
+            ("authorReference", "Reference", false),
+            ("authorString", "string", false),
+            ("time", "dateTime", false),
+            ("text", "markdown", false),
+        ],
+        "Period" => &[("start", "dateTime", false), ("end", "dateTime", false)],
+        "Attachment" => &[
+            ("contentType", "code", false),
+            ("language", "code", false),
+            ("data", "base64Binary", false),
+            ("url", "url", false),
+            ("size", "unsignedInt", false),
+            ("hash", "base64Binary", false),
+            ("title", "string", false),
+            ("creation", "dateTime", false),
+        ],
+        "Meta" => &[
+            ("versionId", "id", false),
+            ("lastUpdated", "instant", false),
+            ("source", "uri", false),
+            ("profile", "canonical", true),
+            ("security", "Coding", true),
+            ("tag", "Coding", true),
+        ],
+        "Quantity" => &[
+            ("value", "decimal", false),
+            ("comparator", "code", false),
+            ("unit", "string", false),
+            ("system", "uri", false),
+            ("code", "code", false),
+        ],
+        "Extension" => &[
+            ("url", "uri", false),
+            ("valueString", "string", false),
+            ("valueCode", "code", false),
+            ("valueBoolean", "boolean", false),
+            ("valueDateTime", "dateTime", false),
+            ("valueReference", "Reference", false),
+            ("valueCodeableConcept", "CodeableConcept", false),
+            ("valueIdentifier", "Identifier", false),
+        ],
+        "DiagnosticReportMedia" => &[("comment", "string", false), ("link", "Reference", false)],
+        _ => return None,
+    })
+}
+
+/// The top-level element list of a supported resource type.
+pub fn resource_elements(resource: &str) -> Option<Elements> {
+    match resource {
+        "ServiceRequest" => Some(SERVICE_REQUEST),
+        "DiagnosticReport" => Some(DIAGNOSTIC_REPORT),
+        _ => None,
+    }
+}
+
+/// Elements a resource must have, for the "required never set" check.
+pub fn required_elements(resource: &str) -> &'static [&'static str] {
+    match resource {
+        "ServiceRequest" => &["status", "intent", "subject"],
+        "DiagnosticReport" => &["status", "code", "subject"],
+        _ => &[],
+    }
+}
+
+/// Codes of the required bindings we know, by `Resource.element`.
+pub fn required_binding(resource: &str, element: &str) -> Option<&'static [&'static str]> {
+    Some(match (resource, element) {
+        ("ServiceRequest", "status") => &[
+            "draft",
+            "active",
+            "on-hold",
+            "revoked",
+            "completed",
+            "entered-in-error",
+            "unknown",
+        ],
+        ("ServiceRequest", "intent") => &[
+            "proposal",
+            "plan",
+            "directive",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        ],
+        ("ServiceRequest", "priority") => &["routine", "urgent", "asap", "stat"],
+        ("DiagnosticReport", "status") => &[
+            "registered",
+            "partial",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "appended",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        ],
+        _ => return None,
+    })
+}
+
+fn prim_of(t: &'static str) -> Option<Ty> {
+    let p = match t {
+        "boolean" => Prim::Bool,
+        "integer" | "unsignedInt" | "positiveInt" => Prim::Int,
+        "decimal" => Prim::Decimal,
+        t if t.starts_with(|c: char| c.is_ascii_lowercase()) => Prim::Str,
+        _ => return None,
+    };
+    Some(Ty::Prim(p, t))
+}
+
+/// One step of a target path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TStep {
+    /// An element name.
+    Key(String),
+    /// A fixed array index.
+    Index(usize),
+    /// `[*]`: the element of the current `for_each` item (an appended element).
+    Each,
+}
+
+/// A checked FHIR target: steps and the leaf type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FhirTarget {
+    /// Steps from the resource root.
+    pub steps: Vec<TStep>,
+    /// Type of the element written.
+    pub ty: Ty,
+    /// The path as written (for messages).
+    pub text: String,
+}
+
+/// Resolves `path` (e.g. `identifier[0].system`, `note[*].text`) against `resource`.
+/// `partial` allows the path to end on a complex element (a `for_each` prefix).
+/// The error is `(message, hint)`.
+pub fn resolve(resource: &str, path: &str, partial: bool) -> Result<FhirTarget, (String, String)> {
+    let mut elements = resource_elements(resource).ok_or_else(|| {
+        (
+            format!("resource `{resource}` is not supported"),
+            "use ServiceRequest or DiagnosticReport".to_string(),
+        )
+    })?;
+    let mut steps = Vec::new();
+    let mut ty = Ty::Complex("resource");
+    let mut owner = resource.to_string();
+    let segs: Vec<&str> = path.split('.').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        let (name, sel) = match seg.find('[') {
+            Some(p) if seg.ends_with(']') => (&seg[..p], Some(&seg[p + 1..seg.len() - 1])),
+            Some(_) => {
+                return Err((
+                    format!("`{path}`: bad index in `{seg}`"),
+                    "write `name[0]` or `name[*]`".into(),
+                ));
+            }
+            None => (*seg, None),
+        };
+        let Some(&(_, t, list)) = elements.iter().find(|(n, _, _)| *n == name) else {
+            let names: Vec<&str> = elements.iter().map(|e| e.0).collect();
+            return Err((
+                format!("`{name}` is not an element of {owner} (in target `{path}`)"),
+                hint_for(name, &names),
+            ));
+        };
+        steps.push(TStep::Key(name.to_string()));
+        match (list, sel) {
+            (true, None) => {
+                return Err((
+                    format!("`{name}` in {owner} is a list (target `{path}`)"),
+                    format!("write `{name}[0]` for one element, or `{name}[*]` inside `for_each`"),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err((
+                    format!("`{name}` in {owner} is not a list (target `{path}`)"),
+                    format!("remove the index: `{name}`"),
+                ));
+            }
+            (true, Some("*")) => steps.push(TStep::Each),
+            (true, Some(n)) => match n.parse::<usize>() {
+                Ok(n) => steps.push(TStep::Index(n)),
+                Err(_) => {
+                    return Err((
+                        format!("`{seg}`: index must be a number or `*` (target `{path}`)"),
+                        "e.g. `identifier[0]`".into(),
+                    ));
+                }
+            },
+            (false, None) => {}
+        }
+        let last = i + 1 == segs.len();
+        if let Some(p) = prim_of(t) {
+            if !last {
+                return Err((
+                    format!("`{name}` is a {t}, it has no sub-elements (target `{path}`)"),
+                    format!("end the target at `{name}`"),
+                ));
+            }
+            ty = p;
+        } else {
+            let sub = datatype(t).ok_or_else(|| {
+                (
+                    format!("elements of `{t}` cannot be mapped (target `{path}`)"),
+                    "use a different element".to_string(),
+                )
+            })?;
+            ty = Ty::Complex(t);
+            if last && !partial {
+                let names: Vec<&str> = sub.iter().map(|e| e.0).collect();
+                return Err((
+                    format!(
+                        "`{name}` is a {t}: a value needs a primitive element (target `{path}`)"
+                    ),
+                    format!("set one of its elements: {}", names.join(", ")),
+                ));
+            }
+            elements = sub;
+            owner = t.to_string();
+        }
+    }
+    Ok(FhirTarget {
+        steps,
+        ty,
+        text: path.to_string(),
+    })
+}
+
+/// A suggestion for an unknown name: the closest known one, else the list.
+pub fn hint_for(name: &str, known: &[&str]) -> String {
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(&name.to_lowercase(), &k.to_lowercase()), *k))
+        .min();
+    match best {
+        Some((d, k)) if d <= 3 => format!("did you mean `{k}`?"),
+        _ => format!("known: {}", known.join(", ")),
+    }
+}
+
+/// Levenshtein distance (names are short).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let v = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+            cur.push(v);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Writes `value` at `steps` in `root`, creating objects and arrays on the way; `each` is
+/// the array index `[*]` stands for.
+pub fn write(root: &mut Value, steps: &[TStep], each: &[usize], value: Value) {
+    let mut cur = root;
+    let mut each_i = 0;
+    for (k, st) in steps.iter().enumerate() {
+        let next_is_index = matches!(steps.get(k + 1), Some(TStep::Index(_) | TStep::Each));
+        match st {
+            TStep::Key(name) => {
+                let obj = ensure_object(cur);
+                let slot = obj.entry(name.clone()).or_insert(Value::Null);
+                if slot.is_null() && k + 1 < steps.len() {
+                    *slot = if next_is_index {
+                        Value::Array(Vec::new())
+                    } else {
+                        Value::Object(Map::new())
+                    };
+                }
+                cur = slot;
+            }
+            TStep::Index(_) | TStep::Each => {
+                let i = match st {
+                    TStep::Index(i) => *i,
+                    _ => {
+                        let i = each.get(each_i).copied().unwrap_or(0);
+                        each_i += 1;
+                        i
+                    }
+                };
+                if !cur.is_array() {
+                    *cur = Value::Array(Vec::new());
+                }
+                let arr = cur.as_array_mut().expect("made an array");
+                while arr.len() <= i {
+                    arr.push(Value::Object(Map::new()));
+                }
+                cur = &mut arr[i];
+            }
+        }
+    }
+    *cur = value;
+}
+
+fn ensure_object(v: &mut Value) -> &mut Map<String, Value> {
+    if !v.is_object() {
+        *v = Value::Object(Map::new());
+    }
+    v.as_object_mut().expect("made an object")
+}
+
+/// Length of the array at `steps` (0 when absent), for appending `for_each` elements.
+pub fn array_len(root: &Value, steps: &[TStep], each: &[usize]) -> usize {
+    let mut cur = root;
+    let mut each_i = 0;
+    for st in steps {
+        cur = match st {
+            TStep::Key(k) => match cur.get(k) {
+                Some(v) => v,
+                None => return 0,
+            },
+            TStep::Index(i) => match cur.get(*i) {
+                Some(v) => v,
+                None => return 0,
+            },
+            TStep::Each => {
+                let i = each.get(each_i).copied().unwrap_or(0);
+                each_i += 1;
+                match cur.get(i) {
+                    Some(v) => v,
+                    None => return 0,
+                }
+            }
+        };
+    }
+    cur.as_array().map_or(0, Vec::len)
+}
+
+/// Removes array elements left empty (`{}`) by items that produced nothing.
+pub fn prune(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                prune(x);
+            }
+            m.retain(|_, x| !is_empty(x));
+        }
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                prune(x);
+            }
+            a.retain(|x| !is_empty(x));
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// Checks a resource with fhir-sdk's R4B types (same as R4 for these two resources).
+/// The error is serde's message with quoted values removed, so no PHI leaks into it.
+pub fn check(resource: &str, v: &Value) -> Result<(), String> {
+    use fhir_sdk::r4b::resources::{DiagnosticReport, ServiceRequest};
+    let r = match resource {
+        "ServiceRequest" => ServiceRequest::deserialize(v).map(|_| ()),
+        "DiagnosticReport" => DiagnosticReport::deserialize(v).map(|_| ()),
+        other => return Err(format!("no check for resource {other}")),
+    };
+    r.map_err(|e| redact(&e.to_string()))
+}
+
+use serde::Deserialize;
+
+/// serde's message, keeping only what cannot hold a value: field names and the list of
+/// expected codes. Anything else (a date-time parse error, say) becomes a generic message,
+/// because it may quote the offending value (PHI).
+pub fn redact(msg: &str) -> String {
+    let first = msg.lines().next().unwrap_or("");
+    let first = first.split(" at line ").next().unwrap_or(first);
+    let expected = first.find(", expected").map_or("", |p| &first[p..]);
+    if first.starts_with("missing field")
+        || first.starts_with("unknown field")
+        || first.starts_with("duplicate field")
+    {
+        first.to_string()
+    } else if first.starts_with("unknown variant") {
+        format!("unknown code{expected}")
+    } else if first.starts_with("invalid type") {
+        format!("invalid JSON type{expected}")
+    } else {
+        "a value does not match its FHIR type (date/time, code or number format)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resolves_paths() {
+        let t = resolve("ServiceRequest", "identifier[0].system", false).unwrap();
+        assert_eq!(t.ty, Ty::Prim(Prim::Str, "uri"));
+        assert_eq!(
+            t.steps,
+            [
+                TStep::Key("identifier".into()),
+                TStep::Index(0),
+                TStep::Key("system".into())
+            ]
+        );
+        assert!(resolve("ServiceRequest", "note[*].text", false).is_ok());
+        assert!(resolve("ServiceRequest", "note[*]", true).is_ok());
+        assert!(resolve("ServiceRequest", "code.coding[0].code", false).is_ok());
+        let (m, h) = resolve("ServiceRequest", "identifer[0].value", false).unwrap_err();
+        assert!(m.contains("identifer") && h.contains("identifier"), "{h}");
+        let (_, h) = resolve("ServiceRequest", "code", false).unwrap_err();
+        assert!(h.contains("text"));
+        let (m, _) = resolve("ServiceRequest", "note.text", false).unwrap_err();
+        assert!(m.contains("list"));
+        let (m, _) = resolve("ServiceRequest", "status.x", false).unwrap_err();
+        assert!(m.contains("no sub-elements"));
+        assert_eq!(
+            resolve("DiagnosticReport", "presentedForm[0].size", false)
+                .unwrap()
+                .ty,
+            Ty::Prim(Prim::Int, "unsignedInt")
+        );
+    }
+
+    #[test]
+    fn writes_and_prunes() {
+        let mut v = json!({"resourceType": "ServiceRequest"});
+        let t = resolve("ServiceRequest", "identifier[1].value", false).unwrap();
+        write(&mut v, &t.steps, &[], json!("A1"));
+        let n = resolve("ServiceRequest", "note[*].text", false).unwrap();
+        write(&mut v, &n.steps, &[0], json!("first"));
+        write(&mut v, &n.steps, &[1], json!("second"));
+        assert_eq!(array_len(&v, &n.steps[..1], &[]), 2);
+        prune(&mut v);
+        assert_eq!(
+            v,
+            json!({"resourceType": "ServiceRequest", "identifier": [{"value": "A1"}],
+                   "note": [{"text": "first"}, {"text": "second"}]})
+        );
+    }
+
+    #[test]
+    fn fhir_sdk_check_and_redaction() {
+        let ok = json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                        "subject": {"display": "x"}});
+        check("ServiceRequest", &ok).unwrap();
+        let bad = json!({"resourceType": "ServiceRequest", "status": "SECRETVALUE", "intent": "order",
+                         "subject": {"display": "x"}});
+        let e = check("ServiceRequest", &bad).unwrap_err();
+        assert!(!e.contains("SECRETVALUE"), "{e}");
+        let missing =
+            json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order"});
+        assert!(check("ServiceRequest", &missing).is_err());
+    }
+}

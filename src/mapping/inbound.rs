@@ -1,0 +1,123 @@
+//! Inbound results → QUBS report submissions: ORU^R01 (one submission per
+//! ORDER_OBSERVATION group) and FHIR DiagnosticReport.
+
+use serde::{Deserialize, Serialize};
+
+use super::ReportField;
+
+/// Status of a submitted report, as QUBS spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportStatus {
+    /// A preliminary report; a final one may follow.
+    Preliminary,
+    /// The final report.
+    Final,
+}
+
+/// The body of `POST .../reporting/appointments/{appointmentId}/report`, plus the
+/// appointment and domain it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportSubmission {
+    /// QUBS domain, when the mapping sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Appointment the report is for (part of the URL, not the body).
+    pub appointment_id: String,
+    /// Report text, stored as-is by QUBS.
+    pub report_text: String,
+    /// Preliminary or final.
+    pub report_status: ReportStatus,
+    /// MIME type of the text (QUBS default `text/plain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_format: Option<String>,
+    /// Interpreting clinician's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interpreting_clinician_name: Option<String>,
+    /// Interpreting clinician's provider number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interpreting_clinician_provider_number: Option<String>,
+    /// Interpreting clinician's e-mail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interpreting_clinician_email: Option<String>,
+    /// When the report was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_at_utc: Option<jiff::Timestamp>,
+}
+
+/// QUBS refuses report text above 2 MiB of UTF-8.
+pub const MAX_REPORT_BYTES: usize = 2_097_152;
+
+/// Builds a submission from the report fields a mapping wrote; the error names the field.
+pub fn build(fields: &[Option<String>]) -> Result<ReportSubmission, (ReportField, String)> {
+    let get = |f: ReportField| fields[f as usize].clone();
+    let need = |f: ReportField| {
+        get(f).ok_or((f, "no value (every rule for it found nothing)".to_string()))
+    };
+    let status = need(ReportField::ReportStatus)?;
+    let report_status = match status.to_lowercase().as_str() {
+        "preliminary" => ReportStatus::Preliminary,
+        "final" => ReportStatus::Final,
+        _ => {
+            return Err((
+                ReportField::ReportStatus,
+                "must be `preliminary` or `final` after mapping".into(),
+            ));
+        }
+    };
+    let report_text = need(ReportField::ReportText)?;
+    if report_text.len() > MAX_REPORT_BYTES {
+        return Err((
+            ReportField::ReportText,
+            format!(
+                "{} bytes, QUBS accepts at most {MAX_REPORT_BYTES}",
+                report_text.len()
+            ),
+        ));
+    }
+    let reported_at_utc = match get(ReportField::ReportedAtUtc) {
+        Some(s) => Some(s.parse::<jiff::Timestamp>().map_err(|_| {
+            (
+                ReportField::ReportedAtUtc,
+                "not a UTC timestamp: use a time filter with output `instant`".to_string(),
+            )
+        })?),
+        None => None,
+    };
+    Ok(ReportSubmission {
+        domain: get(ReportField::Domain),
+        appointment_id: need(ReportField::AppointmentId)?,
+        report_text,
+        report_status,
+        report_format: get(ReportField::ReportFormat),
+        interpreting_clinician_name: get(ReportField::InterpretingClinicianName),
+        interpreting_clinician_provider_number: get(
+            ReportField::InterpretingClinicianProviderNumber,
+        ),
+        interpreting_clinician_email: get(ReportField::InterpretingClinicianEmail),
+        reported_at_utc,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_like_the_qubs_body() {
+        let mut f = vec![None; ReportField::ALL.len()];
+        f[ReportField::AppointmentId as usize] = Some("A1".into());
+        f[ReportField::ReportText as usize] = Some("text".into());
+        f[ReportField::ReportStatus as usize] = Some("Final".into());
+        f[ReportField::ReportedAtUtc as usize] = Some("2026-01-02T03:04:05Z".into());
+        let s = build(&f).unwrap();
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::json!({"appointmentId": "A1", "reportText": "text",
+                "reportStatus": "final", "reportedAtUtc": "2026-01-02T03:04:05Z"})
+        );
+        f[ReportField::ReportStatus as usize] = Some("C".into());
+        assert_eq!(build(&f).unwrap_err().0, ReportField::ReportStatus);
+    }
+}

@@ -1,0 +1,784 @@
+//! The declarative mapping engine.
+//!
+//! Analysts write YAML mapping files (`mappings/*.yaml`, language documented in
+//! `mappings/README.md`). [`MappingSet::load_dir`] reads and checks all of them, reporting
+//! every problem with file:line:column and a hint, and compiles each into a plan. Mapping
+//! then evaluates a plan against one input:
+//!
+//! - outbound, an **Order** JSON document → FHIR R4 JSON ([`Body::Fhir`], checked with
+//!   fhir-sdk's R4B types) or an HL7 v2 ER7 message ([`Body::Hl7`], re-parsed with
+//!   hl7-parser) — [`MappingSet::map_order`];
+//! - inbound, an ORU^R01 → one [`ReportSubmission`] per ORDER_OBSERVATION group
+//!   ([`MappingSet::map_oru`]), or a FHIR DiagnosticReport → one submission
+//!   ([`MappingSet::map_diagnostic_report`]).
+//!
+//! Every output carries the mapping-set version (a content hash of the files) and the
+//! values code tables did not map. Errors name the rule (file:line:column and target),
+//! never the value: values are PHI.
+
+pub mod compile;
+pub mod eval;
+pub mod fhir;
+pub mod filters;
+pub mod golden;
+pub mod hl7;
+pub mod inbound;
+pub mod spec;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::hl7::er7;
+use crate::hl7::writer::{self, MessageBuilder, MshFields, SegmentBuilder};
+pub use compile::Compiled;
+use compile::Plan;
+pub use inbound::{ReportStatus, ReportSubmission};
+pub use spec::{InputKind, OutputKind};
+pub use yaml::Pos;
+
+/// One load-time problem in a mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file.
+    pub file: PathBuf,
+    /// Line and column.
+    pub pos: Pos,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: error: {}",
+            self.file.display(),
+            self.pos,
+            self.message
+        )?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// All load-time problems of a mapping set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            writeln!(f, "{d}")?;
+        }
+        write!(f, "{} error(s) in mapping files", self.0.len())
+    }
+}
+
+/// Fields of a report submission a mapping can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportField {
+    /// `domain`
+    Domain,
+    /// `appointmentId`
+    AppointmentId,
+    /// `reportText`
+    ReportText,
+    /// `reportStatus`
+    ReportStatus,
+    /// `reportFormat`
+    ReportFormat,
+    /// `interpretingClinicianName`
+    InterpretingClinicianName,
+    /// `interpretingClinicianProviderNumber`
+    InterpretingClinicianProviderNumber,
+    /// `interpretingClinicianEmail`
+    InterpretingClinicianEmail,
+    /// `reportedAtUtc`
+    ReportedAtUtc,
+}
+
+impl ReportField {
+    /// All fields, in index order.
+    pub const ALL: [ReportField; 9] = [
+        ReportField::Domain,
+        ReportField::AppointmentId,
+        ReportField::ReportText,
+        ReportField::ReportStatus,
+        ReportField::ReportFormat,
+        ReportField::InterpretingClinicianName,
+        ReportField::InterpretingClinicianProviderNumber,
+        ReportField::InterpretingClinicianEmail,
+        ReportField::ReportedAtUtc,
+    ];
+
+    /// The name used in mapping files (the QUBS JSON name).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportField::Domain => "domain",
+            ReportField::AppointmentId => "appointmentId",
+            ReportField::ReportText => "reportText",
+            ReportField::ReportStatus => "reportStatus",
+            ReportField::ReportFormat => "reportFormat",
+            ReportField::InterpretingClinicianName => "interpretingClinicianName",
+            ReportField::InterpretingClinicianProviderNumber => {
+                "interpretingClinicianProviderNumber"
+            }
+            ReportField::InterpretingClinicianEmail => "interpretingClinicianEmail",
+            ReportField::ReportedAtUtc => "reportedAtUtc",
+        }
+    }
+
+    /// Reads a name.
+    pub fn parse(s: &str) -> Option<ReportField> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// Why one input could not be mapped. Names rules and fields, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// No mapping with that name, or none for that input.
+    #[error("no mapping `{0}` in the mapping set")]
+    UnknownMapping(String),
+    /// The mapping reads another kind of input.
+    #[error("mapping `{0}` does not read this kind of input")]
+    WrongInput(String),
+    /// A `required` filter found nothing.
+    #[error("{rule}: required value is missing")]
+    Required {
+        /// The rule.
+        rule: String,
+    },
+    /// A code table with `unmapped: error` did not have the value.
+    #[error("{rule}: value not in code table `{table}` (its policy is `unmapped: error`)")]
+    Unmapped {
+        /// The rule.
+        rule: String,
+        /// The table.
+        table: String,
+    },
+    /// A value had the wrong form.
+    #[error("{rule}: {reason}")]
+    Value {
+        /// The rule (or input field).
+        rule: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The inbound HL7 could not be read.
+    #[error("HL7 input: {0}")]
+    Hl7(#[from] er7::ReadError),
+    /// An error in one ORDER_OBSERVATION group of an ORU.
+    #[error("message {msh10}, order group {group}: {source}")]
+    InGroup {
+        /// MSH-10.
+        msh10: String,
+        /// 1-based group number.
+        group: usize,
+        /// The error.
+        source: Box<MapError>,
+    },
+    /// The output failed its check.
+    #[error("mapping `{mapping}` produced an invalid {what}: {reason} (rules: {rules})")]
+    InvalidOutput {
+        /// Mapping name.
+        mapping: String,
+        /// FHIR resource type or HL7 message.
+        what: String,
+        /// What is wrong (no values).
+        reason: String,
+        /// Rules that wrote the offending part, when they can be told.
+        rules: String,
+    },
+}
+
+/// Options for one outbound mapping run.
+#[derive(Debug, Clone, Default)]
+pub struct MapOptions {
+    /// MSH-7; default now (in the site zone when known).
+    pub now: Option<jiff::ZonedDateTime>,
+    /// MSH-10; default a fresh id.
+    pub control_id: Option<String>,
+}
+
+/// A produced document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// FHIR R4 JSON.
+    Fhir(Value),
+    /// HL7 v2 ER7 text (CR separators).
+    Hl7(String),
+}
+
+/// A value a code table did not map, with how often it was seen in this run. Contains
+/// source values: show it to analysts (dry runs, reports), do not log it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unmapped {
+    /// Table name.
+    pub table: String,
+    /// The value.
+    pub value: String,
+    /// Times seen.
+    pub count: usize,
+}
+
+/// An outbound result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Mapping name.
+    pub mapping: String,
+    /// Mapping-set version.
+    pub version: String,
+    /// The document.
+    pub body: Body,
+    /// Values code tables did not map.
+    pub unmapped: Vec<Unmapped>,
+}
+
+/// An inbound result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// Mapping name.
+    pub mapping: String,
+    /// Mapping-set version.
+    pub version: String,
+    /// One per appointment (ORDER_OBSERVATION group).
+    pub submissions: Vec<ReportSubmission>,
+    /// Values code tables did not map.
+    pub unmapped: Vec<Unmapped>,
+    /// What the HL7 reader tolerated (wrapped lines, empty segments).
+    pub warnings: Vec<String>,
+}
+
+/// Context of an inbound result: the site (with `timeZone`) and config values.
+#[derive(Debug, Clone, Default)]
+pub struct InboundContext {
+    /// QUBS domain.
+    pub domain: Option<String>,
+    /// Site settings (`{"siteName", "timeZone", ...}`); `Value::Null` when unknown.
+    pub site: Value,
+    /// Free config values.
+    pub config: Value,
+}
+
+/// A dry run: the output plus what an analyst needs to judge the mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    /// The output.
+    pub output: Output,
+    /// Input fields (as `comments[].guid`) that no rule read.
+    pub unread_fields: Vec<String>,
+}
+
+/// A loaded, checked and compiled set of mapping files.
+#[derive(Debug, Clone)]
+pub struct MappingSet {
+    version: String,
+    mappings: BTreeMap<String, Arc<Compiled>>,
+}
+
+impl MappingSet {
+    /// Loads every `*.yaml`/`*.yml` file directly in `dir` (table files they reference may
+    /// sit in sub-directories). All problems of all files are returned together.
+    pub fn load_dir(dir: impl AsRef<Path>) -> Result<MappingSet, LoadErrors> {
+        let dir = dir.as_ref();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect(),
+            Err(e) => {
+                return Err(LoadErrors(vec![Diagnostic {
+                    file: dir.to_path_buf(),
+                    pos: Pos { line: 1, column: 1 },
+                    message: format!("cannot read the mapping directory: {e}"),
+                    hint: None,
+                }]));
+            }
+        };
+        files.sort();
+        let mut texts = Vec::new();
+        let mut diags = Vec::new();
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(t) => texts.push((f, t)),
+                Err(e) => diags.push(Diagnostic {
+                    file: f,
+                    pos: Pos { line: 1, column: 1 },
+                    message: format!("cannot read: {e}"),
+                    hint: None,
+                }),
+            }
+        }
+        match Self::from_texts(&texts) {
+            Ok(s) if diags.is_empty() => Ok(s),
+            Ok(_) => Err(LoadErrors(diags)),
+            Err(LoadErrors(mut more)) => {
+                diags.append(&mut more);
+                Err(LoadErrors(diags))
+            }
+        }
+    }
+
+    /// Compiles mapping files given as `(path, text)`; table files are read from disk
+    /// relative to each path.
+    pub fn from_texts(files: &[(PathBuf, String)]) -> Result<MappingSet, LoadErrors> {
+        let mut diags = Vec::new();
+        let mut mappings: BTreeMap<String, Arc<Compiled>> = BTreeMap::new();
+        let mut hash = Sha256::new();
+        for (path, text) in files {
+            match compile::compile(path, text) {
+                Ok(c) => {
+                    hash.update(
+                        path.file_name()
+                            .map(|f| f.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    );
+                    hash.update([0]);
+                    hash.update(text.as_bytes());
+                    hash.update([0]);
+                    for tf in &c.table_files {
+                        hash.update(std::fs::read(tf).unwrap_or_default());
+                        hash.update([0]);
+                    }
+                    if let Some(prev) = mappings.get(&c.name) {
+                        diags.push(Diagnostic {
+                            file: path.clone(),
+                            pos: Pos { line: 1, column: 1 },
+                            message: format!(
+                                "mapping name `{}` is also used by {}",
+                                c.name,
+                                prev.file.display()
+                            ),
+                            hint: Some("each file needs its own `mapping:` name".into()),
+                        });
+                    } else {
+                        mappings.insert(c.name.clone(), Arc::new(c));
+                    }
+                }
+                Err(mut d) => diags.append(&mut d),
+            }
+        }
+        if !diags.is_empty() {
+            diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+            return Err(LoadErrors(diags));
+        }
+        let digest = hash.finalize();
+        let version = format!(
+            "sha256:{}",
+            digest
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        Ok(MappingSet { version, mappings })
+    }
+
+    /// Content hash of the files (`sha256:` + 16 hex digits).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Names of the mappings.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.mappings.keys().map(String::as_str)
+    }
+
+    /// A compiled mapping.
+    pub fn get(&self, name: &str) -> Option<&Compiled> {
+        self.mappings.get(name).map(|a| a.as_ref())
+    }
+
+    fn mapping(&self, name: &str, input: InputKind) -> Result<&Compiled, MapError> {
+        let m = self
+            .get(name)
+            .ok_or_else(|| MapError::UnknownMapping(name.to_string()))?;
+        if m.input != input {
+            return Err(MapError::WrongInput(name.to_string()));
+        }
+        Ok(m)
+    }
+
+    fn only(&self, input: InputKind, what: &str) -> Result<&Compiled, MapError> {
+        let mut it = self.mappings.values().filter(|m| m.input == input);
+        match (it.next(), it.next()) {
+            (Some(m), None) => Ok(m),
+            _ => Err(MapError::UnknownMapping(format!(
+                "(exactly one mapping with `input: {what}` is needed; name it explicitly)"
+            ))),
+        }
+    }
+
+    /// Maps an Order with mapping `name`.
+    pub fn map_order(&self, name: &str, order: &Value) -> Result<Output, MapError> {
+        self.map_order_with(name, order, &MapOptions::default())
+    }
+
+    /// Maps an Order with options (fixed MSH-7/MSH-10 for reproducible runs).
+    pub fn map_order_with(
+        &self,
+        name: &str,
+        order: &Value,
+        options: &MapOptions,
+    ) -> Result<Output, MapError> {
+        let m = self.mapping(name, InputKind::Order)?;
+        let zone = site_zone(order.get("site"))?;
+        let mut env = eval::Env::new(order, zone.clone(), &m.tables);
+        let body = match &m.plan {
+            Plan::Fhir { resource, rules } => {
+                let mut out = eval::Out::new();
+                out.fhir = serde_json::json!({ "resourceType": resource });
+                env.run(rules, &mut out)?;
+                fhir::prune(&mut out.fhir);
+                fhir::check(resource, &out.fhir).map_err(|reason| MapError::InvalidOutput {
+                    mapping: m.name.clone(),
+                    what: resource.clone(),
+                    rules: rules_hint(rules, &reason),
+                    reason,
+                })?;
+                Body::Fhir(out.fhir)
+            }
+            Plan::Hl7 {
+                message,
+                version,
+                segments,
+            } => Body::Hl7(run_hl7(
+                m,
+                &mut env,
+                message,
+                version,
+                segments,
+                options,
+                zone.as_ref(),
+            )?),
+            Plan::Report { .. } => return Err(MapError::WrongInput(name.to_string())),
+        };
+        Ok(Output {
+            mapping: m.name.clone(),
+            version: self.version.clone(),
+            body,
+            unmapped: count(env.unmapped),
+        })
+    }
+
+    /// Maps an Order and also lists the input fields no rule read.
+    pub fn dry_run(
+        &self,
+        name: &str,
+        order: &Value,
+        options: &MapOptions,
+    ) -> Result<DryRun, MapError> {
+        let output = self.map_order_with(name, order, options)?;
+        let m = self.mapping(name, InputKind::Order)?;
+        Ok(DryRun {
+            output,
+            unread_fields: unread_fields(order, &m.reads),
+        })
+    }
+
+    /// Maps an ORU^R01 with the set's only `input: oru` mapping.
+    pub fn map_oru(&self, text: &str, ctx: &InboundContext) -> Result<Inbound, MapError> {
+        let m = self.only(InputKind::Oru, "oru")?;
+        self.map_oru_with(&m.name.clone(), text, ctx)
+    }
+
+    /// Maps an ORU^R01 with mapping `name`: one submission per ORDER_OBSERVATION group.
+    pub fn map_oru_with(
+        &self,
+        name: &str,
+        text: &str,
+        ctx: &InboundContext,
+    ) -> Result<Inbound, MapError> {
+        let m = self.mapping(name, InputKind::Oru)?;
+        let Plan::Report { rules } = &m.plan else {
+            return Err(MapError::WrongInput(name.to_string()));
+        };
+        let msg = er7::Message::parse(text)?;
+        let msh10 = msg.control_id().unwrap_or("(no MSH-10)").to_string();
+        let input = context_value(ctx, None);
+        let zone = site_zone(input.get("site"))?;
+        let groups = msg.order_groups();
+        if groups.is_empty() {
+            return Err(MapError::Value {
+                rule: format!("message {msh10}"),
+                reason: "no OBR segment: an ORU^R01 needs at least one ORDER_OBSERVATION group"
+                    .into(),
+            });
+        }
+        let mut submissions = Vec::with_capacity(groups.len());
+        let mut unmapped = Vec::new();
+        for (gi, g) in groups.iter().enumerate() {
+            let scope = msg.group_scope(g);
+            let mut env = eval::Env::new(&input, zone.clone(), &m.tables);
+            env.hl7 = Some(&scope);
+            env.delims = msg.delimiters();
+            let mut out = eval::Out::new();
+            let in_group = |e: MapError| MapError::InGroup {
+                msh10: msh10.clone(),
+                group: gi + 1,
+                source: Box::new(e),
+            };
+            env.run(rules, &mut out).map_err(in_group)?;
+            let sub = inbound::build(&out.report).map_err(|(f, reason)| {
+                in_group(MapError::InvalidOutput {
+                    mapping: m.name.clone(),
+                    what: "report submission".into(),
+                    reason: format!("{}: {reason}", f.name()),
+                    rules: rules_for_field(rules, f),
+                })
+            })?;
+            unmapped.append(&mut env.unmapped);
+            submissions.push(sub);
+        }
+        Ok(Inbound {
+            mapping: m.name.clone(),
+            version: self.version.clone(),
+            submissions,
+            unmapped: count(unmapped),
+            warnings: msg.warnings().iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// Maps a FHIR DiagnosticReport with the set's only `input: diagnostic_report` mapping.
+    pub fn map_diagnostic_report(
+        &self,
+        report: &Value,
+        ctx: &InboundContext,
+    ) -> Result<Inbound, MapError> {
+        let m = self.only(InputKind::DiagnosticReport, "diagnostic_report")?;
+        let Plan::Report { rules } = &m.plan else {
+            return Err(MapError::WrongInput(m.name.clone()));
+        };
+        let input = context_value(ctx, Some(report));
+        let zone = site_zone(input.get("site"))?;
+        let mut env = eval::Env::new(&input, zone, &m.tables);
+        let mut out = eval::Out::new();
+        env.run(rules, &mut out)?;
+        let sub = inbound::build(&out.report).map_err(|(f, reason)| MapError::InvalidOutput {
+            mapping: m.name.clone(),
+            what: "report submission".into(),
+            reason: format!("{}: {reason}", f.name()),
+            rules: rules_for_field(rules, f),
+        })?;
+        Ok(Inbound {
+            mapping: m.name.clone(),
+            version: self.version.clone(),
+            submissions: vec![sub],
+            unmapped: count(env.unmapped),
+            warnings: Vec::new(),
+        })
+    }
+}
+
+fn context_value(ctx: &InboundContext, resource: Option<&Value>) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(d) = &ctx.domain {
+        m.insert("domain".into(), Value::String(d.clone()));
+    }
+    m.insert("site".into(), ctx.site.clone());
+    m.insert("config".into(), ctx.config.clone());
+    if let Some(r) = resource {
+        m.insert("resource".into(), r.clone());
+    }
+    Value::Object(m)
+}
+
+fn site_zone(site: Option<&Value>) -> Result<Option<TimeZone>, MapError> {
+    match site.and_then(|s| s.get("timeZone")).and_then(Value::as_str) {
+        None | Some("") => Ok(None),
+        Some(name) => jiff::tz::db()
+            .get(name)
+            .map(Some)
+            .map_err(|_| MapError::Value {
+                rule: "site.timeZone".into(),
+                reason: "not a known IANA time zone".into(),
+            }),
+    }
+}
+
+fn count(seen: Vec<(String, String)>) -> Vec<Unmapped> {
+    let mut m: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for k in seen {
+        *m.entry(k).or_default() += 1;
+    }
+    m.into_iter()
+        .map(|((table, value), count)| Unmapped {
+            table,
+            value,
+            count,
+        })
+        .collect()
+}
+
+fn all_rules<'r>(rules: &'r [compile::Rule], out: &mut Vec<&'r compile::Rule>) {
+    for r in rules {
+        out.push(r);
+        if let Some(e) = &r.each {
+            all_rules(&e.rules, out);
+        }
+    }
+}
+
+/// Rules whose target's top element is named in `reason` (serde names the field).
+fn rules_hint(rules: &[compile::Rule], reason: &str) -> String {
+    let mut all = Vec::new();
+    all_rules(rules, &mut all);
+    let hits: Vec<String> = all
+        .iter()
+        .filter(|r| {
+            let top = r.at.target.split(['.', '[']).next().unwrap_or("");
+            !top.is_empty() && reason.contains(&format!("`{top}`"))
+        })
+        .map(|r| r.at.to_string())
+        .collect();
+    if hits.is_empty() {
+        "not identified; run a dry run and compare with the resource's definition".into()
+    } else {
+        hits.join(", ")
+    }
+}
+
+fn rules_for_field(rules: &[compile::Rule], f: ReportField) -> String {
+    let hits: Vec<String> = rules
+        .iter()
+        .filter(|r| matches!(r.target, compile::Target::Report(x) if x == f))
+        .map(|r| r.at.to_string())
+        .collect();
+    if hits.is_empty() {
+        "none".into()
+    } else {
+        hits.join(", ")
+    }
+}
+
+fn run_hl7<'a>(
+    m: &'a Compiled,
+    env: &mut eval::Env<'a>,
+    message: &str,
+    version: &str,
+    segments: &'a [compile::SegmentPlan],
+    options: &MapOptions,
+    zone: Option<&TimeZone>,
+) -> Result<String, MapError> {
+    let (code, trigger) = message.split_once('^').unwrap_or((message, ""));
+    let structure = format!("{code}_{trigger}");
+    let now = options.now.clone().unwrap_or_else(|| {
+        jiff::Timestamp::now().to_zoned_datetime(zone.cloned().unwrap_or(TimeZone::UTC))
+    });
+    let control_id = options
+        .control_id
+        .clone()
+        .unwrap_or_else(writer::new_control_id);
+    let fields = MshFields {
+        sending_application: "",
+        sending_facility: "",
+        receiving_application: "",
+        receiving_facility: "",
+        message_code: code,
+        trigger_event: trigger,
+        // MSH-9.3 (message structure) exists from v2.3.1.
+        structure: (version != "2.3").then_some(structure.as_str()),
+        processing_id: "P",
+        version,
+        charset: None,
+    };
+    let mut mb = MessageBuilder::default();
+    for sp in segments {
+        if let Some(c) = &sp.when
+            && !env.test(c)
+        {
+            continue;
+        }
+        let fresh = || {
+            if sp.id == "MSH" {
+                writer::msh(&fields, &now, &control_id)
+            } else {
+                SegmentBuilder::new(&sp.id)
+            }
+        };
+        match &sp.each {
+            Some((over, alias)) => {
+                let items = env.json(over);
+                let mut n = 0;
+                for item in items {
+                    env.bind(alias, item, n + 1);
+                    let mut out = eval::Out::new();
+                    out.seg = fresh();
+                    let r = env.run(&sp.rules, &mut out);
+                    env.unbind();
+                    if r? {
+                        n += 1;
+                        mb.segments.push(out.seg);
+                    }
+                }
+            }
+            None => {
+                let mut out = eval::Out::new();
+                out.seg = fresh();
+                env.run(&sp.rules, &mut out)?;
+                mb.segments.push(out.seg);
+            }
+        }
+    }
+    let text = mb.render();
+    writer::check_with_hl7_parser(&text).map_err(|e| MapError::InvalidOutput {
+        mapping: m.name.clone(),
+        what: message.to_string(),
+        reason: e.to_string(),
+        rules: "MSH rules and segment list".into(),
+    })?;
+    Ok(text)
+}
+
+/// Leaves of `input` (as shape keys) not covered by any read.
+pub fn unread_fields(input: &Value, reads: &[String]) -> Vec<String> {
+    fn walk(v: &Value, key: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let nk = if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{key}.{k}")
+                    };
+                    walk(x, nk, out);
+                }
+            }
+            Value::Array(a) => {
+                for x in a {
+                    walk(x, format!("{key}[]"), out);
+                }
+            }
+            Value::Null => {}
+            _ => out.push(key),
+        }
+    }
+    let mut leaves = Vec::new();
+    walk(input, String::new(), &mut leaves);
+    leaves.sort();
+    leaves.dedup();
+    leaves
+        .into_iter()
+        .filter(|l| {
+            !reads.iter().any(|r| {
+                l == r
+                    || l.strip_prefix(r.as_str())
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            })
+        })
+        .collect()
+}

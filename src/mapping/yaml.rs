@@ -1,0 +1,241 @@
+//! A YAML document as a tree of nodes that keep their source position.
+//!
+//! serde-saphyr does the parsing (with its limits on depth, node count and alias expansion,
+//! which refuse alias bombs and deep nesting); we deserialize into this generic tree with
+//! `Spanned` values, then [`super::spec`] reads the tree by hand so that it can report every
+//! problem of a file at once, each with its own line and column.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// A 1-based position in a mapping file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    /// Line (1-based).
+    pub line: u32,
+    /// Column (1-based).
+    pub column: u32,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// A YAML value with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Where the value starts.
+    pub pos: Pos,
+    /// The value.
+    pub kind: Kind,
+}
+
+/// The shape of a YAML value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// `~`, `null` or nothing.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// Any number, kept as written by serde (integer or float).
+    Number(String),
+    /// A string.
+    Str(String),
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping; keys are strings (with their own positions), order kept.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// The value as text when it is a scalar (string, number, bool).
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Str(s) | Kind::Number(s) => Some(s.clone()),
+            Kind::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The string value, when it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Looks up `key` in a mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            Kind::Map(m) => m
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// A short name of the node's type for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Null => "null",
+            Kind::Bool(_) => "a boolean",
+            Kind::Number(_) => "a number",
+            Kind::Str(_) => "a string",
+            Kind::Seq(_) => "a list",
+            Kind::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// Parses YAML text into a node tree; the error carries the position when known.
+pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
+    let options = serde_saphyr::options! {};
+    match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
+        Ok(s) => Ok(convert(s)),
+        Err(e) => {
+            let pos = e
+                .location()
+                .map(|l| Pos {
+                    line: l.line() as u32,
+                    column: l.column() as u32,
+                })
+                .unwrap_or(Pos { line: 1, column: 1 });
+            // The first line of the rendered error is the message; the rest is a snippet
+            // of the file, which may hold PHI-free mapping text only, but keep it short.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
+            Err((pos, first))
+        }
+    }
+}
+
+/// What serde-saphyr fills in; converted to [`Node`] afterwards.
+enum Raw {
+    Null,
+    Bool(bool),
+    Number(String),
+    Str(String),
+    Seq(Vec<Spanned<Raw>>),
+    Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
+}
+
+fn convert(s: Spanned<Raw>) -> Node {
+    let pos = Pos {
+        line: s.referenced.line() as u32,
+        column: s.referenced.column() as u32,
+    };
+    let kind = match s.value {
+        Raw::Null => Kind::Null,
+        Raw::Bool(b) => Kind::Bool(b),
+        Raw::Number(n) => Kind::Number(n),
+        Raw::Str(s) => Kind::Str(s),
+        Raw::Seq(v) => Kind::Seq(v.into_iter().map(convert).collect()),
+        Raw::Map(v) => Kind::Map(
+            v.into_iter()
+                .map(|(k, v)| (convert(k), convert(v)))
+                .collect(),
+        ),
+    };
+    Node { pos, kind }
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Raw, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Raw, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Raw, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
+        Raw::deserialize(d)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw, E> {
+        Ok(Raw::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
+        Ok(Raw::Number(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
+        Ok(Raw::Number(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw, E> {
+        Ok(Raw::Number(v.to_string()))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+        Ok(Raw::Str(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Raw, E> {
+        Ok(Raw::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+        let mut v = Vec::new();
+        while let Some(x) = a.next_element::<Spanned<Raw>>()? {
+            v.push(x);
+        }
+        Ok(Raw::Seq(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+        let mut v = Vec::new();
+        while let Some((k, val)) = a.next_entry::<Spanned<Raw>, Spanned<Raw>>()? {
+            v.push((k, val));
+        }
+        Ok(Raw::Map(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_kept() {
+        let n = parse("a: 1\nb:\n  - x\n  - {c: true}\n").unwrap();
+        let b = n.get("b").unwrap();
+        let Kind::Seq(items) = &b.kind else { panic!() };
+        assert_eq!(items[0].pos, Pos { line: 3, column: 5 });
+        assert_eq!(items[0].as_str(), Some("x"));
+        let c = items[1].get("c").unwrap();
+        assert_eq!(c.kind, Kind::Bool(true));
+        assert_eq!(c.pos.line, 4);
+        assert_eq!(n.get("a").unwrap().kind, Kind::Number("1".into()));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let (pos, msg) = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(pos.line >= 1, "{msg}");
+    }
+
+    #[test]
+    fn alias_bomb_refused() {
+        let mut y = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            y.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert!(parse(&y).is_err());
+        let deep = "[".repeat(500) + &"]".repeat(500);
+        assert!(parse(&deep).is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The shipped mappings in mappings/ load, and map a realistic order and results.
+
+use std::path::PathBuf;
+
+use qubs_bridge::mapping::{Body, InboundContext, MapOptions, MappingSet};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn set() -> MappingSet {
+    MappingSet::load_dir(root().join("mappings")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn order(name: &str) -> Value {
+    let t = std::fs::read_to_string(root().join("tests/data/orders").join(name)).unwrap();
+    serde_json::from_str(&t).unwrap()
+}
+
+fn opts() -> MapOptions {
+    MapOptions {
+        now: Some(
+            "2026-11-20T10:00:00+11:00[Australia/Sydney]"
+                .parse()
+                .unwrap(),
+        ),
+        control_id: Some("TEST0001".into()),
+    }
+}
+
+#[test]
+fn shipped_mappings_load() {
+    let s = set();
+    let names: Vec<&str> = s.names().collect();
+    assert_eq!(
+        names,
+        [
+            "diagnostic_report",
+            "diagnostic_report_to_report",
+            "orm_o01",
+            "oru_to_report",
+            "service_request"
+        ]
+    );
+    assert!(s.version().starts_with("sha256:"));
+}
+
+#[test]
+fn order_to_service_request() {
+    let s = set();
+    let out = s
+        .map_order_with("service_request", &order("routine-ct.json"), &opts())
+        .unwrap();
+    let Body::Fhir(v) = &out.body else { panic!() };
+    println!("{}", serde_json::to_string_pretty(v).unwrap());
+    assert_eq!(v["status"], "active");
+    assert_eq!(v["priority"], "asap");
+    assert_eq!(v["occurrenceDateTime"], "2026-11-20T09:15:00+11:00");
+    assert_eq!(v["identifier"][0]["value"], "APT-1001");
+    assert_eq!(v["subject"]["display"], "Mrs Jane Mary O'Brien");
+    assert_eq!(
+        v["note"][0]["text"],
+        "Prior CT 2024 at another site ^ compare"
+    );
+    assert_eq!(
+        v["note"][1]["text"],
+        "ALERT: Contrast allergy (iodine) - premedicate"
+    );
+    assert_eq!(v["code"]["coding"][0]["code"], "24627-2");
+    assert_eq!(out.version, s.version());
+}
+
+#[test]
+fn order_to_orm() {
+    let s = set();
+    let out = s
+        .map_order_with("orm_o01", &order("routine-ct.json"), &opts())
+        .unwrap();
+    let Body::Hl7(t) = &out.body else { panic!() };
+    println!("{}", t.replace('\r', "\n"));
+    assert!(t.starts_with("MSH|^~\\&|QUBS-BRIDGE|North Shore Imaging|RIS||20261120100000+1100||ORM^O01^ORM_O01|TEST0001|P|2.5.1||||||UNICODE UTF-8\r"));
+    assert!(t.contains("\rPID|1||P-55021^^^acme^MR||O'Brien^Jane^Mary^^Mrs||19610314|F\r"));
+    assert!(
+        t.contains("\rORC|NW|APT-1001^QUBS|||SC||^^^20261120091500+1100^20261120094500+1100^A|")
+    );
+    assert!(t.contains("Persistent cough 6 weeks. ?mass \\F\\ r/o PE"));
+    assert!(t.contains("\rNTE|2|O|ALERT: Contrast allergy (iodine) - premedicate|RE\r"));
+}
+
+#[test]
+fn diagnostic_report_registered() {
+    let s = set();
+    let out = s
+        .map_order_with("diagnostic_report", &order("routine-ct.json"), &opts())
+        .unwrap();
+    let Body::Fhir(v) = &out.body else { panic!() };
+    assert_eq!(v["status"], "registered");
+    assert_eq!(v["category"][0]["coding"][0]["code"], "LP29684-5");
+    assert_eq!(v["basedOn"][0]["identifier"]["value"], "APT-1001");
+}
+
+#[test]
+fn oru_samples_to_reports() {
+    let s = set();
+    let ctx = InboundContext {
+        site: serde_json::json!({"timeZone": "Australia/Sydney"}),
+        ..Default::default()
+    };
+    let t = std::fs::read_to_string(root().join("tests/data/hl7/dcm4che-oru-r01-sr-findings.hl7"))
+        .unwrap();
+    let r = s.map_oru(&t, &ctx).unwrap();
+    assert_eq!(r.submissions.len(), 1);
+    let sub = &r.submissions[0];
+    println!("{}", serde_json::to_string_pretty(sub).unwrap());
+    assert_eq!(sub.appointment_id, "PlacerOrderNumberImagingServiceRequest");
+}
+
+#[test]
+fn dry_run_lists_unread_fields_and_unmapped_values() {
+    let s = set();
+    let mut o = order("routine-ct.json");
+    o["appointment"]["priority"] = "whenever".into();
+    o["appointment"]["referralSource"] = "GP".into();
+    let d = s.dry_run("service_request", &o, &opts()).unwrap();
+    assert_eq!(d.output.unmapped.len(), 1);
+    assert_eq!(d.output.unmapped[0].table, "priority");
+    assert_eq!(d.output.unmapped[0].value, "whenever");
+    assert!(
+        d.unread_fields
+            .contains(&"appointment.referralSource".to_string()),
+        "{:?}",
+        d.unread_fields
+    );
+    assert!(d.unread_fields.contains(&"comments[].guid".to_string()));
+    assert!(
+        !d.unread_fields
+            .contains(&"comments[].commentText".to_string())
+    );
+    assert!(
+        !d.unread_fields
+            .contains(&"appointment.appointmentId".to_string())
+    );
+}
+
+#[test]
+fn repeating_fields_and_segment_conditions() {
+    let yaml = r#"mapping: t
+input: order
+output: hl7
+message: ORM^O01
+version: "2.5.1"
+segments:
+  - segment: MSH
+  - segment: PID
+    rules:
+      - for_each: appointment.examCodes[*]
+        as: x
+        rules:
+          - target: PID-3[*].1
+            from: x.code
+          - target: PID-3[*].5
+            value: EX
+  - segment: ORC
+    rules:
+      - target: ORC-1
+        value: NW
+  - segment: OBR
+    rules:
+      - target: OBR-4.2
+        value: x
+  - segment: NTE
+    when: {from: appointment.clinicalInfo, present: true}
+    rules:
+      - target: NTE-3
+        from: appointment.clinicalInfo
+"#;
+    let set = MappingSet::from_texts(&[(PathBuf::from("t.yaml"), yaml.to_string())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut o = order("routine-ct.json");
+    o["appointment"]["examCodes"] = serde_json::json!([{"code": "A"}, {"code": ""}, {"code": "B"}]);
+    let out = set.map_order_with("t", &o, &opts()).unwrap();
+    let Body::Hl7(t) = out.body else { panic!() };
+    // Every item writes PID-3.5, so the empty code keeps its repetition.
+    assert!(t.contains("\rPID|||A^^^^EX~^^^^EX~B^^^^EX\r"), "{t}");
+    assert!(t.contains("\rNTE|||Persistent cough"));
+    o["appointment"]["clinicalInfo"] = serde_json::Value::Null;
+    let out = set.map_order_with("t", &o, &opts()).unwrap();
+    let Body::Hl7(t) = out.body else { panic!() };
+    assert!(!t.contains("NTE"));
+}
+
+#[test]
+fn invalid_output_is_an_error_naming_the_mapping() {
+    // pass_through of a free-text priority into a coded element is refused at load time;
+    // a date-time the site cannot resolve is refused at run time, naming the rule.
+    let s = set();
+    let mut o = order("routine-ct.json");
+    o["appointment"]["startTime"] = "9.15am".into();
+    let e = s
+        .map_order_with("service_request", &o, &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("service_request.yaml:") && e.contains("occurrenceDateTime"),
+        "{e}"
+    );
+    assert!(!e.contains("9.15am"), "PHI-free: {e}");
+}
+
+#[test]
+fn diagnostic_report_input() {
+    let s = set();
+    let mut dr: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("tests/data/fhir/hl7r4-diagnosticreport-ultrasound.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // The FHIR example has no link to an order: a clear error, then mapped once linked.
+    let e = s
+        .map_diagnostic_report(&dr, &InboundContext::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("appointmentId") && e.contains("required"), "{e}");
+    dr["identifier"] = serde_json::json!([{"value": "APT-9"}]);
+    let r = s
+        .map_diagnostic_report(&dr, &InboundContext::default())
+        .unwrap();
+    assert_eq!(r.submissions[0].appointment_id, "APT-9");
+    assert_eq!(
+        r.submissions[0].report_status,
+        qubs_bridge::mapping::ReportStatus::Final
+    );
+    assert!(!r.submissions[0].report_text.is_empty());
+}
