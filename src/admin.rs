@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::live_mappings::LiveMappings;
 use crate::metrics::Metrics;
 
 /// What the last QUBS check of one domain found.
@@ -27,15 +28,16 @@ pub struct DomainHealth {
     pub sites: Option<usize>,
     /// Why the domain is not ready (no PHI: QUBS problem types, statuses, ids).
     pub error: Option<String>,
-    /// QUBS refused the bridge's credentials (token endpoint or API said 401/403).
+    /// QUBS refused the bridge's credentials (the token endpoint refused, or the API said 401).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub credentials_refused: bool,
 }
 
 /// Readiness shared between the checks that update it and the endpoint that shows it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Readiness {
     domains: Arc<RwLock<BTreeMap<String, DomainHealth>>>,
+    mappings: Arc<RwLock<Option<Arc<LiveMappings>>>>,
 }
 
 impl Readiness {
@@ -46,12 +48,36 @@ impl Readiness {
             .insert(domain.to_string(), health);
     }
 
-    /// Ready when every domain has been checked and answered.
+    /// Shows the mapping set's state (and requires it loaded) from now on.
+    pub fn set_mappings(&self, mappings: Arc<LiveMappings>) {
+        *self.mappings.write().expect("readiness") = Some(mappings);
+    }
+
+    /// Ready when every domain has been checked and answered, and mappings are loaded.
     pub fn is_ready(&self, expected: &[String]) -> bool {
         let domains = self.domains.read().expect("readiness");
-        expected
-            .iter()
-            .all(|d| domains.get(d).is_some_and(|h| h.ready))
+        let mappings_ok = self
+            .mappings
+            .read()
+            .expect("readiness")
+            .as_ref()
+            .is_none_or(|m| m.is_loaded());
+        mappings_ok
+            && expected
+                .iter()
+                .all(|d| domains.get(d).is_some_and(|h| h.ready))
+    }
+
+    /// The mapping set's state for `/readyz`.
+    fn mapping_state(&self) -> serde_json::Value {
+        match self.mappings.read().expect("readiness").as_ref() {
+            None => serde_json::Value::Null,
+            Some(m) => serde_json::json!({
+                "version": m.current().version(),
+                "loaded": m.is_loaded(),
+                "reloadError": m.failing(),
+            }),
+        }
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, DomainHealth> {
@@ -112,6 +138,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let body = serde_json::json!({
         "ready": ready,
         "domains": s.readiness.snapshot(),
+        "mappings": s.readiness.mapping_state(),
     });
     let status = if ready {
         StatusCode::OK

@@ -43,7 +43,32 @@ pub struct Settings {
     pub qubs: QubsSettings,
     pub server: ServerSettings,
     pub grpc: GrpcSettings,
+    pub mappings: MappingsSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// Where the mapping files live and how changes are picked up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingsSettings {
+    /// Directory of `*.yaml` mapping files (relative to the working directory).
+    pub dir: PathBuf,
+    /// Reload when a file in `dir` changes (SIGHUP always reloads).
+    pub watch: bool,
+    /// What to do when the files do not load at start: `refuse` to start (default), or
+    /// `wait` serving NOT_SERVING health until a reload succeeds.
+    pub on_broken_at_start: BrokenAtStart,
+    /// Values mapping files read as `config.<name>` (identifier systems, HL7 application
+    /// names...). Names are case-sensitive.
+    #[serde(default)]
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokenAtStart {
+    Refuse,
+    Wait,
 }
 
 /// How to reach and authenticate against the QUBS Integrations API.
@@ -606,6 +631,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("page_size"), "{e}");
+    }
+
+    #[test]
+    fn mapping_values_keep_their_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "[mappings.values]\nreceivingFacility = \"RAD\"\n").unwrap();
+        let s = Settings::load_with_env(
+            Some(&path),
+            env(&[("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x")]),
+        )
+        .unwrap();
+        assert_eq!(s.mappings.values["receivingFacility"], "RAD");
+        assert_eq!(
+            s.mappings.values["placerIdentifierSystem"],
+            "urn:qubs:appointment"
+        );
     }
 
     #[test]

@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::admin::{self, DomainHealth, Readiness};
-use crate::config::Settings;
+use crate::config::{BrokenAtStart, Settings};
+use crate::live_mappings::LiveMappings;
 use crate::metrics::Metrics;
+use crate::results::Results;
 use crate::{grpc, qubs};
 
 /// A started service; [`RunningService::wait`] returns once it has shut down.
@@ -46,22 +48,62 @@ pub async fn start(
     .map_err(|e| anyhow::anyhow!("cannot listen on server.admin_listen {admin_listen}: {e}"))?;
     tracing::info!(%admin_addr, "admin endpoint listening (/healthz, /readyz, /metrics)");
 
+    let mappings = match settings.mappings.on_broken_at_start {
+        BrokenAtStart::Refuse => LiveMappings::load(&settings.mappings.dir, metrics.clone())
+            .map_err(|errors| {
+                anyhow::anyhow!(
+                    "the mapping files in {} do not load; fix them (qubs-bridge mappings check) and start again:\n{errors}",
+                    settings.mappings.dir.display()
+                )
+            })?,
+        BrokenAtStart::Wait => LiveMappings::load_or_wait(&settings.mappings.dir, metrics.clone()),
+    };
+    mappings.spawn_reloaders(settings.mappings.watch, shutdown.clone());
+    let results = Arc::new(Results {
+        client: client.clone(),
+        mappings: mappings.clone(),
+        config_values: settings.mappings.values.clone(),
+    });
     let ctx = Arc::new(grpc::Context {
         client: client.clone(),
         metrics: metrics.clone(),
-        config_values: Default::default(),
+        mappings: mappings.clone(),
+        results,
+        domains: settings.qubs.domains.clone(),
+        config_values: settings.mappings.values.clone(),
         page_size: settings.qubs.page_size,
         fetch_concurrency: settings.grpc.fetch_concurrency,
     });
     let grpc_listen: SocketAddr = settings.server.grpc_listen.parse()?;
     let grpc = grpc::serve(ctx, &settings.grpc, grpc_listen, shutdown.clone()).await?;
 
+    let serving = Arc::new(Serving {
+        qubs_refused: Default::default(),
+        mappings: mappings.clone(),
+        health: grpc.health.clone(),
+    });
+    serving.publish().await;
+    let mut reloads = mappings.subscribe();
+    let on_reload = serving.clone();
+    let stop = shutdown.clone();
+    let reload_watch = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = reloads.changed() => {
+                    if changed.is_err() { return; }
+                    on_reload.publish().await;
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    readiness.set_mappings(mappings.clone());
     let probe = tokio::spawn(watch_qubs(
         client,
         settings.qubs.domains.clone(),
         Duration::from_secs(settings.server.qubs_probe_interval_secs),
         readiness.clone(),
-        grpc.health.clone(),
+        serving,
         shutdown,
     ));
     Ok(RunningService {
@@ -69,7 +111,7 @@ pub async fn start(
         grpc_addr: grpc.addr,
         metrics,
         readiness,
-        tasks: vec![admin_task, grpc.task, probe],
+        tasks: vec![admin_task, grpc.task, probe, reload_watch],
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     })
 }
@@ -87,13 +129,29 @@ impl RunningService {
     }
 }
 
+/// What decides the gRPC health status: engines should not be sent here while QUBS refuses
+/// the bridge's credentials or no good mapping set is loaded.
+struct Serving {
+    qubs_refused: std::sync::atomic::AtomicBool,
+    mappings: Arc<LiveMappings>,
+    health: grpc::Health,
+}
+
+impl Serving {
+    async fn publish(&self) {
+        let ok = !self.qubs_refused.load(std::sync::atomic::Ordering::Relaxed)
+            && self.mappings.is_loaded();
+        self.health.set(ok).await;
+    }
+}
+
 /// Checks every domain now and then on an interval, until shutdown.
 async fn watch_qubs(
     client: qubs::Client,
     domains: Vec<String>,
     interval: Duration,
     readiness: Readiness,
-    grpc_health: grpc::Health,
+    serving: Arc<Serving>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -120,8 +178,10 @@ async fn watch_qubs(
             refused |= health.credentials_refused;
             readiness.set(domain, health);
         }
-        // Engines should not be sent here while QUBS refuses the bridge's credentials.
-        grpc_health.set(!refused).await;
+        serving
+            .qubs_refused
+            .store(refused, std::sync::atomic::Ordering::Relaxed);
+        serving.publish().await;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
@@ -162,7 +222,16 @@ pub async fn check_domain(client: &qubs::Client, domain: &str) -> DomainHealth {
             checked_at,
             pending: None,
             sites: None,
-            credentials_refused: matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)),
+            // 401 (after one re-authentication) or a refused token request; a 403 is one
+            // domain missing from the token, which the other domains do not suffer from.
+            credentials_refused: e.status().is_some_and(|s| s.as_u16() == 401)
+                || matches!(
+                    e.kind,
+                    qubs::ErrorKind::Token {
+                        status: Some(_),
+                        ..
+                    }
+                ),
             error: Some(e.to_string()),
         },
     }

@@ -7,6 +7,8 @@
 
 pub mod auth;
 mod orders;
+mod preview;
+mod results;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -21,6 +23,8 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Response, Status};
 
 use crate::config::GrpcSettings;
+use crate::live_mappings::LiveMappings;
+use crate::mapping::Body;
 use crate::metrics::Metrics;
 use crate::orders::Order;
 use crate::qubs;
@@ -40,6 +44,10 @@ use pb::OutputFormat;
 pub struct Context {
     pub client: qubs::Client,
     pub metrics: Arc<Metrics>,
+    pub mappings: Arc<LiveMappings>,
+    pub results: Arc<crate::results::Results>,
+    /// The QUBS domains this bridge serves.
+    pub domains: Vec<String>,
     /// Values mapping files read as `config.*`.
     pub config_values: Map<String, Value>,
     pub page_size: u32,
@@ -47,26 +55,59 @@ pub struct Context {
 }
 
 impl Context {
-    /// Renders an order in the requested formats.
+    /// Renders an order in the requested formats with the current mapping set (one set for
+    /// the whole order, even if a reload happens meanwhile).
     pub(crate) fn render(
         &self,
         order: &Order,
         formats: &[OutputFormat],
     ) -> Result<pb::Order, Status> {
+        let mappings = self.mappings.current();
+        let document = order.to_json(&self.config_values);
         let mut outputs = Vec::with_capacity(formats.len());
+        let mut warnings = Vec::new();
         for format in formats {
-            let (content_type, content) = match format {
-                OutputFormat::SourceJson => (
-                    "application/json",
-                    serde_json::to_string(&order.to_json(&self.config_values))
-                        .map_err(|e| Status::internal(e.to_string()))?,
-                ),
-                other => {
-                    return Err(Status::unimplemented(format!(
-                        "output format {} is not available in this build",
-                        other.as_str_name()
-                    )));
+            let mapping = match format {
+                OutputFormat::SourceJson => {
+                    outputs.push(pb::Output {
+                        format: *format as i32,
+                        content_type: "application/json".into(),
+                        content: document.to_string(),
+                    });
+                    continue;
                 }
+                OutputFormat::FhirServiceRequest => "service_request",
+                OutputFormat::FhirDiagnosticReport => "diagnostic_report",
+                OutputFormat::Hl7OrmO01 => "orm_o01",
+                OutputFormat::Unspecified => {
+                    return Err(Status::invalid_argument("output format is unspecified"));
+                }
+            };
+            let output = mappings.map_order(mapping, &document).map_err(|e| {
+                Status::failed_precondition(format!(
+                    "appointment {}: mapping `{mapping}` failed: {e}",
+                    order.appointment.id()
+                ))
+            })?;
+            for u in &output.unmapped {
+                self.metrics
+                    .unmapped_values
+                    .get_or_create(&crate::metrics::TableLabels {
+                        table: u.table.clone(),
+                    })
+                    .inc_by(u.count as u64);
+                warnings.push(pb::Warning {
+                    code: "unmapped_value".into(),
+                    rule: format!("{mapping}: table {}", u.table),
+                    message: format!(
+                        "`{}` is not in code table `{}` (seen {}x); the table's unmapped policy applied",
+                        u.value, u.table, u.count
+                    ),
+                });
+            }
+            let (content_type, content) = match output.body {
+                Body::Fhir(json) => ("application/fhir+json", json.to_string()),
+                Body::Hl7(er7) => ("x-application/hl7-v2+er7", er7),
             };
             outputs.push(pb::Output {
                 format: *format as i32,
@@ -78,8 +119,8 @@ impl Context {
             domain: order.domain.clone(),
             appointment_id: order.appointment.id().to_string(),
             outputs,
-            warnings: Vec::new(),
-            mapping_set_version: String::new(),
+            warnings,
+            mapping_set_version: mappings.version().to_string(),
             comments: order.comments.iter().map(comment).collect(),
             attachments: order.attachments.iter().map(attachment).collect(),
             status: order.appointment.status().unwrap_or_default().to_string(),
@@ -171,9 +212,13 @@ impl Health {
             tonic_health::ServingStatus::NotServing
         };
         self.reporter.set_service_status("", status).await;
-        self.reporter
-            .set_service_status("qubs_bridge.v1.OrderService", status)
-            .await;
+        for service in [
+            "qubs_bridge.v1.OrderService",
+            "qubs_bridge.v1.ResultService",
+            "qubs_bridge.v1.MappingService",
+        ] {
+            self.reporter.set_service_status(service, status).await;
+        }
     }
 }
 
@@ -205,7 +250,19 @@ pub async fn serve(
 
     let limit = settings.max_message_bytes;
     let auth = auth::Authenticator::new(settings);
-    let orders = pb::order_service_server::OrderServiceServer::new(orders::Orders::new(ctx))
+    let orders =
+        pb::order_service_server::OrderServiceServer::new(orders::Orders::new(ctx.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+    let results =
+        pb::result_service_server::ResultServiceServer::new(results::ResultsApi::new(ctx.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+    let preview = pb::mapping_service_server::MappingServiceServer::new(preview::Preview::new(ctx))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limit)
@@ -228,7 +285,15 @@ pub async fn serve(
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InterceptedService::new(orders, auth::interceptor(auth)));
+        .add_service(InterceptedService::new(
+            orders,
+            auth::interceptor(auth.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            results,
+            auth::interceptor(auth.clone()),
+        ))
+        .add_service(InterceptedService::new(preview, auth::interceptor(auth)));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
         let served = router

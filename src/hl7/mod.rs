@@ -12,6 +12,7 @@
 //!   [`writer::check_with_hl7_parser`] re-parses what we emit with hl7-parser, as an
 //!   independent check before a message leaves.
 
+pub mod ack;
 pub mod er7;
 pub mod escape;
 pub mod writer;

@@ -1,50 +1,10 @@
 //! Inbound results → QUBS report submissions: ORU^R01 (one submission per
 //! ORDER_OBSERVATION group) and FHIR DiagnosticReport.
 
-use serde::{Deserialize, Serialize};
-
 use super::ReportField;
 
-/// Status of a submitted report, as QUBS spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReportStatus {
-    /// A preliminary report; a final one may follow.
-    Preliminary,
-    /// The final report.
-    Final,
-}
-
-/// The body of `POST .../reporting/appointments/{appointmentId}/report`, plus the
-/// appointment and domain it is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReportSubmission {
-    /// QUBS domain, when the mapping sets it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    /// Appointment the report is for (part of the URL, not the body).
-    pub appointment_id: String,
-    /// Report text, stored as-is by QUBS.
-    pub report_text: String,
-    /// Preliminary or final.
-    pub report_status: ReportStatus,
-    /// MIME type of the text (QUBS default `text/plain`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub report_format: Option<String>,
-    /// Interpreting clinician's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interpreting_clinician_name: Option<String>,
-    /// Interpreting clinician's provider number.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interpreting_clinician_provider_number: Option<String>,
-    /// Interpreting clinician's e-mail.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interpreting_clinician_email: Option<String>,
-    /// When the report was made.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reported_at_utc: Option<jiff::Timestamp>,
-}
+// The submission is a domain type: the QUBS client sends it and `Debug` keeps its PHI out.
+pub use crate::domain::{ReportStatus, ReportSubmission};
 
 /// QUBS refuses report text above 2 MiB of UTF-8.
 pub const MAX_REPORT_BYTES: usize = 2_097_152;

@@ -20,7 +20,7 @@ pub mod retry;
 
 pub use client::{CallObserver, Client, Download, MAX_REPORT_TEXT_BYTES};
 pub use model::{
-    Appointment, Attachment, Comment, CommentType, Disposition, PendingPage, ReportAttachmentFile,
-    ReportAttachmentUpload, ReportReceipt, Site, SiteSettings, SkippedItem,
+    Appointment, Attachment, Comment, CommentType, Disposition, PENDING_REPORTING, PendingPage,
+    ReportAttachmentFile, ReportAttachmentUpload, ReportReceipt, Site, SiteSettings, SkippedItem,
 };
 pub use problem::{Error, ErrorKind, Problem, ProblemKind};

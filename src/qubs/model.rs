@@ -12,6 +12,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The appointment status QUBS lists as pending and accepts reports for.
+pub const PENDING_REPORTING: &str = "PENDING REPORTING";
+
 /// Why one list item was skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedItem {

@@ -114,7 +114,7 @@ pub fn service_settings(
             "QUBS_BRIDGE__QUBS__CLIENT_SECRET".into(),
             CLIENT_SECRET.into(),
         ),
-        ("QUBS_BRIDGE__QUBS__DOMAINS".into(), "acme,globex".into()),
+        ("QUBS_BRIDGE__QUBS__DOMAINS".into(), "acme".into()),
         (
             "QUBS_BRIDGE__QUBS__RETRY__INITIAL_BACKOFF_MS".into(),
             "10".into(),

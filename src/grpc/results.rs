@@ -1,0 +1,190 @@
+//! `ResultService`: results from interface engines into QUBS reports.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::pb::{self, result_service_server::ResultService};
+use super::{Context, deadline, status, within};
+use crate::domain::{ReportStatus, ReportSubmission};
+use crate::results::{Accepted, Refusal};
+
+pub struct ResultsApi {
+    ctx: Arc<Context>,
+}
+
+impl ResultsApi {
+    pub fn new(ctx: Arc<Context>) -> ResultsApi {
+        ResultsApi { ctx }
+    }
+}
+
+fn outcome(a: &Accepted) -> pb::ReportOutcome {
+    pb::ReportOutcome {
+        appointment_id: a.appointment_id.clone(),
+        report_guid: a.receipt.report_guid.clone(),
+        report_status: a.receipt.report_status.clone().unwrap_or_default(),
+        reported_at_utc: a.receipt.reported_at_utc.clone().unwrap_or_default(),
+    }
+}
+
+fn detail(r: &Refusal) -> pb::ErrorDetail {
+    pb::ErrorDetail {
+        code: r.kind.to_string(),
+        message: r.error.text.clone(),
+        location: r
+            .error
+            .location
+            .as_ref()
+            .map(|l| format!("{}^{}^{}", l.segment, l.sequence, l.field))
+            .unwrap_or_default(),
+        qubs_request_id: r.qubs_request_id.clone().unwrap_or_default(),
+    }
+}
+
+/// A refused FHIR or plain report as a gRPC status.
+fn refused(r: &Refusal) -> Status {
+    let text = r.error.text.clone();
+    match r.kind {
+        "unparseable" | "mapping" | "unmapped_value" => Status::invalid_argument(text),
+        "not_found" | "not_pending" => Status::not_found(text),
+        "rejected" => Status::invalid_argument(text),
+        _ => Status::unavailable(text),
+    }
+}
+
+impl Context {
+    /// The request's domain, or the only one this bridge serves.
+    fn domain_or_default(&self, domain: &str) -> Result<String, Status> {
+        if !domain.is_empty() {
+            return Ok(domain.to_string());
+        }
+        match self.domains.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(Status::invalid_argument(
+                "domain is required (this bridge serves several)",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ResultService for ResultsApi {
+    async fn submit_oru(
+        &self,
+        request: Request<pb::SubmitOruRequest>,
+    ) -> Result<Response<pb::SubmitOruResponse>, Status> {
+        let started = Instant::now();
+        let deadline = deadline(&request);
+        let result = within(deadline, async {
+            let who = caller(&request)?;
+            let req = request.into_inner();
+            let domain = self.ctx.domain_or_default(&req.domain)?;
+            who.authorize(&domain)?;
+            if req.message.is_empty() {
+                return Err(Status::invalid_argument("message is empty"));
+            }
+            let out = self.ctx.results.submit_oru(&domain, &req.message).await;
+            Ok(Response::new(pb::SubmitOruResponse {
+                ack: out.ack.into_bytes(),
+                ack_code: out.ack_code.as_str().into(),
+                reports: out.accepted.iter().map(outcome).collect(),
+                error: out.refusal.as_ref().map(detail),
+            }))
+        })
+        .await;
+        self.ctx.observe("SubmitOru", started, &result);
+        result
+    }
+
+    async fn submit_diagnostic_report(
+        &self,
+        request: Request<pb::SubmitDiagnosticReportRequest>,
+    ) -> Result<Response<pb::SubmitDiagnosticReportResponse>, Status> {
+        let started = Instant::now();
+        let deadline = deadline(&request);
+        let result = within(deadline, async {
+            let who = caller(&request)?;
+            let req = request.into_inner();
+            who.authorize(&req.domain)?;
+            let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+            let accepted = self
+                .ctx
+                .results
+                .submit_diagnostic_report(&req.domain, &req.diagnostic_report_json, key)
+                .await
+                .map_err(|r| refused(&r))?;
+            Ok(Response::new(pb::SubmitDiagnosticReportResponse {
+                reports: accepted.iter().map(outcome).collect(),
+            }))
+        })
+        .await;
+        self.ctx.observe("SubmitDiagnosticReport", started, &result);
+        result
+    }
+
+    async fn submit_report(
+        &self,
+        request: Request<pb::SubmitReportRequest>,
+    ) -> Result<Response<pb::SubmitReportResponse>, Status> {
+        let started = Instant::now();
+        let deadline = deadline(&request);
+        let result = within(deadline, async {
+            let who = caller(&request)?;
+            let req = request.into_inner();
+            who.authorize(&req.domain)?;
+            let report = report_from(&req)?;
+            let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+            let accepted = self
+                .ctx
+                .results
+                .submit_report(&req.domain, &report, key)
+                .await
+                .map_err(|e| status::from_qubs(&e))?;
+            Ok(Response::new(pb::SubmitReportResponse {
+                report: Some(outcome(&accepted)),
+            }))
+        })
+        .await;
+        self.ctx.observe("SubmitReport", started, &result);
+        result
+    }
+}
+
+fn report_from(req: &pb::SubmitReportRequest) -> Result<ReportSubmission, Status> {
+    let opt = |s: &str| (!s.trim().is_empty()).then(|| s.to_string());
+    if req.appointment_id.trim().is_empty() {
+        return Err(Status::invalid_argument("appointment_id is required"));
+    }
+    if req.report_text.is_empty() {
+        return Err(Status::invalid_argument("report_text is required"));
+    }
+    let status = match req.report_status.trim().to_ascii_lowercase().as_str() {
+        "preliminary" => ReportStatus::Preliminary,
+        "final" => ReportStatus::Final,
+        _ => {
+            return Err(Status::invalid_argument(
+                "report_status must be `preliminary` or `final`",
+            ));
+        }
+    };
+    let reported_at_utc = match opt(&req.reported_at_utc) {
+        None => None,
+        Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|_| {
+            Status::invalid_argument("reported_at_utc must be an RFC 3339 UTC timestamp")
+        })?),
+    };
+    Ok(ReportSubmission {
+        domain: Some(req.domain.clone()),
+        appointment_id: req.appointment_id.trim().to_string(),
+        report_text: req.report_text.clone(),
+        report_status: status,
+        report_format: opt(&req.report_format),
+        interpreting_clinician_name: opt(&req.interpreting_clinician_name),
+        interpreting_clinician_provider_number: opt(&req.interpreting_clinician_provider_number),
+        interpreting_clinician_email: opt(&req.interpreting_clinician_email),
+        reported_at_utc,
+    })
+}
