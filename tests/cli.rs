@@ -366,6 +366,44 @@ fn the_cli_client_reads_the_demo_orders_over_grpc() {
     assert!(ok, "{err}");
     assert!(err.contains("40 orders in"), "{err}");
 
+    let (ok, out, err) = client(
+        &server,
+        &[
+            "oru",
+            "submit",
+            "tests/data/demo-oru-A100001.hl7",
+            "--show-ack",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.starts_with("AA  tests/data/demo-oru-A100001.hl7  A100001 -> report "),
+        "{out}"
+    );
+    assert!(out.contains("MSA|AA|DEMO0001"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("report.txt");
+    std::fs::write(&text, "Addendum: no change.").unwrap();
+    let (ok, out, err) = client(
+        &server,
+        &[
+            "report",
+            "submit",
+            "--appointment",
+            "A100002",
+            "--status",
+            "final",
+            "--text-file",
+            text.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("for appointment A100002 stored as final"),
+        "{out}"
+    );
+
     let (ok, _, err) = client(&server, &["orders", "list", "--domain", "globex"]);
     assert!(!ok);
     assert!(err.contains("PermissionDenied"), "{err}");
@@ -408,4 +446,107 @@ fn grpc_new_token_prints_a_config_entry_whose_hash_matches() {
         .unwrap();
     assert_eq!(qubs_bridge::grpc::auth::hash_token(token), hash);
     assert!(text.contains("name = \"ris\""));
+}
+
+#[test]
+fn mapping_tools_check_test_and_map() {
+    let out = bridge().args(["mappings", "check"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("OK: 5 mappings in mappings (sha256:")
+    );
+
+    let out = bridge().args(["mappings", "test"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+
+    // All problems of a broken copy at once, each with file:line:column and a hint.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir("mappings").unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let tables = dir.path().join("tables");
+    std::fs::create_dir(&tables).unwrap();
+    for entry in std::fs::read_dir("mappings/tables").unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tables.join(path.file_name().unwrap())).unwrap();
+    }
+    let sr = dir.path().join("service_request.yaml");
+    let text = std::fs::read_to_string(&sr).unwrap();
+    std::fs::write(
+        &sr,
+        text.replace("target: intent", "target: intnet")
+            .replace("{table: priority}", "{table: priorty}"),
+    )
+    .unwrap();
+    let out = bridge()
+        .args(["mappings", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "service_request.yaml:17:13: error: `intnet` is not an element of ServiceRequest"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("hint: did you mean `priority`?"), "{err}");
+    assert!(err.contains("3 problem(s)"), "{err}");
+
+    let out = bridge()
+        .args([
+            "map",
+            "--mapping",
+            "mappings/orm_o01.yaml",
+            "--input",
+            "mappings/tests/order-routine-ct/order.json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("MSH|^~\\&|"), "{stdout}");
+    assert!(stdout.contains("# mapping orm_o01 (sha256:"), "{stdout}");
+    assert!(stdout.contains("# unmapped values"), "{stdout}");
+
+    let out = bridge()
+        .args([
+            "map",
+            "--mapping",
+            "oru_to_report",
+            "--input",
+            "tests/data/demo-oru-A100001.hl7",
+            "--site-tz",
+            "Australia/Sydney",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"reportedAtUtc\": \"2026-11-26T22:30:00Z\""),
+        "{stdout}"
+    );
 }

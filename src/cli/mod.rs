@@ -3,7 +3,9 @@
 mod config_check;
 mod connect;
 mod grpc_tokens;
+mod mappings;
 mod orders;
+mod results;
 mod serve;
 mod simulator;
 
@@ -44,6 +46,25 @@ enum Command {
     /// gRPC caller tokens.
     #[command(subcommand)]
     Grpc(grpc_tokens::GrpcCommand),
+    /// Send ORU^R01 results to a running bridge (gRPC client).
+    Oru {
+        #[command(flatten)]
+        connection: connect::Connection,
+        #[command(subcommand)]
+        command: results::OruCommand,
+    },
+    /// Send a report to a running bridge (gRPC client).
+    Report {
+        #[command(flatten)]
+        connection: connect::Connection,
+        #[command(subcommand)]
+        command: results::ReportCommand,
+    },
+    /// Check mapping files and run their golden cases.
+    #[command(subcommand)]
+    Mappings(mappings::MappingsCommand),
+    /// Run one input through one mapping and show the output, unmapped values and unread fields.
+    Map(mappings::MapArgs),
 }
 
 #[derive(Subcommand)]
@@ -78,6 +99,16 @@ pub fn main() -> ExitCode {
                 command,
             } => orders::run(&connection, command).await,
             Command::Grpc(command) => grpc_tokens::run(command),
+            Command::Mappings(command) => mappings::run(command),
+            Command::Oru {
+                connection,
+                command,
+            } => results::oru(&connection, command).await,
+            Command::Report {
+                connection,
+                command,
+            } => results::report(&connection, command).await,
+            Command::Map(args) => mappings::map(args),
         }
     });
     match result {
