@@ -19,11 +19,15 @@ pub struct SimulatorArgs {
     /// Client secret to accept for the demo client (random when not given).
     #[arg(long, env = "QUBS_SIMULATOR_CLIENT_SECRET", hide_env_values = true)]
     client_secret: Option<String>,
+    /// Extra generated pending appointments (ids B0000000…), for load tests.
+    #[arg(long, default_value_t = 0)]
+    appointments: u32,
 }
 
 pub async fn run(args: SimulatorArgs) -> anyhow::Result<()> {
     crate::telemetry::init(LogFormat::Pretty, "info");
     let sim = Simulator::demo();
+    sim.add_bulk_appointments(args.appointments);
     if let Some(secret) = &args.client_secret {
         sim.add_client(DEMO_CLIENT_ID, secret, &[DEMO_DOMAIN]);
     }

@@ -193,6 +193,18 @@ pub(crate) fn seed(sim: &Simulator) {
     }
 }
 
+/// Adds `count` more pending appointments (ids `B0000001`…) to the demo domain, for load
+/// tests; they have no comments or attachments.
+pub fn seed_bulk(sim: &Simulator, count: u32) {
+    let mut rng = StdRng::seed_from_u64(SEED ^ 0xB01C);
+    for n in 0..count {
+        let mut a = appointment(&mut rng, 48 + n);
+        a["appointmentId"] = json!(format!("B{n:07}"));
+        a["status"] = json!(PENDING_REPORTING);
+        sim.put_appointment(DEMO_DOMAIN, a);
+    }
+}
+
 fn appointment(rng: &mut StdRng, n: u32) -> Value {
     let id = format!("A{:06}", 100_000 + n);
     let (family, given) = PATIENTS[n as usize % PATIENTS.len()];

@@ -124,6 +124,11 @@ impl Simulator {
         sim
     }
 
+    /// Adds `count` generated pending appointments to the demo domain (load tests).
+    pub fn add_bulk_appointments(&self, count: u32) {
+        demo::seed_bulk(self, count);
+    }
+
     /// Accept these credentials at the token endpoint.
     pub fn add_client(&self, client_id: &str, client_secret: &str, domains: &[&str]) {
         self.state
