@@ -325,7 +325,7 @@ log_filter = "warn"
         if item.expect("stream item").order.is_some() {
             streamed += 1;
         }
-        if streamed % 5_000 == 0 {
+        if streamed.is_multiple_of(5_000) {
             peak_sampled = peak_sampled.max(memory_mib(bridge_pid, "VmRSS"));
         }
     }
