@@ -26,6 +26,7 @@ fn opts() -> MapOptions {
                 .unwrap(),
         ),
         control_id: Some("TEST0001".into()),
+        ..MapOptions::default()
     }
 }
 

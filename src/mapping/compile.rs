@@ -635,6 +635,10 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
                 match n.as_str().map(JsonPath::parse) {
                     Some(Ok(p)) => {
                         let key = check_json(cx, &p, n.pos, &[]);
+                        // Iterating a list reads its items, not every field of them.
+                        if let Some(k) = &key {
+                            cx.reads.retain(|r| r != k);
+                        }
                         if !p.is_many() {
                             cx.err(n.pos, "`for_each` needs a list: end the path with `[*]` or a filter like `[commentType in (AA, PA)]`", "");
                         }

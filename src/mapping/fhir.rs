@@ -395,7 +395,11 @@ pub fn write(root: &mut Value, steps: &[TStep], each: &[usize], value: Value) {
         match st {
             TStep::Key(name) => {
                 let obj = ensure_object(cur);
-                let slot = obj.entry(name.clone()).or_insert(Value::Null);
+                // Look up before inserting: `entry` would allocate the key every time.
+                if !obj.contains_key(name.as_str()) {
+                    obj.insert(name.clone(), Value::Null);
+                }
+                let slot = obj.get_mut(name.as_str()).expect("inserted above");
                 if slot.is_null() && k + 1 < steps.len() {
                     *slot = if next_is_index {
                         Value::Array(Vec::new())

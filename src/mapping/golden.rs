@@ -130,6 +130,7 @@ fn run_case(set: &MappingSet, dir: &Path, update: bool, out: &mut Vec<CaseResult
     let options = MapOptions {
         now: s("now").and_then(|t| t.parse().ok()),
         control_id: s("control_id"),
+        ..MapOptions::default()
     };
     let ctx = InboundContext {
         domain: s("domain"),
