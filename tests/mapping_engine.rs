@@ -236,3 +236,52 @@ fn diagnostic_report_input() {
     );
     assert!(!r.submissions[0].report_text.is_empty());
 }
+
+#[test]
+fn oru_groups_of_one_appointment_are_merged() {
+    let s = set();
+    let msg = "MSH|^~\\&|RIS|X|QUBS|Y|20261120101500||ORU^R01^ORU_R01|M1|P|2.5.1\r\
+PID|1||P1\r\
+OBR|1|APT-1||CT1||||||||||||||||||20261120101000|||F\r\
+OBX|1|TX|||Part one \\T\\ more||||||F\r\
+OBR|2|APT-1||CT2||||||||||||||||||20261120101200|||P\r\
+OBX|1|FT|||Part two\\.br\\line||||||P\r\
+OBR|3|APT-2||XR||||||||||||||||||20261120101300+1000|||C\r\
+OBX|1|NM|||5||||||F\r\
+OBX|2|ST|||Other appointment||||||F\r";
+    let ctx = InboundContext {
+        site: serde_json::json!({"timeZone": "Australia/Sydney"}),
+        ..Default::default()
+    };
+    let r = s.map_oru(msg, &ctx).unwrap();
+    assert_eq!(r.submissions.len(), 2);
+    let a = &r.submissions[0];
+    assert_eq!(a.appointment_id, "APT-1");
+    assert_eq!(a.report_text, "Part one & more\n\nPart two\nline");
+    assert_eq!(
+        a.report_status,
+        qubs_bridge::mapping::ReportStatus::Preliminary
+    );
+    // OBR-22 without offset is read in the site zone (AEDT, +11:00); the later one wins.
+    assert_eq!(
+        a.reported_at_utc.unwrap().to_string(),
+        "2026-11-19T23:12:00Z"
+    );
+    let b = &r.submissions[1];
+    assert_eq!(
+        (b.appointment_id.as_str(), b.report_text.as_str()),
+        ("APT-2", "Other appointment")
+    );
+    assert_eq!(
+        b.reported_at_utc.unwrap().to_string(),
+        "2026-11-20T00:13:00Z"
+    );
+
+    // An unknown result status is refused, naming the group, rule and table, not the value.
+    let bad = msg.replace("|||C\r", "|||X\r");
+    let e = s.map_oru(&bad, &ctx).unwrap_err().to_string();
+    assert!(
+        e.contains("message M1, order group 3") && e.contains("result_status"),
+        "{e}"
+    );
+}

@@ -269,7 +269,7 @@ pub struct Inbound {
     pub mapping: String,
     /// Mapping-set version.
     pub version: String,
-    /// One per appointment (ORDER_OBSERVATION group).
+    /// One per appointment: ORDER_OBSERVATION groups of the same appointment are merged.
     pub submissions: Vec<ReportSubmission>,
     /// Values code tables did not map.
     pub unmapped: Vec<Unmapped>,
@@ -571,7 +571,7 @@ impl MappingSet {
         Ok(Inbound {
             mapping: m.name.clone(),
             version: self.version.clone(),
-            submissions,
+            submissions: merge_by_appointment(submissions),
             unmapped: count(unmapped),
             warnings: msg.warnings().iter().map(ToString::to_string).collect(),
         })
@@ -606,6 +606,44 @@ impl MappingSet {
             warnings: Vec::new(),
         })
     }
+}
+
+/// One submission per appointment: QUBS keeps one report per appointment and a later POST
+/// overwrites the earlier one, so groups of the same appointment are merged — texts joined
+/// by a blank line in message order, `preliminary` unless every part is final, the latest
+/// `reportedAtUtc`, other fields from the first group that has them.
+fn merge_by_appointment(subs: Vec<ReportSubmission>) -> Vec<ReportSubmission> {
+    let mut out: Vec<ReportSubmission> = Vec::with_capacity(subs.len());
+    for s in subs {
+        match out
+            .iter_mut()
+            .find(|o| o.appointment_id == s.appointment_id && o.domain == s.domain)
+        {
+            None => out.push(s),
+            Some(o) => {
+                o.report_text.push_str("\n\n");
+                o.report_text.push_str(&s.report_text);
+                if s.report_status == ReportStatus::Preliminary {
+                    o.report_status = ReportStatus::Preliminary;
+                }
+                o.report_format = o.report_format.take().or(s.report_format);
+                o.interpreting_clinician_name = o
+                    .interpreting_clinician_name
+                    .take()
+                    .or(s.interpreting_clinician_name);
+                o.interpreting_clinician_provider_number = o
+                    .interpreting_clinician_provider_number
+                    .take()
+                    .or(s.interpreting_clinician_provider_number);
+                o.interpreting_clinician_email = o
+                    .interpreting_clinician_email
+                    .take()
+                    .or(s.interpreting_clinician_email);
+                o.reported_at_utc = o.reported_at_utc.max(s.reported_at_utc);
+            }
+        }
+    }
+    out
 }
 
 fn context_value(ctx: &InboundContext, resource: Option<&Value>) -> Value {
