@@ -285,3 +285,22 @@ OBX|2|ST|||Other appointment||||||F\r";
         "{e}"
     );
 }
+
+#[test]
+fn orm_version_is_configurable() {
+    let text = std::fs::read_to_string(root().join("mappings/orm_o01.yaml")).unwrap();
+    for v in ["2.3", "2.3.1", "2.4", "2.5", "2.6"] {
+        let t = text.replace("version: \"2.5.1\"", &format!("version: \"{v}\""));
+        let path = root().join("mappings/orm_o01.yaml");
+        let set = MappingSet::from_texts(&[(path, t)]).unwrap_or_else(|e| panic!("{v}: {e}"));
+        let out = set
+            .map_order_with("orm_o01", &order("routine-ct.json"), &opts())
+            .unwrap();
+        let Body::Hl7(msg) = out.body else { panic!() };
+        assert!(msg.contains(&format!("|TEST0001|P|{v}|")), "{v}");
+        // NTE-4 (comment type) only exists from v2.4.
+        assert_eq!(msg.contains("|RE\r"), v != "2.3" && v != "2.3.1", "{v}");
+        // MSH-9.3 (structure) is written from v2.3.1.
+        assert_eq!(msg.contains("ORM^O01^ORM_O01"), v != "2.3", "{v}");
+    }
+}
