@@ -304,3 +304,43 @@ fn orm_version_is_configurable() {
         assert_eq!(msg.contains("ORM^O01^ORM_O01"), v != "2.3", "{v}");
     }
 }
+
+/// The ORU mapping on mangled samples returns results or errors, never panics.
+#[test]
+fn oru_mapping_never_panics_on_mangled_input() {
+    let s = set();
+    let ctx = InboundContext::default();
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let dir = root().join("tests/data/hl7");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for _ in 0..25 {
+            let mut t = text.clone();
+            for _ in 0..(next() % 5 + 1) {
+                let mut at = (next() as usize) % (t.len() + 1);
+                while !t.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let ins = [
+                    "\r",
+                    "|",
+                    "^",
+                    "&",
+                    "\\",
+                    "~",
+                    "OBR|",
+                    "\rOBX|1|TX|||",
+                    "ORC|",
+                ][(next() % 9) as usize];
+                t.insert_str(at, ins);
+            }
+            let _ = s.map_oru(&t, &ctx);
+        }
+    }
+}

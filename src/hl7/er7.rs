@@ -302,9 +302,10 @@ impl<'a> Segment<'a> {
         let fs = self.delims.field;
         if self.id == "MSH" {
             // MSH-1 is the field separator itself and MSH-2 holds the other delimiters.
+            // A later, truncated MSH line may be shorter than `MSH|`.
             return match n {
-                1 => Some(&self.text[3..4]),
-                _ => nth(&self.text[4..], fs, n as usize - 2),
+                1 => self.text.get(3..4),
+                _ => nth(self.text.get(4..)?, fs, n as usize - 2),
             };
         }
         nth(self.text, fs, n as usize)
@@ -796,6 +797,15 @@ OBX|1|TX|||other\n";
             ReadError::EncodingCharacters
         );
         assert!(ReadError::EncodingCharacters.to_string().contains("MSH-2"));
+    }
+
+    #[test]
+    fn truncated_second_msh_does_not_panic() {
+        let m = Message::parse("MSH|^~\\&|A\rMSH\rPID|1").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.query("MSH[2]-1").unwrap(), None);
+        assert_eq!(m.query("MSH[2]-3").unwrap(), None);
+        assert_eq!(m.whole().all(&Path::parse("MSH[*]-3").unwrap()), ["A"]);
     }
 
     #[test]
