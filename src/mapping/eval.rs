@@ -35,7 +35,7 @@ pub struct Env<'a> {
 /// Where rule values are written.
 pub struct Out {
     /// FHIR resource under construction.
-    pub fhir: Value,
+    pub fhir: fhir::Tree,
     /// Array index `[*]` stands for, per nesting level.
     pub each: Vec<usize>,
     /// HL7 segment under construction.
@@ -48,7 +48,7 @@ impl Out {
     /// An empty sink.
     pub fn new() -> Out {
         Out {
-            fhir: Value::Null,
+            fhir: fhir::Tree::Empty,
             each: Vec::new(),
             seg: SegmentBuilder::new("ZZZ"),
             report: vec![None; super::ReportField::ALL.len()],

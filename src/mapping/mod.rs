@@ -465,16 +465,18 @@ impl MappingSet {
         let body = match &m.plan {
             Plan::Fhir { resource, rules } => {
                 let mut out = eval::Out::new();
-                out.fhir = serde_json::json!({ "resourceType": resource });
+                out.fhir = fhir::Tree::resource(resource);
                 env.run(rules, &mut out)?;
-                fhir::prune(&mut out.fhir);
-                fhir::check(resource, &out.fhir).map_err(|reason| MapError::InvalidOutput {
+                let json = std::mem::take(&mut out.fhir)
+                    .into_value()
+                    .unwrap_or(Value::Null);
+                fhir::check(resource, &json).map_err(|reason| MapError::InvalidOutput {
                     mapping: m.name.clone(),
                     what: resource.clone(),
                     rules: rules_hint(rules, &reason),
                     reason,
                 })?;
-                Body::Fhir(out.fhir)
+                Body::Fhir(json)
             }
             Plan::Hl7 {
                 message,
