@@ -144,3 +144,62 @@ fn sample_escapes_unescape() {
     let units = m.query("OBX[1]-6").unwrap().unwrap();
     assert_eq!(unescape(units, &m.delimiters()), "10^9/L");
 }
+
+/// Mutated samples (bytes dropped, delimiters and line breaks inserted) never panic the
+/// reader or its queries.
+#[test]
+fn reader_never_panics_on_mangled_input() {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let paths: Vec<_> = [
+        "MSH-1",
+        "MSH-2",
+        "MSH-10",
+        "OBR-32.1.2",
+        "OBX[*]-5",
+        "PID-3[2].1",
+        "OBX[3]-5.1.1",
+    ]
+    .iter()
+    .map(|p| qubs_bridge::hl7::er7::Path::parse(p).unwrap())
+    .collect();
+    let inserts = [
+        "\r", "\n", "|", "^", "~", "\\", "&", "MSH", "\r\r", "é", "\\X", "\\XC3\\",
+    ];
+    for (_, text) in all_samples() {
+        for _ in 0..40 {
+            let mut t = text.clone();
+            for _ in 0..(next() % 6 + 1) {
+                let mut at = (next() as usize) % (t.len() + 1);
+                while !t.is_char_boundary(at) {
+                    at -= 1;
+                }
+                if next() % 2 == 0 {
+                    let mut end = (at + (next() % 8) as usize).min(t.len());
+                    while !t.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    t.replace_range(at..end, "");
+                } else {
+                    t.insert_str(at, inserts[(next() % inserts.len() as u64) as usize]);
+                }
+            }
+            if let Ok(m) = Message::parse(&t) {
+                for p in &paths {
+                    for v in m.whole().all(p) {
+                        let _ = unescape(v, &m.delimiters());
+                    }
+                }
+                for g in m.order_groups() {
+                    let _ = m.group_scope(&g).all(&paths[4]);
+                }
+                let _ = m.control_id();
+            }
+        }
+    }
+}

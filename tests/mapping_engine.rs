@@ -26,6 +26,7 @@ fn opts() -> MapOptions {
                 .unwrap(),
         ),
         control_id: Some("TEST0001".into()),
+        ..MapOptions::default()
     }
 }
 
@@ -234,4 +235,112 @@ fn diagnostic_report_input() {
         qubs_bridge::mapping::ReportStatus::Final
     );
     assert!(!r.submissions[0].report_text.is_empty());
+}
+
+#[test]
+fn oru_groups_of_one_appointment_are_merged() {
+    let s = set();
+    let msg = "MSH|^~\\&|RIS|X|QUBS|Y|20261120101500||ORU^R01^ORU_R01|M1|P|2.5.1\r\
+PID|1||P1\r\
+OBR|1|APT-1||CT1||||||||||||||||||20261120101000|||F\r\
+OBX|1|TX|||Part one \\T\\ more||||||F\r\
+OBR|2|APT-1||CT2||||||||||||||||||20261120101200|||P\r\
+OBX|1|FT|||Part two\\.br\\line||||||P\r\
+OBR|3|APT-2||XR||||||||||||||||||20261120101300+1000|||C\r\
+OBX|1|NM|||5||||||F\r\
+OBX|2|ST|||Other appointment||||||F\r";
+    let ctx = InboundContext {
+        site: serde_json::json!({"timeZone": "Australia/Sydney"}),
+        ..Default::default()
+    };
+    let r = s.map_oru(msg, &ctx).unwrap();
+    assert_eq!(r.submissions.len(), 2);
+    let a = &r.submissions[0];
+    assert_eq!(a.appointment_id, "APT-1");
+    assert_eq!(a.report_text, "Part one & more\n\nPart two\nline");
+    assert_eq!(
+        a.report_status,
+        qubs_bridge::mapping::ReportStatus::Preliminary
+    );
+    // OBR-22 without offset is read in the site zone (AEDT, +11:00); the later one wins.
+    assert_eq!(
+        a.reported_at_utc.unwrap().to_string(),
+        "2026-11-19T23:12:00Z"
+    );
+    let b = &r.submissions[1];
+    assert_eq!(
+        (b.appointment_id.as_str(), b.report_text.as_str()),
+        ("APT-2", "Other appointment")
+    );
+    assert_eq!(
+        b.reported_at_utc.unwrap().to_string(),
+        "2026-11-20T00:13:00Z"
+    );
+
+    // An unknown result status is refused, naming the group, rule and table, not the value.
+    let bad = msg.replace("|||C\r", "|||X\r");
+    let e = s.map_oru(&bad, &ctx).unwrap_err().to_string();
+    assert!(
+        e.contains("message M1, order group 3") && e.contains("result_status"),
+        "{e}"
+    );
+}
+
+#[test]
+fn orm_version_is_configurable() {
+    let text = std::fs::read_to_string(root().join("mappings/orm_o01.yaml")).unwrap();
+    for v in ["2.3", "2.3.1", "2.4", "2.5", "2.6"] {
+        let t = text.replace("version: \"2.5.1\"", &format!("version: \"{v}\""));
+        let path = root().join("mappings/orm_o01.yaml");
+        let set = MappingSet::from_texts(&[(path, t)]).unwrap_or_else(|e| panic!("{v}: {e}"));
+        let out = set
+            .map_order_with("orm_o01", &order("routine-ct.json"), &opts())
+            .unwrap();
+        let Body::Hl7(msg) = out.body else { panic!() };
+        assert!(msg.contains(&format!("|TEST0001|P|{v}|")), "{v}");
+        // NTE-4 (comment type) only exists from v2.4.
+        assert_eq!(msg.contains("|RE\r"), v != "2.3" && v != "2.3.1", "{v}");
+        // MSH-9.3 (structure) is written from v2.3.1.
+        assert_eq!(msg.contains("ORM^O01^ORM_O01"), v != "2.3", "{v}");
+    }
+}
+
+/// The ORU mapping on mangled samples returns results or errors, never panics.
+#[test]
+fn oru_mapping_never_panics_on_mangled_input() {
+    let s = set();
+    let ctx = InboundContext::default();
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let dir = root().join("tests/data/hl7");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for _ in 0..25 {
+            let mut t = text.clone();
+            for _ in 0..(next() % 5 + 1) {
+                let mut at = (next() as usize) % (t.len() + 1);
+                while !t.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let ins = [
+                    "\r",
+                    "|",
+                    "^",
+                    "&",
+                    "\\",
+                    "~",
+                    "OBR|",
+                    "\rOBX|1|TX|||",
+                    "ORC|",
+                ][(next() % 9) as usize];
+                t.insert_str(at, ins);
+            }
+            let _ = s.map_oru(&t, &ctx);
+        }
+    }
 }

@@ -46,3 +46,19 @@ fn golden_mismatch_shows_a_diff() {
     assert!(golden::run(&set, tmp.path(), true).unwrap().passed());
     assert!(golden::run(&set, tmp.path(), false).unwrap().passed());
 }
+
+#[test]
+fn run_dir_loads_the_set_and_reports_load_errors() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    assert!(golden::run_dir(&root, false).unwrap().passed());
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bad.yaml"), "mapping: bad\ninput: order\n").unwrap();
+    let e = golden::run_dir(tmp.path(), false).unwrap_err().to_string();
+    assert!(e.contains("bad.yaml:1:1: error: missing `output:`"), "{e}");
+}
+
+#[test]
+fn mapping_set_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<MappingSet>();
+}

@@ -302,28 +302,27 @@ impl<'a> Segment<'a> {
         let fs = self.delims.field;
         if self.id == "MSH" {
             // MSH-1 is the field separator itself and MSH-2 holds the other delimiters.
+            // A later, truncated MSH line may be shorter than `MSH|`.
             return match n {
-                1 => Some(&self.text[3..4]),
-                _ => nth(&self.text[4..], fs, n as usize - 2),
+                1 => self.text.get(3..4),
+                _ => nth(self.text.get(4..)?, fs, n as usize - 2),
             };
         }
         nth(self.text, fs, n as usize)
     }
 }
 
-/// The `n`-th (0-based) part of `s` split on `sep`, without allocating.
+/// The `n`-th (0-based) part of `s` split on `sep`, without allocating. `sep` is ASCII,
+/// so every cut is on a char boundary.
 fn nth(s: &str, sep: u8, n: usize) -> Option<&str> {
-    let b = s.as_bytes();
     let mut start = 0;
     let mut k = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if c == sep {
-            if k == n {
-                return Some(&s[start..i]);
-            }
-            k += 1;
-            start = i + 1;
+    for i in memchr::memchr_iter(sep, s.as_bytes()) {
+        if k == n {
+            return Some(&s[start..i]);
         }
+        k += 1;
+        start = i + 1;
     }
     (k == n).then(|| &s[start..])
 }
@@ -333,6 +332,8 @@ fn nth(s: &str, sep: u8, n: usize) -> Option<&str> {
 pub struct OrderGroup {
     /// Segment indexes covered by the group.
     pub segments: Range<usize>,
+    /// Segments before the first group (the message header: MSH, PID, PV1, ...).
+    pub header: Range<usize>,
 }
 
 /// A read ER7 message; see the module doc.
@@ -377,10 +378,7 @@ impl<'a> Message<'a> {
         let mut line = 1 + text[..lead].replace("\r\n", "\n").len();
         let mut wrapped: Option<(usize, String)> = None;
         while pos < b.len() {
-            let end = b[pos..]
-                .iter()
-                .position(|&c| c == b'\r' || c == b'\n')
-                .map_or(b.len(), |p| pos + p);
+            let end = memchr::memchr2(b'\r', b'\n', &b[pos..]).map_or(b.len(), |p| pos + p);
             let next = if end + 1 < b.len() && b[end] == b'\r' && b[end + 1] == b'\n' {
                 end + 2
             } else {
@@ -504,11 +502,13 @@ impl<'a> Message<'a> {
             }
         }
         let n = self.segs.len();
+        let header = 0..starts.first().copied().unwrap_or(n);
         starts
             .iter()
             .enumerate()
             .map(|(k, &s)| OrderGroup {
                 segments: s..starts.get(k + 1).copied().unwrap_or(n),
+                header: header.clone(),
             })
             .collect()
     }
@@ -524,14 +524,10 @@ impl<'a> Message<'a> {
 
     /// A scope over one group, falling back to the header segments for ids the group lacks.
     pub fn group_scope(&self, group: &OrderGroup) -> Scope<'_, 'a> {
-        let first = self
-            .order_groups()
-            .first()
-            .map_or(self.segs.len(), |g| g.segments.start);
         Scope {
             msg: self,
             range: group.segments.clone(),
-            header: 0..first,
+            header: group.header.clone(),
         }
     }
 
@@ -595,11 +591,10 @@ impl<'a> Scope<'_, 'a> {
 
     /// Calls `f` with every raw value at `path`, in message order.
     pub fn visit(&self, path: &Path, f: &mut dyn FnMut(&'a str)) {
-        let mut in_range = self.visit_range(self.range.clone(), path, f);
-        if !in_range && !self.header.is_empty() {
-            in_range = self.visit_range(self.header.clone(), path, f);
+        let found = self.visit_range(self.range.clone(), path, f);
+        if !found && !self.header.is_empty() {
+            self.visit_range(self.header.clone(), path, f);
         }
-        let _ = in_range;
     }
 
     /// Returns whether a segment with the path's id exists in `range`.
@@ -802,6 +797,15 @@ OBX|1|TX|||other\n";
             ReadError::EncodingCharacters
         );
         assert!(ReadError::EncodingCharacters.to_string().contains("MSH-2"));
+    }
+
+    #[test]
+    fn truncated_second_msh_does_not_panic() {
+        let m = Message::parse("MSH|^~\\&|A\rMSH\rPID|1").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.query("MSH[2]-1").unwrap(), None);
+        assert_eq!(m.query("MSH[2]-3").unwrap(), None);
+        assert_eq!(m.whole().all(&Path::parse("MSH[*]-3").unwrap()), ["A"]);
     }
 
     #[test]

@@ -111,11 +111,11 @@ pub fn unescape_into(out: &mut String, raw: &str, d: &Delimiters) {
     let mut i = 0;
     let mut last = 0;
     while i < bytes.len() {
-        if bytes[i] != esc {
-            i += 1;
-            continue;
+        match memchr::memchr(esc, &bytes[i..]) {
+            Some(p) => i += p,
+            None => break,
         }
-        let Some(len) = bytes[i + 1..].iter().position(|&b| b == esc) else {
+        let Some(len) = memchr::memchr(esc, &bytes[i + 1..]) else {
             // Unterminated: keep the rest verbatim.
             break;
         };

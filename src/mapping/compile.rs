@@ -194,7 +194,10 @@ struct Scope<'s> {
 
 impl Cx {
     fn err(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
-        let hint = hint.into();
+        let mut hint = hint.into();
+        if hint.is_empty() {
+            hint = "see mappings/README.md for the syntax, with examples".into();
+        }
         self.diags.push(Diagnostic {
             file: self.file.clone(),
             pos,
@@ -331,7 +334,11 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         Some((_, Some("oru"))) => InputKind::Oru,
         Some((_, Some("diagnostic_report"))) => InputKind::DiagnosticReport,
         Some((n, _)) => {
-            cx.err(n.pos, "`input` must be order, oru or diagnostic_report", "");
+            cx.err(
+                n.pos,
+                "`input` must be order, oru or diagnostic_report",
+                "e.g. `input: order`",
+            );
             InputKind::Order
         }
         None => {
@@ -349,7 +356,11 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         Some((_, Some("hl7"))) => OutputKind::Hl7,
         Some((_, Some("report"))) => OutputKind::Report,
         Some((n, _)) => {
-            cx.err(n.pos, "`output` must be fhir, hl7 or report", "");
+            cx.err(
+                n.pos,
+                "`output` must be fhir, hl7 or report",
+                "e.g. `output: fhir`",
+            );
             OutputKind::Fhir
         }
         None => {
@@ -635,6 +646,10 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
                 match n.as_str().map(JsonPath::parse) {
                     Some(Ok(p)) => {
                         let key = check_json(cx, &p, n.pos, &[]);
+                        // Iterating a list reads its items, not every field of them.
+                        if let Some(k) = &key {
+                            cx.reads.retain(|r| r != k);
+                        }
                         if !p.is_many() {
                             cx.err(n.pos, "`for_each` needs a list: end the path with `[*]` or a filter like `[commentType in (AA, PA)]`", "");
                         }
@@ -871,7 +886,11 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
             }
         }
         if cx.table_names.contains_key(&name) {
-            cx.err(k.pos, format!("table `{name}` is defined twice"), "");
+            cx.err(
+                k.pos,
+                format!("table `{name}` is defined twice"),
+                "rename or remove one of them",
+            );
             continue;
         }
         cx.table_names
@@ -934,7 +953,11 @@ fn rule(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Rule> {
         return each_rule(cx, n, scope, at, when, target_text, tpos);
     }
     let Some(target_text) = target_text else {
-        cx.err(n.pos, "a rule needs `target:`", "");
+        cx.err(
+            n.pos,
+            "a rule needs `target:`",
+            "say where the value goes, e.g. `target: code.text`",
+        );
         return None;
     };
     let target = resolve_target(cx, &target_text, tpos, scope, false)?;
@@ -1662,7 +1685,11 @@ fn check_value_type(
         if let (Target::Report(ReportField::ReportStatus), Source::Const(c)) = (target, source)
             && !matches!(c.to_lowercase().as_str(), "preliminary" | "final")
         {
-            cx.err(n.pos, "reportStatus must be `preliminary` or `final`", "");
+            cx.err(
+                n.pos,
+                "reportStatus must be `preliminary` or `final`",
+                "map other codes with a table, e.g. `{table: result_status}`",
+            );
         }
         return;
     };

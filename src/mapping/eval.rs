@@ -35,7 +35,7 @@ pub struct Env<'a> {
 /// Where rule values are written.
 pub struct Out {
     /// FHIR resource under construction.
-    pub fhir: Value,
+    pub fhir: fhir::Tree,
     /// Array index `[*]` stands for, per nesting level.
     pub each: Vec<usize>,
     /// HL7 segment under construction.
@@ -48,7 +48,7 @@ impl Out {
     /// An empty sink.
     pub fn new() -> Out {
         Out {
-            fhir: Value::Null,
+            fhir: fhir::Tree::Empty,
             each: Vec::new(),
             seg: SegmentBuilder::new("ZZZ"),
             report: vec![None; super::ReportField::ALL.len()],
@@ -151,10 +151,11 @@ impl<'a> Env<'a> {
                 let mut n = 0u16;
                 for seg in segs {
                     if let Some((f, op, values)) = &h.filter {
+                        // Compared without copying: escapes are rare in coded fields.
                         let v = seg.field(*f).map(|raw| {
                             let first = raw.split(d.repetition as char).next().unwrap_or("");
                             let comp = first.split(d.component as char).next().unwrap_or("");
-                            unescape(comp, &d).into_owned()
+                            unescape(comp, &d)
                         });
                         if !op.test(v.as_deref(), values) {
                             continue;
@@ -171,7 +172,8 @@ impl<'a> Env<'a> {
                     let mut found = false;
                     seg.visit(&h.path, &mut |raw| {
                         found = true;
-                        out.push(if field_level && h.path.repetition.is_none() {
+                        let has_reps = raw.as_bytes().contains(&d.repetition);
+                        out.push(if field_level && h.path.repetition.is_none() && has_reps {
                             // Repetitions of a text field are lines.
                             raw.split(d.repetition as char)
                                 .map(|r| unescape(r, &d))

@@ -385,25 +385,76 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// A resource under construction. FHIR objects are small, so keys are found by a linear
+/// scan rather than hashed (serde_json's map hashes with SipHash on every lookup, which
+/// was a quarter of a ServiceRequest run); the tree becomes JSON once, at the end.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Tree {
+    /// Nothing written yet.
+    #[default]
+    Empty,
+    /// A primitive value.
+    Leaf(Value),
+    /// An object, keys in first-written order.
+    Obj(Vec<(String, Tree)>),
+    /// An array.
+    Arr(Vec<Tree>),
+}
+
+impl Tree {
+    /// A resource with its `resourceType`.
+    pub fn resource(resource_type: &str) -> Tree {
+        Tree::Obj(vec![(
+            "resourceType".to_string(),
+            Tree::Leaf(Value::String(resource_type.to_string())),
+        )])
+    }
+
+    /// The JSON, without empty objects, arrays or strings (items that wrote nothing);
+    /// `None` when nothing is left.
+    pub fn into_value(self) -> Option<Value> {
+        match self {
+            Tree::Empty => None,
+            Tree::Leaf(Value::String(s)) if s.is_empty() => None,
+            Tree::Leaf(Value::Null) => None,
+            Tree::Leaf(v) => Some(v),
+            Tree::Obj(entries) => {
+                let m: Map<String, Value> = entries
+                    .into_iter()
+                    .filter_map(|(k, t)| t.into_value().map(|v| (k, v)))
+                    .collect();
+                (!m.is_empty()).then_some(Value::Object(m))
+            }
+            Tree::Arr(items) => {
+                let a: Vec<Value> = items.into_iter().filter_map(Tree::into_value).collect();
+                (!a.is_empty()).then_some(Value::Array(a))
+            }
+        }
+    }
+}
+
 /// Writes `value` at `steps` in `root`, creating objects and arrays on the way; `each` is
-/// the array index `[*]` stands for.
-pub fn write(root: &mut Value, steps: &[TStep], each: &[usize], value: Value) {
+/// the array index `[*]` stands for, per nesting level.
+pub fn write(root: &mut Tree, steps: &[TStep], each: &[usize], value: Value) {
     let mut cur = root;
     let mut each_i = 0;
-    for (k, st) in steps.iter().enumerate() {
-        let next_is_index = matches!(steps.get(k + 1), Some(TStep::Index(_) | TStep::Each));
+    for st in steps {
         match st {
             TStep::Key(name) => {
-                let obj = ensure_object(cur);
-                let slot = obj.entry(name.clone()).or_insert(Value::Null);
-                if slot.is_null() && k + 1 < steps.len() {
-                    *slot = if next_is_index {
-                        Value::Array(Vec::new())
-                    } else {
-                        Value::Object(Map::new())
-                    };
+                if !matches!(cur, Tree::Obj(_)) {
+                    *cur = Tree::Obj(Vec::new());
                 }
-                cur = slot;
+                let Tree::Obj(entries) = cur else {
+                    unreachable!("made an object")
+                };
+                let i = match entries.iter().position(|(k, _)| k == name) {
+                    Some(i) => i,
+                    None => {
+                        entries.push((name.clone(), Tree::Empty));
+                        entries.len() - 1
+                    }
+                };
+                cur = &mut entries[i].1;
             }
             TStep::Index(_) | TStep::Each => {
                 let i = match st {
@@ -414,80 +465,47 @@ pub fn write(root: &mut Value, steps: &[TStep], each: &[usize], value: Value) {
                         i
                     }
                 };
-                if !cur.is_array() {
-                    *cur = Value::Array(Vec::new());
+                if !matches!(cur, Tree::Arr(_)) {
+                    *cur = Tree::Arr(Vec::new());
                 }
-                let arr = cur.as_array_mut().expect("made an array");
-                while arr.len() <= i {
-                    arr.push(Value::Object(Map::new()));
+                let Tree::Arr(items) = cur else {
+                    unreachable!("made an array")
+                };
+                if items.len() <= i {
+                    items.resize(i + 1, Tree::Empty);
                 }
-                cur = &mut arr[i];
+                cur = &mut items[i];
             }
         }
     }
-    *cur = value;
-}
-
-fn ensure_object(v: &mut Value) -> &mut Map<String, Value> {
-    if !v.is_object() {
-        *v = Value::Object(Map::new());
-    }
-    v.as_object_mut().expect("made an object")
+    *cur = Tree::Leaf(value);
 }
 
 /// Length of the array at `steps` (0 when absent), for appending `for_each` elements.
-pub fn array_len(root: &Value, steps: &[TStep], each: &[usize]) -> usize {
+pub fn array_len(root: &Tree, steps: &[TStep], each: &[usize]) -> usize {
     let mut cur = root;
     let mut each_i = 0;
     for st in steps {
-        cur = match st {
-            TStep::Key(k) => match cur.get(k) {
-                Some(v) => v,
-                None => return 0,
-            },
-            TStep::Index(i) => match cur.get(*i) {
-                Some(v) => v,
-                None => return 0,
-            },
-            TStep::Each => {
+        let next = match (st, cur) {
+            (TStep::Key(k), Tree::Obj(entries)) => {
+                entries.iter().find(|(n, _)| n == k).map(|e| &e.1)
+            }
+            (TStep::Index(i), Tree::Arr(items)) => items.get(*i),
+            (TStep::Each, Tree::Arr(items)) => {
                 let i = each.get(each_i).copied().unwrap_or(0);
                 each_i += 1;
-                match cur.get(i) {
-                    Some(v) => v,
-                    None => return 0,
-                }
+                items.get(i)
             }
+            _ => None,
         };
-    }
-    cur.as_array().map_or(0, Vec::len)
-}
-
-/// Removes array elements left empty (`{}`) by items that produced nothing.
-pub fn prune(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            for x in m.values_mut() {
-                prune(x);
-            }
-            m.retain(|_, x| !is_empty(x));
+        match next {
+            Some(t) => cur = t,
+            None => return 0,
         }
-        Value::Array(a) => {
-            for x in a.iter_mut() {
-                prune(x);
-            }
-            a.retain(|x| !is_empty(x));
-        }
-        _ => {}
     }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(m) => m.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::String(s) => s.is_empty(),
-        _ => false,
+    match cur {
+        Tree::Arr(items) => items.len(),
+        _ => 0,
     }
 }
 
@@ -564,16 +582,16 @@ mod tests {
 
     #[test]
     fn writes_and_prunes() {
-        let mut v = json!({"resourceType": "ServiceRequest"});
+        let mut v = Tree::resource("ServiceRequest");
         let t = resolve("ServiceRequest", "identifier[1].value", false).unwrap();
         write(&mut v, &t.steps, &[], json!("A1"));
         let n = resolve("ServiceRequest", "note[*].text", false).unwrap();
         write(&mut v, &n.steps, &[0], json!("first"));
         write(&mut v, &n.steps, &[1], json!("second"));
         assert_eq!(array_len(&v, &n.steps[..1], &[]), 2);
-        prune(&mut v);
+        write(&mut v, &n.steps, &[3], json!(""));
         assert_eq!(
-            v,
+            v.into_value().unwrap(),
             json!({"resourceType": "ServiceRequest", "identifier": [{"value": "A1"}],
                    "note": [{"text": "first"}, {"text": "second"}]})
         );

@@ -81,6 +81,16 @@ pub enum GoldenError {
     /// The tests directory cannot be read.
     #[error("cannot read golden cases in {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// The mapping files do not load.
+    #[error("{0}")]
+    Load(#[from] super::LoadErrors),
+}
+
+/// Loads the mapping set in `mappings_dir` and runs the cases in `mappings_dir/tests`:
+/// what `qubs-bridge mappings test [DIR] [--update]` does.
+pub fn run_dir(mappings_dir: &Path, update: bool) -> Result<GoldenReport, GoldenError> {
+    let set = MappingSet::load_dir(mappings_dir)?;
+    run(&set, &mappings_dir.join("tests"), update)
 }
 
 /// Runs every case under `dir` (usually `mappings/tests`) against `set`.
@@ -130,6 +140,7 @@ fn run_case(set: &MappingSet, dir: &Path, update: bool, out: &mut Vec<CaseResult
     let options = MapOptions {
         now: s("now").and_then(|t| t.parse().ok()),
         control_id: s("control_id"),
+        ..MapOptions::default()
     };
     let ctx = InboundContext {
         domain: s("domain"),

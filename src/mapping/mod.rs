@@ -211,6 +211,21 @@ pub struct MapOptions {
     pub now: Option<jiff::ZonedDateTime>,
     /// MSH-10; default a fresh id.
     pub control_id: Option<String>,
+    /// How an HL7 output is checked before it is returned.
+    pub hl7_check: Hl7Check,
+}
+
+/// How an emitted HL7 message is re-read before it leaves. Both check segment count
+/// (nothing truncated), delimiters and MSH-7/9/10/12.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hl7Check {
+    /// Re-parse with hl7-parser, an implementation independent of our writer (default).
+    /// It builds a full tree and costs about half of an ORM^O01 mapping run.
+    #[default]
+    Hl7Parser,
+    /// Re-read with this crate's own zero-copy reader: for bulk runs of a mapping set whose
+    /// outputs were already proven with [`Hl7Check::Hl7Parser`] (golden cases, dry runs).
+    Reader,
 }
 
 /// A produced document.
@@ -254,7 +269,7 @@ pub struct Inbound {
     pub mapping: String,
     /// Mapping-set version.
     pub version: String,
-    /// One per appointment (ORDER_OBSERVATION group).
+    /// One per appointment: ORDER_OBSERVATION groups of the same appointment are merged.
     pub submissions: Vec<ReportSubmission>,
     /// Values code tables did not map.
     pub unmapped: Vec<Unmapped>,
@@ -330,6 +345,15 @@ impl MappingSet {
                 diags.append(&mut more);
                 Err(LoadErrors(diags))
             }
+        }
+    }
+
+    /// Every load-time problem of the mapping files in `dir` (empty when they are fine):
+    /// what `qubs-bridge mappings check` prints.
+    pub fn check_dir(dir: impl AsRef<Path>) -> Vec<Diagnostic> {
+        match Self::load_dir(dir) {
+            Ok(_) => Vec::new(),
+            Err(LoadErrors(d)) => d,
         }
     }
 
@@ -441,16 +465,18 @@ impl MappingSet {
         let body = match &m.plan {
             Plan::Fhir { resource, rules } => {
                 let mut out = eval::Out::new();
-                out.fhir = serde_json::json!({ "resourceType": resource });
+                out.fhir = fhir::Tree::resource(resource);
                 env.run(rules, &mut out)?;
-                fhir::prune(&mut out.fhir);
-                fhir::check(resource, &out.fhir).map_err(|reason| MapError::InvalidOutput {
+                let json = std::mem::take(&mut out.fhir)
+                    .into_value()
+                    .unwrap_or(Value::Null);
+                fhir::check(resource, &json).map_err(|reason| MapError::InvalidOutput {
                     mapping: m.name.clone(),
                     what: resource.clone(),
                     rules: rules_hint(rules, &reason),
                     reason,
                 })?;
-                Body::Fhir(out.fhir)
+                Body::Fhir(json)
             }
             Plan::Hl7 {
                 message,
@@ -547,7 +573,7 @@ impl MappingSet {
         Ok(Inbound {
             mapping: m.name.clone(),
             version: self.version.clone(),
-            submissions,
+            submissions: merge_by_appointment(submissions),
             unmapped: count(unmapped),
             warnings: msg.warnings().iter().map(ToString::to_string).collect(),
         })
@@ -582,6 +608,44 @@ impl MappingSet {
             warnings: Vec::new(),
         })
     }
+}
+
+/// One submission per appointment: QUBS keeps one report per appointment and a later POST
+/// overwrites the earlier one, so groups of the same appointment are merged — texts joined
+/// by a blank line in message order, `preliminary` unless every part is final, the latest
+/// `reportedAtUtc`, other fields from the first group that has them.
+fn merge_by_appointment(subs: Vec<ReportSubmission>) -> Vec<ReportSubmission> {
+    let mut out: Vec<ReportSubmission> = Vec::with_capacity(subs.len());
+    for s in subs {
+        match out
+            .iter_mut()
+            .find(|o| o.appointment_id == s.appointment_id && o.domain == s.domain)
+        {
+            None => out.push(s),
+            Some(o) => {
+                o.report_text.push_str("\n\n");
+                o.report_text.push_str(&s.report_text);
+                if s.report_status == ReportStatus::Preliminary {
+                    o.report_status = ReportStatus::Preliminary;
+                }
+                o.report_format = o.report_format.take().or(s.report_format);
+                o.interpreting_clinician_name = o
+                    .interpreting_clinician_name
+                    .take()
+                    .or(s.interpreting_clinician_name);
+                o.interpreting_clinician_provider_number = o
+                    .interpreting_clinician_provider_number
+                    .take()
+                    .or(s.interpreting_clinician_provider_number);
+                o.interpreting_clinician_email = o
+                    .interpreting_clinician_email
+                    .take()
+                    .or(s.interpreting_clinician_email);
+                o.reported_at_utc = o.reported_at_utc.max(s.reported_at_utc);
+            }
+        }
+    }
+    out
 }
 
 fn context_value(ctx: &InboundContext, resource: Option<&Value>) -> Value {
@@ -735,7 +799,11 @@ fn run_hl7<'a>(
         }
     }
     let text = mb.render();
-    writer::check_with_hl7_parser(&text).map_err(|e| MapError::InvalidOutput {
+    let checked = match options.hl7_check {
+        Hl7Check::Hl7Parser => writer::check_with_hl7_parser(&text),
+        Hl7Check::Reader => writer::check_with_reader(&text),
+    };
+    checked.map_err(|e| MapError::InvalidOutput {
         mapping: m.name.clone(),
         what: message.to_string(),
         reason: e.to_string(),
