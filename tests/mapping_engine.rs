@@ -344,3 +344,27 @@ fn oru_mapping_never_panics_on_mangled_input() {
         }
     }
 }
+
+#[test]
+fn hl7_line_breaks_are_configurable() {
+    let text = std::fs::read_to_string(root().join("mappings/orm_o01.yaml")).unwrap();
+    let mut o = order("routine-ct.json");
+    o["appointment"]["clinicalInfo"] = "Line one\r\nLine two\nthree".into();
+    for (setting, want) in [
+        ("", "Line one\\X0D\\\\X0A\\Line two\\X0A\\three"),
+        ("line_breaks: br\n", "Line one\\.br\\Line two\\.br\\three"),
+    ] {
+        let t = text.replace("segments:\n", &format!("{setting}segments:\n"));
+        let set = MappingSet::from_texts(&[(root().join("mappings/orm_o01.yaml"), t)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Body::Hl7(msg) = set.map_order_with("orm_o01", &o, &opts()).unwrap().body else {
+            panic!()
+        };
+        assert!(msg.contains(want), "{setting:?}: {msg}");
+    }
+    let bad = text.replace("segments:\n", "line_breaks: crlf\nsegments:\n");
+    let e = MappingSet::from_texts(&[(root().join("mappings/orm_o01.yaml"), bad)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`line_breaks` must be `hex` or `br`"), "{e}");
+}

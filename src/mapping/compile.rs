@@ -138,6 +138,8 @@ pub enum Plan {
         version: String,
         /// Segments in order.
         segments: Vec<SegmentPlan>,
+        /// How line breaks in values are escaped.
+        line_breaks: crate::hl7::escape::LineBreaks,
     },
     /// A report submission.
     Report {
@@ -251,6 +253,7 @@ const FILE_KEYS: &[&str] = &[
     "rules",
     "segments",
     "extra_fields",
+    "line_breaks",
 ];
 const RULE_KEYS: &[&str] = &[
     "min_version",
@@ -579,6 +582,18 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
         .iter()
         .position(|v| *v == version)
         .unwrap_or(0);
+    let line_breaks = match root.get("line_breaks").map(|n| (n, n.as_str())) {
+        None | Some((_, Some("hex"))) => crate::hl7::escape::LineBreaks::Hex,
+        Some((_, Some("br"))) => crate::hl7::escape::LineBreaks::Br,
+        Some((n, _)) => {
+            cx.err(
+                n.pos,
+                "`line_breaks` must be `hex` or `br`",
+                "hex writes \\X0D\\ and \\X0A\\ (exact bytes); br writes \\.br\\ (formatted text)",
+            );
+            crate::hl7::escape::LineBreaks::Hex
+        }
+    };
     let mut segments = Vec::new();
     let Some(segs) = root.get("segments") else {
         cx.err(
@@ -590,6 +605,7 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
             message,
             version,
             segments,
+            line_breaks,
         };
     };
     let Kind::Seq(items) = &segs.kind else {
@@ -598,6 +614,7 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
             message,
             version,
             segments,
+            line_breaks,
         };
     };
     if root.get("rules").is_some() {
@@ -723,6 +740,7 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
         message,
         version,
         segments,
+        line_breaks,
     }
 }
 

@@ -478,19 +478,7 @@ impl MappingSet {
                 })?;
                 Body::Fhir(json)
             }
-            Plan::Hl7 {
-                message,
-                version,
-                segments,
-            } => Body::Hl7(run_hl7(
-                m,
-                &mut env,
-                message,
-                version,
-                segments,
-                options,
-                zone.as_ref(),
-            )?),
+            Plan::Hl7 { .. } => Body::Hl7(run_hl7(m, &mut env, options, zone.as_ref())?),
             Plan::Report { .. } => return Err(MapError::WrongInput(name.to_string())),
         };
         Ok(Output {
@@ -732,12 +720,19 @@ fn rules_for_field(rules: &[compile::Rule], f: ReportField) -> String {
 fn run_hl7<'a>(
     m: &'a Compiled,
     env: &mut eval::Env<'a>,
-    message: &str,
-    version: &str,
-    segments: &'a [compile::SegmentPlan],
     options: &MapOptions,
     zone: Option<&TimeZone>,
 ) -> Result<String, MapError> {
+    let Plan::Hl7 {
+        message,
+        version,
+        segments,
+        line_breaks,
+    } = &m.plan
+    else {
+        return Err(MapError::WrongInput(m.name.clone()));
+    };
+    let (message, version, line_breaks) = (message.as_str(), version.as_str(), *line_breaks);
     let (code, trigger) = message.split_once('^').unwrap_or((message, ""));
     let structure = format!("{code}_{trigger}");
     let now = options.now.clone().unwrap_or_else(|| {
@@ -760,7 +755,10 @@ fn run_hl7<'a>(
         version,
         charset: None,
     };
-    let mut mb = MessageBuilder::default();
+    let mut mb = MessageBuilder {
+        line_breaks,
+        ..MessageBuilder::default()
+    };
     for sp in segments {
         if let Some(c) = &sp.when
             && !env.test(c)
