@@ -525,3 +525,77 @@ async fn metrics_count_rpcs_and_qubs_calls() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn gzip_size_limits_and_mapping_failures() {
+    use qubs_bridge::grpc::pb::SubmitOruRequest;
+    use qubs_bridge::grpc::pb::result_service_client::ResultServiceClient;
+    use tonic::codec::CompressionEncoding;
+
+    let sim = with_pending(2);
+    // A2 lacks the patient name the ServiceRequest mapping requires.
+    let mut nameless = common::pending("A0002");
+    nameless.as_object_mut().unwrap().remove("patientName");
+    sim.put_appointment("acme", nameless);
+    let bridge = start_bridge(sim, &[("QUBS_BRIDGE__GRPC__MAX_MESSAGE_BYTES", "65536")]).await;
+
+    // gzip both ways.
+    let mut client = OrderServiceClient::new(bridge.channel().await)
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let order = client
+        .get_order(authed(
+            GetOrderRequest {
+                domain: "acme".into(),
+                appointment_id: "A0001".into(),
+                formats: vec![
+                    OutputFormat::FhirServiceRequest as i32,
+                    OutputFormat::Hl7OrmO01 as i32,
+                ],
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let sr: Value = serde_json::from_str(&order.outputs[0].content).unwrap();
+    assert_eq!(sr["resourceType"], "ServiceRequest");
+    assert!(order.outputs[1].content.starts_with("MSH|^~\\&|"));
+    assert!(order.mapping_set_version.starts_with("sha256:"));
+
+    // A mapping failure names the mapping and the rule.
+    let e = client
+        .get_order(authed(
+            GetOrderRequest {
+                domain: "acme".into(),
+                appointment_id: "A0002".into(),
+                formats: vec![OutputFormat::FhirServiceRequest as i32],
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("service_request") && e.message().contains(".yaml:"),
+        "{}",
+        e.message()
+    );
+
+    // Messages over grpc.max_message_bytes are refused.
+    let e = ResultServiceClient::new(bridge.channel().await)
+        .submit_oru(authed(
+            SubmitOruRequest {
+                message: vec![b'x'; 100_000],
+                domain: "acme".into(),
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    // tonic answers OUT_OF_RANGE for a message over the decoding limit.
+    assert_eq!(e.code(), Code::OutOfRange, "{}", e.message());
+    assert!(e.message().contains("65536"), "{}", e.message());
+}
