@@ -127,6 +127,28 @@ impl Context {
         })
     }
 
+    /// Runs one call: the authenticated caller, the caller's deadline, metrics.
+    pub(crate) async fn call<Req, Res, F, Fut>(
+        &self,
+        method: &'static str,
+        request: tonic::Request<Req>,
+        handler: F,
+    ) -> Result<Response<Res>, Status>
+    where
+        F: FnOnce(Arc<auth::Caller>, Req) -> Fut,
+        Fut: Future<Output = Result<Response<Res>, Status>>,
+    {
+        let started = Instant::now();
+        let deadline = deadline(&request);
+        let result = within(deadline, async {
+            let who = auth::caller(&request)?;
+            handler(who, request.into_inner()).await
+        })
+        .await;
+        self.observe(method, started, &result);
+        result
+    }
+
     /// Counts a finished call by method and code.
     pub(crate) fn observe<T>(
         &self,

@@ -3,16 +3,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
 use super::pb::{self, OutputFormat, order_service_server::OrderService};
-use super::{Context, deadline, status, within};
+use super::{Context, status};
 use crate::orders::{Include, Order};
 use crate::qubs::{self, Disposition};
 
@@ -89,39 +87,34 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::ListPendingOrdersRequest>,
     ) -> Result<Response<pb::ListPendingOrdersResponse>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request);
-        let result = within(deadline, async {
-            let who = caller(&request)?;
-            let req = request.into_inner();
-            who.authorize(&req.domain)?;
-            let formats = formats(&req.formats)?;
-            let size = page_size(req.page_size, self.ctx.page_size)?;
-            let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
-            let page = self
-                .ctx
-                .client
-                .pending_page(&req.domain, token, Some(size))
-                .await
-                .map_err(|e| status::from_qubs(&e))?;
-            let include = Include {
-                comments: req.include_comments,
-                attachments: false,
-            };
-            let orders: Vec<pb::Order> = futures::stream::iter(page.appointments)
-                .map(|a| self.ctx.order(&req.domain, a, include, &formats))
-                .buffered(self.ctx.fetch_concurrency)
-                .try_collect()
-                .await?;
-            Ok(Response::new(pb::ListPendingOrdersResponse {
-                orders,
-                next_page_token: page.next_token.unwrap_or_default(),
-                skipped: page.skipped.iter().map(skipped).collect(),
-            }))
-        })
-        .await;
-        self.ctx.observe("ListPendingOrders", started, &result);
-        result
+        self.ctx
+            .call("ListPendingOrders", request, |who, req| async move {
+                who.authorize(&req.domain)?;
+                let formats = formats(&req.formats)?;
+                let size = page_size(req.page_size, self.ctx.page_size)?;
+                let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+                let page = self
+                    .ctx
+                    .client
+                    .pending_page(&req.domain, token, Some(size))
+                    .await
+                    .map_err(|e| status::from_qubs(&e))?;
+                let include = Include {
+                    comments: req.include_comments,
+                    attachments: false,
+                };
+                let orders: Vec<pb::Order> = futures::stream::iter(page.appointments)
+                    .map(|a| self.ctx.order(&req.domain, a, include, &formats))
+                    .buffered(self.ctx.fetch_concurrency)
+                    .try_collect()
+                    .await?;
+                Ok(Response::new(pb::ListPendingOrdersResponse {
+                    orders,
+                    next_page_token: page.next_token.unwrap_or_default(),
+                    skipped: page.skipped.iter().map(skipped).collect(),
+                }))
+            })
+            .await
     }
 
     type StreamPendingOrdersStream = OrderStream;
@@ -130,68 +123,58 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::StreamPendingOrdersRequest>,
     ) -> Result<Response<Self::StreamPendingOrdersStream>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request);
-        let result = within(deadline, async {
-            let who = caller(&request)?;
-            let req = request.into_inner();
-            who.authorize(&req.domain)?;
-            let formats = formats(&req.formats)?;
-            let size = page_size(req.page_size, self.ctx.page_size)?;
-            let include = Include {
-                comments: req.include_comments,
-                attachments: false,
-            };
-            let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            tokio::spawn(stream_orders(
-                self.ctx.clone(),
-                req.domain,
-                size,
-                include,
-                formats,
-                tx,
-            ));
-            let stream: OrderStream = Box::pin(ReceiverStream::new(rx));
-            Ok(Response::new(stream))
-        })
-        .await;
-        self.ctx.observe("StreamPendingOrders", started, &result);
-        result
+        self.ctx
+            .call("StreamPendingOrders", request, |who, req| async move {
+                who.authorize(&req.domain)?;
+                let formats = formats(&req.formats)?;
+                let size = page_size(req.page_size, self.ctx.page_size)?;
+                let include = Include {
+                    comments: req.include_comments,
+                    attachments: false,
+                };
+                let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+                tokio::spawn(stream_orders(
+                    self.ctx.clone(),
+                    req.domain,
+                    size,
+                    include,
+                    formats,
+                    tx,
+                ));
+                let stream: OrderStream = Box::pin(ReceiverStream::new(rx));
+                Ok(Response::new(stream))
+            })
+            .await
     }
 
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request);
-        let result = within(deadline, async {
-            let who = caller(&request)?;
-            let req = request.into_inner();
-            who.authorize(&req.domain)?;
-            if req.appointment_id.is_empty() {
-                return Err(Status::invalid_argument("appointment_id is required"));
-            }
-            let formats = formats(&req.formats)?;
-            let appointment = self
-                .ctx
-                .client
-                .appointment(&req.domain, &req.appointment_id)
-                .await
-                .map_err(|e| status::from_qubs(&e))?;
-            let include = Include {
-                comments: true,
-                attachments: true,
-            };
-            let order = self
-                .ctx
-                .order(&req.domain, appointment, include, &formats)
-                .await?;
-            Ok(Response::new(pb::GetOrderResponse { order: Some(order) }))
-        })
-        .await;
-        self.ctx.observe("GetOrder", started, &result);
-        result
+        self.ctx
+            .call("GetOrder", request, |who, req| async move {
+                who.authorize(&req.domain)?;
+                if req.appointment_id.is_empty() {
+                    return Err(Status::invalid_argument("appointment_id is required"));
+                }
+                let formats = formats(&req.formats)?;
+                let appointment = self
+                    .ctx
+                    .client
+                    .appointment(&req.domain, &req.appointment_id)
+                    .await
+                    .map_err(|e| status::from_qubs(&e))?;
+                let include = Include {
+                    comments: true,
+                    attachments: true,
+                };
+                let order = self
+                    .ctx
+                    .order(&req.domain, appointment, include, &formats)
+                    .await?;
+                Ok(Response::new(pb::GetOrderResponse { order: Some(order) }))
+            })
+            .await
     }
 
     type GetAttachmentContentStream = ChunkStream;
@@ -200,57 +183,52 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::GetAttachmentContentRequest>,
     ) -> Result<Response<Self::GetAttachmentContentStream>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request);
-        let result = within(deadline, async {
-            let who = caller(&request)?;
-            let req = request.into_inner();
-            who.authorize(&req.domain)?;
-            if req.appointment_id.is_empty() || req.attachment_guid.is_empty() {
-                return Err(Status::invalid_argument(
-                    "appointment_id and attachment_guid are required",
-                ));
-            }
-            // Fresh metadata gives a fresh presigned URL.
-            let attachment = self
-                .ctx
-                .client
-                .attachment(
-                    &req.domain,
-                    &req.appointment_id,
-                    &req.attachment_guid,
-                    Disposition::Attachment,
-                )
-                .await
-                .map_err(|e| status::from_qubs(&e))?;
-            let download = self
-                .ctx
-                .client
-                .download_attachment(&attachment)
-                .await
-                .map_err(|e| status::from_qubs(&e))?;
-            let mut first = Some(pb::GetAttachmentContentResponse {
-                data: Vec::new(),
-                content_type: download.content_type.clone().unwrap_or_default(),
-                total_size: download.content_length.unwrap_or(0),
-                file_name: attachment.file_name.clone().unwrap_or_default(),
-            });
-            let stream = download.chunks.map(move |chunk| {
-                let data = chunk.map_err(|e| status::from_qubs(&e))?.to_vec();
-                Ok(match first.take() {
-                    Some(head) => pb::GetAttachmentContentResponse { data, ..head },
-                    None => pb::GetAttachmentContentResponse {
-                        data,
-                        ..Default::default()
-                    },
-                })
-            });
-            let stream: ChunkStream = Box::pin(stream);
-            Ok(Response::new(stream))
-        })
-        .await;
-        self.ctx.observe("GetAttachmentContent", started, &result);
-        result
+        self.ctx
+            .call("GetAttachmentContent", request, |who, req| async move {
+                who.authorize(&req.domain)?;
+                if req.appointment_id.is_empty() || req.attachment_guid.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "appointment_id and attachment_guid are required",
+                    ));
+                }
+                // Fresh metadata gives a fresh presigned URL.
+                let attachment = self
+                    .ctx
+                    .client
+                    .attachment(
+                        &req.domain,
+                        &req.appointment_id,
+                        &req.attachment_guid,
+                        Disposition::Attachment,
+                    )
+                    .await
+                    .map_err(|e| status::from_qubs(&e))?;
+                let download = self
+                    .ctx
+                    .client
+                    .download_attachment(&attachment)
+                    .await
+                    .map_err(|e| status::from_qubs(&e))?;
+                let mut first = Some(pb::GetAttachmentContentResponse {
+                    data: Vec::new(),
+                    content_type: download.content_type.clone().unwrap_or_default(),
+                    total_size: download.content_length.unwrap_or(0),
+                    file_name: attachment.file_name.clone().unwrap_or_default(),
+                });
+                let stream = download.chunks.map(move |chunk| {
+                    let data = chunk.map_err(|e| status::from_qubs(&e))?.to_vec();
+                    Ok(match first.take() {
+                        Some(head) => pb::GetAttachmentContentResponse { data, ..head },
+                        None => pb::GetAttachmentContentResponse {
+                            data,
+                            ..Default::default()
+                        },
+                    })
+                });
+                let stream: ChunkStream = Box::pin(stream);
+                Ok(Response::new(stream))
+            })
+            .await
     }
 }
 

@@ -1,13 +1,11 @@
 //! `MappingService`: what an analyst's tool calls to try a mapping on one input.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
 use super::Context;
-use super::auth::caller;
 use super::pb::{self, mapping_service_server::MappingService};
 use crate::mapping::{Body, InboundContext, InputKind, MapOptions, Unmapped};
 
@@ -50,76 +48,31 @@ impl MappingService for Preview {
         &self,
         request: Request<pb::PreviewMappingRequest>,
     ) -> Result<Response<pb::PreviewMappingResponse>, Status> {
-        let started = Instant::now();
-        let result = async {
-            caller(&request)?;
-            let req = request.into_inner();
-            let set = self.ctx.mappings.current();
-            let mut response = pb::PreviewMappingResponse {
-                mapping_set_version: set.version().to_string(),
-                ..Default::default()
-            };
-            let Some(kind) = set.get(&req.mapping).map(|m| m.input) else {
-                let names: Vec<&str> = set.names().collect();
-                return Err(Status::not_found(format!(
-                    "no mapping `{}`; the set has: {}",
-                    req.mapping,
-                    names.join(", ")
-                )));
-            };
-            let site = if req.site_time_zone.is_empty() {
-                Value::Null
-            } else {
-                json!({"siteName": "", "timeZone": req.site_time_zone})
-            };
-            let config = Value::Object(self.ctx.config_values.clone());
-            match kind {
-                InputKind::Order => {
-                    let mut order: Value = match serde_json::from_str(&req.input) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            response.errors.push(error(
-                                "unparseable",
-                                format!(
-                                    "input is not JSON: line {} column {}",
-                                    e.line(),
-                                    e.column()
-                                ),
-                            ));
-                            return Ok(Response::new(response));
-                        }
-                    };
-                    if let Some(o) = order.as_object_mut() {
-                        if !site.is_null() && o.get("site").is_none_or(Value::is_null) {
-                            o.insert("site".into(), site);
-                        }
-                        o.entry("config").or_insert(config);
-                    }
-                    match set.dry_run(&req.mapping, &order, &MapOptions::default()) {
-                        Ok(run) => {
-                            response.output = match run.output.body {
-                                Body::Fhir(v) => {
-                                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                                }
-                                Body::Hl7(s) => s,
-                            };
-                            response.warnings = warnings(&run.output.unmapped);
-                            response.unread_fields = run.unread_fields;
-                        }
-                        Err(e) => response.errors.push(error("mapping", e.to_string())),
-                    }
-                }
-                InputKind::Oru | InputKind::DiagnosticReport => {
-                    let ctx = InboundContext {
-                        domain: None,
-                        site,
-                        config,
-                    };
-                    let mapped = if kind == InputKind::Oru {
-                        set.map_oru_with(&req.mapping, &req.input, &ctx)
-                    } else {
-                        match serde_json::from_str::<Value>(&req.input) {
-                            Ok(v) => set.map_diagnostic_report(&v, &ctx),
+        self.ctx
+            .call("PreviewMapping", request, |_who, req| async move {
+                let set = self.ctx.mappings.current();
+                let mut response = pb::PreviewMappingResponse {
+                    mapping_set_version: set.version().to_string(),
+                    ..Default::default()
+                };
+                let Some(kind) = set.get(&req.mapping).map(|m| m.input) else {
+                    let names: Vec<&str> = set.names().collect();
+                    return Err(Status::not_found(format!(
+                        "no mapping `{}`; the set has: {}",
+                        req.mapping,
+                        names.join(", ")
+                    )));
+                };
+                let site = if req.site_time_zone.is_empty() {
+                    Value::Null
+                } else {
+                    json!({"siteName": "", "timeZone": req.site_time_zone})
+                };
+                let config = Value::Object(self.ctx.config_values.clone());
+                match kind {
+                    InputKind::Order => {
+                        let mut order: Value = match serde_json::from_str(&req.input) {
+                            Ok(v) => v,
                             Err(e) => {
                                 response.errors.push(error(
                                     "unparseable",
@@ -131,29 +84,71 @@ impl MappingService for Preview {
                                 ));
                                 return Ok(Response::new(response));
                             }
+                        };
+                        if let Some(o) = order.as_object_mut() {
+                            if !site.is_null() && o.get("site").is_none_or(Value::is_null) {
+                                o.insert("site".into(), site);
+                            }
+                            o.entry("config").or_insert(config);
                         }
-                    };
-                    match mapped {
-                        Ok(inbound) => {
-                            response.output = serde_json::to_string_pretty(&inbound.submissions)
-                                .unwrap_or_default();
-                            response.warnings = warnings(&inbound.unmapped);
-                            response
-                                .warnings
-                                .extend(inbound.warnings.into_iter().map(|w| pb::Warning {
-                                    code: "hl7_tolerated".into(),
-                                    rule: String::new(),
-                                    message: w,
-                                }));
+                        match set.dry_run(&req.mapping, &order, &MapOptions::default()) {
+                            Ok(run) => {
+                                response.output = match run.output.body {
+                                    Body::Fhir(v) => {
+                                        serde_json::to_string_pretty(&v).unwrap_or_default()
+                                    }
+                                    Body::Hl7(s) => s,
+                                };
+                                response.warnings = warnings(&run.output.unmapped);
+                                response.unread_fields = run.unread_fields;
+                            }
+                            Err(e) => response.errors.push(error("mapping", e.to_string())),
                         }
-                        Err(e) => response.errors.push(error("mapping", e.to_string())),
+                    }
+                    InputKind::Oru | InputKind::DiagnosticReport => {
+                        let ctx = InboundContext {
+                            domain: None,
+                            site,
+                            config,
+                        };
+                        let mapped = if kind == InputKind::Oru {
+                            set.map_oru_with(&req.mapping, &req.input, &ctx)
+                        } else {
+                            match serde_json::from_str::<Value>(&req.input) {
+                                Ok(v) => set.map_diagnostic_report(&v, &ctx),
+                                Err(e) => {
+                                    response.errors.push(error(
+                                        "unparseable",
+                                        format!(
+                                            "input is not JSON: line {} column {}",
+                                            e.line(),
+                                            e.column()
+                                        ),
+                                    ));
+                                    return Ok(Response::new(response));
+                                }
+                            }
+                        };
+                        match mapped {
+                            Ok(inbound) => {
+                                response.output =
+                                    serde_json::to_string_pretty(&inbound.submissions)
+                                        .unwrap_or_default();
+                                response.warnings = warnings(&inbound.unmapped);
+                                response
+                                    .warnings
+                                    .extend(inbound.warnings.into_iter().map(|w| pb::Warning {
+                                        code: "hl7_tolerated".into(),
+                                        rule: String::new(),
+                                        message: w,
+                                    }));
+                            }
+                            Err(e) => response.errors.push(error("mapping", e.to_string())),
+                        }
                     }
                 }
-            }
-            Ok(Response::new(response))
-        }
-        .await;
-        self.ctx.observe("PreviewMapping", started, &result);
-        result
+                Ok(Response::new(response))
+            })
+            .await
     }
 }

@@ -1,13 +1,11 @@
 //! `ResultService`: results from interface engines into QUBS reports.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
 use super::pb::{self, result_service_server::ResultService};
-use super::{Context, deadline, status, within};
+use super::{Context, status};
 use crate::domain::{ReportStatus, ReportSubmission};
 use crate::results::{Accepted, Refusal};
 
@@ -76,80 +74,65 @@ impl ResultService for ResultsApi {
         &self,
         request: Request<pb::SubmitOruRequest>,
     ) -> Result<Response<pb::SubmitOruResponse>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request);
-        let result = within(deadline, async {
-            let who = caller(&request)?;
-            let req = request.into_inner();
-            let domain = self.ctx.domain_or_default(&req.domain)?;
-            who.authorize(&domain)?;
-            if req.message.is_empty() {
-                return Err(Status::invalid_argument("message is empty"));
-            }
-            let out = self.ctx.results.submit_oru(&domain, &req.message).await;
-            Ok(Response::new(pb::SubmitOruResponse {
-                ack: out.ack.into_bytes(),
-                ack_code: out.ack_code.as_str().into(),
-                reports: out.accepted.iter().map(outcome).collect(),
-                error: out.refusal.as_ref().map(detail),
-            }))
-        })
-        .await;
-        self.ctx.observe("SubmitOru", started, &result);
-        result
+        self.ctx
+            .call("SubmitOru", request, |who, req| async move {
+                let domain = self.ctx.domain_or_default(&req.domain)?;
+                who.authorize(&domain)?;
+                if req.message.is_empty() {
+                    return Err(Status::invalid_argument("message is empty"));
+                }
+                let out = self.ctx.results.submit_oru(&domain, &req.message).await;
+                Ok(Response::new(pb::SubmitOruResponse {
+                    ack: out.ack.into_bytes(),
+                    ack_code: out.ack_code.as_str().into(),
+                    reports: out.accepted.iter().map(outcome).collect(),
+                    error: out.refusal.as_ref().map(detail),
+                }))
+            })
+            .await
     }
 
     async fn submit_diagnostic_report(
         &self,
         request: Request<pb::SubmitDiagnosticReportRequest>,
     ) -> Result<Response<pb::SubmitDiagnosticReportResponse>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request);
-        let result = within(deadline, async {
-            let who = caller(&request)?;
-            let req = request.into_inner();
-            who.authorize(&req.domain)?;
-            let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
-            let accepted = self
-                .ctx
-                .results
-                .submit_diagnostic_report(&req.domain, &req.diagnostic_report_json, key)
-                .await
-                .map_err(|r| refused(&r))?;
-            Ok(Response::new(pb::SubmitDiagnosticReportResponse {
-                reports: accepted.iter().map(outcome).collect(),
-            }))
-        })
-        .await;
-        self.ctx.observe("SubmitDiagnosticReport", started, &result);
-        result
+        self.ctx
+            .call("SubmitDiagnosticReport", request, |who, req| async move {
+                who.authorize(&req.domain)?;
+                let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+                let accepted = self
+                    .ctx
+                    .results
+                    .submit_diagnostic_report(&req.domain, &req.diagnostic_report_json, key)
+                    .await
+                    .map_err(|r| refused(&r))?;
+                Ok(Response::new(pb::SubmitDiagnosticReportResponse {
+                    reports: accepted.iter().map(outcome).collect(),
+                }))
+            })
+            .await
     }
 
     async fn submit_report(
         &self,
         request: Request<pb::SubmitReportRequest>,
     ) -> Result<Response<pb::SubmitReportResponse>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request);
-        let result = within(deadline, async {
-            let who = caller(&request)?;
-            let req = request.into_inner();
-            who.authorize(&req.domain)?;
-            let report = report_from(&req)?;
-            let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
-            let accepted = self
-                .ctx
-                .results
-                .submit_report(&req.domain, &report, key)
-                .await
-                .map_err(|e| status::from_qubs(&e))?;
-            Ok(Response::new(pb::SubmitReportResponse {
-                report: Some(outcome(&accepted)),
-            }))
-        })
-        .await;
-        self.ctx.observe("SubmitReport", started, &result);
-        result
+        self.ctx
+            .call("SubmitReport", request, |who, req| async move {
+                who.authorize(&req.domain)?;
+                let report = report_from(&req)?;
+                let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+                let accepted = self
+                    .ctx
+                    .results
+                    .submit_report(&req.domain, &report, key)
+                    .await
+                    .map_err(|e| status::from_qubs(&e))?;
+                Ok(Response::new(pb::SubmitReportResponse {
+                    report: Some(outcome(&accepted)),
+                }))
+            })
+            .await
     }
 }
 

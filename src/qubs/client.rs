@@ -318,13 +318,7 @@ impl Client {
     /// up front (ask for the attachment again to get a fresh one).
     pub async fn download_attachment(&self, attachment: &Attachment) -> Result<Download, Error> {
         let guid = attachment.guid.as_deref().unwrap_or("(no guid)");
-        let invalid = |reason: String| Error {
-            operation: "GET attachment content",
-            correlation_id: Uuid::nil(),
-            attempts: 0,
-            kind: ErrorKind::InvalidRequest(reason),
-            retry_after: None,
-        };
+        let invalid = |reason: String| invalid_request("GET attachment content", reason);
         let Some(url) = attachment.url.as_deref() else {
             return Err(invalid(format!("attachment {guid} has no download URL")));
         };
@@ -340,13 +334,8 @@ impl Client {
 
     /// Streams the content behind a presigned URL (no bearer token is sent to it).
     pub async fn download(&self, url: &str) -> Result<Download, Error> {
-        let url = Url::parse(url).map_err(|e| Error {
-            operation: "GET attachment content",
-            correlation_id: Uuid::nil(),
-            attempts: 0,
-            kind: ErrorKind::InvalidRequest(format!("not a URL: {e}")),
-            retry_after: None,
-        })?;
+        let url = Url::parse(url)
+            .map_err(|e| invalid_request("GET attachment content", format!("not a URL: {e}")))?;
         let call = Call {
             bearer: false,
             ..Call::get("GET attachment content", url)
