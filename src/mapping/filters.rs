@@ -470,14 +470,18 @@ const TITLES: &[&str] = &[
     "assoc", "sir", "dame",
 ];
 
-/// Splits a free-text name: `Family, Given Middle` when there is a comma, else
-/// `[Title] Given [Middle…] Family`.
+/// Splits a free-text name: `Family, Given Middle` when there is a comma, `Family^Given^Middle`
+/// when it was stored HL7-style, else `[Title] Given [Middle…] Family`.
 pub fn split_name(s: &str) -> (Vec<&str>, Vec<&str>, Option<&str>) {
-    let (family, rest): (Option<&str>, &str) = match s.split_once(',') {
+    let (family, rest): (Option<&str>, &str) = match s.split_once(',').or_else(|| s.split_once('^'))
+    {
         Some((f, r)) => (Some(f.trim()).filter(|f| !f.is_empty()), r),
         None => (None, s),
     };
-    let mut words: Vec<&str> = rest.split_whitespace().collect();
+    let mut words: Vec<&str> = rest
+        .split(|c: char| c.is_whitespace() || c == '^')
+        .filter(|w| !w.is_empty())
+        .collect();
     let mut prefix = Vec::new();
     while let Some(w) = words.first() {
         if TITLES.contains(&w.to_lowercase().as_str()) {
@@ -534,6 +538,22 @@ fn hl7_name(s: &str, kind: Hl7NameKind, d: &Delimiters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_stored_hl7_style_split_on_the_component_separator() {
+        assert_eq!(
+            split_name("Nguyễn^Văn An"),
+            (vec![], vec!["Văn", "An"], Some("Nguyễn"))
+        );
+        assert_eq!(
+            split_name("CITIZEN, Jane Mary"),
+            (vec![], vec!["Jane", "Mary"], Some("CITIZEN"))
+        );
+        assert_eq!(
+            split_name("Dr Priya Raman"),
+            (vec!["Dr"], vec!["Priya"], Some("Raman"))
+        );
+    }
 
     fn env<'a>(
         zone: Option<&'a TimeZone>,
