@@ -4,6 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// QUBS refuses report text over this many UTF-8 bytes.
+pub const MAX_REPORT_TEXT_BYTES: usize = 2_097_152;
+
 /// Status of a submitted report, as QUBS accepts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

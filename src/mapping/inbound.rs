@@ -7,7 +7,7 @@ use super::ReportField;
 pub use crate::domain::{ReportStatus, ReportSubmission};
 
 /// QUBS refuses report text above 2 MiB of UTF-8.
-pub const MAX_REPORT_BYTES: usize = 2_097_152;
+pub use crate::domain::MAX_REPORT_TEXT_BYTES as MAX_REPORT_BYTES;
 
 /// Builds a submission from the report fields a mapping wrote; the error names the field.
 pub fn build(fields: &[Option<String>]) -> Result<ReportSubmission, (ReportField, String)> {

@@ -26,8 +26,7 @@ use super::retry::{RetryPolicy, parse_retry_after};
 use crate::config::{ConfigError, QubsSettings};
 use crate::domain::{ReportStatus, ReportSubmission};
 
-/// QUBS refuses report text over this many UTF-8 bytes.
-pub const MAX_REPORT_TEXT_BYTES: usize = 2_097_152;
+pub use crate::domain::MAX_REPORT_TEXT_BYTES;
 /// QUBS documents at most 2 MB per presigned PUT.
 pub const MAX_UPLOAD_BYTES: usize = 2 * 1024 * 1024;
 /// At most this many files per report-attachment registration.
@@ -884,17 +883,18 @@ async fn read_reply(
 ) -> Result<Reply, Error> {
     let status = response.status();
     let headers = std::mem::take(response.headers_mut());
+    let too_large = || Error {
+        operation,
+        correlation_id: Uuid::nil(),
+        attempts: 1,
+        kind: ErrorKind::Decode(format!("response body is over {limit} bytes")),
+        retry_after: None,
+    };
     if response
         .content_length()
         .is_some_and(|n| n as usize > limit)
     {
-        return Err(Error {
-            operation,
-            correlation_id: Uuid::nil(),
-            attempts: 1,
-            kind: ErrorKind::Decode(format!("response body is over {limit} bytes")),
-            retry_after: None,
-        });
+        return Err(too_large());
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
@@ -903,13 +903,7 @@ async fn read_reply(
         .map_err(|e| transport_error(&e, operation))?
     {
         if body.len() + chunk.len() > limit {
-            return Err(Error {
-                operation,
-                correlation_id: Uuid::nil(),
-                attempts: 1,
-                kind: ErrorKind::Decode(format!("response body is over {limit} bytes")),
-                retry_after: None,
-            });
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
