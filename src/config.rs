@@ -15,6 +15,9 @@ use serde::Deserialize;
 /// The defaults every deployment starts from; a config file and the environment override them.
 pub const DEFAULTS_TOML: &str = include_str!("config/defaults.toml");
 
+/// The longest retry horizon allowed: under QUBS's 24-hour idempotency-key retention.
+pub const MAX_RETRY_HORIZON_SECS: u64 = 23 * 3600;
+
 /// Prefix of environment overrides: `QUBS_BRIDGE__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "QUBS_BRIDGE";
 
@@ -44,7 +47,43 @@ pub struct Settings {
     pub server: ServerSettings,
     pub grpc: GrpcSettings,
     pub mappings: MappingsSettings,
+    pub results: ResultsSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// Inbound results: the durable outbox, when to acknowledge, and how to retry QUBS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsSettings {
+    /// The outbox database (SQLite); created with its directory if missing.
+    pub outbox_path: PathBuf,
+    /// `after_submit`: AA once QUBS has the report; `after_store`: AA once it is on disk.
+    pub ack_mode: AckMode,
+    /// `after_submit`: how long a sender waits for QUBS before it is answered AE
+    /// "stored, not confirmed yet" (the report is still submitted).
+    pub ack_wait_secs: u64,
+    /// Reports submitted to QUBS in parallel (one at a time per appointment).
+    pub workers: usize,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Give up (dead letter) this long after a report was received. At most 23 h: QUBS
+    /// keeps idempotency keys 24 h, and a later retry could store a second report.
+    pub retry_horizon_secs: u64,
+    /// Largest PDF (decoded) taken from an OBX ED; QUBS takes at most 2 MiB per upload.
+    pub max_attachment_bytes: usize,
+}
+
+impl ResultsSettings {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    AfterSubmit,
+    AfterStore,
 }
 
 /// Where the mapping files live and how changes are picked up.
@@ -268,6 +307,7 @@ impl Settings {
 
     /// Semantic checks the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_results()?;
         let q = &self.qubs;
         check_http_url("qubs.base_url", q.base_url.as_deref())?;
         check_http_url("qubs.token_url", q.token_url.as_deref())?;
@@ -361,6 +401,41 @@ impl Settings {
         self.validate_grpc()?;
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_results(&self) -> Result<(), ConfigError> {
+        let r = &self.results;
+        if r.outbox_path.as_os_str().is_empty() {
+            return Err(invalid("results.outbox_path", "must not be empty"));
+        }
+        positive("results.ack_wait_secs", r.ack_wait_secs)?;
+        positive("results.workers", r.workers as u64)?;
+        positive("results.retry_initial_ms", r.retry_initial_ms)?;
+        if r.retry_max_ms < r.retry_initial_ms {
+            return Err(invalid(
+                "results.retry_max_ms",
+                "must not be less than results.retry_initial_ms",
+            ));
+        }
+        if !(60..=MAX_RETRY_HORIZON_SECS).contains(&r.retry_horizon_secs) {
+            return Err(invalid(
+                "results.retry_horizon_secs",
+                format!(
+                    "must be between 60 and {MAX_RETRY_HORIZON_SECS} (QUBS keeps idempotency keys 24 h; a later retry could store a second report), got {}",
+                    r.retry_horizon_secs
+                ),
+            ));
+        }
+        if !(1..=crate::qubs::MAX_UPLOAD_BYTES).contains(&r.max_attachment_bytes) {
+            return Err(invalid(
+                "results.max_attachment_bytes",
+                format!(
+                    "must be between 1 and {} (QUBS's limit for one upload)",
+                    crate::qubs::MAX_UPLOAD_BYTES
+                ),
+            ));
+        }
         Ok(())
     }
 

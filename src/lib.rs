@@ -51,6 +51,7 @@ pub mod live_mappings;
 pub mod mapping;
 pub mod metrics;
 pub mod orders;
+pub mod outbox;
 pub mod qubs;
 pub mod results;
 pub mod service;

@@ -33,6 +33,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
     pub table: String,
 }
@@ -54,6 +59,12 @@ pub struct Metrics {
     /// 1 while the loaded mapping set is the last good one but a newer edit failed to load.
     pub mapping_reload_failing: Gauge,
     pub unmapped_values: Family<TableLabels, Counter>,
+    /// Outbox results by state (pending, submitted, dead).
+    pub outbox_results: Family<StateLabels, Gauge>,
+    pub outbox_oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Submission attempts by outcome: submitted, retry, dead.
+    pub outbox_attempts: Family<OutcomeLabels, Counter>,
+    pub outbox_attempt_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -77,6 +88,30 @@ impl Metrics {
         let mapping_reloads = Family::<OutcomeLabels, Counter>::default();
         let mapping_reload_failing = Gauge::default();
         let unmapped_values = Family::<TableLabels, Counter>::default();
+        let outbox_results = Family::<StateLabels, Gauge>::default();
+        let outbox_oldest_pending_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let outbox_attempts = Family::<OutcomeLabels, Counter>::default();
+        let outbox_attempt_seconds = latency_histogram();
+        registry.register(
+            "outbox_results",
+            "Results in the durable outbox by state (pending = depth)",
+            outbox_results.clone(),
+        );
+        registry.register(
+            "outbox_oldest_pending_seconds",
+            "Age of the oldest result not yet settled (0 when none)",
+            outbox_oldest_pending_seconds.clone(),
+        );
+        registry.register(
+            "outbox_attempts",
+            "Submission attempts by outcome (retry = will be tried again, dead = dead letter)",
+            outbox_attempts.clone(),
+        );
+        registry.register(
+            "outbox_attempt_seconds",
+            "Time one submission attempt took (report and attachments)",
+            outbox_attempt_seconds.clone(),
+        );
         registry.register(
             "grpc_requests",
             "gRPC calls by method and status code",
@@ -127,7 +162,40 @@ impl Metrics {
             mapping_reloads,
             mapping_reload_failing,
             unmapped_values,
+            outbox_results,
+            outbox_oldest_pending_seconds,
+            outbox_attempts,
+            outbox_attempt_seconds,
         }
+    }
+
+    /// Publishes the outbox's counts.
+    pub fn outbox_stats(&self, stats: &crate::outbox::Stats, now_ms: i64) {
+        for (state, n) in [
+            ("pending", stats.pending),
+            ("submitted", stats.submitted),
+            ("dead", stats.dead),
+        ] {
+            self.outbox_results
+                .get_or_create(&StateLabels {
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+        let age = stats
+            .oldest_pending_received_at_ms
+            .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+        self.outbox_oldest_pending_seconds.set(age);
+    }
+
+    /// Records one submission attempt.
+    pub fn outbox_attempt(&self, outcome: &str, elapsed: Duration) {
+        self.outbox_attempts
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.outbox_attempt_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Records one finished gRPC call.

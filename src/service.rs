@@ -13,6 +13,7 @@ use crate::admin::{self, DomainHealth, Readiness};
 use crate::config::{BrokenAtStart, Settings};
 use crate::live_mappings::LiveMappings;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::results::Results;
 use crate::{grpc, qubs};
 
@@ -59,11 +60,27 @@ pub async fn start(
         BrokenAtStart::Wait => LiveMappings::load_or_wait(&settings.mappings.dir, metrics.clone()),
     };
     mappings.spawn_reloaders(settings.mappings.watch, shutdown.clone());
+    let outbox = Outbox::open(&settings.results.outbox_path)?;
+    let stats = outbox.stats().await?;
+    tracing::info!(
+        path = %settings.results.outbox_path.display(),
+        pending = stats.pending,
+        dead = stats.dead,
+        ack_mode = ?settings.results.ack_mode,
+        "outbox open"
+    );
     let results = Arc::new(Results {
         client: client.clone(),
         mappings: mappings.clone(),
         config_values: settings.mappings.values.clone(),
+        outbox,
+        settings: settings.results.clone(),
     });
+    let worker = tokio::spawn(crate::results::worker::run(
+        results.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let ctx = Arc::new(grpc::Context {
         client: client.clone(),
         metrics: metrics.clone(),
@@ -111,7 +128,7 @@ pub async fn start(
         grpc_addr: grpc.addr,
         metrics,
         readiness,
-        tasks: vec![admin_task, grpc.task, probe, reload_watch],
+        tasks: vec![admin_task, grpc.task, probe, reload_watch, worker],
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     })
 }

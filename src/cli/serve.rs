@@ -43,6 +43,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings.qubs.client_secret = Some(SecretString::from(creds.client_secret));
         settings.qubs.client_secret_file = None;
         settings.qubs.domains = vec![DEMO_DOMAIN.to_string()];
+        // The simulator forgets everything on exit; so does the demo's outbox.
+        settings.results.outbox_path = std::env::temp_dir()
+            .join(format!("qubs-bridge-demo-{}", std::process::id()))
+            .join("outbox.db");
         // A well-known token for the demo's gRPC API (demo data only, loopback only).
         settings.grpc.clients.push(GrpcClient {
             name: "demo".into(),
@@ -80,6 +84,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     running.wait().await;
     if let Some(sim) = simulator {
         sim.shutdown().await;
+        if let Some(dir) = settings.results.outbox_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     tracing::info!("qubs-bridge stopped");
     Ok(())

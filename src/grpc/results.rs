@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, result_service_server::ResultService};
-use super::{Context, status};
+use super::Context;
+use crate::qubs::MAX_REPORT_TEXT_BYTES;
 use crate::domain::{ReportStatus, ReportSubmission};
 use crate::results::{Accepted, Refusal};
 
@@ -20,11 +21,18 @@ impl ResultsApi {
 }
 
 fn outcome(a: &Accepted) -> pb::ReportOutcome {
+    let receipt = a.receipt.as_ref();
     pb::ReportOutcome {
         appointment_id: a.appointment_id.clone(),
-        report_guid: a.receipt.report_guid.clone(),
-        report_status: a.receipt.report_status.clone().unwrap_or_default(),
-        reported_at_utc: a.receipt.reported_at_utc.clone().unwrap_or_default(),
+        report_guid: receipt.map(|r| r.report_guid.clone()).unwrap_or_default(),
+        report_status: receipt
+            .and_then(|r| r.report_status.clone())
+            .unwrap_or_default(),
+        reported_at_utc: receipt
+            .and_then(|r| r.reported_at_utc.clone())
+            .unwrap_or_default(),
+        state: a.state.as_str().into(),
+        outbox_id: a.outbox_id,
     }
 }
 
@@ -46,9 +54,11 @@ fn detail(r: &Refusal) -> pb::ErrorDetail {
 fn refused(r: &Refusal) -> Status {
     let text = r.error.text.clone();
     match r.kind {
-        "unparseable" | "mapping" | "unmapped_value" => Status::invalid_argument(text),
+        "unparseable" | "mapping" | "unmapped_value" | "attachment" | "rejected" => {
+            Status::invalid_argument(text)
+        }
         "not_found" | "not_pending" => Status::not_found(text),
-        "rejected" => Status::invalid_argument(text),
+        "preliminary_after_final" => Status::failed_precondition(text),
         _ => Status::unavailable(text),
     }
 }
@@ -81,12 +91,23 @@ impl ResultService for ResultsApi {
                 if req.message.is_empty() {
                     return Err(Status::invalid_argument("message is empty"));
                 }
-                let out = self.ctx.results.submit_oru(&domain, &req.message).await;
+                let results = &self.ctx.results;
+                let out = results.submit_oru(&domain, &req.message).await;
+                let application = match &out.application_ack_for {
+                    Some(ids) => {
+                        let wait = results.settings.ack_wait();
+                        results.application_ack(&out.header, ids, wait).await
+                    }
+                    None => None,
+                };
+                // The application ACK, when there is one, tells what became of the reports.
+                let last = application.as_ref().unwrap_or(&out.ack);
                 Ok(Response::new(pb::SubmitOruResponse {
-                    ack: out.ack.into_bytes(),
-                    ack_code: out.ack_code.as_str().into(),
-                    reports: out.accepted.iter().map(outcome).collect(),
-                    error: out.refusal.as_ref().map(detail),
+                    ack: out.ack.text.clone().into_bytes(),
+                    ack_code: out.ack.code.as_str().into(),
+                    reports: last.accepted.iter().map(outcome).collect(),
+                    error: last.refusal.as_ref().map(detail),
+                    application_ack: application.map(|a| a.text.into_bytes()).unwrap_or_default(),
                 }))
             })
             .await
@@ -127,7 +148,7 @@ impl ResultService for ResultsApi {
                     .results
                     .submit_report(&req.domain, &report, key)
                     .await
-                    .map_err(|e| status::from_qubs(&e))?;
+                    .map_err(|r| refused(&r))?;
                 Ok(Response::new(pb::SubmitReportResponse {
                     report: Some(outcome(&accepted)),
                 }))
@@ -143,6 +164,12 @@ fn report_from(req: &pb::SubmitReportRequest) -> Result<ReportSubmission, Status
     }
     if req.report_text.is_empty() {
         return Err(Status::invalid_argument("report_text is required"));
+    }
+    if req.report_text.len() > MAX_REPORT_TEXT_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "report_text is {} bytes; QUBS accepts at most {MAX_REPORT_TEXT_BYTES}",
+            req.report_text.len()
+        )));
     }
     let status = match req.report_status.trim().to_ascii_lowercase().as_str() {
         "preliminary" => ReportStatus::Preliminary,

@@ -271,6 +271,8 @@ pub struct Inbound {
     pub version: String,
     /// One per appointment: ORDER_OBSERVATION groups of the same appointment are merged.
     pub submissions: Vec<ReportSubmission>,
+    /// For each submission, the ORDER_OBSERVATION groups (from 0) it was made from.
+    pub groups: Vec<Vec<usize>>,
     /// Values code tables did not map.
     pub unmapped: Vec<Unmapped>,
     /// What the HL7 reader tolerated (wrapped lines, empty segments).
@@ -558,10 +560,12 @@ impl MappingSet {
             unmapped.append(&mut env.unmapped);
             submissions.push(sub);
         }
+        let (submissions, groups) = merge_by_appointment(submissions);
         Ok(Inbound {
             mapping: m.name.clone(),
             version: self.version.clone(),
-            submissions: merge_by_appointment(submissions),
+            submissions,
+            groups,
             unmapped: count(unmapped),
             warnings: msg.warnings().iter().map(ToString::to_string).collect(),
         })
@@ -592,6 +596,7 @@ impl MappingSet {
             mapping: m.name.clone(),
             version: self.version.clone(),
             submissions: vec![sub],
+            groups: vec![vec![0]],
             unmapped: count(env.unmapped),
             warnings: Vec::new(),
         })
@@ -602,15 +607,21 @@ impl MappingSet {
 /// overwrites the earlier one, so groups of the same appointment are merged — texts joined
 /// by a blank line in message order, `preliminary` unless every part is final, the latest
 /// `reportedAtUtc`, other fields from the first group that has them.
-fn merge_by_appointment(subs: Vec<ReportSubmission>) -> Vec<ReportSubmission> {
+fn merge_by_appointment(subs: Vec<ReportSubmission>) -> (Vec<ReportSubmission>, Vec<Vec<usize>>) {
     let mut out: Vec<ReportSubmission> = Vec::with_capacity(subs.len());
-    for s in subs {
+    let mut groups: Vec<Vec<usize>> = Vec::with_capacity(subs.len());
+    for (gi, s) in subs.into_iter().enumerate() {
         match out
-            .iter_mut()
-            .find(|o| o.appointment_id == s.appointment_id && o.domain == s.domain)
+            .iter()
+            .position(|o| o.appointment_id == s.appointment_id && o.domain == s.domain)
         {
-            None => out.push(s),
-            Some(o) => {
+            None => {
+                out.push(s);
+                groups.push(vec![gi]);
+            }
+            Some(k) => {
+                groups[k].push(gi);
+                let o = &mut out[k];
                 o.report_text.push_str("\n\n");
                 o.report_text.push_str(&s.report_text);
                 if s.report_status == ReportStatus::Preliminary {
@@ -633,7 +644,7 @@ fn merge_by_appointment(subs: Vec<ReportSubmission>) -> Vec<ReportSubmission> {
             }
         }
     }
-    out
+    (out, groups)
 }
 
 fn context_value(ctx: &InboundContext, resource: Option<&Value>) -> Value {

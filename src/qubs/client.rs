@@ -138,6 +138,10 @@ impl Client {
     }
 
     /// The configured page size for the pending list.
+    pub fn site_cache_ttl(&self) -> Duration {
+        self.inner.site_ttl
+    }
+
     pub fn page_size(&self) -> u32 {
         self.inner.page_size
     }

@@ -18,7 +18,7 @@ pub mod model;
 pub mod problem;
 pub mod retry;
 
-pub use client::{CallObserver, Client, Download, MAX_REPORT_TEXT_BYTES};
+pub use client::{CallObserver, Client, Download, MAX_REPORT_TEXT_BYTES, MAX_UPLOAD_BYTES};
 pub use model::{
     Appointment, Attachment, Comment, CommentType, Disposition, PENDING_REPORTING, PendingPage,
     ReportAttachmentFile, ReportAttachmentUpload, ReportReceipt, Site, SiteSettings, SkippedItem,

@@ -150,6 +150,10 @@ pub fn service_settings(
         env.push((k.to_string(), v.to_string()));
     }
     let mut settings = Settings::load_unchecked(None, env).expect("settings load");
+    // Every service gets its own outbox.
+    settings.results.outbox_path = std::env::temp_dir()
+        .join("qubs-bridge-tests")
+        .join(format!("{}.db", uuid::Uuid::new_v4()));
     settings.grpc.clients.push(qubs_bridge::config::GrpcClient {
         name: "engine".into(),
         token_sha256: Some(qubs_bridge::grpc::auth::hash_token(GRPC_TOKEN)),

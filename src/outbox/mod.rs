@@ -1,0 +1,561 @@
+//! The durable outbox: every result the bridge accepts is committed to disk here before any
+//! acknowledgement promises it, and stays until QUBS has it or an operator purges it.
+//!
+//! **Why SQLite** (rusqlite, with SQLite compiled in, so nothing to install): one file that
+//! survives `kill -9` and power loss (WAL, `synchronous = FULL`), secondary indexes for the
+//! queries the worker needs (due results, oldest unsettled result per appointment) and the
+//! operators need (by state, domain, appointment), and a file any operator can open with the
+//! `sqlite3` shell. redb would have served the durability, but every secondary index would
+//! be hand-maintained tables.
+//!
+//! **One writer thread, group commit.** A single thread owns the connection. Commands queue
+//! on a channel; the thread takes everything queued (up to a batch), runs it in one
+//! transaction and commits once, and only then answers each caller. So under load many
+//! results share one fsync, and nothing is answered before it is on disk.
+//!
+//! Times are Unix milliseconds. A result is `pending` until it is `submitted` (QUBS answered
+//! 201) or `dead` (a permanent refusal, or the retry horizon passed): see
+//! [`crate::results::worker`].
+
+mod store;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Results per transaction at most; more wait for the next commit.
+const MAX_BATCH: usize = 512;
+
+/// Where an input came from; decides how the worker turns the stored body into a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An ORU^R01 (ER7); `group` picks the ORDER_OBSERVATION group.
+    Hl7,
+    /// A FHIR DiagnosticReport (JSON).
+    Fhir,
+    /// A [`crate::domain::ReportSubmission`] as JSON.
+    Report,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Hl7 => "hl7",
+            Source::Fhir => "fhir",
+            Source::Report => "report",
+        }
+    }
+
+    fn parse(s: &str) -> Source {
+        match s {
+            "hl7" => Source::Hl7,
+            "fhir" => Source::Fhir,
+            _ => Source::Report,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Submitted,
+    Dead,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Submitted => "submitted",
+            State::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> State {
+        match s {
+            "submitted" => State::Submitted,
+            "dead" => State::Dead,
+            _ => State::Pending,
+        }
+    }
+}
+
+/// A file that goes with a report (a PDF from an OBX ED).
+#[derive(Clone)]
+pub struct Attachment {
+    pub file_name: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("file_name", &self.file_name)
+            .field("content_type", &self.content_type)
+            .field("bytes", &self.content.len())
+            .finish()
+    }
+}
+
+/// One report to submit, as intake found it.
+#[derive(Debug, Clone)]
+pub struct NewResult {
+    pub key: String,
+    pub domain: String,
+    pub appointment_id: String,
+    /// Which ORDER_OBSERVATION group (or FHIR submission), from 0.
+    pub group: u32,
+    /// `preliminary` or `final`.
+    pub report_status: String,
+    pub attachments: Vec<Attachment>,
+}
+
+/// One inbound message and the results it holds, stored together or not at all.
+#[derive(Clone)]
+pub struct NewMessage {
+    pub source: Source,
+    /// MSH-10, the FHIR id, or `report`.
+    pub source_id: String,
+    pub body: Vec<u8>,
+    pub results: Vec<NewResult>,
+}
+
+/// What [`Outbox::admit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Newly stored, one id per result.
+    Stored { ids: Vec<i64> },
+    /// Already stored: a retransmission. Nothing new was written.
+    Duplicate { ids: Vec<i64> },
+    /// Refused: result `index` is preliminary, and a final result for its appointment is
+    /// already stored or submitted. A preliminary never overwrites a final.
+    PreliminaryAfterFinal { index: usize, final_id: i64 },
+}
+
+/// QUBS's answer to a submitted report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub report_guid: String,
+    pub report_status: Option<String>,
+    pub reported_at_utc: Option<String>,
+}
+
+/// How a result ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    Submitted(Receipt),
+    Dead {
+        /// Machine-readable, e.g. `not_found`, `rejected`, `horizon`.
+        kind: String,
+        /// For operators; names ids and fields, never patient data.
+        reason: String,
+        qubs_request_id: Option<String>,
+    },
+}
+
+/// A stored result, as operators and acknowledgements see it (no report content).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: i64,
+    pub idempotency_key: String,
+    pub domain: String,
+    pub appointment_id: String,
+    pub source: Source,
+    pub source_id: String,
+    pub group: u32,
+    pub report_status: String,
+    pub state: State,
+    pub attempts: u32,
+    pub received_at_ms: i64,
+    pub first_attempt_at_ms: Option<i64>,
+    pub next_attempt_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub last_error: Option<String>,
+    pub error_kind: Option<String>,
+    pub qubs_request_id: Option<String>,
+    pub receipt: Option<Receipt>,
+    pub attachments: u32,
+}
+
+impl Entry {
+    /// The outcome, once there is one.
+    pub fn settled(&self) -> Option<Settled> {
+        match self.state {
+            State::Pending => None,
+            State::Submitted => Some(Settled::Submitted(self.receipt.clone().unwrap_or(
+                Receipt {
+                    report_guid: String::new(),
+                    report_status: None,
+                    reported_at_utc: None,
+                },
+            ))),
+            State::Dead => Some(Settled::Dead {
+                kind: self.error_kind.clone().unwrap_or_else(|| "dead".into()),
+                reason: self.last_error.clone().unwrap_or_default(),
+                qubs_request_id: self.qubs_request_id.clone(),
+            }),
+        }
+    }
+}
+
+/// A result due for submission, with what the worker needs to submit it.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub entry: Entry,
+    pub source: Source,
+    pub body: Vec<u8>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// Which entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub state: Option<State>,
+    /// Empty: all domains.
+    pub domains: Vec<String>,
+    pub appointment_id: Option<String>,
+    /// Entries with a larger id only (paging).
+    pub after_id: i64,
+    pub limit: usize,
+}
+
+/// Counts for metrics and `/readyz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub pending: u64,
+    pub submitted: u64,
+    pub dead: u64,
+    pub oldest_pending_received_at_ms: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("outbox storage failed: {0}")]
+    Storage(String),
+    #[error("the outbox is closed")]
+    Closed,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+enum Command {
+    Admit(Box<NewMessage>, Reply<Admission>),
+    Due {
+        limit: usize,
+        busy: Vec<i64>,
+        reply: Reply<Vec<Due>>,
+    },
+    Settle(i64, Settled, Reply<()>),
+    RetryLater {
+        id: i64,
+        next_at_ms: i64,
+        reason: String,
+        qubs_request_id: Option<String>,
+        reply: Reply<()>,
+    },
+    Entries(Vec<i64>, Reply<Vec<Entry>>),
+    List(EntryFilter, Reply<Vec<Entry>>),
+    Requeue(Vec<i64>, Reply<usize>),
+    Purge {
+        state: State,
+        older_than_ms: i64,
+        domains: Vec<String>,
+        reply: Reply<usize>,
+    },
+    Stats(Reply<Stats>),
+}
+
+/// The outbox handle; cheap to share behind an `Arc`.
+pub struct Outbox {
+    commands: mpsc::Sender<Command>,
+    /// Wakes the worker when something new is due.
+    pub(crate) wake: Notify,
+    /// Callers waiting for a result to settle (ack mode `after_submit`), by result id.
+    waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<Settled>>>>,
+    path: PathBuf,
+}
+
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Outbox {
+    /// Opens the database at `path` (created with its directory if missing) and starts the
+    /// writer thread.
+    pub fn open(path: &Path) -> Result<Arc<Outbox>, OutboxError> {
+        let open_error = |reason: String| OutboxError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = store::open(path).map_err(open_error)?;
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(Arc::new(Outbox {
+            commands: tx,
+            wake: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
+            path: path.to_path_buf(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        answer
+            .await
+            .map_err(|_| OutboxError::Closed)?
+            .map_err(OutboxError::Storage)
+    }
+
+    /// Stores a message's results durably (see [`Admission`]). When this returns `Stored`,
+    /// the results are on disk.
+    pub async fn admit(&self, message: NewMessage) -> Result<Admission, OutboxError> {
+        let admission = self
+            .ask(|reply| Command::Admit(Box::new(message), reply))
+            .await?;
+        if matches!(admission, Admission::Stored { .. }) {
+            self.wake.notify_one();
+        }
+        Ok(admission)
+    }
+
+    /// Results due now (see `store::due`), skipping `busy` ones already being submitted.
+    pub async fn due(&self, limit: usize, busy: Vec<i64>) -> Result<Vec<Due>, OutboxError> {
+        self.ask(|reply| Command::Due { limit, busy, reply }).await
+    }
+
+    /// Records how a result ended and tells whoever waits for it.
+    pub async fn settle(&self, id: i64, settled: Settled) -> Result<(), OutboxError> {
+        self.ask(|reply| Command::Settle(id, settled.clone(), reply))
+            .await?;
+        let waiting = self.waiters.lock().expect("waiters").remove(&id);
+        for w in waiting.into_iter().flatten() {
+            let _ = w.send(settled.clone());
+        }
+        // A settled result may unblock the next one of its appointment.
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Schedules another attempt.
+    pub async fn retry_later(
+        &self,
+        id: i64,
+        next_at_ms: i64,
+        reason: String,
+        qubs_request_id: Option<String>,
+    ) -> Result<(), OutboxError> {
+        self.ask(|reply| Command::RetryLater {
+            id,
+            next_at_ms,
+            reason,
+            qubs_request_id,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn entries(&self, ids: Vec<i64>) -> Result<Vec<Entry>, OutboxError> {
+        self.ask(|reply| Command::Entries(ids, reply)).await
+    }
+
+    pub async fn entry(&self, id: i64) -> Result<Option<Entry>, OutboxError> {
+        Ok(self.entries(vec![id]).await?.pop())
+    }
+
+    pub async fn list(&self, filter: EntryFilter) -> Result<Vec<Entry>, OutboxError> {
+        self.ask(|reply| Command::List(filter, reply)).await
+    }
+
+    /// Puts dead letters back in the queue; returns how many were dead.
+    pub async fn requeue(&self, ids: Vec<i64>) -> Result<usize, OutboxError> {
+        let n = self.ask(|reply| Command::Requeue(ids, reply)).await?;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Deletes `submitted` or `dead` results last updated before `older_than_ms`.
+    pub async fn purge(
+        &self,
+        state: State,
+        older_than_ms: i64,
+        domains: Vec<String>,
+    ) -> Result<usize, OutboxError> {
+        if state == State::Pending {
+            return Ok(0);
+        }
+        self.ask(|reply| Command::Purge {
+            state,
+            older_than_ms,
+            domains,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, OutboxError> {
+        self.ask(Command::Stats).await
+    }
+
+    /// Waits until result `id` settles, for at most `limit`. `None` when it has not.
+    pub async fn wait_settled(&self, id: i64, limit: Duration) -> Option<Settled> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .entry(id)
+            .or_default()
+            .push(tx);
+        // It may have settled before the waiter was registered.
+        if let Ok(Some(entry)) = self.entry(id).await
+            && let Some(settled) = entry.settled()
+        {
+            self.forget_waiters(id);
+            return Some(settled);
+        }
+        let outcome = tokio::time::timeout(limit, rx).await.ok().and_then(Result::ok);
+        if outcome.is_none() {
+            self.forget_waiters(id);
+        }
+        outcome
+    }
+
+    fn forget_waiters(&self, id: i64) {
+        let mut waiters = self.waiters.lock().expect("waiters");
+        if let Some(list) = waiters.get_mut(&id) {
+            list.retain(|w| !w.is_closed());
+            if list.is_empty() {
+                waiters.remove(&id);
+            }
+        }
+    }
+}
+
+/// The writer thread: batches queued commands into one transaction each.
+fn writer(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let mut answers: Vec<Box<dyn FnOnce(Option<&rusqlite::Error>)>> =
+            Vec::with_capacity(batch.len());
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for command in batch.drain(..) {
+                answers.push(run(&tx, command, now));
+            }
+            tx.commit()
+        })();
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "outbox commit failed; the batch is not stored");
+        }
+        for answer in answers {
+            answer(outcome.as_ref().err());
+        }
+        batch.clear();
+    }
+}
+
+/// Runs one command; returns the closure that answers its caller once the commit is known
+/// (a failed commit turns every answer of the batch into that error).
+fn run(
+    tx: &rusqlite::Transaction,
+    command: Command,
+    now: i64,
+) -> Box<dyn FnOnce(Option<&rusqlite::Error>)> {
+    fn answer<T: Send + 'static>(
+        reply: Reply<T>,
+        result: rusqlite::Result<T>,
+    ) -> Box<dyn FnOnce(Option<&rusqlite::Error>)> {
+        Box::new(move |commit_error| {
+            let result = match commit_error {
+                Some(e) => Err(format!("commit failed: {e}")),
+                None => result.map_err(|e| e.to_string()),
+            };
+            let _ = reply.send(result);
+        })
+    }
+    match command {
+        Command::Admit(message, reply) => {
+            answer(reply, savepoint(tx, |tx| store::admit(tx, &message, now)))
+        }
+        Command::Due { limit, busy, reply } => answer(reply, store::due(tx, now, limit, &busy)),
+        Command::Settle(id, settled, reply) => answer(
+            reply,
+            savepoint(tx, |tx| store::settle(tx, id, &settled, now)),
+        ),
+        Command::RetryLater {
+            id,
+            next_at_ms,
+            reason,
+            qubs_request_id,
+            reply,
+        } => answer(
+            reply,
+            savepoint(tx, |tx| {
+                store::retry_later(tx, id, next_at_ms, &reason, qubs_request_id.as_deref(), now)
+            }),
+        ),
+        Command::Entries(ids, reply) => answer(reply, store::entries(tx, &ids)),
+        Command::List(filter, reply) => answer(reply, store::list(tx, &filter)),
+        Command::Requeue(ids, reply) => answer(reply, savepoint(tx, |tx| store::requeue(tx, &ids, now))),
+        Command::Purge {
+            state,
+            older_than_ms,
+            domains,
+            reply,
+        } => answer(
+            reply,
+            savepoint(tx, |tx| store::purge(tx, state, older_than_ms, &domains)),
+        ),
+        Command::Stats(reply) => answer(reply, store::stats(tx)),
+    }
+}
+
+/// Runs one write command in a savepoint, so that a failing command leaves the writes of
+/// the others in its batch intact.
+fn savepoint<T>(
+    tx: &rusqlite::Transaction,
+    f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    tx.execute_batch("SAVEPOINT command")?;
+    match f(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE command")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = tx.execute_batch("ROLLBACK TO command; RELEASE command");
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The outbox's tables and statements. Everything here runs on the outbox's own thread,
+//! inside the transaction that thread opens for each batch of commands.
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::{
+    Admission, Attachment, Due, Entry, EntryFilter, NewMessage, Receipt, Settled, Source, State,
+    Stats,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id            INTEGER PRIMARY KEY,
+    source        TEXT    NOT NULL,
+    body          BLOB    NOT NULL,
+    received_at   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    id                 INTEGER PRIMARY KEY,
+    idempotency_key    TEXT    NOT NULL UNIQUE,
+    message_id         INTEGER NOT NULL REFERENCES messages(id),
+    domain             TEXT    NOT NULL,
+    appointment_id     TEXT    NOT NULL,
+    source_id          TEXT    NOT NULL,
+    group_index        INTEGER NOT NULL,
+    report_status      TEXT    NOT NULL,
+    state              TEXT    NOT NULL,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    received_at        INTEGER NOT NULL,
+    first_attempt_at   INTEGER,
+    next_attempt_at    INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    last_error         TEXT,
+    error_kind         TEXT,
+    qubs_request_id    TEXT,
+    report_guid        TEXT,
+    qubs_report_status TEXT,
+    reported_at_utc    TEXT
+);
+CREATE INDEX IF NOT EXISTS results_due ON results(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS results_appointment ON results(domain, appointment_id, id);
+CREATE TABLE IF NOT EXISTS attachments (
+    result_id     INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+    seq           INTEGER NOT NULL,
+    file_name     TEXT    NOT NULL,
+    content_type  TEXT    NOT NULL,
+    content       BLOB    NOT NULL,
+    PRIMARY KEY (result_id, seq)
+);
+";
+
+/// Opens (creating if needed) the database with the settings durability needs: WAL, and
+/// `synchronous = FULL` so a commit is on disk before it returns.
+pub(super) fn open(path: &std::path::Path) -> Result<Connection, String> {
+    let conn = connect(path).map_err(|e| e.to_string())?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "written by a newer qubs-bridge (schema {version}; this one knows up to {SCHEMA_VERSION})"
+        ));
+    }
+    conn.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+fn connect(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Stores a message and its results, unless they are already stored (a retransmission), or
+/// a preliminary result would land after a final one for the same appointment.
+pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Result<Admission> {
+    // A retransmission: every key already known. (A key is content-derived, so a partial
+    // match cannot happen for the same message; treat any match as a retransmission.)
+    let mut existing = Vec::new();
+    for r in &m.results {
+        if let Some(id) = tx
+            .query_row(
+                "SELECT id FROM results WHERE idempotency_key = ?1",
+                [&r.key],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+        {
+            existing.push(id);
+        }
+    }
+    if !existing.is_empty() {
+        return Ok(Admission::Duplicate { ids: existing });
+    }
+    for (i, r) in m.results.iter().enumerate() {
+        if r.report_status != "preliminary" {
+            continue;
+        }
+        let final_id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM results WHERE domain = ?1 AND appointment_id = ?2
+                   AND report_status = 'final' AND state IN ('pending', 'submitted')
+                 ORDER BY id DESC LIMIT 1",
+                params![r.domain, r.appointment_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(final_id) = final_id {
+            return Ok(Admission::PreliminaryAfterFinal {
+                index: i,
+                final_id,
+            });
+        }
+    }
+    tx.execute(
+        "INSERT INTO messages (source, body, received_at) VALUES (?1, ?2, ?3)",
+        params![m.source.as_str(), m.body, now],
+    )?;
+    let message_id = tx.last_insert_rowid();
+    let mut ids = Vec::with_capacity(m.results.len());
+    for r in &m.results {
+        tx.execute(
+            "INSERT INTO results (idempotency_key, message_id, domain, appointment_id, source_id,
+                 group_index, report_status, state, received_at, next_attempt_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?8)",
+            params![
+                r.key,
+                message_id,
+                r.domain,
+                r.appointment_id,
+                m.source_id,
+                r.group,
+                r.report_status,
+                now
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        for (seq, a) in r.attachments.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO attachments (result_id, seq, file_name, content_type, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, seq as i64, a.file_name, a.content_type, a.content],
+            )?;
+        }
+        ids.push(id);
+    }
+    Ok(Admission::Stored { ids })
+}
+
+/// Up to `limit` results due now, oldest first, at most one per appointment and never one
+/// that waits behind an older unsettled result of its appointment (results apply in order).
+pub(super) fn due(
+    tx: &Transaction,
+    now: i64,
+    limit: usize,
+    busy: &[i64],
+) -> rusqlite::Result<Vec<Due>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT r.id FROM results r
+         WHERE r.state = 'pending' AND r.next_attempt_at <= ?1
+           AND NOT EXISTS (SELECT 1 FROM results p
+                           WHERE p.domain = r.domain AND p.appointment_id = r.appointment_id
+                             AND p.state = 'pending' AND p.id < r.id)
+         ORDER BY r.id LIMIT ?2",
+    )?;
+    let ids: Vec<i64> = stmt
+        .query_map(params![now, (limit + busy.len()) as i64], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for id in ids.into_iter().filter(|id| !busy.contains(id)).take(limit) {
+        let entry = entry(tx, id)?.expect("selected row exists");
+        let (source, body): (String, Vec<u8>) = tx.query_row(
+            "SELECT m.source, m.body FROM messages m JOIN results r ON r.message_id = m.id
+             WHERE r.id = ?1",
+            [id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT file_name, content_type, content FROM attachments
+             WHERE result_id = ?1 ORDER BY seq",
+        )?;
+        let attachments = stmt
+            .query_map([id], |row| {
+                Ok(Attachment {
+                    file_name: row.get(0)?,
+                    content_type: row.get(1)?,
+                    content: row.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        out.push(Due {
+            entry,
+            source: Source::parse(&source),
+            body,
+            attachments,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn settle(
+    tx: &Transaction,
+    id: i64,
+    settled: &Settled,
+    now: i64,
+) -> rusqlite::Result<()> {
+    match settled {
+        Settled::Submitted(r) => tx.execute(
+            "UPDATE results SET state = 'submitted', attempts = attempts + 1, updated_at = ?2,
+                 first_attempt_at = COALESCE(first_attempt_at, ?2), last_error = NULL,
+                 error_kind = NULL, report_guid = ?3, qubs_report_status = ?4,
+                 reported_at_utc = ?5
+             WHERE id = ?1",
+            params![
+                id,
+                now,
+                r.report_guid,
+                r.report_status,
+                r.reported_at_utc
+            ],
+        )?,
+        Settled::Dead {
+            kind,
+            reason,
+            qubs_request_id,
+        } => tx.execute(
+            "UPDATE results SET state = 'dead', attempts = attempts + 1, updated_at = ?2,
+                 first_attempt_at = COALESCE(first_attempt_at, ?2), last_error = ?3,
+                 error_kind = ?4, qubs_request_id = ?5
+             WHERE id = ?1",
+            params![id, now, reason, kind, qubs_request_id],
+        )?,
+    };
+    Ok(())
+}
+
+pub(super) fn retry_later(
+    tx: &Transaction,
+    id: i64,
+    next_at: i64,
+    reason: &str,
+    qubs_request_id: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE results SET attempts = attempts + 1, next_attempt_at = ?2, updated_at = ?5,
+             first_attempt_at = COALESCE(first_attempt_at, ?5), last_error = ?3,
+             error_kind = 'transient', qubs_request_id = ?4
+         WHERE id = ?1 AND state = 'pending'",
+        params![id, next_at, reason, qubs_request_id, now],
+    )?;
+    Ok(())
+}
+
+const ENTRY_COLUMNS: &str = "r.id, r.idempotency_key, r.domain, r.appointment_id, m.source,
+    r.source_id, r.group_index, r.report_status, r.state, r.attempts, r.received_at,
+    r.first_attempt_at, r.next_attempt_at, r.updated_at, r.last_error, r.error_kind,
+    r.qubs_request_id, r.report_guid, r.qubs_report_status, r.reported_at_utc,
+    (SELECT COUNT(*) FROM attachments a WHERE a.result_id = r.id)";
+
+fn read_entry(row: &Row) -> rusqlite::Result<Entry> {
+    let source: String = row.get(4)?;
+    let state: String = row.get(8)?;
+    Ok(Entry {
+        id: row.get(0)?,
+        idempotency_key: row.get(1)?,
+        domain: row.get(2)?,
+        appointment_id: row.get(3)?,
+        source: Source::parse(&source),
+        source_id: row.get(5)?,
+        group: row.get(6)?,
+        report_status: row.get(7)?,
+        state: State::parse(&state),
+        attempts: row.get(9)?,
+        received_at_ms: row.get(10)?,
+        first_attempt_at_ms: row.get(11)?,
+        next_attempt_at_ms: row.get(12)?,
+        updated_at_ms: row.get(13)?,
+        last_error: row.get(14)?,
+        error_kind: row.get(15)?,
+        qubs_request_id: row.get(16)?,
+        receipt: match row.get::<_, Option<String>>(17)? {
+            Some(report_guid) => Some(Receipt {
+                report_guid,
+                report_status: row.get(18)?,
+                reported_at_utc: row.get(19)?,
+            }),
+            None => None,
+        },
+        attachments: row.get(20)?,
+    })
+}
+
+pub(super) fn entry(tx: &Transaction, id: i64) -> rusqlite::Result<Option<Entry>> {
+    tx.query_row(
+        &format!(
+            "SELECT {ENTRY_COLUMNS} FROM results r JOIN messages m ON m.id = r.message_id
+             WHERE r.id = ?1"
+        ),
+        [id],
+        read_entry,
+    )
+    .optional()
+}
+
+pub(super) fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<Entry>> {
+    let mut sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM results r JOIN messages m ON m.id = r.message_id
+         WHERE r.id > ?1"
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![f.after_id.into()];
+    if let Some(state) = f.state {
+        args.push(state.as_str().to_string().into());
+        sql.push_str(&format!(" AND r.state = ?{}", args.len()));
+    }
+    if !f.domains.is_empty() {
+        let mut marks = Vec::new();
+        for d in &f.domains {
+            args.push(d.clone().into());
+            marks.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND r.domain IN ({})", marks.join(", ")));
+    }
+    if let Some(a) = &f.appointment_id {
+        args.push(a.clone().into());
+        sql.push_str(&format!(" AND r.appointment_id = ?{}", args.len()));
+    }
+    args.push((f.limit.max(1) as i64).into());
+    sql.push_str(&format!(" ORDER BY r.id LIMIT ?{}", args.len()));
+    let mut stmt = tx.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), read_entry)?;
+    rows.collect()
+}
+
+/// Puts dead letters (or one) back in the queue, due now, with a fresh retry horizon.
+pub(super) fn requeue(tx: &Transaction, ids: &[i64], now: i64) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for id in ids {
+        n += tx.execute(
+            "UPDATE results SET state = 'pending', next_attempt_at = ?2, updated_at = ?2,
+                 first_attempt_at = NULL, error_kind = NULL
+             WHERE id = ?1 AND state = 'dead'",
+            params![id, now],
+        )?;
+    }
+    Ok(n)
+}
+
+/// Deletes settled results (never pending ones) and messages no result refers to.
+pub(super) fn purge(
+    tx: &Transaction,
+    state: State,
+    older_than: i64,
+    domains: &[String],
+) -> rusqlite::Result<usize> {
+    debug_assert!(state != State::Pending);
+    let mut sql = String::from("DELETE FROM results WHERE state = ?1 AND updated_at < ?2");
+    let mut args: Vec<rusqlite::types::Value> =
+        vec![state.as_str().to_string().into(), older_than.into()];
+    if !domains.is_empty() {
+        let mut marks = Vec::new();
+        for d in domains {
+            args.push(d.clone().into());
+            marks.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND domain IN ({})", marks.join(", ")));
+    }
+    let n = tx.execute(&sql, rusqlite::params_from_iter(args))?;
+    tx.execute(
+        "DELETE FROM messages WHERE NOT EXISTS
+             (SELECT 1 FROM results r WHERE r.message_id = messages.id)",
+        [],
+    )?;
+    Ok(n)
+}
+
+pub(super) fn stats(tx: &Transaction) -> rusqlite::Result<Stats> {
+    let count = |state: &str| -> rusqlite::Result<u64> {
+        tx.query_row(
+            "SELECT COUNT(*) FROM results WHERE state = ?1",
+            [state],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+    };
+    let oldest: Option<i64> = tx.query_row(
+        "SELECT MIN(received_at) FROM results WHERE state = 'pending'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Stats {
+        pending: count("pending")?,
+        submitted: count("submitted")?,
+        dead: count("dead")?,
+        oldest_pending_received_at_ms: oldest,
+    })
+}
+
+/// The state of every result of a message's keys, for answering a retransmission.
+pub(super) fn entries(tx: &Transaction, ids: &[i64]) -> rusqlite::Result<Vec<Entry>> {
+    ids.iter()
+        .filter_map(|id| entry(tx, *id).transpose())
+        .collect()
+}
