@@ -5,6 +5,7 @@ mod connect;
 mod grpc_tokens;
 mod mappings;
 mod orders;
+mod outbox;
 mod results;
 mod serve;
 mod simulator;
@@ -60,6 +61,13 @@ enum Command {
         #[command(subcommand)]
         command: results::ReportCommand,
     },
+    /// Inspect and manage the durable outbox of inbound results of a running bridge.
+    Outbox {
+        #[command(flatten)]
+        connection: connect::Connection,
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
+    },
     /// Check mapping files and run their golden cases.
     #[command(subcommand)]
     Mappings(mappings::MappingsCommand),
@@ -108,6 +116,10 @@ pub fn main() -> ExitCode {
                 connection,
                 command,
             } => results::report(&connection, command).await,
+            Command::Outbox {
+                connection,
+                command,
+            } => outbox::run(&connection, command).await,
             Command::Map(args) => mappings::map(args),
         }
     });

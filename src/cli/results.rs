@@ -89,10 +89,17 @@ pub async fn oru(conn: &Connection, command: OruCommand) -> anyhow::Result<()> {
                     .reports
                     .iter()
                     .map(|r| {
-                        format!(
-                            "{} -> report {} ({})",
-                            r.appointment_id, r.report_guid, r.report_status
-                        )
+                        if r.state == "pending" {
+                            format!(
+                                "{} -> stored, not confirmed yet (outbox {})",
+                                r.appointment_id, r.outbox_id
+                            )
+                        } else {
+                            format!(
+                                "{} -> report {} ({})",
+                                r.appointment_id, r.report_guid, r.report_status
+                            )
+                        }
                     })
                     .collect();
                 print!("{:<3} {}", answer.ack_code, file.display());
@@ -104,10 +111,11 @@ pub async fn oru(conn: &Connection, command: OruCommand) -> anyhow::Result<()> {
                 }
                 println!();
                 if show_ack {
-                    println!(
-                        "{}",
-                        String::from_utf8_lossy(&answer.ack).replace('\r', "\n")
-                    );
+                    for ack in [&answer.ack, &answer.application_ack] {
+                        if !ack.is_empty() {
+                            println!("{}", String::from_utf8_lossy(ack).replace('\r', "\n"));
+                        }
+                    }
                 }
             }
             Display::Json => println!(
@@ -116,7 +124,7 @@ pub async fn oru(conn: &Connection, command: OruCommand) -> anyhow::Result<()> {
                     "file": file.display().to_string(),
                     "ackCode": answer.ack_code,
                     "ack": String::from_utf8_lossy(&answer.ack),
-                    "reports": answer.reports.iter().map(|r| json!({"appointmentId": r.appointment_id, "reportGuid": r.report_guid, "reportStatus": r.report_status})).collect::<Vec<_>>(),
+                    "reports": answer.reports.iter().map(|r| json!({"appointmentId": r.appointment_id, "reportGuid": r.report_guid, "reportStatus": r.report_status, "state": r.state, "outboxId": r.outbox_id})).collect::<Vec<_>>(),
                     "error": answer.error.as_ref().map(|e| json!({"code": e.code, "message": e.message, "location": e.location})),
                 })
             ),
@@ -157,13 +165,17 @@ pub async fn report(conn: &Connection, command: ReportCommand) -> anyhow::Result
         .into_inner();
     let r = answer.report.unwrap_or_default();
     match args.format {
+        Display::Table if r.state == "pending" => println!(
+            "report for appointment {} stored in the bridge's outbox (entry {}); QUBS has not confirmed it yet",
+            r.appointment_id, r.outbox_id
+        ),
         Display::Table => println!(
             "report {} for appointment {} stored as {} at {}",
             r.report_guid, r.appointment_id, r.report_status, r.reported_at_utc
         ),
         Display::Json => println!(
             "{}",
-            json!({"appointmentId": r.appointment_id, "reportGuid": r.report_guid, "reportStatus": r.report_status, "reportedAtUtc": r.reported_at_utc})
+            json!({"appointmentId": r.appointment_id, "reportGuid": r.report_guid, "reportStatus": r.report_status, "reportedAtUtc": r.reported_at_utc, "state": r.state, "outboxId": r.outbox_id})
         ),
     }
     Ok(())

@@ -22,6 +22,13 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The domains the caller may use, sorted.
+    pub fn domains(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.domains.iter().cloned().collect();
+        d.sort();
+        d
+    }
+
     /// PERMISSION_DENIED unless the caller may use `domain`.
     pub fn authorize(&self, domain: &str) -> Result<(), Status> {
         if domain.is_empty() {

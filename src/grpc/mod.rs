@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod orders;
+mod outbox;
 mod preview;
 mod results;
 pub mod status;
@@ -272,23 +273,28 @@ pub async fn serve(
 
     let limit = settings.max_message_bytes;
     let auth = auth::Authenticator::new(settings);
-    let orders =
-        pb::order_service_server::OrderServiceServer::new(orders::Orders::new(ctx.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
-    let results =
-        pb::result_service_server::ResultServiceServer::new(results::ResultsApi::new(ctx.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
-    let preview = pb::mapping_service_server::MappingServiceServer::new(preview::Preview::new(ctx))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    // Every API service: gzip both ways and the configured message size limit.
+    macro_rules! configured {
+        ($server:expr) => {
+            $server
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        };
+    }
+    let orders = configured!(pb::order_service_server::OrderServiceServer::new(
+        orders::Orders::new(ctx.clone())
+    ));
+    let results = configured!(pb::result_service_server::ResultServiceServer::new(
+        results::ResultsApi::new(ctx.clone())
+    ));
+    let outbox = configured!(pb::outbox_service_server::OutboxServiceServer::new(
+        outbox::OutboxApi::new(ctx.clone())
+    ));
+    let preview = configured!(pb::mapping_service_server::MappingServiceServer::new(
+        preview::Preview::new(ctx)
+    ));
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(settings.keepalive_interval_secs)))
@@ -313,6 +319,10 @@ pub async fn serve(
         ))
         .add_service(InterceptedService::new(
             results,
+            auth::interceptor(auth.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            outbox,
             auth::interceptor(auth.clone()),
         ))
         .add_service(InterceptedService::new(preview, auth::interceptor(auth)));

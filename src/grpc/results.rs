@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::pb::{self, result_service_server::ResultService};
 use super::Context;
-use crate::qubs::MAX_REPORT_TEXT_BYTES;
+use super::pb::{self, result_service_server::ResultService};
 use crate::domain::{ReportStatus, ReportSubmission};
+use crate::qubs::MAX_REPORT_TEXT_BYTES;
 use crate::results::{Accepted, Refusal};
 
 pub struct ResultsApi {

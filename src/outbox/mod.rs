@@ -315,10 +315,7 @@ impl Outbox {
         &self.path
     }
 
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, OutboxError> {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, OutboxError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(make(reply))
@@ -436,7 +433,10 @@ impl Outbox {
             self.forget_waiters(id);
             return Some(settled);
         }
-        let outcome = tokio::time::timeout(limit, rx).await.ok().and_then(Result::ok);
+        let outcome = tokio::time::timeout(limit, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
         if outcome.is_none() {
             self.forget_waiters(id);
         }
@@ -527,7 +527,9 @@ fn run(
         ),
         Command::Entries(ids, reply) => answer(reply, store::entries(tx, &ids)),
         Command::List(filter, reply) => answer(reply, store::list(tx, &filter)),
-        Command::Requeue(ids, reply) => answer(reply, savepoint(tx, |tx| store::requeue(tx, &ids, now))),
+        Command::Requeue(ids, reply) => {
+            answer(reply, savepoint(tx, |tx| store::requeue(tx, &ids, now)))
+        }
         Command::Purge {
             state,
             older_than_ms,
@@ -557,5 +559,218 @@ fn savepoint<T>(
             let _ = tx.execute_batch("ROLLBACK TO command; RELEASE command");
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(key: &str, appointment: &str, status: &str) -> NewResult {
+        NewResult {
+            key: key.into(),
+            domain: "acme".into(),
+            appointment_id: appointment.into(),
+            group: 0,
+            report_status: status.into(),
+            attachments: vec![Attachment {
+                file_name: "r.pdf".into(),
+                content_type: "application/pdf".into(),
+                content: b"%PDF-1.4".to_vec(),
+            }],
+        }
+    }
+
+    fn message(results: Vec<NewResult>) -> NewMessage {
+        NewMessage {
+            source: Source::Hl7,
+            source_id: "MSG1".into(),
+            body: b"MSH|...".to_vec(),
+            results,
+        }
+    }
+
+    fn stored(a: Admission) -> Vec<i64> {
+        match a {
+            Admission::Stored { ids } => ids,
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
+
+    fn submitted() -> Settled {
+        Settled::Submitted(Receipt {
+            report_guid: "g".into(),
+            report_status: Some("final".into()),
+            reported_at_utc: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn retransmissions_are_recognised_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/outbox.db");
+        let outbox = Outbox::open(&path).unwrap();
+        let ids = stored(
+            outbox
+                .admit(message(vec![
+                    result("k1", "A1", "final"),
+                    result("k2", "A2", "final"),
+                ]))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(ids.len(), 2);
+        let again = outbox
+            .admit(message(vec![
+                result("k1", "A1", "final"),
+                result("k2", "A2", "final"),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(again, Admission::Duplicate { ids: ids.clone() });
+        drop(outbox);
+        // Give the writer thread a moment to close the database.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let outbox = Outbox::open(&path).unwrap();
+        let stats = outbox.stats().await.unwrap();
+        assert_eq!(stats.pending, 2);
+        let due = outbox.due(10, vec![]).await.unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].attachments.len(), 1);
+        assert_eq!(due[0].attachments[0].content, b"%PDF-1.4");
+        assert_eq!(due[0].body, b"MSH|...");
+    }
+
+    #[tokio::test]
+    async fn one_appointment_at_a_time_in_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db")).unwrap();
+        let first = stored(
+            outbox
+                .admit(message(vec![result("k1", "A1", "preliminary")]))
+                .await
+                .unwrap(),
+        )[0];
+        let second = stored(
+            outbox
+                .admit(message(vec![result("k2", "A1", "final")]))
+                .await
+                .unwrap(),
+        )[0];
+        let other = stored(
+            outbox
+                .admit(message(vec![result("k3", "A2", "final")]))
+                .await
+                .unwrap(),
+        )[0];
+        let ids = |d: Vec<Due>| d.iter().map(|d| d.entry.id).collect::<Vec<_>>();
+        assert_eq!(ids(outbox.due(10, vec![]).await.unwrap()), [first, other]);
+        // Busy ones are skipped, and their appointment's later results still wait.
+        assert_eq!(ids(outbox.due(10, vec![first]).await.unwrap()), [other]);
+        outbox.settle(first, submitted()).await.unwrap();
+        assert_eq!(ids(outbox.due(10, vec![]).await.unwrap()), [second, other]);
+        // A retry later is not due now.
+        outbox
+            .retry_later(second, now_ms() + 60_000, "503".into(), None)
+            .await
+            .unwrap();
+        assert_eq!(ids(outbox.due(10, vec![]).await.unwrap()), [other]);
+        let e = outbox.entry(second).await.unwrap().unwrap();
+        assert_eq!((e.attempts, e.state), (1, State::Pending));
+        assert_eq!(e.last_error.as_deref(), Some("503"));
+    }
+
+    #[tokio::test]
+    async fn a_preliminary_never_follows_a_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db")).unwrap();
+        let final_id = stored(
+            outbox
+                .admit(message(vec![result("k1", "A1", "final")]))
+                .await
+                .unwrap(),
+        )[0];
+        let refused = outbox
+            .admit(message(vec![
+                result("k2", "A2", "final"),
+                result("k3", "A1", "preliminary"),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused,
+            Admission::PreliminaryAfterFinal { index: 1, final_id }
+        );
+        // Nothing of the refused message was stored.
+        assert_eq!(outbox.stats().await.unwrap().pending, 1);
+        // A final that died does not stand in the way.
+        outbox
+            .settle(
+                final_id,
+                Settled::Dead {
+                    kind: "not_found".into(),
+                    reason: "404".into(),
+                    qubs_request_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        stored(
+            outbox
+                .admit(message(vec![result("k3", "A1", "preliminary")]))
+                .await
+                .unwrap(),
+        );
+    }
+
+    #[tokio::test]
+    async fn waiters_hear_of_settling_and_operators_can_requeue_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db")).unwrap();
+        let id = stored(
+            outbox
+                .admit(message(vec![result("k1", "A1", "final")]))
+                .await
+                .unwrap(),
+        )[0];
+        assert_eq!(
+            outbox.wait_settled(id, Duration::from_millis(20)).await,
+            None
+        );
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.wait_settled(id, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let dead = Settled::Dead {
+            kind: "rejected".into(),
+            reason: "400".into(),
+            qubs_request_id: Some("req-1".into()),
+        };
+        outbox.settle(id, dead.clone()).await.unwrap();
+        assert_eq!(waiter.await.unwrap(), Some(dead));
+        let listed = outbox
+            .list(EntryFilter {
+                state: Some(State::Dead),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].qubs_request_id.as_deref(), Some("req-1"));
+        assert_eq!(outbox.requeue(vec![id]).await.unwrap(), 1);
+        assert_eq!(outbox.due(10, vec![]).await.unwrap().len(), 1);
+        outbox.settle(id, submitted()).await.unwrap();
+        // Purge never touches pending results, and takes settled ones older than asked.
+        assert_eq!(outbox.purge(State::Submitted, 0, vec![]).await.unwrap(), 0);
+        assert_eq!(
+            outbox
+                .purge(State::Submitted, now_ms() + 1, vec![])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(outbox.stats().await.unwrap(), Stats::default());
     }
 }

@@ -113,10 +113,7 @@ pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Res
             )
             .optional()?;
         if let Some(final_id) = final_id {
-            return Ok(Admission::PreliminaryAfterFinal {
-                index: i,
-                final_id,
-            });
+            return Ok(Admission::PreliminaryAfterFinal { index: i, final_id });
         }
     }
     tx.execute(
@@ -218,13 +215,7 @@ pub(super) fn settle(
                  error_kind = NULL, report_guid = ?3, qubs_report_status = ?4,
                  reported_at_utc = ?5
              WHERE id = ?1",
-            params![
-                id,
-                now,
-                r.report_guid,
-                r.report_status,
-                r.reported_at_utc
-            ],
+            params![id, now, r.report_guid, r.report_status, r.reported_at_utc],
         )?,
         Settled::Dead {
             kind,

@@ -376,7 +376,12 @@ impl Results {
             results,
         };
         self.store(message, |index| {
-            inbound.groups.get(index).and_then(|g| g.first()).copied().unwrap_or(0)
+            inbound
+                .groups
+                .get(index)
+                .and_then(|g| g.first())
+                .copied()
+                .unwrap_or(0)
         })
         .await
     }

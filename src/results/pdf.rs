@@ -41,8 +41,8 @@ pub fn extract(
         let value = segment.field(5).unwrap_or_default();
         let parts: Vec<&str> = value.split(component as char).collect();
         let part = |n: usize| parts.get(n - 1).map_or("", |s| s.trim());
-        let is_pdf = part(3).eq_ignore_ascii_case("PDF")
-            || part(2).to_ascii_lowercase().contains("pdf");
+        let is_pdf =
+            part(3).eq_ignore_ascii_case("PDF") || part(2).to_ascii_lowercase().contains("pdf");
         if !is_pdf {
             continue;
         }
@@ -151,8 +151,10 @@ mod tests {
         let e = extract(&oru(&format!("^AP^PDF^Base64^{not_pdf}")), &[0], "A1", 1000);
         assert!(e.unwrap_err().error.text.contains("%PDF-"));
         // Other groups' OBX are not this report's.
-        assert!(extract(&oru("^AP^PDF^Base64^***"), &[1], "A1", 1000)
-            .unwrap()
-            .is_empty());
+        assert!(
+            extract(&oru("^AP^PDF^Base64^***"), &[1], "A1", 1000)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -399,7 +399,9 @@ fn classify(appointment_id: &str, e: &qubs::Error) -> Step {
     match e.status().map(|s| s.as_u16()) {
         Some(404) => dead(
             "not_found",
-            format!("appointment {appointment_id} is unknown to QUBS or not pending reporting: {e}"),
+            format!(
+                "appointment {appointment_id} is unknown to QUBS or not pending reporting: {e}"
+            ),
         ),
         Some(400 | 409 | 413 | 415 | 422) => dead(
             "rejected",
