@@ -244,6 +244,9 @@ pub enum OutboxError {
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
+/// Answers one command's caller once its batch's commit outcome is known.
+type Answer = Box<dyn FnOnce(Option<&rusqlite::Error>)>;
+
 enum Command {
     Admit(Box<NewMessage>, Reply<Admission>),
     Due {
@@ -466,8 +469,7 @@ fn writer(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Command>) {
             }
         }
         let now = now_ms();
-        let mut answers: Vec<Box<dyn FnOnce(Option<&rusqlite::Error>)>> =
-            Vec::with_capacity(batch.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
         let outcome = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for command in batch.drain(..) {
@@ -487,15 +489,8 @@ fn writer(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Command>) {
 
 /// Runs one command; returns the closure that answers its caller once the commit is known
 /// (a failed commit turns every answer of the batch into that error).
-fn run(
-    tx: &rusqlite::Transaction,
-    command: Command,
-    now: i64,
-) -> Box<dyn FnOnce(Option<&rusqlite::Error>)> {
-    fn answer<T: Send + 'static>(
-        reply: Reply<T>,
-        result: rusqlite::Result<T>,
-    ) -> Box<dyn FnOnce(Option<&rusqlite::Error>)> {
+fn run(tx: &rusqlite::Transaction, command: Command, now: i64) -> Answer {
+    fn answer<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Answer {
         Box::new(move |commit_error| {
             let result = match commit_error {
                 Some(e) => Err(format!("commit failed: {e}")),

@@ -223,8 +223,11 @@ impl Results {
                 let ack = self.build_ack(&header, AckCode::CA, accepted, None);
                 // Whether the application ACK is wanted depends on the outcome; decided
                 // when it is known.
-                let later = (header.application_ack_type.trim().to_ascii_uppercase() != "NE")
-                    .then_some(ids);
+                let later = (!header
+                    .application_ack_type
+                    .trim()
+                    .eq_ignore_ascii_case("NE"))
+                .then_some(ids);
                 OruOutcome {
                     send_ack: wanted(&header.accept_ack_type, true),
                     ack,
