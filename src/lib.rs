@@ -50,6 +50,7 @@ pub mod hl7;
 pub mod live_mappings;
 pub mod mapping;
 pub mod metrics;
+pub mod mllp;
 pub mod orders;
 pub mod qubs;
 pub mod results;
