@@ -33,7 +33,9 @@
 //! enhanced mode: commit ACK at once, application ACK later) for as long as the connection
 //! is open.
 
+pub mod client;
 pub mod codec;
+pub mod server;
 
 use std::net::SocketAddr;
 
@@ -46,7 +48,9 @@ use serde::Deserialize;
 
 use crate::config::TlsSettings;
 
+pub use client::{ClientError, ClientTls, MllpClient};
 pub use codec::{CodecError, Inbound, MllpCodec};
+pub use server::{Connection, Handler, MllpServer, ReplyError, ServerError, serve, start};
 
 /// The MLLP listener's settings. Every field has a default, so an empty section is valid.
 #[derive(Debug, Clone, Deserialize)]
