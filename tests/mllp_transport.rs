@@ -624,3 +624,48 @@ async fn logs_carry_sizes_and_counts_not_payloads() {
     assert!(!logs.contains("Quincebottom"), "{logs}");
     assert!(!logs.contains("Philippa"), "{logs}");
 }
+
+#[tokio::test]
+async fn client_errors_for_oversize_and_cut_replies() {
+    // A fake peer: answers the first frame with a reply too large for the client, then
+    // starts a reply and hangs up in the middle of it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = Framed::new(stream, MllpCodec::new(1 << 20));
+        assert!(matches!(conn.next().await, Some(Ok(Inbound::Message(_)))));
+        write_raw(&mut conn, &frame(&vec![b'r'; 5000])).await;
+        write_raw(&mut conn, b"\x0bMSA|AA|cut").await;
+    });
+    let mut c = client(addr).await.with_max_reply_bytes(1024);
+    match c.call(b"MSH|1", WAIT).await {
+        Err(ClientError::OversizeReply { size, max }) => assert_eq!((size, max), (5000, 1024)),
+        other => panic!("unexpected {other:?}"),
+    }
+    peer.await.unwrap();
+    match c.recv(WAIT).await {
+        Err(ClientError::ClosedMidFrame { bytes }) => assert_eq!(bytes, 10),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        c.send(b"bad\x0bmessage").await,
+        Err(ClientError::InvalidMessage)
+    ));
+}
+
+#[tokio::test]
+async fn invalid_settings_do_not_start() {
+    let err = qubs_bridge::mllp::start(
+        &MllpServerSettings {
+            idle_timeout_secs: 0,
+            ..settings()
+        },
+        Arc::new(TestHandler::default()),
+        Arc::new(MllpMetrics::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("idle_timeout_secs"), "{err}");
+}

@@ -46,11 +46,21 @@ pub enum ClientError {
 impl From<CodecError> for ClientError {
     fn from(e: CodecError) -> Self {
         match e {
+            CodecError::Io(e) if peer_gone(&e) => ClientError::Closed,
             CodecError::Io(e) => ClientError::Io(e),
             CodecError::Truncated { bytes } => ClientError::ClosedMidFrame { bytes },
             CodecError::FramingBytesInPayload => ClientError::InvalidMessage,
         }
     }
+}
+
+/// Errors that mean the peer closed the connection rather than a local failure.
+fn peer_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+    )
 }
 
 /// TLS for [`MllpClient::connect`]: a rustls client configuration and the name the server

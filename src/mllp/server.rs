@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::codec::{CodecError, Inbound, MllpCodec, check_payload, put_frame};
-use super::{MllpMetrics, MllpServerSettings};
+use super::{MllpMetrics, MllpServerSettings, SettingsError};
 use crate::config::TlsSettings;
 
 /// Replies a connection may have queued before [`Connection::reply`] waits.
@@ -118,6 +118,8 @@ pub enum ServerError {
     },
     #[error("MLLP TLS: {0}")]
     Tls(String),
+    #[error("MLLP settings: {0}")]
+    Settings(#[from] SettingsError),
 }
 
 /// A running listener started by [`start`].
@@ -129,7 +131,7 @@ pub struct MllpServer {
     pub task: JoinHandle<()>,
 }
 
-/// Binds `settings.listen`, loads TLS, and serves in a new task until `shutdown` is
+/// Checks the settings, binds `settings.listen`, loads TLS, and serves in a new task until `shutdown` is
 /// cancelled.
 pub async fn start<H: Handler>(
     settings: &MllpServerSettings,
@@ -137,6 +139,7 @@ pub async fn start<H: Handler>(
     metrics: Arc<MllpMetrics>,
     shutdown: CancellationToken,
 ) -> Result<MllpServer, ServerError> {
+    settings.validate()?;
     let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
     let listener =
         TcpListener::bind(settings.listen)
@@ -175,6 +178,7 @@ pub async fn serve<H: Handler>(
     metrics: Arc<MllpMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    settings.validate()?;
     let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
     run(listener, settings, tls, handler, metrics, shutdown).await;
     Ok(())
