@@ -20,7 +20,8 @@
 //!    [`domain::ReportSubmission`]; [`orders`] assembles an order (appointment, comments,
 //!    attachments, site settings) into the JSON document mappings read.
 //! 4. [`hl7`] reads and writes HL7 v2 ER7: escaping, a lazy zero-copy reader for the hot
-//!    path, a writer that escapes automatically and builds a correct MSH.
+//!    path, a writer that escapes automatically and builds a correct MSH. [`mllp`] carries
+//!    HL7 over TCP (optionally TLS): the MLLP codec, a listener and a client.
 //! 5. [`mapping`] is the declarative mapping engine: YAML files in `mappings/`, checked at
 //!    load time (every problem with file:line:column), compiled to plans, and evaluated into
 //!    FHIR R4 JSON, HL7 ORM^O01, or (inbound) QUBS report submissions.
@@ -50,6 +51,7 @@ pub mod hl7;
 pub mod live_mappings;
 pub mod mapping;
 pub mod metrics;
+pub mod mllp;
 pub mod orders;
 pub mod outbox;
 pub mod qubs;
