@@ -48,6 +48,9 @@ pub struct Settings {
     pub grpc: GrpcSettings,
     pub mappings: MappingsSettings,
     pub results: ResultsSettings,
+    /// The MLLP listener for ORU^R01 results.
+    #[serde(default)]
+    pub mllp: crate::mllp::MllpServerSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -159,8 +162,6 @@ pub struct ServerSettings {
     pub admin_listen: String,
     /// gRPC endpoint for interface engines.
     pub grpc_listen: String,
-    /// MLLP listener for inbound ORU^R01 results.
-    pub mllp_listen: String,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace_secs: u64,
     /// How often the service re-checks that QUBS answers for every domain.
@@ -308,6 +309,23 @@ impl Settings {
     /// Semantic checks the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_results()?;
+        self.mllp
+            .validate()
+            .map_err(|e| invalid(&format!("mllp.{}", e.key), e.reason))?;
+        if let Some(d) = &self.mllp.domain
+            && !self.qubs.domains.contains(d)
+        {
+            return Err(invalid(
+                "mllp.domain",
+                format!("`{d}` is not one of qubs.domains"),
+            ));
+        }
+        if self.mllp.enabled && self.mllp.domain.is_none() && self.qubs.domains.len() > 1 {
+            return Err(invalid(
+                "mllp.domain",
+                "the bridge serves several domains: say which one MLLP results belong to",
+            ));
+        }
         let q = &self.qubs;
         check_http_url("qubs.base_url", q.base_url.as_deref())?;
         check_http_url("qubs.token_url", q.token_url.as_deref())?;
@@ -385,7 +403,6 @@ impl Settings {
         for (key, addr) in [
             ("server.admin_listen", &self.server.admin_listen),
             ("server.grpc_listen", &self.server.grpc_listen),
-            ("server.mllp_listen", &self.server.mllp_listen),
         ] {
             addr.parse::<SocketAddr>().map_err(|_| {
                 invalid(

@@ -65,6 +65,8 @@ pub struct Metrics {
     /// Submission attempts by outcome: submitted, retry, dead.
     pub outbox_attempts: Family<OutcomeLabels, Counter>,
     pub outbox_attempt_seconds: Histogram,
+    /// The MLLP listener's connections and frames.
+    pub mllp: std::sync::Arc<crate::mllp::MllpMetrics>,
 }
 
 impl Default for Metrics {
@@ -152,8 +154,11 @@ impl Metrics {
             "Values a code table could not map, by table",
             unmapped_values.clone(),
         );
+        let mllp = std::sync::Arc::new(crate::mllp::MllpMetrics::default());
+        mllp.register(&mut registry);
         Metrics {
             registry,
+            mllp,
             rpc_requests,
             rpc_seconds,
             qubs_requests,

@@ -21,10 +21,13 @@ use crate::{grpc, qubs};
 pub struct RunningService {
     pub admin_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// The MLLP listener, when enabled.
+    pub mllp_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
+    shutdown: CancellationToken,
 }
 
 /// Starts the admin endpoint and the QUBS checks; everything stops when `shutdown` is
@@ -33,6 +36,7 @@ pub async fn start(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningService> {
+    let stop_token = shutdown.clone();
     let metrics = Arc::new(Metrics::new());
     let observer: Arc<dyn qubs::CallObserver> = metrics.clone();
     let client = qubs::Client::with_observer(&settings.qubs, Some(observer))?;
@@ -76,6 +80,30 @@ pub async fn start(
         outbox,
         settings: settings.results.clone(),
     });
+    let mllp = if settings.mllp.enabled {
+        let handler = Arc::new(crate::results::mllp::OruOverMllp {
+            results: results.clone(),
+            domain: settings
+                .mllp
+                .domain
+                .clone()
+                .unwrap_or_else(|| settings.qubs.domains[0].clone()),
+            max_frame_bytes: settings.mllp.max_frame_bytes,
+        });
+        let server = crate::mllp::start(
+            &settings.mllp,
+            handler,
+            metrics.mllp.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("MLLP listener (mllp.listen {}): {e}", settings.mllp.listen)
+        })?;
+        Some(server)
+    } else {
+        None
+    };
     let worker = tokio::spawn(crate::results::worker::run(
         results.clone(),
         metrics.clone(),
@@ -91,6 +119,7 @@ pub async fn start(
         page_size: settings.qubs.page_size,
         fetch_concurrency: settings.grpc.fetch_concurrency,
     });
+    let mllp_addr = mllp.as_ref().map(|m| m.addr);
     let grpc_listen: SocketAddr = settings.server.grpc_listen.parse()?;
     let grpc = grpc::serve(ctx, &settings.grpc, grpc_listen, shutdown.clone()).await?;
 
@@ -126,17 +155,27 @@ pub async fn start(
     Ok(RunningService {
         admin_addr,
         grpc_addr: grpc.addr,
+        mllp_addr,
         metrics,
         readiness,
-        tasks: vec![admin_task, grpc.task, probe, reload_watch, worker],
+        tasks: {
+            let mut tasks = vec![admin_task, grpc.task, probe, reload_watch, worker];
+            tasks.extend(mllp.map(|m| m.task));
+            tasks
+        },
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+        shutdown: stop_token,
     })
 }
 
 impl RunningService {
-    /// Waits for every task to finish after shutdown, at most the grace period.
+    /// Runs until shutdown, then waits for every task to finish, at most the grace period.
     pub async fn wait(self) {
-        let all = futures::future::join_all(self.tasks);
+        let mut all = Box::pin(futures::future::join_all(self.tasks));
+        tokio::select! {
+            _ = &mut all => return,
+            _ = self.shutdown.cancelled() => {}
+        }
         if tokio::time::timeout(self.grace, all).await.is_err() {
             tracing::warn!(
                 grace_secs = self.grace.as_secs(),

@@ -25,7 +25,13 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     println!("  qubs.domains    {}", settings.qubs.domains.join(", "));
     println!(
         "  admin / gRPC / MLLP  {} / {} / {}",
-        settings.server.admin_listen, settings.server.grpc_listen, settings.server.mllp_listen
+        settings.server.admin_listen,
+        settings.server.grpc_listen,
+        if settings.mllp.enabled {
+            settings.mllp.listen.to_string()
+        } else {
+            "off".to_string()
+        }
     );
     Ok(())
 }

@@ -76,6 +76,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     println!("qubs-bridge gRPC API on {}", running.grpc_addr);
+    if let Some(addr) = running.mllp_addr {
+        println!("qubs-bridge MLLP listener for ORU^R01 results on {addr}");
+    }
     println!(
         "qubs-bridge serving; admin endpoint http://{}/readyz",
         running.admin_addr

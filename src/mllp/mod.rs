@@ -56,6 +56,11 @@ pub use server::{Connection, Handler, MllpServer, ReplyError, ServerError, serve
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MllpServerSettings {
+    /// Whether the service runs the ORU^R01 listener.
+    pub enabled: bool,
+    /// The QUBS domain results on this listener belong to (MLLP carries none); may be left
+    /// out when the bridge serves one domain.
+    pub domain: Option<String>,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Largest payload accepted; larger frames reach the handler as [`Inbound::TooLarge`].
@@ -76,6 +81,8 @@ pub struct MllpServerSettings {
 impl Default for MllpServerSettings {
     fn default() -> Self {
         MllpServerSettings {
+            enabled: true,
+            domain: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 2575)),
             max_frame_bytes: 16 * 1024 * 1024,
             idle_timeout_secs: 300,

@@ -23,6 +23,7 @@
 //! overwrites. Per appointment, reports go to QUBS in arrival order, and a preliminary that
 //! arrives after a final for the same appointment is refused (AE): it would overwrite it.
 
+pub mod mllp;
 pub mod pdf;
 pub mod worker;
 

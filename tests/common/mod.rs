@@ -135,6 +135,7 @@ pub fn service_settings(
             "QUBS_BRIDGE__SERVER__GRPC_LISTEN".into(),
             "127.0.0.1:0".into(),
         ),
+        ("QUBS_BRIDGE__MLLP__LISTEN".into(), "127.0.0.1:0".into()),
         // Tests that watch the probe shorten this.
         (
             "QUBS_BRIDGE__SERVER__QUBS_PROBE_INTERVAL_SECS".into(),
