@@ -308,24 +308,6 @@ impl Settings {
 
     /// Semantic checks the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_results()?;
-        self.mllp
-            .validate()
-            .map_err(|e| invalid(&format!("mllp.{}", e.key), e.reason))?;
-        if let Some(d) = &self.mllp.domain
-            && !self.qubs.domains.contains(d)
-        {
-            return Err(invalid(
-                "mllp.domain",
-                format!("`{d}` is not one of qubs.domains"),
-            ));
-        }
-        if self.mllp.enabled && self.mllp.domain.is_none() && self.qubs.domains.len() > 1 {
-            return Err(invalid(
-                "mllp.domain",
-                "the bridge serves several domains: say which one MLLP results belong to",
-            ));
-        }
         let q = &self.qubs;
         check_http_url("qubs.base_url", q.base_url.as_deref())?;
         check_http_url("qubs.token_url", q.token_url.as_deref())?;
@@ -416,6 +398,24 @@ impl Settings {
             self.server.qubs_probe_interval_secs,
         )?;
         self.validate_grpc()?;
+        self.validate_results()?;
+        self.mllp
+            .validate()
+            .map_err(|e| invalid(&format!("mllp.{}", e.key), e.reason))?;
+        if let Some(d) = &self.mllp.domain
+            && !self.qubs.domains.contains(d)
+        {
+            return Err(invalid(
+                "mllp.domain",
+                format!("`{d}` is not one of qubs.domains"),
+            ));
+        }
+        if self.mllp.enabled && self.mllp.domain.is_none() && self.qubs.domains.len() > 1 {
+            return Err(invalid(
+                "mllp.domain",
+                "the bridge serves several domains: say which one MLLP results belong to",
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
         Ok(())

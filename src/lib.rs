@@ -28,16 +28,21 @@
 //! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
 //!    authenticated per caller and domain, with health, reflection and metrics
 //!    ([`metrics`]).
-//! 7. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//! 7. [`results`] takes results in (ORU^R01 over gRPC or MLLP, FHIR DiagnosticReports,
+//!    plain reports), maps them, commits them to the durable [`outbox`] before any ACK
+//!    promises them, and answers with the ACK HL7 prescribes; its worker then submits each
+//!    report to QUBS with a content-derived idempotency key, retrying what may succeed later
+//!    and keeping dead letters for what never will.
+//! 8. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
 //!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
 //!    in-flight work finishes before the process exits.
-//! 8. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
+//! 9. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!    never patient data, report text or secrets.
-//! 9. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
+//! 10. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
 //!    rules, idempotency, fault injection, request log, demo data). Only the CLI
 //!    (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!    exactly as it reaches QUBS.
-//! 10. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
+//! 11. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
 //!
 //! Imports run from the edges (CLI, service, admin) to the ports (QUBS client) and the core
 //! (domain types), never the other way round.

@@ -30,6 +30,9 @@ base_url = "https://qubs.example.test/integrations/v1"
 token_url = "https://auth.example.test/oauth2/token"
 client_id = "bridge"
 domains = ["acme", "globex"]
+
+[mllp]
+domain = "acme"
 "#;
 
 #[test]
@@ -384,7 +387,35 @@ fn the_cli_client_reads_the_demo_orders_over_grpc() {
     );
     assert!(out.contains("MSA|AA|DEMO0001"), "{out}");
 
+    // The README's MLLP step: a preliminary after that final is refused.
     let dir = tempfile::tempdir().unwrap();
+    let prelim = dir.path().join("prelim.hl7");
+    std::fs::write(
+        &prelim,
+        std::fs::read_to_string("tests/data/demo-oru-A100001.hl7")
+            .unwrap()
+            .replace("DEMO0001", "DEMO0002")
+            .replace("|F|||||||2045671A", "|P|||||||2045671A"),
+    )
+    .unwrap();
+    let mllp = last_word(&lines, "MLLP listener");
+    let (ok, out, _) = client(
+        &server,
+        &["mllp", "send", "--to", &mllp, prelim.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(
+        out.starts_with("AE  ERR||OBR^1^25|207^Application internal error^HL70357|E||||appointment A100001 already has a final report"),
+        "{out}"
+    );
+    let (ok, out, err) = client(&server, &["outbox", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("submitted") && out.contains("A100001"),
+        "{out}"
+    );
+    assert!(out.contains("outbox: 0 pending"), "{out}");
+
     let text = dir.path().join("report.txt");
     std::fs::write(&text, "Addendum: no change.").unwrap();
     let (ok, out, err) = client(

@@ -4,6 +4,7 @@ mod config_check;
 mod connect;
 mod grpc_tokens;
 mod mappings;
+mod mllp;
 mod orders;
 mod outbox;
 mod results;
@@ -47,6 +48,9 @@ enum Command {
     /// gRPC caller tokens.
     #[command(subcommand)]
     Grpc(grpc_tokens::GrpcCommand),
+    /// MLLP tools: send HL7 v2 files to a receiver.
+    #[command(subcommand)]
+    Mllp(mllp::MllpCommand),
     /// Send ORU^R01 results to a running bridge (gRPC client).
     Oru {
         #[command(flatten)]
@@ -107,6 +111,7 @@ pub fn main() -> ExitCode {
                 command,
             } => orders::run(&connection, command).await,
             Command::Grpc(command) => grpc_tokens::run(command),
+            Command::Mllp(command) => mllp::run(command).await,
             Command::Mappings(command) => mappings::run(command),
             Command::Oru {
                 connection,

@@ -301,6 +301,17 @@ impl Outbox {
                 .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = store::open(path).map_err(open_error)?;
+        // Results are patient data: the file is for the service's user only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
+            for file in [path.to_path_buf(), with("-wal"), with("-shm")] {
+                if file.exists() {
+                    let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         std::thread::Builder::new()
             .name("outbox-writer".into())

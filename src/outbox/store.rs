@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS results (
     qubs_report_status TEXT,
     reported_at_utc    TEXT
 );
-CREATE INDEX IF NOT EXISTS results_due ON results(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS results_state ON results(state, id);
 CREATE INDEX IF NOT EXISTS results_appointment ON results(domain, appointment_id, id);
 CREATE TABLE IF NOT EXISTS attachments (
     result_id     INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
@@ -159,8 +159,10 @@ pub(super) fn due(
     limit: usize,
     busy: &[i64],
 ) -> rusqlite::Result<Vec<Due>> {
+    // Walks pending results in id order on the (state, id) index and stops at the limit,
+    // so the cost does not grow with the backlog behind the first due ones.
     let mut stmt = tx.prepare_cached(
-        "SELECT r.id FROM results r
+        "SELECT r.id FROM results r INDEXED BY results_state
          WHERE r.state = 'pending' AND r.next_attempt_at <= ?1
            AND NOT EXISTS (SELECT 1 FROM results p
                            WHERE p.domain = r.domain AND p.appointment_id = r.appointment_id
@@ -381,11 +383,14 @@ pub(super) fn stats(tx: &Transaction) -> rusqlite::Result<Stats> {
         )
         .map(|n| n as u64)
     };
-    let oldest: Option<i64> = tx.query_row(
-        "SELECT MIN(received_at) FROM results WHERE state = 'pending'",
-        [],
-        |r| r.get(0),
-    )?;
+    // Ids grow with arrival, so the first pending id is the oldest.
+    let oldest: Option<i64> = tx
+        .query_row(
+            "SELECT received_at FROM results WHERE state = 'pending' ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
     Ok(Stats {
         pending: count("pending")?,
         submitted: count("submitted")?,

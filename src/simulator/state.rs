@@ -104,6 +104,9 @@ pub struct DomainData {
     pub submissions: Vec<Submission>,
     pub report_attachments: HashMap<String, ReportAttachmentRecord>,
     idempotency: HashMap<String, IdempotentReply>,
+    /// When expired idempotency keys were last swept out (at most once a second, so a
+    /// large key set does not make every POST slow).
+    idempotency_swept: Option<Instant>,
 }
 
 /// The outcome of a POST that honours `Idempotency-Key`.
@@ -154,9 +157,19 @@ impl DomainData {
 
     /// Looks up a stored reply for `key`; 409 when the payload differs.
     fn replay(&mut self, key: &str, payload: &[u8; 32]) -> Result<Option<PostOutcome>, SimProblem> {
-        self.idempotency
-            .retain(|_, r| r.stored_at.elapsed() < r.retention);
-        match self.idempotency.get(key) {
+        if self
+            .idempotency_swept
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.idempotency
+                .retain(|_, r| r.stored_at.elapsed() < r.retention);
+            self.idempotency_swept = Some(Instant::now());
+        }
+        let live = self
+            .idempotency
+            .get(key)
+            .filter(|r| r.stored_at.elapsed() < r.retention);
+        match live {
             Some(r) if &r.payload_sha256 == payload => Ok(Some(PostOutcome {
                 status: r.status,
                 body: r.body.clone(),

@@ -1,0 +1,141 @@
+//! Load driver for ORU^R01 over MLLP: round trips (ORU → ACK) per second and their latency,
+//! in `after_store` and `after_submit` ack modes, against the QUBS simulator over loopback.
+//!
+//! The simulator and the bridge run as child processes. For each mode a fresh bridge (and
+//! outbox) is started; C connections each send distinct results back to back for S seconds.
+//! In `after_store` mode the driver then waits for the outbox to drain and reports how fast
+//! the worker submitted to QUBS.
+//!
+//! ```text
+//! cargo bench --bench mllp_load                          # 64 connections, 10 s per mode
+//! cargo bench --bench mllp_load -- --connections 32 --seconds 5
+//! ```
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qubs_bridge::mllp::MllpClient;
+use support::{drive, memory_mib, metric, start_bridge, start_simulator};
+use tokio::sync::Mutex;
+
+const APPOINTMENTS: u32 = 20_000;
+
+struct Options {
+    connections: usize,
+    seconds: u64,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        connections: 64,
+        seconds: 10,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    for pair in args.windows(2) {
+        let value = pair[1].parse::<u64>().ok();
+        match (pair[0].as_str(), value) {
+            ("--connections", Some(v)) => o.connections = v as usize,
+            ("--seconds", Some(v)) => o.seconds = v,
+            _ => {}
+        }
+    }
+    o
+}
+
+fn oru(control_id: &str, appointment: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|LOAD|DRIVER|QUBS|ACME|20261127093000||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r\
+         PID|1||P1^^^acme^MR\r\
+         ORC|RE|{appointment}\r\
+         OBR|1|{appointment}||CT^CT Head|||20261127090000|||||||||||||||202611270930|||F|||||||2045671A&Raman&Priya\r\
+         OBX|1|TX|||FINDINGS: No acute intracranial abnormality. Ventricles normal.||||||F\r\
+         OBX|2|TX|||IMPRESSION: Normal study ({control_id}).||||||F"
+    )
+    .into_bytes()
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    println!(
+        "qubs-bridge MLLP load driver: {} connections, {} s per mode, {} cores",
+        o.connections,
+        o.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let sim = start_simulator(APPOINTMENTS);
+    for mode in ["after_store", "after_submit"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bridge = start_bridge(
+            &sim,
+            dir.path(),
+            &[("QUBS_BRIDGE__RESULTS__ACK_MODE", mode)],
+        )
+        .await;
+        let mut clients = Vec::new();
+        for _ in 0..o.connections {
+            let c = MllpClient::connect(bridge.mllp.as_str(), None, Duration::from_secs(5))
+                .await
+                .expect("MLLP connects");
+            clients.push(Arc::new(Mutex::new(c)));
+        }
+        let clients = Arc::new(clients);
+        let phase_name: &'static str = if mode == "after_store" {
+            "ORU→ACK after_store"
+        } else {
+            "ORU→ACK after_submit"
+        };
+        let phase = drive(phase_name, o.connections, o.seconds, {
+            let clients = clients.clone();
+            move |worker, n| {
+                let client = clients[worker].clone();
+                let appointment = format!(
+                    "B{:07}",
+                    (worker as u64 * 7_919 + n * 104_729) % APPOINTMENTS as u64
+                );
+                let message = oru(&format!("{mode}-{worker:03}-{n:07}"), &appointment);
+                async move {
+                    let mut client = client.lock().await;
+                    match client.call(&message, Duration::from_secs(60)).await {
+                        Ok(ack) => ack.windows(7).any(|w| w == b"\rMSA|AA"),
+                        Err(_) => false,
+                    }
+                }
+            }
+        })
+        .await;
+        phase.print();
+        println!(
+            "{:<22} bridge RSS {:.1} MiB now, {:.1} MiB peak",
+            "",
+            memory_mib(bridge.pid, "VmRSS"),
+            memory_mib(bridge.pid, "VmHWM")
+        );
+        if mode == "after_store" {
+            // How long the worker takes to hand the stored results to QUBS.
+            let t = Instant::now();
+            let pending = "qubs_bridge_outbox_results{state=\"pending\"}";
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match metric(&bridge, pending).await {
+                    Some(p) if p == 0.0 && t.elapsed() > Duration::from_secs(3) => break,
+                    _ if t.elapsed() > Duration::from_secs(600) => {
+                        println!("outbox did not drain within 10 minutes");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let submitted = metric(&bridge, "qubs_bridge_outbox_results{state=\"submitted\"}")
+                .await
+                .unwrap_or(0.0);
+            println!(
+                "{:<22} outbox drained: {submitted:.0} reports in QUBS {:.1} s after the phase ended",
+                "",
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! What the load drivers share: the simulator and the bridge as child processes (so the
+//! bridge's memory is measured on its own), memory readings, and a timed call loop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_qubs-bridge");
+pub const TOKEN: &str = "load-driver-token";
+pub const SECRET: &str = "load-driver-secret";
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads stdout lines until one contains `marker`.
+pub fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("process ended before printing {marker:?}: {lines:?}");
+        }
+        let done = line.contains(marker);
+        lines.push(line.trim().to_string());
+        if done {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in reader.lines() {});
+            return lines;
+        }
+    }
+}
+
+pub fn last_word(lines: &[String], marker: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l.contains(marker))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no {marker:?} in {lines:?}"))
+        .to_string()
+}
+
+/// VmRSS or VmHWM of a process, in MiB.
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+pub struct Phase {
+    pub name: &'static str,
+    pub requests: usize,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Phase {
+    pub fn print(&self) {
+        println!(
+            "{:<22} {:>9} req {:>10.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
+            self.name,
+            self.requests,
+            self.requests as f64 / self.elapsed.as_secs_f64(),
+            percentile(&self.latencies, 0.50),
+            percentile(&self.latencies, 0.99),
+            self.errors
+        );
+    }
+}
+
+/// Runs `call` from `concurrency` tasks for `seconds`, timing every call.
+pub async fn drive<F, Fut>(name: &'static str, concurrency: usize, seconds: u64, call: F) -> Phase
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let call = call.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(16_384);
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let t = Instant::now();
+                if !call(worker, n).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                latencies.push(t.elapsed());
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("worker"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Phase {
+        name,
+        requests: latencies.len(),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    }
+}
+
+/// `qubs-bridge simulator` with generated appointments, as a child process.
+pub struct SimulatorProcess {
+    _proc: Proc,
+    pub base_url: String,
+    pub token_url: String,
+}
+
+pub fn start_simulator(appointments: u32) -> SimulatorProcess {
+    let mut sim = Command::new(BIN)
+        .args([
+            "simulator",
+            "--port",
+            "0",
+            "--appointments",
+            &appointments.to_string(),
+        ])
+        .env("QUBS_SIMULATOR_CLIENT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("simulator starts");
+    let lines = read_until(&mut sim, "token URL");
+    SimulatorProcess {
+        _proc: Proc(sim),
+        base_url: last_word(&lines, "base URL"),
+        token_url: last_word(&lines, "token URL"),
+    }
+}
+
+/// `qubs-bridge serve` against a simulator, as a child process, ready to serve.
+pub struct BridgeProcess {
+    _proc: Proc,
+    pub pid: u32,
+    /// `http://host:port` of the gRPC API.
+    pub grpc: String,
+    /// The admin endpoint's `/readyz` URL.
+    pub readyz: String,
+    /// The MLLP listener's address.
+    pub mllp: String,
+}
+
+impl BridgeProcess {
+    /// The admin endpoint's base URL.
+    pub fn admin(&self) -> String {
+        self.readyz.trim_end_matches("/readyz").to_string()
+    }
+}
+
+/// Starts the bridge with its outbox in `dir`; `env` adds `QUBS_BRIDGE__…` overrides.
+pub async fn start_bridge(
+    sim: &SimulatorProcess,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> BridgeProcess {
+    let config = dir.join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[qubs]
+base_url = "{base_url}"
+token_url = "{token_url}"
+client_id = "qubs-bridge-demo"
+domains = ["acme"]
+page_size = 500
+
+[server]
+admin_listen = "127.0.0.1:0"
+grpc_listen = "127.0.0.1:0"
+qubs_probe_interval_secs = 3600
+
+[[grpc.clients]]
+name = "load-driver"
+token_sha256 = "{token}"
+domains = ["acme"]
+
+[results]
+outbox_path = "{outbox}"
+
+[mllp]
+listen = "127.0.0.1:0"
+
+[telemetry]
+log_filter = "warn"
+"#,
+            base_url = sim.base_url,
+            token_url = sim.token_url,
+            token = qubs_bridge::grpc::auth::hash_token(TOKEN),
+            outbox = dir.join("outbox.db").display(),
+        ),
+    )
+    .expect("config written");
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("QUBS_BRIDGE__QUBS__CLIENT_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut bridge = command.spawn().expect("bridge starts");
+    let lines = read_until(&mut bridge, "admin endpoint");
+    let pid = bridge.id();
+    let process = BridgeProcess {
+        _proc: Proc(bridge),
+        pid,
+        grpc: format!("http://{}", last_word(&lines, "gRPC API on")),
+        readyz: last_word(&lines, "admin endpoint"),
+        mllp: last_word(&lines, "MLLP listener"),
+    };
+    let started = Instant::now();
+    while reqwest::get(&process.readyz)
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "bridge never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    process
+}
+
+/// A metric's value from the admin endpoint's `/metrics` (first series whose line starts
+/// with `series`).
+pub async fn metric(bridge: &BridgeProcess, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", bridge.admin()))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
