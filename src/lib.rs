@@ -39,9 +39,9 @@
 //! 9. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!    never patient data, report text or secrets.
 //! 10. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
-//!    rules, idempotency, fault injection, request log, demo data). Only the CLI
-//!    (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
-//!    exactly as it reaches QUBS.
+//!     rules, idempotency, fault injection, request log, demo data). Only the CLI
+//!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
+//!     exactly as it reaches QUBS.
 //! 11. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
 //!
 //! Imports run from the edges (CLI, service, admin) to the ports (QUBS client) and the core
