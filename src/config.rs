@@ -640,19 +640,21 @@ mod tests {
 
     #[test]
     fn env_overrides_nested_keys_and_lists() {
-        let s = Settings::load_with_env(
-            None,
-            env(&[
-                (
-                    "QUBS_BRIDGE__QUBS__BASE_URL",
-                    "https://qubs.test/integrations/v1/",
-                ),
-                ("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "s3cret"),
-                ("QUBS_BRIDGE__QUBS__DOMAINS", "acme,globex"),
-                ("QUBS_BRIDGE__QUBS__PAGE_SIZE", "250"),
-            ]),
-        )
-        .unwrap();
+        let vars = [
+            (
+                "QUBS_BRIDGE__QUBS__BASE_URL",
+                "https://qubs.test/integrations/v1/",
+            ),
+            ("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "s3cret"),
+            ("QUBS_BRIDGE__QUBS__DOMAINS", "acme,globex"),
+            ("QUBS_BRIDGE__QUBS__PAGE_SIZE", "250"),
+        ];
+        // Several domains: MLLP results must say which one they belong to.
+        let e = Settings::load_with_env(None, env(&vars)).unwrap_err();
+        assert!(e.to_string().contains("`mllp.domain`"), "{e}");
+        let with_domain = [vars.as_slice(), &[("QUBS_BRIDGE__MLLP__DOMAIN", "globex")]].concat();
+        let s = Settings::load_with_env(None, env(&with_domain)).unwrap();
+        assert_eq!(s.mllp.domain.as_deref(), Some("globex"));
         assert_eq!(s.qubs.base_url(), "https://qubs.test/integrations/v1");
         assert_eq!(s.qubs.domains, vec!["acme", "globex"]);
         assert_eq!(s.qubs.page_size, 250);
