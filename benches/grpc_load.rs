@@ -15,6 +15,7 @@
 //! ```text
 //! cargo bench --bench grpc_load                       # 100,000 appointments, 64 calls, 10 s
 //! cargo bench --bench grpc_load -- --appointments 20000 --concurrency 32 --seconds 5
+//! cargo bench --bench grpc_load -- --ack-mode after_store   # SubmitOru answered once stored
 //! ```
 
 mod support;
@@ -29,36 +30,23 @@ use qubs_bridge::grpc::pb::{
 };
 use tonic::transport::Channel;
 
-use support::{TOKEN, drive, memory_mib, start_bridge, start_simulator};
+use support::{TOKEN, arg, drive, memory_mib, start_bridge, start_simulator};
 
 struct Options {
     appointments: u32,
     concurrency: usize,
     seconds: u64,
+    /// `results.ack_mode` of the bridge: `after_submit` (default) or `after_store`.
+    ack_mode: String,
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        appointments: 100_000,
-        concurrency: 64,
-        seconds: 10,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < args.len() {
-        let value = args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
-        match (args[i].as_str(), value) {
-            ("--appointments", Some(v)) => o.appointments = v as u32,
-            ("--concurrency", Some(v)) => o.concurrency = v as usize,
-            ("--seconds", Some(v)) => o.seconds = v,
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    Options {
+        appointments: arg("--appointments", 100_000),
+        concurrency: arg("--concurrency", 64),
+        seconds: arg("--seconds", 10),
+        ack_mode: arg("--ack-mode", "after_submit".to_string()),
     }
-    o
 }
 
 fn authed<T>(message: T) -> tonic::Request<T> {
@@ -84,16 +72,22 @@ fn oru(control_id: &str, appointment: &str) -> Vec<u8> {
 async fn main() {
     let o = options();
     println!(
-        "qubs-bridge gRPC load driver: {} appointments, {} concurrent calls, {} s per phase, {} cores",
+        "qubs-bridge gRPC load driver: {} appointments, {} concurrent calls, {} s per phase, ack mode {}, {} cores",
         o.appointments,
         o.concurrency,
         o.seconds,
+        o.ack_mode,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
     let sim = start_simulator(o.appointments);
     let dir = tempfile::tempdir().expect("temp dir");
-    let bridge = start_bridge(&sim, dir.path(), &[]).await;
+    let bridge = start_bridge(
+        &sim,
+        dir.path(),
+        &[("QUBS_BRIDGE__RESULTS__ACK_MODE", o.ack_mode.as_str())],
+    )
+    .await;
     let bridge_pid = bridge.pid;
     let grpc = bridge.grpc.clone();
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;

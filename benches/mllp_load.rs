@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qubs_bridge::mllp::MllpClient;
-use support::{drive, memory_mib, metric, start_bridge, start_simulator};
+use support::{arg, drive, memory_mib, metric, start_bridge, start_simulator};
 use tokio::sync::Mutex;
 
 const APPOINTMENTS: u32 = 20_000;
@@ -28,20 +28,10 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        connections: 64,
-        seconds: 10,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    for pair in args.windows(2) {
-        let value = pair[1].parse::<u64>().ok();
-        match (pair[0].as_str(), value) {
-            ("--connections", Some(v)) => o.connections = v as usize,
-            ("--seconds", Some(v)) => o.seconds = v,
-            _ => {}
-        }
+    Options {
+        connections: arg("--connections", 64),
+        seconds: arg("--seconds", 10),
     }
-    o
 }
 
 fn oru(control_id: &str, appointment: &str) -> Vec<u8> {

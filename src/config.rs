@@ -435,11 +435,11 @@ impl Settings {
                 "must not be less than results.retry_initial_ms",
             ));
         }
-        if !(60..=MAX_RETRY_HORIZON_SECS).contains(&r.retry_horizon_secs) {
+        if !(1..=MAX_RETRY_HORIZON_SECS).contains(&r.retry_horizon_secs) {
             return Err(invalid(
                 "results.retry_horizon_secs",
                 format!(
-                    "must be between 60 and {MAX_RETRY_HORIZON_SECS} (QUBS keeps idempotency keys 24 h; a later retry could store a second report), got {}",
+                    "must be between 1 and {MAX_RETRY_HORIZON_SECS} (QUBS keeps idempotency keys 24 h; a later retry could store a second report), got {}",
                     r.retry_horizon_secs
                 ),
             ));

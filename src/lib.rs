@@ -65,3 +65,4 @@ pub mod service;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;
+pub mod tls;

@@ -385,3 +385,57 @@ async fn a_base64_pdf_in_obx_becomes_a_report_attachment() {
         Some("OBX^2^5")
     );
 }
+
+#[tokio::test]
+async fn past_the_retry_horizon_a_result_becomes_a_dead_letter() {
+    let mut env = FAST_RETRY.to_vec();
+    env.push(("QUBS_BRIDGE__RESULTS__RETRY_HORIZON_SECS", "1"));
+    env.push(("QUBS_BRIDGE__RESULTS__ACK_WAIT_SECS", "10"));
+    let bridge = start_bridge(with_pending(1), &env).await;
+    bridge.sim.add_fault(
+        FaultRule::new(Fault::Status {
+            status: 503,
+            retry_after: None,
+        })
+        .method("POST")
+        .path("/report"),
+    );
+    let mut client = ResultServiceClient::new(bridge.channel().await);
+    let answer = send(&mut client, &oru("H1", "A0001", "F")).await;
+    assert_eq!(answer.ack_code, "AE");
+    assert_eq!(answer.error.as_ref().unwrap().code, "qubs_unavailable");
+    let err = segment(&answer.ack, "ERR");
+    assert!(err.starts_with("ERR||OBR^1^2|207^Application internal error^HL70357|E||||QUBS did not take the report within the retry horizon (1 s,"), "{err}");
+    assert_eq!(answer.reports[0].state, "dead");
+}
+
+#[tokio::test]
+async fn several_order_groups_give_one_report_per_appointment() {
+    let bridge = start_bridge(with_pending(2), &[]).await;
+    let two = [
+        oru("G2", "A0001", "F"),
+        "ORC|RE|A0002".to_string(),
+        "OBR|2|A0002||XR^XR Chest|||20261127090000|||||||||||||||202611270930|||F".to_string(),
+        "OBX|1|TX|||IMPRESSION: Clear lungs.||||||F".to_string(),
+        "ORC|RE|A0001".to_string(),
+        "OBR|3|A0001||CT^CT Head addendum|||20261127090000|||||||||||||||202611270930|||F"
+            .to_string(),
+        "OBX|1|TX|||ADDENDUM: No change.||||||F".to_string(),
+    ]
+    .join("\r");
+    let mut client = ResultServiceClient::new(bridge.channel().await);
+    let answer = send(&mut client, &two).await;
+    assert_eq!(answer.ack_code, "AA", "{:?}", answer.error);
+    let mut appointments: Vec<_> = answer
+        .reports
+        .iter()
+        .map(|r| r.appointment_id.clone())
+        .collect();
+    appointments.sort();
+    assert_eq!(appointments, ["A0001", "A0002"]);
+    assert_eq!(bridge.sim.submissions("acme").len(), 2);
+    assert_eq!(
+        bridge.sim.report("acme", "A0001").unwrap().report_text,
+        "IMPRESSION: Normal study.\n\nADDENDUM: No change."
+    );
+}

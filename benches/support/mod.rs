@@ -282,3 +282,12 @@ pub async fn metric(bridge: &BridgeProcess, series: &str) -> Option<f64> {
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
 }
+
+/// The value after `--name` on the command line, parsed; `default` when absent or invalid.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}

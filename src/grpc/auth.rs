@@ -98,7 +98,7 @@ impl Authenticator {
         if let Some(certs) = request.peer_certs()
             && let Some(leaf) = certs.first()
         {
-            let cn = common_name(leaf.as_ref()).ok_or_else(|| {
+            let cn = crate::tls::certificate_common_name(leaf.as_ref()).ok_or_else(|| {
                 Status::unauthenticated("the client certificate has no Common Name")
             })?;
             return self.by_cn.get(&cn).cloned().ok_or_else(|| {
@@ -144,15 +144,6 @@ pub fn hash_token(token: &str) -> String {
 /// A new random bearer token (256 bits, URL-safe base64).
 pub fn new_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-}
-
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -323,7 +323,7 @@ async fn connection<H: Handler>(
         .1
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .and_then(|leaf| common_name(leaf));
+        .and_then(|leaf| crate::tls::certificate_common_name(leaf));
     serve_connection(tls, peer, id, cn, &shared).await
 }
 
@@ -659,13 +659,4 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> 
         return Err(err(&"no PEM certificate found"));
     }
     Ok(certs)
-}
-
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
 }
