@@ -84,8 +84,9 @@ impl SiteCache {
 pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let workers = results.settings.workers.max(1);
     let cache = Arc::new(SiteCache::default());
-    let mut running: JoinSet<i64> = JoinSet::new();
-    let mut busy: Vec<i64> = Vec::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // Outbox ids being submitted, by task: a finished (or panicked) task frees its id.
+    let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(60);
     loop {
         if last_stats.elapsed() >= Duration::from_secs(2) {
@@ -96,30 +97,36 @@ pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: Cancell
         }
         let free = workers.saturating_sub(busy.len());
         if free > 0 && !shutdown.is_cancelled() {
-            match results.outbox.due(free, busy.clone()).await {
+            match results
+                .outbox
+                .due(free, busy.values().copied().collect())
+                .await
+            {
                 Ok(due) => {
                     for d in due {
-                        busy.push(d.entry.id);
+                        let id = d.entry.id;
                         let (results, metrics, cache) =
                             (results.clone(), metrics.clone(), cache.clone());
-                        running.spawn(async move {
-                            let id = d.entry.id;
+                        let task = running.spawn(async move {
                             attempt(&results, &metrics, &cache, d).await;
-                            id
                         });
+                        busy.insert(task.id(), id);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "outbox unavailable to the worker"),
             }
         }
         tokio::select! {
-            Some(done) = running.join_next() => {
-                if let Ok(id) = done {
-                    busy.retain(|b| *b != id);
-                } else {
-                    // A panicked attempt: forget every finished id; the rest stay busy.
-                    busy.clear();
-                }
+            Some(done) = running.join_next_with_id() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    Err(e) => {
+                        // The report stays pending and is tried again with the same key.
+                        tracing::error!(error = %e, "a submission attempt failed unexpectedly");
+                        e.id()
+                    }
+                };
+                busy.remove(&task);
             }
             _ = results.outbox.wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
