@@ -16,6 +16,7 @@
 //! cargo bench --bench grpc_load                       # 100,000 appointments, 64 calls, 10 s
 //! cargo bench --bench grpc_load -- --appointments 20000 --concurrency 32 --seconds 5
 //! cargo bench --bench grpc_load -- --ack-mode after_store   # SubmitOru answered once stored
+//! cargo bench --bench grpc_load -- --connections 4          # SubmitOru over 4 HTTP/2 connections
 //! ```
 
 mod support;
@@ -38,6 +39,8 @@ struct Options {
     seconds: u64,
     /// `results.ack_mode` of the bridge: `after_submit` (default) or `after_store`.
     ack_mode: String,
+    /// HTTP/2 connections the calls are spread over (default 1).
+    connections: usize,
 }
 
 fn options() -> Options {
@@ -46,6 +49,7 @@ fn options() -> Options {
         concurrency: arg("--concurrency", 64),
         seconds: arg("--seconds", 10),
         ack_mode: arg("--ack-mode", "after_submit".to_string()),
+        connections: arg("--connections", 1usize).max(1),
     }
 }
 
@@ -72,11 +76,12 @@ fn oru(control_id: &str, appointment: &str) -> Vec<u8> {
 async fn main() {
     let o = options();
     println!(
-        "qubs-bridge gRPC load driver: {} appointments, {} concurrent calls, {} s per phase, ack mode {}, {} cores",
+        "qubs-bridge gRPC load driver: {} appointments, {} concurrent calls, {} s per phase, ack mode {}, SubmitOru over {} connection(s), {} cores",
         o.appointments,
         o.concurrency,
         o.seconds,
         o.ack_mode,
+        o.connections,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
@@ -154,10 +159,20 @@ async fn main() {
     .await;
     get.print();
 
+    let mut channels = vec![channel.clone()];
+    for _ in 1..o.connections {
+        channels.push(
+            Channel::from_shared(bridge.grpc.clone())
+                .unwrap()
+                .connect()
+                .await
+                .expect("gRPC connects"),
+        );
+    }
     let submit = drive("SubmitOru", o.concurrency, o.seconds, {
-        let channel = channel.clone();
+        let channels = channels.clone();
         move |worker, n| {
-            let mut client = ResultServiceClient::new(channel.clone());
+            let mut client = ResultServiceClient::new(channels[worker % channels.len()].clone());
             let id = format!("B{:07}", (worker as u64 * 6151 + n * 7_919) % ids);
             let message = oru(&format!("L{worker:03}N{n:07}"), &id);
             async move {

@@ -118,9 +118,12 @@ async fn main() {
                     _ => {}
                 }
             }
-            let submitted = metric(&bridge, "qubs_bridge_outbox_results{state=\"submitted\"}")
-                .await
-                .unwrap_or(0.0);
+            let submitted = metric(
+                &bridge,
+                "qubs_bridge_outbox_attempts_total{outcome=\"submitted\"}",
+            )
+            .await
+            .unwrap_or(0.0);
             println!(
                 "{:<22} outbox drained: {submitted:.0} reports in QUBS {:.1} s after the phase ended",
                 "",

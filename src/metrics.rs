@@ -96,7 +96,7 @@ impl Metrics {
         let outbox_attempt_seconds = latency_histogram();
         registry.register(
             "outbox_results",
-            "Results in the durable outbox by state (pending = depth)",
+            "Results in the durable outbox: pending (the depth) and dead; submitted ones are counted by outbox_attempts",
             outbox_results.clone(),
         );
         registry.register(
@@ -177,10 +177,11 @@ impl Metrics {
     /// Publishes the outbox's counts.
     pub fn outbox_stats(&self, stats: &crate::outbox::Stats, now_ms: i64) {
         for (state, n) in [
-            ("pending", stats.pending),
+            ("pending", Some(stats.pending)),
             ("submitted", stats.submitted),
-            ("dead", stats.dead),
+            ("dead", Some(stats.dead)),
         ] {
+            let Some(n) = n else { continue };
             self.outbox_results
                 .get_or_create(&StateLabels {
                     state: state.into(),

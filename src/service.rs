@@ -65,7 +65,7 @@ pub async fn start(
     };
     mappings.spawn_reloaders(settings.mappings.watch, shutdown.clone());
     let outbox = Outbox::open(&settings.results.outbox_path)?;
-    let stats = outbox.stats().await?;
+    let stats = outbox.stats(false).await?;
     tracing::info!(
         path = %settings.results.outbox_path.display(),
         pending = stats.pending,

@@ -104,11 +104,11 @@ impl OutboxService for OutboxApi {
                     },
                 };
                 let entries = outbox.list(filter).await.map_err(storage)?;
-                let stats = outbox.stats().await.map_err(storage)?;
+                let stats = outbox.stats(true).await.map_err(storage)?;
                 Ok(Response::new(pb::ListOutboxResponse {
                     entries: entries.iter().map(entry).collect(),
                     pending: stats.pending,
-                    submitted: stats.submitted,
+                    submitted: stats.submitted.unwrap_or_default(),
                     dead: stats.dead,
                     oldest_pending_seconds: stats
                         .oldest_pending_received_at_ms

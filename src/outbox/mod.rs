@@ -227,7 +227,8 @@ pub struct EntryFilter {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub pending: u64,
-    pub submitted: u64,
+    /// Counted only when asked for: it grows until purged, and counting it is not free.
+    pub submitted: Option<u64>,
     pub dead: u64,
     pub oldest_pending_received_at_ms: Option<i64>,
 }
@@ -271,7 +272,7 @@ enum Command {
         domains: Vec<String>,
         reply: Reply<usize>,
     },
-    Stats(Reply<Stats>),
+    Stats(bool, Reply<Stats>),
 }
 
 /// The outbox handle; cheap to share behind an `Arc`.
@@ -427,8 +428,10 @@ impl Outbox {
         .await
     }
 
-    pub async fn stats(&self) -> Result<Stats, OutboxError> {
-        self.ask(Command::Stats).await
+    /// Counts by state; `with_submitted` also counts the settled history (slower).
+    pub async fn stats(&self, with_submitted: bool) -> Result<Stats, OutboxError> {
+        self.ask(|reply| Command::Stats(with_submitted, reply))
+            .await
     }
 
     /// Waits until result `id` settles, for at most `limit`. `None` when it has not.
@@ -545,7 +548,7 @@ fn run(tx: &rusqlite::Transaction, command: Command, now: i64) -> Answer {
             reply,
             savepoint(tx, |tx| store::purge(tx, state, older_than_ms, &domains)),
         ),
-        Command::Stats(reply) => answer(reply, store::stats(tx)),
+        Command::Stats(with_submitted, reply) => answer(reply, store::stats(tx, with_submitted)),
     }
 }
 
@@ -638,7 +641,7 @@ mod tests {
         // Give the writer thread a moment to close the database.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let outbox = Outbox::open(&path).unwrap();
-        let stats = outbox.stats().await.unwrap();
+        let stats = outbox.stats(true).await.unwrap();
         assert_eq!(stats.pending, 2);
         let due = outbox.due(10, vec![]).await.unwrap();
         assert_eq!(due.len(), 2);
@@ -708,7 +711,7 @@ mod tests {
             Admission::PreliminaryAfterFinal { index: 1, final_id }
         );
         // Nothing of the refused message was stored.
-        assert_eq!(outbox.stats().await.unwrap().pending, 1);
+        assert_eq!(outbox.stats(true).await.unwrap().pending, 1);
         // A final that died does not stand in the way.
         outbox
             .settle(
@@ -777,6 +780,12 @@ mod tests {
                 .unwrap(),
             1
         );
-        assert_eq!(outbox.stats().await.unwrap(), Stats::default());
+        assert_eq!(
+            outbox.stats(true).await.unwrap(),
+            Stats {
+                submitted: Some(0),
+                ..Stats::default()
+            }
+        );
     }
 }

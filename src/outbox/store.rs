@@ -374,7 +374,7 @@ pub(super) fn purge(
     Ok(n)
 }
 
-pub(super) fn stats(tx: &Transaction) -> rusqlite::Result<Stats> {
+pub(super) fn stats(tx: &Transaction, with_submitted: bool) -> rusqlite::Result<Stats> {
     let count = |state: &str| -> rusqlite::Result<u64> {
         tx.query_row(
             "SELECT COUNT(*) FROM results WHERE state = ?1",
@@ -393,7 +393,11 @@ pub(super) fn stats(tx: &Transaction) -> rusqlite::Result<Stats> {
         .optional()?;
     Ok(Stats {
         pending: count("pending")?,
-        submitted: count("submitted")?,
+        submitted: if with_submitted {
+            Some(count("submitted")?)
+        } else {
+            None
+        },
         dead: count("dead")?,
         oldest_pending_received_at_ms: oldest,
     })

@@ -90,7 +90,7 @@ pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: Cancell
     let mut last_stats = Instant::now() - Duration::from_secs(60);
     loop {
         if last_stats.elapsed() >= Duration::from_secs(2) {
-            if let Ok(stats) = results.outbox.stats().await {
+            if let Ok(stats) = results.outbox.stats(false).await {
                 metrics.outbox_stats(&stats, now_ms());
             }
             last_stats = Instant::now();
