@@ -59,7 +59,7 @@ pub struct Metrics {
     /// 1 while the loaded mapping set is the last good one but a newer edit failed to load.
     pub mapping_reload_failing: Gauge,
     pub unmapped_values: Family<TableLabels, Counter>,
-    /// Outbox results by state (pending, submitted, dead).
+    /// Outbox results by state: pending (the depth) and dead.
     pub outbox_results: Family<StateLabels, Gauge>,
     pub outbox_oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Submission attempts by outcome: submitted, retry, dead.
@@ -188,10 +188,8 @@ impl Metrics {
                 })
                 .set(n as i64);
         }
-        let age = stats
-            .oldest_pending_received_at_ms
-            .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
-        self.outbox_oldest_pending_seconds.set(age);
+        self.outbox_oldest_pending_seconds
+            .set(stats.oldest_pending_age_secs(now_ms));
     }
 
     /// Records one submission attempt.

@@ -110,9 +110,7 @@ impl OutboxService for OutboxApi {
                     pending: stats.pending,
                     submitted: stats.submitted.unwrap_or_default(),
                     dead: stats.dead,
-                    oldest_pending_seconds: stats
-                        .oldest_pending_received_at_ms
-                        .map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0),
+                    oldest_pending_seconds: stats.oldest_pending_age_secs(now_ms()),
                 }))
             })
             .await

@@ -233,6 +233,14 @@ pub struct Stats {
     pub oldest_pending_received_at_ms: Option<i64>,
 }
 
+impl Stats {
+    /// How long the oldest pending result has waited at `now_ms`; 0 when none waits.
+    pub fn oldest_pending_age_secs(&self, now_ms: i64) -> f64 {
+        self.oldest_pending_received_at_ms
+            .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox database {path}: {reason}")]
@@ -282,7 +290,6 @@ pub struct Outbox {
     pub(crate) wake: Notify,
     /// Callers waiting for a result to settle (ack mode `after_submit`), by result id.
     waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<Settled>>>>,
-    path: PathBuf,
 }
 
 pub fn now_ms() -> i64 {
@@ -322,12 +329,7 @@ impl Outbox {
             commands: tx,
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
-            path: path.to_path_buf(),
         }))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, OutboxError> {
@@ -447,6 +449,8 @@ impl Outbox {
         if let Ok(Some(entry)) = self.entry(id).await
             && let Some(settled) = entry.settled()
         {
+            // Close this waiter first, so that it is among those forgotten.
+            drop(rx);
             self.forget_waiters(id);
             return Some(settled);
         }
@@ -757,7 +761,13 @@ mod tests {
             qubs_request_id: Some("req-1".into()),
         };
         outbox.settle(id, dead.clone()).await.unwrap();
-        assert_eq!(waiter.await.unwrap(), Some(dead));
+        assert_eq!(waiter.await.unwrap(), Some(dead.clone()));
+        // Waiting on a settled result answers at once and leaves no waiter behind.
+        assert_eq!(
+            outbox.wait_settled(id, Duration::from_secs(5)).await,
+            Some(dead)
+        );
+        assert!(outbox.waiters.lock().unwrap().is_empty());
         let listed = outbox
             .list(EntryFilter {
                 state: Some(State::Dead),

@@ -313,14 +313,7 @@ pub(super) fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<En
         args.push(state.as_str().to_string().into());
         sql.push_str(&format!(" AND r.state = ?{}", args.len()));
     }
-    if !f.domains.is_empty() {
-        let mut marks = Vec::new();
-        for d in &f.domains {
-            args.push(d.clone().into());
-            marks.push(format!("?{}", args.len()));
-        }
-        sql.push_str(&format!(" AND r.domain IN ({})", marks.join(", ")));
-    }
+    domain_filter(&mut sql, &mut args, "r.domain", &f.domains);
     if let Some(a) = &f.appointment_id {
         args.push(a.clone().into());
         sql.push_str(&format!(" AND r.appointment_id = ?{}", args.len()));
@@ -357,14 +350,7 @@ pub(super) fn purge(
     let mut sql = String::from("DELETE FROM results WHERE state = ?1 AND updated_at < ?2");
     let mut args: Vec<rusqlite::types::Value> =
         vec![state.as_str().to_string().into(), older_than.into()];
-    if !domains.is_empty() {
-        let mut marks = Vec::new();
-        for d in domains {
-            args.push(d.clone().into());
-            marks.push(format!("?{}", args.len()));
-        }
-        sql.push_str(&format!(" AND domain IN ({})", marks.join(", ")));
-    }
+    domain_filter(&mut sql, &mut args, "domain", domains);
     let n = tx.execute(&sql, rusqlite::params_from_iter(args))?;
     tx.execute(
         "DELETE FROM messages WHERE NOT EXISTS
@@ -372,6 +358,24 @@ pub(super) fn purge(
         [],
     )?;
     Ok(n)
+}
+
+/// Adds ` AND <column> IN (...)` over `domains` (nothing when empty: every domain).
+fn domain_filter(
+    sql: &mut String,
+    args: &mut Vec<rusqlite::types::Value>,
+    column: &str,
+    domains: &[String],
+) {
+    if domains.is_empty() {
+        return;
+    }
+    let mut marks = Vec::with_capacity(domains.len());
+    for d in domains {
+        args.push(d.clone().into());
+        marks.push(format!("?{}", args.len()));
+    }
+    sql.push_str(&format!(" AND {column} IN ({})", marks.join(", ")));
 }
 
 pub(super) fn stats(tx: &Transaction, with_submitted: bool) -> rusqlite::Result<Stats> {

@@ -111,13 +111,6 @@ pub struct OruOutcome {
     pub application_ack_for: Option<Vec<i64>>,
 }
 
-impl OruOutcome {
-    /// MSH-10 of the message, when readable.
-    pub fn control_id(&self) -> Option<&str> {
-        self.header.control_id.as_deref()
-    }
-}
-
 /// Turns results into QUBS reports, through the outbox.
 pub struct Results {
     pub client: qubs::Client,
@@ -138,6 +131,12 @@ fn refusal(ack_code: AckCode, code: ErrorCode, kind: &'static str, text: String)
         kind,
         qubs_request_id: None,
     }
+}
+
+/// The site intake maps with: local times are read as UTC there, since the appointment's
+/// site is not known yet; the worker maps again in the site's time zone before submitting.
+fn utc_site() -> Value {
+    json!({"siteName": "", "timeZone": "UTC"})
 }
 
 fn storage_refusal(e: &crate::outbox::OutboxError) -> Refusal {
@@ -220,7 +219,7 @@ impl Results {
                 }
             }
             Ok(ids) if enhanced => {
-                let accepted = self.snapshot(&ids).await;
+                let accepted = self.snapshot(&ids).await.iter().map(accepted).collect();
                 let ack = self.build_ack(&header, AckCode::CA, accepted, None);
                 // Whether the application ACK is wanted depends on the outcome; decided
                 // when it is known.
@@ -239,8 +238,9 @@ impl Results {
             Ok(ids) => {
                 let ack = match self.settings.ack_mode {
                     AckMode::AfterStore => {
-                        let accepted = self.snapshot(&ids).await;
-                        match dead_refusal(&accepted, &self.outbox, &ids).await {
+                        let entries = self.snapshot(&ids).await;
+                        let accepted = entries.iter().map(accepted).collect();
+                        match dead_refusal(&entries) {
                             Some(r) => self.build_ack(&header, AckCode::AE, accepted, Some(r)),
                             None => self.build_ack(&header, AckCode::AA, accepted, None),
                         }
@@ -278,15 +278,10 @@ impl Results {
     /// AA when every report is submitted; AE with the first dead report's reason; AE 207
     /// "not confirmed yet" when some are still pending after `wait`.
     async fn settled_ack(&self, header: &IncomingHeader, ids: &[i64], wait: Duration) -> OruAck {
-        let deadline = Instant::now() + wait;
-        for id in ids {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.outbox.wait_settled(*id, left).await.is_none() {
-                break;
-            }
-        }
-        let accepted = self.snapshot(ids).await;
-        if let Some(r) = dead_refusal(&accepted, &self.outbox, ids).await {
+        self.wait_settled(ids, wait).await;
+        let entries = self.snapshot(ids).await;
+        let accepted: Vec<Accepted> = entries.iter().map(accepted).collect();
+        if let Some(r) = dead_refusal(&entries) {
             return self.build_ack(header, AckCode::AE, accepted, Some(r));
         }
         if let Some(pending) = accepted.iter().find(|a| a.state == State::Pending) {
@@ -308,10 +303,21 @@ impl Results {
         self.build_ack(header, AckCode::AA, accepted, None)
     }
 
+    /// Waits until every report of `ids` has settled, for at most `wait` in all.
+    async fn wait_settled(&self, ids: &[i64], wait: Duration) {
+        let deadline = Instant::now() + wait;
+        for id in ids {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.outbox.wait_settled(*id, left).await.is_none() {
+                return;
+            }
+        }
+    }
+
     /// The current state of stored reports.
-    async fn snapshot(&self, ids: &[i64]) -> Vec<Accepted> {
+    async fn snapshot(&self, ids: &[i64]) -> Vec<Entry> {
         match self.outbox.entries(ids.to_vec()).await {
-            Ok(entries) => entries.iter().map(accepted).collect(),
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::error!(error = %e, "outbox read failed");
                 Vec::new()
@@ -350,10 +356,8 @@ impl Results {
             ));
         }
         let set = self.mappings.current();
-        // Times are read in UTC here; the worker maps again in the site's time zone.
-        let probe_site = json!({"siteName": "", "timeZone": "UTC"});
         let inbound = set
-            .map_oru(text, &self.context(domain, probe_site))
+            .map_oru(text, &self.context(domain, utc_site()))
             .map_err(|e| map_refusal(&e))?;
         let msh10 = header.control_id.clone().unwrap_or_default();
         let mut results = Vec::with_capacity(inbound.submissions.len());
@@ -446,9 +450,8 @@ impl Results {
             )
         })?;
         let set = self.mappings.current();
-        let probe_site = json!({"siteName": "", "timeZone": "UTC"});
         let inbound = set
-            .map_diagnostic_report(&value, &self.context(domain, probe_site))
+            .map_diagnostic_report(&value, &self.context(domain, utc_site()))
             .map_err(|e| map_refusal(&e))?;
         let source_id = value
             .get("id")
@@ -519,18 +522,12 @@ impl Results {
     /// (`after_submit`, waiting at most `ack_wait_secs`); a dead report is an error.
     async fn answer(&self, ids: &[i64]) -> Result<Vec<Accepted>, Refusal> {
         if self.settings.ack_mode == AckMode::AfterSubmit {
-            let deadline = Instant::now() + self.settings.ack_wait();
-            for id in ids {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if self.outbox.wait_settled(*id, left).await.is_none() {
-                    break;
-                }
-            }
+            self.wait_settled(ids, self.settings.ack_wait()).await;
         }
-        let accepted = self.snapshot(ids).await;
-        match dead_refusal(&accepted, &self.outbox, ids).await {
+        let entries = self.snapshot(ids).await;
+        match dead_refusal(&entries) {
             Some(r) => Err(r),
-            None => Ok(accepted),
+            None => Ok(entries.iter().map(accepted).collect()),
         }
     }
 }
@@ -544,12 +541,8 @@ fn accepted(e: &Entry) -> Accepted {
     }
 }
 
-/// The refusal a dead report stands for, if any report of `ids` is dead.
-async fn dead_refusal(accepted: &[Accepted], outbox: &Outbox, ids: &[i64]) -> Option<Refusal> {
-    if !accepted.iter().any(|a| a.state == State::Dead) {
-        return None;
-    }
-    let entries = outbox.entries(ids.to_vec()).await.ok()?;
+/// The refusal the first dead report among `entries` stands for, if one is dead.
+fn dead_refusal(entries: &[Entry]) -> Option<Refusal> {
     let entry = entries.iter().find(|e| e.state == State::Dead)?;
     let Some(Settled::Dead {
         kind,

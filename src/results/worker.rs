@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -361,14 +361,10 @@ async fn upload(results: &Results, due: &Due) -> Result<(), Step> {
     let files: Vec<ReportAttachmentFile> = due
         .attachments
         .iter()
-        .map(|a| {
-            serde_json::from_value(json!({
-                "fileName": a.file_name,
-                "contentType": a.content_type,
-                "sizeBytes": a.content.len(),
-                "category": "Report",
-            }))
-            .expect("attachment file fields")
+        .map(|a| ReportAttachmentFile {
+            file_name: a.file_name.clone(),
+            content_type: a.content_type.clone(),
+            size_bytes: a.content.len() as u64,
         })
         .collect();
     let key = Uuid::new_v5(
