@@ -2,64 +2,13 @@
 
 mod common;
 
+use common::pki::Pki;
 use common::{GRPC_TOKEN, authed, start_bridge_with, with_pending};
-use qubs_bridge::config::{GrpcClient, TlsSettings};
+use qubs_bridge::config::GrpcClient;
 use qubs_bridge::grpc::pb::order_service_client::OrderServiceClient;
 use qubs_bridge::grpc::pb::{GetOrderRequest, OutputFormat};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-/// A CA, a server certificate for localhost/127.0.0.1, and client certificates.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "qubs-bridge test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Pki {
-            dir: tempfile::tempdir().unwrap(),
-            ca,
-        }
-    }
-
-    /// Writes a certificate signed by the CA; returns (cert PEM, key PEM).
-    fn issue(&self, cn: &str, names: &[&str]) -> (String, String) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn write(&self, name: &str, pem: &str) -> std::path::PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
-
-    fn server_tls(&self, mutual: bool) -> TlsSettings {
-        let (cert, key) = self.issue("qubs-bridge", &["localhost", "127.0.0.1"]);
-        TlsSettings {
-            cert_file: self.write("server.pem", &cert),
-            key_file: self.write("server.key", &key),
-            client_ca_file: mutual.then(|| self.write("ca.pem", &self.ca_pem())),
-        }
-    }
-}
 
 async fn tls_channel(
     addr: std::net::SocketAddr,

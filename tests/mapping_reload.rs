@@ -186,7 +186,12 @@ async fn a_mapping_set_broken_at_start_refuses_or_waits_not_serving() {
     let sim = qubs_bridge::simulator::Simulator::new();
     sim.add_client(common::CLIENT_ID, common::CLIENT_SECRET, &["acme"]);
     let running = sim.start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let settings = common::service_settings(&running, &[("QUBS_BRIDGE__MAPPINGS__DIR", &dir_str)]);
+    let outbox_dir = tempfile::tempdir().unwrap();
+    let settings = common::service_settings(
+        &running,
+        &[("QUBS_BRIDGE__MAPPINGS__DIR", &dir_str)],
+        outbox_dir.path(),
+    );
     let e = qubs_bridge::service::start(&settings, Default::default())
         .await
         .err()

@@ -1,18 +1,20 @@
 //! The MLLP transport over real sockets: framing edge cases, timeouts, limits, concurrency,
 //! late replies, TLS, shutdown, and logs without payloads.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::logs::Capture;
+use common::pki::Pki;
 use futures::StreamExt;
-use qubs_bridge::config::TlsSettings;
 use qubs_bridge::mllp::{
     ClientError, ClientTls, Connection, Handler, Inbound, MllpClient, MllpCodec, MllpMetrics,
     MllpServerSettings, ReplyError, TimeoutLabels,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -424,70 +426,17 @@ async fn recv_without_a_reply_times_out_and_the_client_sees_the_close() {
     assert!(matches!(c.recv(WAIT).await, Err(ClientError::Closed)));
 }
 
-/// A CA and the certificates it signs, written to a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "mllp test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-            ca,
-        };
-        pki.write("ca.pem", &pki.ca.pem());
-        pki
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, pem: &str) {
-        std::fs::write(self.path(name), pem).unwrap();
-    }
-
-    /// Writes `<name>.pem` and `<name>.key`.
-    fn issue(&self, name: &str, cn: &str, dns: &[&str]) {
-        let mut params =
-            CertificateParams::new(dns.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        self.write(&format!("{name}.pem"), &cert.pem());
-        self.write(&format!("{name}.key"), &key.serialize_pem());
-    }
-}
-
 #[tokio::test]
 async fn tls_round_trip_with_a_client_certificate() {
     let pki = Pki::new();
-    pki.issue("server", "qubs-bridge", &["localhost"]);
-    pki.issue("engine", "lab-engine", &[]);
     let server = start(MllpServerSettings {
-        tls: Some(TlsSettings {
-            cert_file: pki.path("server.pem"),
-            key_file: pki.path("server.key"),
-            client_ca_file: Some(pki.path("ca.pem")),
-        }),
+        tls: Some(pki.server_tls(true)),
         ..settings()
     })
     .await;
-    let engine = pki.path("engine.pem");
-    let engine_key = pki.path("engine.key");
-    let tls = ClientTls::from_pem_files(
-        &pki.path("ca.pem"),
-        Some((&engine, &engine_key)),
-        "localhost",
-    )
-    .unwrap();
+    let ca = pki.ca_file();
+    let (engine, engine_key) = pki.issue_files("engine", "lab-engine", &[]);
+    let tls = ClientTls::from_pem_files(&ca, Some((&engine, &engine_key)), "localhost").unwrap();
     let mut c = MllpClient::connect(server.addr, Some(&tls), WAIT)
         .await
         .unwrap();
@@ -496,7 +445,7 @@ async fn tls_round_trip_with_a_client_certificate() {
     assert_eq!(&c.call(msg, WAIT).await.unwrap()[..], &ack(msg)[..]);
 
     // No client certificate: refused (at the handshake or at the first exchange).
-    let anonymous = ClientTls::from_pem_files(&pki.path("ca.pem"), None, "localhost").unwrap();
+    let anonymous = ClientTls::from_pem_files(&ca, None, "localhost").unwrap();
     if let Ok(mut c) = MllpClient::connect(server.addr, Some(&anonymous), WAIT).await {
         assert!(c.call(b"CN", WAIT).await.is_err());
     }
@@ -565,31 +514,12 @@ async fn shutdown_lets_the_frame_in_hand_finish() {
     assert!(TcpStream::connect(server.addr).await.is_err());
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Everything runs on this thread (current-thread runtime), so a thread-local subscriber
 /// sees the server's logs.
 #[tokio::test]
 async fn logs_carry_sizes_and_counts_not_payloads() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(capture.subscriber("trace"));
 
     const PHI: &str = "Quincebottom^Philippa";
     let server = start(MllpServerSettings {
@@ -615,7 +545,7 @@ async fn logs_carry_sizes_and_counts_not_payloads() {
     })
     .await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("MLLP connection opened"), "{logs}");
     assert!(logs.contains("too large"), "{logs}");
     let garbage = format!("garbage_bytes={}", junk.len());

@@ -3,27 +3,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use common::logs::Capture;
 use futures::TryStreamExt;
 use qubs_bridge::domain::{ReportStatus, ReportSubmission};
 use qubs_bridge::qubs::Disposition;
 use qubs_bridge::simulator::{Fault, FaultRule, Simulator, demo_patient_names};
 use serde_json::{Value, json};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Every string value under the given keys, anywhere in `v`.
 fn strings_under(v: &Value, keys: &[&str], out: &mut Vec<String>) {
@@ -47,12 +33,7 @@ fn strings_under(v: &Value, keys: &[&str], out: &mut Vec<String>) {
 #[tokio::test]
 async fn a_full_demo_flow_logs_no_phi_and_no_secret() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    capture.subscriber("trace").init();
 
     let sim = Simulator::demo();
     // Malformed items carrying PHI in the wrong places: skipped, and reported without it.
@@ -144,7 +125,7 @@ async fn a_full_demo_flow_logs_no_phi_and_no_secret() {
     tracing::error!(error = %e, "report refused");
     tracing::debug!(?report, appointment = ?appointments[0], "debug output of PHI-bearing types");
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("QUBS answered"), "debug logs were captured");
     assert!(
         logs.contains("skipped a malformed"),

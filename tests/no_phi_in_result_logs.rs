@@ -3,28 +3,15 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::logs::Capture;
 use common::{GRPC_TOKEN, authed, pending, start_bridge};
 use qubs_bridge::grpc::pb::SubmitOruRequest;
 use qubs_bridge::grpc::pb::result_service_client::ResultServiceClient;
 use qubs_bridge::mllp::MllpClient;
 use qubs_bridge::simulator::{Fault, FaultRule, Simulator};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use tracing_subscriber::util::SubscriberInitExt;
 
 const PATIENT: &str = "Wilhelmina Thistlewood";
 const CLINICIAN: &str = "Ignatius Rookwood";
@@ -45,11 +32,8 @@ fn oru(control_id: &str, appointment: &str, status: &str, msh_tail: &str) -> Str
 #[tokio::test]
 async fn the_results_path_logs_no_phi() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace,h2=info,hyper=info,tower=info,rustls=info")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
+    capture
+        .subscriber("trace,h2=info,hyper=info,tower=info,rustls=info")
         .init();
 
     let sim = Simulator::new();
@@ -115,7 +99,7 @@ async fn the_results_path_logs_no_phi() {
         .into_inner();
     assert_eq!(answer.ack_code, "AA");
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("ORU^R01 accepted"),
         "result logs were captured"

@@ -88,6 +88,16 @@ fn report_posts(sim: &qubs_bridge::simulator::RunningSimulator, appointment: &st
         .count()
 }
 
+/// QUBS answers 503 to report submissions.
+fn report_posts_fail() -> FaultRule {
+    FaultRule::new(Fault::Status {
+        status: 503,
+        retry_after: None,
+    })
+    .method("POST")
+    .path("/report")
+}
+
 const FAST_RETRY: [(&str, &str); 2] = [
     ("QUBS_BRIDGE__RESULTS__RETRY_INITIAL_MS", "50"),
     ("QUBS_BRIDGE__RESULTS__RETRY_MAX_MS", "200"),
@@ -96,16 +106,9 @@ const FAST_RETRY: [(&str, &str); 2] = [
 #[tokio::test]
 async fn after_submit_waits_through_transient_failures_then_answers_aa() {
     let bridge = start_bridge(with_pending(1), &FAST_RETRY).await;
-    // Five 503s, then QUBS takes it: the QUBS client retries, and so does the outbox.
-    bridge.sim.add_fault(
-        FaultRule::new(Fault::Status {
-            status: 503,
-            retry_after: None,
-        })
-        .method("POST")
-        .path("/report")
-        .times(12),
-    );
+    // Twelve 503s, more than one QUBS call retries: the outbox tries again, then QUBS
+    // takes it.
+    bridge.sim.add_fault(report_posts_fail().times(12));
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let answer = send(&mut client, &oru("T1", "A0001", "F")).await;
     assert_eq!(answer.ack_code, "AA", "{:?}", answer.error);
@@ -129,14 +132,7 @@ async fn not_confirmed_in_time_is_ae_then_submitted_and_a_resend_is_aa_without_a
     let mut env = FAST_RETRY.to_vec();
     env.push(("QUBS_BRIDGE__RESULTS__ACK_WAIT_SECS", "1"));
     let bridge = start_bridge(with_pending(1), &env).await;
-    bridge.sim.add_fault(
-        FaultRule::new(Fault::Status {
-            status: 503,
-            retry_after: None,
-        })
-        .method("POST")
-        .path("/report"),
-    );
+    bridge.sim.add_fault(report_posts_fail());
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let message = oru("T2", "A0001", "F");
     let answer = send(&mut client, &message).await;
@@ -164,14 +160,7 @@ async fn after_store_answers_aa_at_once_and_submits_later() {
     let mut env = FAST_RETRY.to_vec();
     env.push(("QUBS_BRIDGE__RESULTS__ACK_MODE", "after_store"));
     let bridge = start_bridge(with_pending(1), &env).await;
-    bridge.sim.add_fault(
-        FaultRule::new(Fault::Status {
-            status: 503,
-            retry_after: None,
-        })
-        .method("POST")
-        .path("/report"),
-    );
+    bridge.sim.add_fault(report_posts_fail());
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let answer = send(&mut client, &oru("T3", "A0001", "F")).await;
     assert_eq!(answer.ack_code, "AA");
@@ -392,14 +381,7 @@ async fn past_the_retry_horizon_a_result_becomes_a_dead_letter() {
     env.push(("QUBS_BRIDGE__RESULTS__RETRY_HORIZON_SECS", "1"));
     env.push(("QUBS_BRIDGE__RESULTS__ACK_WAIT_SECS", "10"));
     let bridge = start_bridge(with_pending(1), &env).await;
-    bridge.sim.add_fault(
-        FaultRule::new(Fault::Status {
-            status: 503,
-            retry_after: None,
-        })
-        .method("POST")
-        .path("/report"),
-    );
+    bridge.sim.add_fault(report_posts_fail());
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let answer = send(&mut client, &oru("H1", "A0001", "F")).await;
     assert_eq!(answer.ack_code, "AE");

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod logs;
+pub mod pki;
+
 use qubs_bridge::config::{QubsSettings, Settings};
 use qubs_bridge::qubs::Client;
 use qubs_bridge::simulator::{RunningSimulator, Simulator};
@@ -99,12 +102,15 @@ pub struct Bridge {
     pub sim: RunningSimulator,
     pub service: qubs_bridge::service::RunningService,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Holds the service's outbox; removed with the bridge.
+    pub outbox_dir: tempfile::TempDir,
 }
 
 /// Full settings for a service talking to `sim`, with extra environment overrides.
 pub fn service_settings(
     sim: &RunningSimulator,
     extra_env: &[(&str, &str)],
+    outbox_dir: &std::path::Path,
 ) -> qubs_bridge::config::Settings {
     let mut env: Vec<(String, String)> = vec![
         ("QUBS_BRIDGE__QUBS__BASE_URL".into(), sim.base_url()),
@@ -151,10 +157,8 @@ pub fn service_settings(
         env.push((k.to_string(), v.to_string()));
     }
     let mut settings = Settings::load_unchecked(None, env).expect("settings load");
-    // Every service gets its own outbox.
-    settings.results.outbox_path = std::env::temp_dir()
-        .join("qubs-bridge-tests")
-        .join(format!("{}.db", uuid::Uuid::new_v4()));
+    // Every service gets its own outbox, in a directory the caller cleans up.
+    settings.results.outbox_path = outbox_dir.join("outbox.db");
     settings.grpc.clients.push(qubs_bridge::config::GrpcClient {
         name: "engine".into(),
         token_sha256: Some(qubs_bridge::grpc::auth::hash_token(GRPC_TOKEN)),
@@ -180,7 +184,8 @@ pub async fn start_bridge_with(
         .start(([127, 0, 0, 1], 0).into())
         .await
         .expect("simulator starts");
-    let mut settings = service_settings(&running, extra_env);
+    let outbox_dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = service_settings(&running, extra_env, outbox_dir.path());
     tweak(&mut settings);
     settings.validate().expect("valid test settings");
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -191,6 +196,7 @@ pub async fn start_bridge_with(
         sim: running,
         service,
         shutdown,
+        outbox_dir,
     }
 }
 
