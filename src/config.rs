@@ -47,19 +47,29 @@ pub struct Settings {
     pub server: ServerSettings,
     pub grpc: GrpcSettings,
     pub mappings: MappingsSettings,
+    pub store: StoreSettings,
     pub results: ResultsSettings,
     /// The MLLP listener for ORU^R01 results.
     #[serde(default)]
     pub mllp: crate::mllp::MllpServerSettings,
+    /// The HL7 order feed (off unless enabled).
+    #[serde(default)]
+    pub feed: crate::feed::FeedSettings,
     pub telemetry: TelemetrySettings,
 }
 
-/// Inbound results: the durable outbox, when to acknowledge, and how to retry QUBS.
+/// The embedded store ([`crate::store`]): the results outbox and the order feed's state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// The database file (SQLite); created with its directory if missing.
+    pub path: PathBuf,
+}
+
+/// Inbound results: when to acknowledge, and how to retry QUBS.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsSettings {
-    /// The outbox database (SQLite); created with its directory if missing.
-    pub outbox_path: PathBuf,
     /// `after_submit`: AA once QUBS has the report; `after_store`: AA once it is on disk.
     pub ack_mode: AckMode,
     /// `after_submit`: how long a sender waits for QUBS before it is answered AE
@@ -399,6 +409,9 @@ impl Settings {
         )?;
         self.validate_grpc()?;
         self.validate_results()?;
+        self.feed
+            .validate(&self.qubs.domains)
+            .map_err(|e| invalid(&format!("feed.{}", e.key), e.reason))?;
         self.mllp
             .validate()
             .map_err(|e| invalid(&format!("mllp.{}", e.key), e.reason))?;
@@ -422,10 +435,10 @@ impl Settings {
     }
 
     fn validate_results(&self) -> Result<(), ConfigError> {
-        let r = &self.results;
-        if r.outbox_path.as_os_str().is_empty() {
-            return Err(invalid("results.outbox_path", "must not be empty"));
+        if self.store.path.as_os_str().is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
         }
+        let r = &self.results;
         positive("results.ack_wait_secs", r.ack_wait_secs)?;
         positive("results.workers", r.workers as u64)?;
         positive("results.retry_initial_ms", r.retry_initial_ms)?;

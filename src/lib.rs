@@ -33,16 +33,20 @@
 //!    promises them, and answers with the ACK HL7 prescribes; its worker then submits each
 //!    report to QUBS with a content-derived idempotency key, retrying what may succeed later
 //!    and keeping dead letters for what never will.
-//! 8. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//! 8. [`feed`] watches QUBS for new, changed and removed orders and pushes them as
+//!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
+//!    queue, and to gRPC `WatchOrders` streams. The outbox and the feed share the embedded
+//!    [`store`] (one SQLite file).
+//! 9. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
 //!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
 //!    in-flight work finishes before the process exits.
-//! 9. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
-//!    never patient data, report text or secrets.
-//! 10. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
+//! 10. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
+//!     never patient data, report text or secrets.
+//! 11. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
 //!     rules, idempotency, fault injection, request log, demo data). Only the CLI
 //!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!     exactly as it reaches QUBS.
-//! 11. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
+//! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
 //!
 //! Imports run from the edges (CLI, service, admin) to the ports (QUBS client) and the core
 //! (domain types), never the other way round.
@@ -51,6 +55,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod feed;
 pub mod grpc;
 pub mod hl7;
 pub mod live_mappings;
@@ -64,5 +69,6 @@ pub mod results;
 pub mod service;
 pub mod shutdown;
 pub mod simulator;
+pub mod store;
 pub mod telemetry;
 pub mod tls;

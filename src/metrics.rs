@@ -67,6 +67,8 @@ pub struct Metrics {
     pub outbox_attempt_seconds: Histogram,
     /// The MLLP listener's connections and frames.
     pub mllp: std::sync::Arc<crate::mllp::MllpMetrics>,
+    /// The order feed's events, deliveries and queues.
+    pub feed: std::sync::Arc<crate::feed::deliver::FeedMetrics>,
 }
 
 impl Default for Metrics {
@@ -156,9 +158,12 @@ impl Metrics {
         );
         let mllp = std::sync::Arc::new(crate::mllp::MllpMetrics::default());
         mllp.register(&mut registry);
+        let feed = std::sync::Arc::new(crate::feed::deliver::FeedMetrics::default());
+        feed.register(&mut registry);
         Metrics {
             registry,
             mllp,
+            feed,
             rpc_requests,
             rpc_seconds,
             qubs_requests,

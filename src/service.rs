@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use crate::admin::{self, DomainHealth, Readiness};
 use crate::config::{BrokenAtStart, Settings};
+use crate::feed::Feed;
 use crate::live_mappings::LiveMappings;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::results::Results;
+use crate::store::Store;
 use crate::{grpc, qubs};
 
 /// A started service; [`RunningService::wait`] returns once it has shut down.
@@ -64,10 +66,11 @@ pub async fn start(
         BrokenAtStart::Wait => LiveMappings::load_or_wait(&settings.mappings.dir, metrics.clone()),
     };
     mappings.spawn_reloaders(settings.mappings.watch, shutdown.clone());
-    let outbox = Outbox::open(&settings.results.outbox_path)?;
+    let store = Store::open(&settings.store.path)?;
+    let outbox = Outbox::new(store.clone());
     let stats = outbox.stats(false).await?;
     tracing::info!(
-        path = %settings.results.outbox_path.display(),
+        path = %settings.store.path.display(),
         pending = stats.pending,
         dead = stats.dead,
         ack_mode = ?settings.results.ack_mode,
@@ -109,11 +112,47 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
+    let feed = Feed::open(store, &settings.feed).await?;
+    let mut feed_tasks = Vec::new();
+    if settings.feed.enabled {
+        let watcher = Arc::new(crate::feed::watcher::Watcher {
+            feed: feed.clone(),
+            client: client.clone(),
+            mappings: mappings.clone(),
+            config_values: settings.mappings.values.clone(),
+            settings: settings.feed.clone(),
+            metrics: metrics.feed.clone(),
+        });
+        for domain in settings.feed.watched(&settings.qubs.domains) {
+            feed_tasks.push(tokio::spawn(watcher.clone().run(domain, shutdown.clone())));
+        }
+        for destination in &settings.feed.destinations {
+            tracing::info!(
+                destination = %destination.name,
+                kind = destination.kind.as_str(),
+                target = %destination.target(),
+                "order feed destination"
+            );
+            feed_tasks.push(tokio::spawn(crate::feed::deliver::run(
+                feed.clone(),
+                destination.clone(),
+                metrics.feed.clone(),
+                shutdown.clone(),
+            )));
+        }
+        feed_tasks.push(tokio::spawn(crate::feed::prune_periodically(
+            feed.clone(),
+            settings.feed.event_retention_hours,
+            shutdown.clone(),
+        )));
+    }
     let ctx = Arc::new(grpc::Context {
         client: client.clone(),
         metrics: metrics.clone(),
         mappings: mappings.clone(),
         results,
+        feed: settings.feed.enabled.then(|| feed.clone()),
+        feed_destinations: settings.feed.destinations.clone(),
         domains: settings.qubs.domains.clone(),
         config_values: settings.mappings.values.clone(),
         page_size: settings.qubs.page_size,
@@ -161,6 +200,7 @@ pub async fn start(
         tasks: {
             let mut tasks = vec![admin_task, grpc.task, probe, reload_watch, worker];
             tasks.extend(mllp.map(|m| m.task));
+            tasks.extend(feed_tasks);
             tasks
         },
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),

@@ -191,8 +191,9 @@ grpc_listen = "127.0.0.1:0"
 [mappings]
 dir = "{mappings}"
 watch = false
+[store]
+path = "{outbox}"
 [results]
-outbox_path = "{outbox}"
 ack_mode = "{ack_mode}"
 ack_wait_secs = 5
 workers = 16

@@ -215,8 +215,8 @@ name = "load-driver"
 token_sha256 = "{token}"
 domains = ["acme"]
 
-[results]
-outbox_path = "{outbox}"
+[store]
+path = "{outbox}"
 
 [mllp]
 listen = "127.0.0.1:0"

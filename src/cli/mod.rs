@@ -2,6 +2,7 @@
 
 mod config_check;
 mod connect;
+mod feed;
 mod grpc_tokens;
 mod mappings;
 mod mllp;
@@ -48,7 +49,7 @@ enum Command {
     /// gRPC caller tokens.
     #[command(subcommand)]
     Grpc(grpc_tokens::GrpcCommand),
-    /// MLLP tools: send HL7 v2 files to a receiver.
+    /// MLLP tools: send HL7 v2 files to a receiver, or receive and print messages.
     #[command(subcommand)]
     Mllp(mllp::MllpCommand),
     /// Send ORU^R01 results to a running bridge (gRPC client).
@@ -71,6 +72,13 @@ enum Command {
         connection: connect::Connection,
         #[command(subcommand)]
         command: outbox::OutboxCommand,
+    },
+    /// The HL7 order feed of a running bridge: destination queues, watches, events.
+    Feed {
+        #[command(flatten)]
+        connection: connect::Connection,
+        #[command(subcommand)]
+        command: feed::FeedCommand,
     },
     /// Check mapping files and run their golden cases.
     #[command(subcommand)]
@@ -125,6 +133,10 @@ pub fn main() -> ExitCode {
                 connection,
                 command,
             } => outbox::run(&connection, command).await,
+            Command::Feed {
+                connection,
+                command,
+            } => feed::run(&connection, command).await,
             Command::Map(args) => mappings::map(args),
         }
     });

@@ -15,6 +15,9 @@ use crate::{grpc, service, shutdown, telemetry};
 /// The gRPC bearer token `serve --demo` accepts.
 pub const DEMO_GRPC_TOKEN: &str = "demo-token";
 
+/// Where `serve --demo` sends its order feed (`qubs-bridge mllp listen`'s default port).
+pub const DEMO_FEED_PORT: u16 = 2576;
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML); environment variables QUBS_BRIDGE__* override it.
@@ -43,10 +46,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings.qubs.client_secret = Some(SecretString::from(creds.client_secret));
         settings.qubs.client_secret_file = None;
         settings.qubs.domains = vec![DEMO_DOMAIN.to_string()];
-        // The simulator forgets everything on exit; so does the demo's outbox.
-        settings.results.outbox_path = std::env::temp_dir()
+        // The simulator forgets everything on exit; so does the demo's store.
+        settings.store.path = std::env::temp_dir()
             .join(format!("qubs-bridge-demo-{}", std::process::id()))
-            .join("outbox.db");
+            .join("bridge.db");
         // A well-known token for the demo's gRPC API (demo data only, loopback only).
         settings.grpc.clients.push(GrpcClient {
             name: "demo".into(),
@@ -54,6 +57,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             certificate_cn: None,
             domains: vec![DEMO_DOMAIN.to_string()],
         });
+        // The order feed to `qubs-bridge mllp listen` (port 2576): until the listener runs,
+        // the messages wait in the destination's queue. A config file's [feed] wins.
+        if !settings.feed.enabled && settings.feed.destinations.is_empty() {
+            settings.feed.enabled = true;
+            settings.feed.poll_interval_secs = 10;
+            settings
+                .feed
+                .destinations
+                .push(crate::feed::DestinationSettings {
+                    name: "demo-listener".into(),
+                    address: Some(format!("127.0.0.1:{DEMO_FEED_PORT}")),
+                    retry_max_ms: 5000,
+                    ..Default::default()
+                });
+        }
         Some(running)
     } else {
         None
@@ -79,6 +97,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = running.mllp_addr {
         println!("qubs-bridge MLLP listener for ORU^R01 results on {addr}");
     }
+    if settings.feed.enabled {
+        for d in &settings.feed.destinations {
+            println!(
+                "qubs-bridge order feed: {} ({} {}), polling QUBS every {} s",
+                d.name,
+                d.kind.as_str(),
+                d.target(),
+                settings.feed.poll_interval_secs
+            );
+        }
+    }
     println!(
         "qubs-bridge serving; admin endpoint http://{}/readyz",
         running.admin_addr
@@ -87,7 +116,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     running.wait().await;
     if let Some(sim) = simulator {
         sim.shutdown().await;
-        if let Some(dir) = settings.results.outbox_path.parent() {
+        if let Some(dir) = settings.store.path.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

@@ -6,6 +6,7 @@
 //! use them; every `qubs_bridge.v1` call is authenticated.
 
 pub mod auth;
+mod feed;
 mod orders;
 mod outbox;
 mod preview;
@@ -47,6 +48,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub mappings: Arc<LiveMappings>,
     pub results: Arc<crate::results::Results>,
+    /// The order feed, when enabled (for `WatchOrders` and `feed status`).
+    pub feed: Option<Arc<crate::feed::Feed>>,
+    pub feed_destinations: Vec<crate::feed::DestinationSettings>,
     /// The QUBS domains this bridge serves.
     pub domains: Vec<String>,
     /// Values mapping files read as `config.*`.
@@ -63,8 +67,31 @@ impl Context {
         order: &Order,
         formats: &[OutputFormat],
     ) -> Result<pb::Order, Status> {
-        let mappings = self.mappings.current();
         let document = order.to_json(&self.config_values);
+        let mut rendered = self.render_document(
+            &order.domain,
+            order.appointment.id(),
+            &document,
+            formats,
+            None,
+        )?;
+        rendered.comments = order.comments.iter().map(comment).collect();
+        rendered.attachments = order.attachments.iter().map(attachment).collect();
+        rendered.status = order.appointment.status().unwrap_or_default().to_string();
+        Ok(rendered)
+    }
+
+    /// Renders an order document (as [`Order::to_json`] makes it). `orm`, when given, is the
+    /// ORM^O01 already rendered for it (the feed's message, with its MSH-10), used as is.
+    pub(crate) fn render_document(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        document: &Value,
+        formats: &[OutputFormat],
+        orm: Option<&str>,
+    ) -> Result<pb::Order, Status> {
+        let mappings = self.mappings.current();
         let mut outputs = Vec::with_capacity(formats.len());
         let mut warnings = Vec::new();
         for format in formats {
@@ -77,6 +104,14 @@ impl Context {
                     });
                     continue;
                 }
+                OutputFormat::Hl7OrmO01 if orm.is_some() => {
+                    outputs.push(pb::Output {
+                        format: *format as i32,
+                        content_type: "x-application/hl7-v2+er7".into(),
+                        content: orm.unwrap_or_default().to_string(),
+                    });
+                    continue;
+                }
                 OutputFormat::FhirServiceRequest => "service_request",
                 OutputFormat::FhirDiagnosticReport => "diagnostic_report",
                 OutputFormat::Hl7OrmO01 => "orm_o01",
@@ -84,10 +119,9 @@ impl Context {
                     return Err(Status::invalid_argument("output format is unspecified"));
                 }
             };
-            let output = mappings.map_order(mapping, &document).map_err(|e| {
+            let output = mappings.map_order(mapping, document).map_err(|e| {
                 Status::failed_precondition(format!(
-                    "appointment {}: mapping `{mapping}` failed: {e}",
-                    order.appointment.id()
+                    "appointment {appointment_id}: mapping `{mapping}` failed: {e}"
                 ))
             })?;
             for u in &output.unmapped {
@@ -117,14 +151,12 @@ impl Context {
             });
         }
         Ok(pb::Order {
-            domain: order.domain.clone(),
-            appointment_id: order.appointment.id().to_string(),
+            domain: domain.to_string(),
+            appointment_id: appointment_id.to_string(),
             outputs,
             warnings,
             mapping_set_version: mappings.version().to_string(),
-            comments: order.comments.iter().map(comment).collect(),
-            attachments: order.attachments.iter().map(attachment).collect(),
-            status: order.appointment.status().unwrap_or_default().to_string(),
+            ..Default::default()
         })
     }
 
@@ -292,6 +324,9 @@ pub async fn serve(
     let outbox = configured!(pb::outbox_service_server::OutboxServiceServer::new(
         outbox::OutboxApi::new(ctx.clone())
     ));
+    let feed = configured!(pb::feed_service_server::FeedServiceServer::new(
+        feed::FeedApi::new(ctx.clone())
+    ));
     let preview = configured!(pb::mapping_service_server::MappingServiceServer::new(
         preview::Preview::new(ctx)
     ));
@@ -323,6 +358,10 @@ pub async fn serve(
         ))
         .add_service(InterceptedService::new(
             outbox,
+            auth::interceptor(auth.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            feed,
             auth::interceptor(auth.clone()),
         ))
         .add_service(InterceptedService::new(preview, auth::interceptor(auth)));

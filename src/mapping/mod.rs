@@ -429,6 +429,91 @@ impl MappingSet {
         self.mappings.get(name).map(|a| a.as_ref())
     }
 
+    /// A content hash of the values in `order` that the order mappings read (the union of
+    /// their reads), so that an edit to anything no mapping reads is not a change. Object
+    /// keys are taken in sorted order, list items in their order; `event` (the feed's own
+    /// field) is never part of it.
+    pub fn order_fingerprint(&self, order: &Value) -> String {
+        let reads: Vec<&str> = self
+            .mappings
+            .values()
+            .filter(|m| m.input == InputKind::Order)
+            .flat_map(|m| m.reads.iter().map(String::as_str))
+            .filter(|r| *r != "event" && !r.starts_with("event."))
+            .collect();
+        let covered = |shape: &str| {
+            reads.iter().any(|r| {
+                shape == *r
+                    || shape
+                        .strip_prefix(r)
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            })
+        };
+        fn walk(
+            v: &Value,
+            path: &mut String,
+            shape: &mut String,
+            covered: &dyn Fn(&str) -> bool,
+            h: &mut Sha256,
+        ) {
+            match v {
+                Value::Object(m) => {
+                    let mut keys: Vec<&String> = m.keys().collect();
+                    keys.sort();
+                    for k in keys {
+                        let (pl, sl) = (path.len(), shape.len());
+                        if !path.is_empty() {
+                            path.push('.');
+                            shape.push('.');
+                        }
+                        path.push_str(k);
+                        shape.push_str(k);
+                        walk(&m[k.as_str()], path, shape, covered, h);
+                        path.truncate(pl);
+                        shape.truncate(sl);
+                    }
+                }
+                Value::Array(a) => {
+                    for (i, x) in a.iter().enumerate() {
+                        let (pl, sl) = (path.len(), shape.len());
+                        path.push_str(&format!("[{i}]"));
+                        shape.push_str("[]");
+                        walk(x, path, shape, covered, h);
+                        path.truncate(pl);
+                        shape.truncate(sl);
+                    }
+                }
+                Value::Null => {}
+                leaf if covered(shape) => {
+                    h.update(path.as_bytes());
+                    h.update([0]);
+                    h.update(leaf.to_string().as_bytes());
+                    h.update([0]);
+                }
+                _ => {}
+            }
+        }
+        let mut h = Sha256::new();
+        let root = match order {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(k, _)| k.as_str() != "event")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
+        walk(
+            &root,
+            &mut String::new(),
+            &mut String::new(),
+            &covered,
+            &mut h,
+        );
+        let digest = h.finalize();
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
     fn mapping(&self, name: &str, input: InputKind) -> Result<&Compiled, MapError> {
         let m = self
             .get(name)

@@ -485,6 +485,9 @@ pub fn order_shape() -> (Vec<String>, Vec<String>) {
     }
     known.push("site".into());
     known.push("config".into());
+    // Set by the order feed: `new`, `changed` or `removed` (absent elsewhere).
+    known.push("event".into());
+    known.push("event.kind".into());
     let open = [
         "site",
         "config",

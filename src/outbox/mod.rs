@@ -1,17 +1,13 @@
 //! The durable outbox: every result the bridge accepts is committed to disk here before any
 //! acknowledgement promises it, and stays until QUBS has it or an operator purges it.
 //!
+//! It lives in the embedded [`Store`] (see there for durability and group commit).
 //! **Why SQLite** (rusqlite, with SQLite compiled in, so nothing to install): one file that
-//! survives `kill -9` and power loss (WAL, `synchronous = FULL`), secondary indexes for the
-//! queries the worker needs (due results, oldest unsettled result per appointment) and the
-//! operators need (by state, domain, appointment), and a file any operator can open with the
-//! `sqlite3` shell. redb would have served the durability, but every secondary index would
-//! be hand-maintained tables.
-//!
-//! **One writer thread, group commit.** A single thread owns the connection. Commands queue
-//! on a channel; the thread takes everything queued (up to a batch), runs it in one
-//! transaction and commits once, and only then answers each caller. So under load many
-//! results share one fsync, and nothing is answered before it is on disk.
+//! survives `kill -9` and power loss, secondary indexes for the queries the worker needs
+//! (due results, oldest unsettled result per appointment) and the operators need (by state,
+//! domain, appointment), and a file any operator can open with the `sqlite3` shell. redb
+//! would have served the durability, but every secondary index would be hand-maintained
+//! tables.
 //!
 //! Times are Unix milliseconds. A result is `pending` until it is `submitted` (QUBS answered
 //! 201) or `dead` (a permanent refusal, or the retry horizon passed): see
@@ -20,14 +16,14 @@
 mod store;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
-/// Results per transaction at most; more wait for the next commit.
-const MAX_BATCH: usize = 512;
+use crate::store::Store;
+pub use crate::store::{StoreError as OutboxError, now_ms};
 
 /// Where an input came from; decides how the worker turns the stored body into a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,114 +237,39 @@ impl Stats {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    #[error("outbox database {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("outbox storage failed: {0}")]
-    Storage(String),
-    #[error("the outbox is closed")]
-    Closed,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, String>>;
-
-/// Answers one command's caller once its batch's commit outcome is known.
-type Answer = Box<dyn FnOnce(Option<&rusqlite::Error>)>;
-
-enum Command {
-    Admit(Box<NewMessage>, Reply<Admission>),
-    Due {
-        limit: usize,
-        busy: Vec<i64>,
-        reply: Reply<Vec<Due>>,
-    },
-    Settle(i64, Settled, Reply<()>),
-    RetryLater {
-        id: i64,
-        next_at_ms: i64,
-        reason: String,
-        qubs_request_id: Option<String>,
-        reply: Reply<()>,
-    },
-    Entries(Vec<i64>, Reply<Vec<Entry>>),
-    List(EntryFilter, Reply<Vec<Entry>>),
-    Requeue(Vec<i64>, Reply<usize>),
-    Purge {
-        state: State,
-        older_than_ms: i64,
-        domains: Vec<String>,
-        reply: Reply<usize>,
-    },
-    Stats(bool, Reply<Stats>),
-}
+/// The outbox's tables, created by [`crate::store::Store::open`].
+pub const SCHEMA: &str = store::SCHEMA;
 
 /// The outbox handle; cheap to share behind an `Arc`.
 pub struct Outbox {
-    commands: mpsc::Sender<Command>,
+    store: Arc<Store>,
     /// Wakes the worker when something new is due.
     pub(crate) wake: Notify,
     /// Callers waiting for a result to settle (ack mode `after_submit`), by result id.
     waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<Settled>>>>,
 }
 
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 impl Outbox {
-    /// Opens the database at `path` (created with its directory if missing) and starts the
-    /// writer thread.
-    pub fn open(path: &Path) -> Result<Arc<Outbox>, OutboxError> {
-        let open_error = |reason: String| OutboxError::Open {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let conn = store::open(path).map_err(open_error)?;
-        // Results are patient data: the file is for the service's user only.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
-            for file in [path.to_path_buf(), with("-wal"), with("-shm")] {
-                if file.exists() {
-                    let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
-                }
-            }
-        }
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        std::thread::Builder::new()
-            .name("outbox-writer".into())
-            .spawn(move || writer(conn, rx))
-            .map_err(|e| open_error(e.to_string()))?;
-        Ok(Arc::new(Outbox {
-            commands: tx,
+    /// The outbox in `store`.
+    pub fn new(store: Arc<Store>) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            store,
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, OutboxError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(make(reply))
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        answer
-            .await
-            .map_err(|_| OutboxError::Closed)?
-            .map_err(OutboxError::Storage)
+    /// Opens a store of its own at `path` (tools and tests; the service shares one store).
+    pub fn open(path: &Path) -> Result<Arc<Outbox>, OutboxError> {
+        Ok(Outbox::new(Store::open(path)?))
     }
 
     /// Stores a message's results durably (see [`Admission`]). When this returns `Stored`,
     /// the results are on disk.
     pub async fn admit(&self, message: NewMessage) -> Result<Admission, OutboxError> {
         let admission = self
-            .ask(|reply| Command::Admit(Box::new(message), reply))
+            .store
+            .write(move |tx, now| store::admit(tx, &message, now))
             .await?;
         if matches!(admission, Admission::Stored { .. }) {
             self.wake.notify_one();
@@ -358,12 +279,16 @@ impl Outbox {
 
     /// Results due now (see `store::due`), skipping `busy` ones already being submitted.
     pub async fn due(&self, limit: usize, busy: Vec<i64>) -> Result<Vec<Due>, OutboxError> {
-        self.ask(|reply| Command::Due { limit, busy, reply }).await
+        self.store
+            .read(move |tx, now| store::due(tx, now, limit, &busy))
+            .await
     }
 
     /// Records how a result ended and tells whoever waits for it.
     pub async fn settle(&self, id: i64, settled: Settled) -> Result<(), OutboxError> {
-        self.ask(|reply| Command::Settle(id, settled.clone(), reply))
+        let stored = settled.clone();
+        self.store
+            .write(move |tx, now| store::settle(tx, id, &stored, now))
             .await?;
         let waiting = self.waiters.lock().expect("waiters").remove(&id);
         for w in waiting.into_iter().flatten() {
@@ -382,18 +307,15 @@ impl Outbox {
         reason: String,
         qubs_request_id: Option<String>,
     ) -> Result<(), OutboxError> {
-        self.ask(|reply| Command::RetryLater {
-            id,
-            next_at_ms,
-            reason,
-            qubs_request_id,
-            reply,
-        })
-        .await
+        self.store
+            .write(move |tx, now| {
+                store::retry_later(tx, id, next_at_ms, &reason, qubs_request_id.as_deref(), now)
+            })
+            .await
     }
 
     pub async fn entries(&self, ids: Vec<i64>) -> Result<Vec<Entry>, OutboxError> {
-        self.ask(|reply| Command::Entries(ids, reply)).await
+        self.store.read(move |tx, _| store::entries(tx, &ids)).await
     }
 
     pub async fn entry(&self, id: i64) -> Result<Option<Entry>, OutboxError> {
@@ -401,12 +323,15 @@ impl Outbox {
     }
 
     pub async fn list(&self, filter: EntryFilter) -> Result<Vec<Entry>, OutboxError> {
-        self.ask(|reply| Command::List(filter, reply)).await
+        self.store.read(move |tx, _| store::list(tx, &filter)).await
     }
 
     /// Puts dead letters back in the queue; returns how many were dead.
     pub async fn requeue(&self, ids: Vec<i64>) -> Result<usize, OutboxError> {
-        let n = self.ask(|reply| Command::Requeue(ids, reply)).await?;
+        let n = self
+            .store
+            .write(move |tx, now| store::requeue(tx, &ids, now))
+            .await?;
         self.wake.notify_one();
         Ok(n)
     }
@@ -421,18 +346,15 @@ impl Outbox {
         if state == State::Pending {
             return Ok(0);
         }
-        self.ask(|reply| Command::Purge {
-            state,
-            older_than_ms,
-            domains,
-            reply,
-        })
-        .await
+        self.store
+            .write(move |tx, _| store::purge(tx, state, older_than_ms, &domains))
+            .await
     }
 
     /// Counts by state; `with_submitted` also counts the settled history (slower).
     pub async fn stats(&self, with_submitted: bool) -> Result<Stats, OutboxError> {
-        self.ask(|reply| Command::Stats(with_submitted, reply))
+        self.store
+            .read(move |tx, _| store::stats(tx, with_submitted))
             .await
     }
 
@@ -471,106 +393,6 @@ impl Outbox {
             if list.is_empty() {
                 waiters.remove(&id);
             }
-        }
-    }
-}
-
-/// The writer thread: batches queued commands into one transaction each.
-fn writer(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Command>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let now = now_ms();
-        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-        let outcome = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for command in batch.drain(..) {
-                answers.push(run(&tx, command, now));
-            }
-            tx.commit()
-        })();
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "outbox commit failed; the batch is not stored");
-        }
-        for answer in answers {
-            answer(outcome.as_ref().err());
-        }
-        batch.clear();
-    }
-}
-
-/// Runs one command; returns the closure that answers its caller once the commit is known
-/// (a failed commit turns every answer of the batch into that error).
-fn run(tx: &rusqlite::Transaction, command: Command, now: i64) -> Answer {
-    fn answer<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Answer {
-        Box::new(move |commit_error| {
-            let result = match commit_error {
-                Some(e) => Err(format!("commit failed: {e}")),
-                None => result.map_err(|e| e.to_string()),
-            };
-            let _ = reply.send(result);
-        })
-    }
-    match command {
-        Command::Admit(message, reply) => {
-            answer(reply, savepoint(tx, |tx| store::admit(tx, &message, now)))
-        }
-        Command::Due { limit, busy, reply } => answer(reply, store::due(tx, now, limit, &busy)),
-        Command::Settle(id, settled, reply) => answer(
-            reply,
-            savepoint(tx, |tx| store::settle(tx, id, &settled, now)),
-        ),
-        Command::RetryLater {
-            id,
-            next_at_ms,
-            reason,
-            qubs_request_id,
-            reply,
-        } => answer(
-            reply,
-            savepoint(tx, |tx| {
-                store::retry_later(tx, id, next_at_ms, &reason, qubs_request_id.as_deref(), now)
-            }),
-        ),
-        Command::Entries(ids, reply) => answer(reply, store::entries(tx, &ids)),
-        Command::List(filter, reply) => answer(reply, store::list(tx, &filter)),
-        Command::Requeue(ids, reply) => {
-            answer(reply, savepoint(tx, |tx| store::requeue(tx, &ids, now)))
-        }
-        Command::Purge {
-            state,
-            older_than_ms,
-            domains,
-            reply,
-        } => answer(
-            reply,
-            savepoint(tx, |tx| store::purge(tx, state, older_than_ms, &domains)),
-        ),
-        Command::Stats(with_submitted, reply) => answer(reply, store::stats(tx, with_submitted)),
-    }
-}
-
-/// Runs one write command in a savepoint, so that a failing command leaves the writes of
-/// the others in its batch intact.
-fn savepoint<T>(
-    tx: &rusqlite::Transaction,
-    f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    tx.execute_batch("SAVEPOINT command")?;
-    match f(tx) {
-        Ok(v) => {
-            tx.execute_batch("RELEASE command")?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = tx.execute_batch("ROLLBACK TO command; RELEASE command");
-            Err(e)
         }
     }
 }

@@ -1,16 +1,14 @@
 //! The outbox's tables and statements. Everything here runs on the outbox's own thread,
 //! inside the transaction that thread opens for each batch of commands.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{
     Admission, Attachment, Due, Entry, EntryFilter, NewMessage, Receipt, Settled, Source, State,
     Stats,
 };
 
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id            INTEGER PRIMARY KEY,
     source        TEXT    NOT NULL,
@@ -50,33 +48,6 @@ CREATE TABLE IF NOT EXISTS attachments (
     PRIMARY KEY (result_id, seq)
 );
 ";
-
-/// Opens (creating if needed) the database with the settings durability needs: WAL, and
-/// `synchronous = FULL` so a commit is on disk before it returns.
-pub(super) fn open(path: &std::path::Path) -> Result<Connection, String> {
-    let conn = connect(path).map_err(|e| e.to_string())?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    if version > SCHEMA_VERSION {
-        return Err(format!(
-            "written by a newer qubs-bridge (schema {version}; this one knows up to {SCHEMA_VERSION})"
-        ));
-    }
-    conn.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
-}
-
-fn connect(path: &std::path::Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
-}
 
 /// Stores a message and its results, unless they are already stored (a retransmission), or
 /// a preliminary result would land after a final one for the same appointment.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod consumer;
 pub mod logs;
 pub mod pki;
 
@@ -158,7 +159,7 @@ pub fn service_settings(
     }
     let mut settings = Settings::load_unchecked(None, env).expect("settings load");
     // Every service gets its own outbox, in a directory the caller cleans up.
-    settings.results.outbox_path = outbox_dir.join("outbox.db");
+    settings.store.path = outbox_dir.join("bridge.db");
     settings.grpc.clients.push(qubs_bridge::config::GrpcClient {
         name: "engine".into(),
         token_sha256: Some(qubs_bridge::grpc::auth::hash_token(GRPC_TOKEN)),
@@ -221,4 +222,16 @@ pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
+}
+
+/// Polls `check` every 20 ms until it holds; panics naming `what` after `limit`.
+pub async fn eventually(what: &str, limit: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,480 @@
+//! The feed's tables and statements; they run on the store's writer thread.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{
+    Baseline, DestinationStatus, DueDelivery, Event, EventKind, NewEvent, Ordering, Outcome,
+    WatchStatus,
+};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS feed_watch (
+    domain        TEXT    PRIMARY KEY,
+    baselined_at  INTEGER,
+    polls         INTEGER NOT NULL DEFAULT 0,
+    last_poll_at  INTEGER,
+    last_error    TEXT
+);
+CREATE TABLE IF NOT EXISTS feed_orders (
+    domain          TEXT    NOT NULL,
+    appointment_id  TEXT    NOT NULL,
+    patient_id      TEXT,
+    fingerprint     TEXT    NOT NULL,
+    document        BLOB    NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (domain, appointment_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed_events (
+    id               INTEGER PRIMARY KEY,
+    domain           TEXT    NOT NULL,
+    appointment_id   TEXT    NOT NULL,
+    kind             TEXT    NOT NULL,
+    document         BLOB    NOT NULL,
+    message          TEXT    NOT NULL,
+    control_id       TEXT    NOT NULL,
+    mapping_version  TEXT    NOT NULL,
+    created_at       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feed_events_domain ON feed_events(domain, id);
+CREATE TABLE IF NOT EXISTS feed_deliveries (
+    id               INTEGER PRIMARY KEY,
+    destination      TEXT    NOT NULL,
+    event_id         INTEGER NOT NULL REFERENCES feed_events(id),
+    order_key        TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    ack_code         TEXT,
+    last_error       TEXT
+);
+CREATE INDEX IF NOT EXISTS feed_deliveries_state ON feed_deliveries(destination, state, id);
+CREATE INDEX IF NOT EXISTS feed_deliveries_key ON feed_deliveries(destination, order_key, state, id);
+CREATE INDEX IF NOT EXISTS feed_deliveries_event ON feed_deliveries(event_id);
+CREATE TABLE IF NOT EXISTS feed_destinations (
+    name           TEXT    PRIMARY KEY,
+    last_ack_at    INTEGER,
+    last_ack_code  TEXT,
+    last_error     TEXT,
+    last_error_at  INTEGER
+);
+";
+
+pub(super) fn latest_event(tx: &Transaction) -> rusqlite::Result<i64> {
+    tx.query_row("SELECT COALESCE(MAX(id), 0) FROM feed_events", [], |r| {
+        r.get(0)
+    })
+}
+
+pub(super) fn first_event(tx: &Transaction) -> rusqlite::Result<i64> {
+    tx.query_row("SELECT COALESCE(MIN(id), 0) FROM feed_events", [], |r| {
+        r.get(0)
+    })
+}
+
+pub(super) fn fingerprints(
+    tx: &Transaction,
+    domain: &str,
+) -> rusqlite::Result<HashMap<String, String>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT appointment_id, fingerprint FROM feed_orders WHERE domain = ?1")?;
+    stmt.query_map([domain], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+pub(super) fn document(
+    tx: &Transaction,
+    domain: &str,
+    appointment_id: &str,
+) -> rusqlite::Result<Option<Vec<u8>>> {
+    tx.query_row(
+        "SELECT document FROM feed_orders WHERE domain = ?1 AND appointment_id = ?2",
+        [domain, appointment_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+pub(super) fn baselined(tx: &Transaction, domain: &str) -> rusqlite::Result<bool> {
+    Ok(tx
+        .query_row(
+            "SELECT baselined_at FROM feed_watch WHERE domain = ?1",
+            [domain],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten()
+        .is_some())
+}
+
+/// The ordering key of a delivery: which earlier messages it must wait for.
+fn order_key(ordering: Ordering, domain: &str, e: &NewEvent) -> String {
+    match (ordering, &e.patient_id) {
+        (Ordering::Strict, _) => String::new(),
+        (Ordering::PerPatient, Some(p)) => format!("{domain}/p/{p}"),
+        _ => format!("{domain}/a/{}", e.appointment_id),
+    }
+}
+
+/// Stores events with a delivery per route, baseline rows, and forgets removed orders.
+/// Returns the last event id written.
+pub(super) fn record(
+    tx: &Transaction,
+    domain: &str,
+    events: &[NewEvent],
+    baseline: &[Baseline],
+    removed: &[String],
+    routes: &[(String, Ordering)],
+    now: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO feed_orders (domain, appointment_id, patient_id, fingerprint, document, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (domain, appointment_id) DO UPDATE SET patient_id = excluded.patient_id,
+             fingerprint = excluded.fingerprint, document = excluded.document,
+             updated_at = excluded.updated_at",
+    )?;
+    let mut insert_event = tx.prepare_cached(
+        "INSERT INTO feed_events (domain, appointment_id, kind, document, message, control_id,
+             mapping_version, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut insert_delivery = tx.prepare_cached(
+        "INSERT INTO feed_deliveries (destination, event_id, order_key, state, next_attempt_at,
+             created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+    )?;
+    let mut forget =
+        tx.prepare_cached("DELETE FROM feed_orders WHERE domain = ?1 AND appointment_id = ?2")?;
+    for b in baseline {
+        upsert.execute(params![
+            domain,
+            b.appointment_id,
+            b.patient_id,
+            b.fingerprint,
+            b.document,
+            now
+        ])?;
+    }
+    let mut last = None;
+    for e in events {
+        if e.kind == EventKind::Removed {
+            forget.execute([domain, e.appointment_id.as_str()])?;
+        } else {
+            upsert.execute(params![
+                domain,
+                e.appointment_id,
+                e.patient_id,
+                e.fingerprint,
+                e.document,
+                now
+            ])?;
+        }
+        insert_event.execute(params![
+            domain,
+            e.appointment_id,
+            e.kind.as_str(),
+            e.document,
+            e.message,
+            e.control_id,
+            e.mapping_version,
+            now
+        ])?;
+        let id = tx.last_insert_rowid();
+        for (destination, ordering) in routes {
+            insert_delivery.execute(params![
+                destination,
+                id,
+                order_key(*ordering, domain, e),
+                now
+            ])?;
+        }
+        last = Some(id);
+    }
+    for id in removed {
+        forget.execute([domain, id.as_str()])?;
+    }
+    Ok(last)
+}
+
+pub(super) fn polled(
+    tx: &Transaction,
+    domain: &str,
+    error: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    // A complete poll is the baseline; a failed one leaves the baseline as it was.
+    tx.execute(
+        "INSERT INTO feed_watch (domain, baselined_at, polls, last_poll_at, last_error)
+         VALUES (?1, CASE WHEN ?2 IS NULL THEN ?3 END, 1, ?3, ?2)
+         ON CONFLICT (domain) DO UPDATE SET polls = polls + 1, last_poll_at = ?3,
+             last_error = ?2,
+             baselined_at = COALESCE(baselined_at, CASE WHEN ?2 IS NULL THEN ?3 END)",
+        params![domain, error, now],
+    )?;
+    Ok(())
+}
+
+const DUE_COLUMNS: &str = "d.id, d.event_id, e.domain, e.appointment_id, e.kind, e.message,
+    e.control_id, d.attempts, d.created_at";
+
+fn read_due(r: &rusqlite::Row) -> rusqlite::Result<DueDelivery> {
+    Ok(DueDelivery {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        domain: r.get(2)?,
+        appointment_id: r.get(3)?,
+        kind: EventKind::parse(&r.get::<_, String>(4)?),
+        message: r.get(5)?,
+        control_id: r.get(6)?,
+        attempts: r.get(7)?,
+        created_at_ms: r.get(8)?,
+    })
+}
+
+/// Deliveries of `destination` due at `now`, oldest first: the first pending one of each
+/// key whose time has come (a message never overtakes an earlier one of its key). Strict
+/// ordering is one key for the whole destination.
+pub(super) fn due(
+    tx: &Transaction,
+    destination: &str,
+    strict: bool,
+    now: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueDelivery>> {
+    if strict {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {DUE_COLUMNS} FROM feed_deliveries d JOIN feed_events e ON e.id = d.event_id
+             WHERE d.destination = ?1 AND d.state = 'pending' ORDER BY d.id LIMIT 1"
+        ))?;
+        let first = stmt.query_row([destination], read_due).optional()?;
+        let next_at: Option<i64> = tx
+            .query_row(
+                "SELECT next_attempt_at FROM feed_deliveries WHERE destination = ?1
+                   AND state = 'pending' ORDER BY id LIMIT 1",
+                [destination],
+                |r| r.get(0),
+            )
+            .optional()?;
+        return Ok(first
+            .filter(|_| next_at.is_some_and(|t| t <= now))
+            .into_iter()
+            .collect());
+    }
+    // Walks pending deliveries in id order on the (destination, state, id) index and stops
+    // at the limit, so the cost does not grow with the queue behind them.
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {DUE_COLUMNS} FROM feed_deliveries d INDEXED BY feed_deliveries_state
+             JOIN feed_events e ON e.id = d.event_id
+         WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2
+           AND NOT EXISTS (SELECT 1 FROM feed_deliveries p
+                           WHERE p.destination = d.destination AND p.order_key = d.order_key
+                             AND p.state = 'pending' AND p.id < d.id)
+         ORDER BY d.id LIMIT ?3"
+    ))?;
+    stmt.query_map(params![destination, now, limit as i64], read_due)?
+        .collect()
+}
+
+pub(super) fn next_due_at(tx: &Transaction, destination: &str) -> rusqlite::Result<Option<i64>> {
+    tx.query_row(
+        "SELECT MIN(next_attempt_at) FROM feed_deliveries WHERE destination = ?1 AND state = 'pending'",
+        [destination],
+        |r| r.get(0),
+    )
+}
+
+pub(super) fn settle(
+    tx: &Transaction,
+    destination: &str,
+    outcomes: &[(i64, Outcome)],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut last_ack: Option<&str> = None;
+    let mut last_error: Option<&str> = None;
+    for (id, outcome) in outcomes {
+        match outcome {
+            Outcome::Delivered { ack_code } => {
+                tx.prepare_cached(
+                    "UPDATE feed_deliveries SET state = 'delivered', attempts = attempts + 1,
+                         updated_at = ?2, ack_code = ?3, last_error = NULL
+                     WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, now, ack_code])?;
+                if let Some(code) = ack_code {
+                    last_ack = Some(code);
+                }
+            }
+            Outcome::Retry { next_at_ms, reason } => {
+                tx.prepare_cached(
+                    "UPDATE feed_deliveries SET attempts = attempts + 1, next_attempt_at = ?2,
+                         updated_at = ?3, last_error = ?4
+                     WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, next_at_ms, now, reason])?;
+                last_error = Some(reason);
+            }
+            Outcome::Dead { reason, ack_code } => {
+                tx.prepare_cached(
+                    "UPDATE feed_deliveries SET state = 'dead', attempts = attempts + 1,
+                         updated_at = ?2, ack_code = ?3, last_error = ?4
+                     WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, now, ack_code, reason])?;
+                if let Some(code) = ack_code {
+                    last_ack = Some(code);
+                }
+                last_error = Some(reason);
+            }
+        }
+    }
+    if let Some(code) = last_ack {
+        tx.execute(
+            "INSERT INTO feed_destinations (name, last_ack_at, last_ack_code) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET last_ack_at = ?2, last_ack_code = ?3",
+            params![destination, now, code],
+        )?;
+    }
+    if let Some(error) = last_error {
+        destination_error(tx, destination, error, now)?;
+    }
+    Ok(())
+}
+
+pub(super) fn destination_error(
+    tx: &Transaction,
+    destination: &str,
+    error: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO feed_destinations (name, last_error, last_error_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET last_error = ?2, last_error_at = ?3",
+        params![destination, error, now],
+    )?;
+    Ok(())
+}
+
+pub(super) fn events(
+    tx: &Transaction,
+    domain: &str,
+    after_id: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Event>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, domain, appointment_id, kind, document, message, mapping_version, created_at
+         FROM feed_events WHERE domain = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    stmt.query_map(params![domain, after_id, limit as i64], |r| {
+        Ok(Event {
+            id: r.get(0)?,
+            domain: r.get(1)?,
+            appointment_id: r.get(2)?,
+            kind: EventKind::parse(&r.get::<_, String>(3)?),
+            document: r.get(4)?,
+            message: r.get(5)?,
+            mapping_version: r.get(6)?,
+            created_at_ms: r.get(7)?,
+        })
+    })?
+    .collect()
+}
+
+pub(super) fn destination_status(
+    tx: &Transaction,
+    name: &str,
+) -> rusqlite::Result<DestinationStatus> {
+    let count = |state: &str| -> rusqlite::Result<u64> {
+        tx.query_row(
+            "SELECT COUNT(*) FROM feed_deliveries WHERE destination = ?1 AND state = ?2",
+            [name, state],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+    };
+    let oldest: Option<i64> = tx
+        .query_row(
+            "SELECT created_at FROM feed_deliveries WHERE destination = ?1 AND state = 'pending'
+             ORDER BY id LIMIT 1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut status = DestinationStatus {
+        name: name.to_string(),
+        pending: count("pending")?,
+        delivered: count("delivered")?,
+        dead: count("dead")?,
+        oldest_pending_at_ms: oldest,
+        ..Default::default()
+    };
+    if let Some((at, code, error, error_at)) = tx
+        .query_row(
+            "SELECT last_ack_at, last_ack_code, last_error, last_error_at
+             FROM feed_destinations WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?
+    {
+        status.last_ack_at_ms = at;
+        status.last_ack_code = code;
+        status.last_error = error;
+        status.last_error_at_ms = error_at;
+    }
+    Ok(status)
+}
+
+pub(super) fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<WatchStatus> {
+    let tracked: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM feed_orders WHERE domain = ?1",
+        [domain],
+        |r| r.get(0),
+    )?;
+    let mut status = WatchStatus {
+        domain: domain.to_string(),
+        tracked_orders: tracked as u64,
+        ..Default::default()
+    };
+    if let Some((baselined, polls, at, error)) = tx
+        .query_row(
+            "SELECT baselined_at, polls, last_poll_at, last_error FROM feed_watch WHERE domain = ?1",
+            [domain],
+            |r| {
+                Ok((
+                    r.get::<_, Option<i64>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
+            },
+        )
+        .optional()?
+    {
+        status.baselined = baselined.is_some();
+        status.polls = polls as u64;
+        status.last_poll_at_ms = at;
+        status.last_error = error;
+    }
+    Ok(status)
+}
+
+/// Deletes events created before `older_than` none of whose deliveries is pending, with
+/// their settled deliveries.
+pub(super) fn prune(tx: &Transaction, older_than: i64) -> rusqlite::Result<usize> {
+    tx.execute(
+        "DELETE FROM feed_deliveries WHERE event_id IN (
+             SELECT e.id FROM feed_events e WHERE e.created_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM feed_deliveries d
+                               WHERE d.event_id = e.id AND d.state = 'pending'))",
+        [older_than],
+    )?;
+    tx.execute(
+        "DELETE FROM feed_events WHERE created_at < ?1
+           AND NOT EXISTS (SELECT 1 FROM feed_deliveries d WHERE d.event_id = feed_events.id)",
+        [older_than],
+    )
+}

@@ -1,0 +1,279 @@
+//! Polls each watched domain's pending list and turns what changed into feed events.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use rand::Rng;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::{Baseline, EventKind, Feed, FeedSettings, FirstRun, NewEvent, OnRemoved};
+use crate::live_mappings::LiveMappings;
+use crate::mapping::{Body, MapOptions, MappingSet};
+use crate::orders::{Include, Order};
+use crate::qubs;
+
+/// What the watcher needs; one per service, shared by the per-domain loops.
+pub struct Watcher {
+    pub feed: Arc<Feed>,
+    pub client: qubs::Client,
+    pub mappings: Arc<LiveMappings>,
+    pub config_values: Map<String, Value>,
+    pub settings: FeedSettings,
+    pub metrics: Arc<super::deliver::FeedMetrics>,
+}
+
+/// What one poll found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PollSummary {
+    pub pending: usize,
+    pub new: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub baselined: usize,
+    /// Orders whose mapping failed; they are tried again at the next poll.
+    pub unmappable: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Qubs(#[from] qubs::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Watcher {
+    /// Polls `domain` until shutdown: an interval with jitter between polls, doubling
+    /// back-off after a failed one. A failed poll keeps the events it already stored, and
+    /// decides nothing about removals.
+    pub async fn run(self: Arc<Self>, domain: String, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(self.settings.retry_initial_ms);
+        let max_backoff = Duration::from_millis(self.settings.retry_max_ms);
+        loop {
+            let outcome = tokio::select! {
+                o = self.poll(&domain) => o,
+                _ = shutdown.cancelled() => return,
+            };
+            let wait = match outcome {
+                Ok(summary) => {
+                    backoff = Duration::from_millis(self.settings.retry_initial_ms);
+                    if summary.new + summary.changed + summary.removed > 0 {
+                        tracing::info!(
+                            domain,
+                            pending = summary.pending,
+                            new = summary.new,
+                            changed = summary.changed,
+                            removed = summary.removed,
+                            unmappable = summary.unmappable,
+                            "feed poll found changes"
+                        );
+                    } else {
+                        tracing::debug!(domain, pending = summary.pending, "feed poll: no changes");
+                    }
+                    let _ = self.feed.polled(&domain, None).await;
+                    jittered(
+                        Duration::from_secs(self.settings.poll_interval_secs),
+                        self.settings.poll_jitter,
+                    )
+                }
+                Err(e) => {
+                    self.metrics.poll_failures.inc();
+                    tracing::warn!(domain, error = %e, retry_in_ms = backoff.as_millis() as u64, "feed poll failed; will retry");
+                    let _ = self.feed.polled(&domain, Some(e.to_string())).await;
+                    let wait = jittered(backoff, 0.2);
+                    backoff = (backoff * 2).min(max_backoff);
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One pass over the domain's pending list.
+    pub async fn poll(&self, domain: &str) -> Result<PollSummary, PollError> {
+        let known = self.feed.fingerprints(domain).await?;
+        let first_run = !self.feed.baselined(domain).await?;
+        let baseline_only = first_run && self.settings.first_run == FirstRun::Baseline;
+        let include = Include {
+            comments: self.settings.include_comments,
+            attachments: false,
+        };
+        let mut summary = PollSummary::default();
+        let mut seen: HashSet<String> = HashSet::with_capacity(known.len());
+        let mut pages = std::pin::pin!(self.client.pending_pages(domain));
+        while let Some(page) = pages.try_next().await? {
+            // An unreadable item may be a known order: it has not left the list.
+            seen.extend(page.skipped.iter().filter_map(|s| s.id.clone()));
+            summary.pending += page.appointments.len();
+            let orders: Vec<Order> = futures::stream::iter(page.appointments)
+                .map(|a| Order::assemble(&self.client, domain, a, include))
+                .buffered(self.settings.fetch_concurrency)
+                .try_collect()
+                .await?;
+            // One mapping set for the whole page, even if a reload happens meanwhile.
+            let mappings = self.mappings.current();
+            let mut events = Vec::new();
+            let mut baseline = Vec::new();
+            for order in orders {
+                let id = order.appointment.id().to_string();
+                let patient_id = order.appointment.patient_id().map(str::to_string);
+                let mut document = order.to_json(&self.config_values);
+                let fingerprint = mappings.order_fingerprint(&document);
+                let kind = match known.get(&id) {
+                    Some(f) if *f == fingerprint => {
+                        seen.insert(id);
+                        continue;
+                    }
+                    Some(_) => EventKind::Changed,
+                    None => EventKind::New,
+                };
+                seen.insert(id.clone());
+                if baseline_only {
+                    summary.baselined += 1;
+                    baseline.push(Baseline {
+                        appointment_id: id,
+                        patient_id,
+                        fingerprint,
+                        document: document.to_string().into_bytes(),
+                    });
+                    continue;
+                }
+                match self.event(&mappings, domain, &id, kind, &mut document) {
+                    Some((message, control_id)) => {
+                        match kind {
+                            EventKind::New => summary.new += 1,
+                            _ => summary.changed += 1,
+                        }
+                        events.push(NewEvent {
+                            appointment_id: id,
+                            patient_id,
+                            kind,
+                            fingerprint,
+                            document: document.to_string().into_bytes(),
+                            message,
+                            control_id,
+                            mapping_version: mappings.version().to_string(),
+                        });
+                    }
+                    None => summary.unmappable += 1,
+                }
+            }
+            self.count(&events);
+            self.feed
+                .record(domain, events, baseline, Vec::new())
+                .await?;
+        }
+        // The whole list was read: what is known but was not seen has left it.
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        summary.removed = gone.len();
+        if !gone.is_empty() {
+            let mut events = Vec::new();
+            let mut forget = Vec::new();
+            let mappings = self.mappings.current();
+            for id in gone {
+                let last = match self.settings.on_removed {
+                    OnRemoved::Ignore => None,
+                    OnRemoved::Send => self.feed.document(domain, &id).await?,
+                };
+                let Some(mut document) =
+                    last.and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                else {
+                    forget.push(id);
+                    continue;
+                };
+                match self.event(&mappings, domain, &id, EventKind::Removed, &mut document) {
+                    Some((message, control_id)) => events.push(NewEvent {
+                        patient_id: document
+                            .pointer("/appointment/patientId")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        appointment_id: id,
+                        kind: EventKind::Removed,
+                        fingerprint: String::new(),
+                        document: document.to_string().into_bytes(),
+                        message,
+                        control_id,
+                        mapping_version: mappings.version().to_string(),
+                    }),
+                    None => forget.push(id),
+                }
+            }
+            self.count(&events);
+            self.feed.record(domain, events, Vec::new(), forget).await?;
+        }
+        Ok(summary)
+    }
+
+    /// Sets `event.kind` in the document and renders the feed's message. `None` when the
+    /// mapping fails (logged with the rule, never the values).
+    fn event(
+        &self,
+        mappings: &MappingSet,
+        domain: &str,
+        appointment_id: &str,
+        kind: EventKind,
+        document: &mut Value,
+    ) -> Option<(String, String)> {
+        if let Value::Object(m) = document {
+            m.insert("event".into(), json!({ "kind": kind.as_str() }));
+        }
+        let control_id = crate::hl7::writer::new_control_id();
+        let options = MapOptions {
+            control_id: Some(control_id.clone()),
+            ..Default::default()
+        };
+        match mappings.map_order_with(&self.settings.mapping, document, &options) {
+            Ok(output) => match output.body {
+                Body::Hl7(er7) => Some((er7, control_id)),
+                Body::Fhir(_) => {
+                    tracing::error!(
+                        mapping = %self.settings.mapping,
+                        "feed.mapping renders FHIR, not HL7; no feed message can be sent"
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                self.metrics.mapping_failures.inc();
+                tracing::warn!(
+                    domain,
+                    appointment_id,
+                    event = kind.as_str(),
+                    error = %e,
+                    "order does not map; it is tried again at the next poll"
+                );
+                None
+            }
+        }
+    }
+
+    fn count(&self, events: &[NewEvent]) {
+        for e in events {
+            self.metrics
+                .events
+                .get_or_create(&super::deliver::KindLabels {
+                    kind: e.kind.as_str().to_string(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// `base` spread by up to `fraction` either way.
+fn jittered(base: Duration, fraction: f64) -> Duration {
+    if fraction <= 0.0 {
+        return base;
+    }
+    let f = rand::rng().random_range(-fraction..=fraction);
+    base.mul_f64((1.0 + f).max(0.0))
+}

@@ -1,0 +1,249 @@
+//! `FeedService`: the order feed as a gRPC stream (`WatchOrders`) and its status.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::Context;
+use super::pb::{self, OutputFormat, feed_service_server::FeedService};
+use crate::feed::{EventKind, Feed};
+
+/// Events sent ahead of the caller before the stream waits for it to read.
+const STREAM_BUFFER: usize = 64;
+/// Events read from the store at a time.
+const PAGE: usize = 256;
+
+pub struct FeedApi {
+    ctx: Arc<Context>,
+}
+
+impl FeedApi {
+    pub fn new(ctx: Arc<Context>) -> FeedApi {
+        FeedApi { ctx }
+    }
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn kind(k: EventKind) -> pb::FeedEventKind {
+    match k {
+        EventKind::New => pb::FeedEventKind::New,
+        EventKind::Changed => pb::FeedEventKind::Changed,
+        EventKind::Removed => pb::FeedEventKind::Removed,
+    }
+}
+
+fn formats(requested: &[i32]) -> Result<Vec<OutputFormat>, Status> {
+    if requested.is_empty() {
+        return Ok(vec![OutputFormat::Hl7OrmO01]);
+    }
+    requested
+        .iter()
+        .map(|f| match OutputFormat::try_from(*f) {
+            Ok(OutputFormat::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+                "unknown output format {f}"
+            ))),
+            Ok(f) => Ok(f),
+        })
+        .collect()
+}
+
+impl Context {
+    fn feed(&self) -> Result<&Arc<Feed>, Status> {
+        self.feed.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "the order feed is not enabled on this bridge (feed.enabled = false)",
+            )
+        })
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchOrdersResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FeedService for FeedApi {
+    type WatchOrdersStream = EventStream;
+
+    async fn watch_orders(
+        &self,
+        request: Request<pb::WatchOrdersRequest>,
+    ) -> Result<Response<Self::WatchOrdersStream>, Status> {
+        self.ctx
+            .call("WatchOrders", request, |who, req| async move {
+                who.authorize(&req.domain)?;
+                let formats = formats(&req.formats)?;
+                let feed = self.ctx.feed()?.clone();
+                let cursor = req.after_cursor.trim();
+                let after = if cursor.is_empty() {
+                    feed.latest_event_id()
+                } else {
+                    let after: i64 = cursor.parse().map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "after_cursor `{cursor}` is not a cursor from this API"
+                        ))
+                    })?;
+                    let first = feed.first_event_id().await.map_err(storage)?;
+                    // Events between the cursor and the oldest retained one are gone.
+                    if after > 0 && first > 0 && after + 1 < first {
+                        return Err(Status::out_of_range(format!(
+                            "cursor {after} is older than the oldest retained event ({first}); resynchronise with StreamPendingOrders, then watch from an empty cursor"
+                        )));
+                    }
+                    after
+                };
+                let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+                tokio::spawn(stream_events(
+                    self.ctx.clone(),
+                    feed,
+                    req.domain,
+                    formats,
+                    after,
+                    tx,
+                ));
+                let stream: EventStream = Box::pin(ReceiverStream::new(rx));
+                Ok(Response::new(stream))
+            })
+            .await
+    }
+
+    async fn get_feed_status(
+        &self,
+        request: Request<pb::GetFeedStatusRequest>,
+    ) -> Result<Response<pb::GetFeedStatusResponse>, Status> {
+        self.ctx
+            .call("GetFeedStatus", request, |who, _req| async move {
+                let Some(feed) = &self.ctx.feed else {
+                    return Ok(Response::new(pb::GetFeedStatusResponse::default()));
+                };
+                let now = crate::store::now_ms();
+                let statuses = feed.destination_status().await.map_err(storage)?;
+                let destinations = self
+                    .ctx
+                    .feed_destinations
+                    .iter()
+                    .zip(statuses)
+                    .map(|(d, s)| pb::FeedDestinationStatus {
+                        name: d.name.clone(),
+                        kind: d.kind.as_str().into(),
+                        target: d.target(),
+                        pending: s.pending,
+                        delivered: s.delivered,
+                        dead: s.dead,
+                        oldest_pending_seconds: s
+                            .oldest_pending_at_ms
+                            .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+                        last_ack_code: s.last_ack_code.unwrap_or_default(),
+                        last_ack_at_utc: time(s.last_ack_at_ms),
+                        last_error: s.last_error.unwrap_or_default(),
+                        last_error_at_utc: time(s.last_error_at_ms),
+                    })
+                    .collect();
+                let allowed = who.domains();
+                let watched: Vec<String> = self
+                    .ctx
+                    .domains
+                    .iter()
+                    .filter(|d| allowed.contains(d))
+                    .cloned()
+                    .collect();
+                let watches = feed
+                    .watch_status(watched)
+                    .await
+                    .map_err(storage)?
+                    .into_iter()
+                    .map(|w| pb::FeedWatchStatus {
+                        domain: w.domain,
+                        baselined: w.baselined,
+                        polls: w.polls,
+                        last_poll_at_utc: time(w.last_poll_at_ms),
+                        last_error: w.last_error.unwrap_or_default(),
+                        tracked_orders: w.tracked_orders,
+                    })
+                    .collect();
+                Ok(Response::new(pb::GetFeedStatusResponse {
+                    enabled: true,
+                    destinations,
+                    watches,
+                }))
+            })
+            .await
+    }
+}
+
+fn storage(e: crate::store::StoreError) -> Status {
+    tracing::error!(error = %e, "feed store read failed");
+    Status::unavailable("the bridge's store is unavailable; try again")
+}
+
+/// Feeds one WatchOrders call: stored events after `after`, then new ones as they are
+/// recorded, until the caller goes away.
+async fn stream_events(
+    ctx: Arc<Context>,
+    feed: Arc<Feed>,
+    domain: String,
+    formats: Vec<OutputFormat>,
+    mut after: i64,
+    tx: mpsc::Sender<Result<pb::WatchOrdersResponse, Status>>,
+) {
+    let stored_only = formats
+        .iter()
+        .all(|f| matches!(f, OutputFormat::Hl7OrmO01 | OutputFormat::SourceJson));
+    let mut latest = feed.subscribe();
+    loop {
+        // Marked seen before reading, so that an event recorded meanwhile wakes us.
+        latest.borrow_and_update();
+        let events = match feed.events(&domain, after, PAGE).await {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = tx.send(Err(storage(e))).await;
+                return;
+            }
+        };
+        let full = events.len() == PAGE;
+        for event in events {
+            after = event.id;
+            let item = serde_json::from_slice::<Value>(&event.document)
+                .map_err(|_| Status::internal(format!("event {} is unreadable", event.id)))
+                .and_then(|document| {
+                    ctx.render_document(
+                        &event.domain,
+                        &event.appointment_id,
+                        &document,
+                        &formats,
+                        Some(&event.message),
+                    )
+                })
+                .map(|mut order| {
+                    // The stored message is what the event's mapping set rendered.
+                    if stored_only {
+                        order.mapping_set_version = event.mapping_version.clone();
+                    }
+                    pb::WatchOrdersResponse {
+                        cursor: event.id.to_string(),
+                        kind: kind(event.kind) as i32,
+                        order: Some(order),
+                        detected_at_utc: time(Some(event.created_at_ms)),
+                    }
+                });
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            changed = latest.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The embedded store: one SQLite file (rusqlite, SQLite compiled in, nothing to install)
+//! that holds everything the bridge must not forget across a restart or a `kill -9` — the
+//! results [`crate::outbox`] and the order [`crate::feed`]'s watch state and delivery
+//! queues.
+//!
+//! **Durability.** WAL with `synchronous = FULL`: a commit is on disk before it returns.
+//! The file (and its `-wal`/`-shm` companions) is for the service's user only (mode 0600):
+//! it holds patient data.
+//!
+//! **One writer thread, group commit.** A single thread owns the connection. Jobs queue on a
+//! channel; the thread takes everything queued (up to a batch), runs it in one transaction,
+//! commits once, and only then answers each caller. Under load many callers share one
+//! fsync, and nothing is answered before it is on disk. Each write job runs in its own
+//! savepoint, so one failing job leaves the others of its batch intact.
+//!
+//! Each owner of tables (outbox, feed) keeps its statements in its own module and hands the
+//! store closures; the schema of every owner is created here at open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{Connection, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs per transaction at most; more wait for the next commit.
+const MAX_BATCH: usize = 512;
+
+/// Bumped when a table changes shape; a newer file is refused rather than misread.
+const SCHEMA_VERSION: i64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("store storage failed: {0}")]
+    Storage(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Answers one job's caller once its batch's commit outcome is known.
+type Answer = Box<dyn FnOnce(Option<&rusqlite::Error>)>;
+type Job = Box<dyn FnOnce(&Transaction, i64) -> Answer + Send>;
+
+/// The store handle; cheap to share behind an `Arc`.
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+/// Unix milliseconds, the store's unit of time.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Store {
+    /// Opens (creating if needed, with its directory) the database at `path`, creates every
+    /// owner's tables, and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = connect(path).map_err(|e| open_error(e.to_string()))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| open_error(e.to_string()))?;
+        if version > SCHEMA_VERSION {
+            return Err(open_error(format!(
+                "written by a newer qubs-bridge (schema {version}; this one knows up to {SCHEMA_VERSION})"
+            )));
+        }
+        for schema in [crate::outbox::SCHEMA, crate::feed::SCHEMA] {
+            conn.execute_batch(schema)
+                .map_err(|e| open_error(e.to_string()))?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| open_error(e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
+            for file in [path.to_path_buf(), with("-wal"), with("-shm")] {
+                if file.exists() {
+                    let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(Arc::new(Store {
+            jobs: tx,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next transaction; answers once it has committed. `now` is the batch's
+    /// time in Unix milliseconds.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction, i64) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |tx, now| {
+            let result = f(tx, now);
+            Box::new(move |commit_error| {
+                let result = match commit_error {
+                    Some(e) => Err(format!("commit failed: {e}")),
+                    None => result.map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Storage)
+    }
+
+    /// Like [`Store::read`], in a savepoint of its own: when `f` fails, none of its writes
+    /// are kept and the rest of the batch is unaffected.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction, i64) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.read(move |tx, now| savepoint(tx, |tx| f(tx, now)))
+            .await
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// The writer thread: batches queued jobs into one transaction each.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for job in batch.drain(..) {
+                answers.push(job(&tx, now));
+            }
+            tx.commit()
+        })();
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "store commit failed; the batch is not stored");
+        }
+        for answer in answers {
+            answer(outcome.as_ref().err());
+        }
+        batch.clear();
+    }
+}
+
+fn savepoint<T>(
+    tx: &Transaction,
+    f: impl FnOnce(&Transaction) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    tx.execute_batch("SAVEPOINT job")?;
+    match f(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_write_leaves_the_rest_of_its_batch_and_the_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/bridge.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .write(|tx, _| tx.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)"))
+            .await
+            .unwrap();
+        let ok = store.write(|tx, _| tx.execute("INSERT INTO t VALUES (1)", []));
+        let clash = store.write(|tx, _| {
+            tx.execute("INSERT INTO t VALUES (2)", [])?;
+            tx.execute("INSERT INTO t VALUES (1)", [])
+        });
+        let (ok, clash) = tokio::join!(ok, clash);
+        assert_eq!(ok.unwrap(), 1);
+        assert!(matches!(clash, Err(StoreError::Storage(_))));
+        let rows: Vec<i64> = store
+            .read(|tx, _| {
+                let mut s = tx.prepare("SELECT v FROM t ORDER BY v")?;
+                s.query_map([], |r| r.get(0))?.collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, [1], "the failed job's first insert was rolled back");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
