@@ -583,3 +583,81 @@ fn mapping_tools_check_test_and_map() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_demo_feed_arrives_at_mllp_listen_and_feed_status_shows_it() {
+    let mut listener = bridge()
+        .args(["mllp", "listen", "--port", "0", "--print", "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut listener, "MLLP receiver listening on");
+    let addr = lines
+        .iter()
+        .find_map(|l| l.split_whitespace().nth(4))
+        .unwrap()
+        .to_string();
+    let mut child = bridge()
+        .args(["serve", "--demo", "--feed-to", &addr])
+        .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("QUBS_BRIDGE__SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("QUBS_BRIDGE__MLLP__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, "admin endpoint");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("order feed: demo-listener")),
+        "{lines:?}"
+    );
+    let server = format!("http://{}", last_word(&lines, "gRPC API on"));
+    // The receiver stops by itself after three messages.
+    let status = wait_exit(&mut listener, Duration::from_secs(60));
+    assert!(status.success());
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut listener.stdout.take().unwrap(), &mut printed).unwrap();
+    assert_eq!(printed.matches("ORM^O01  MSH-10").count(), 3, "{printed}");
+    assert_eq!(printed.matches("ORC-1 NW").count(), 3, "{printed}");
+    assert!(
+        printed.contains("    PID|1||"),
+        "--print shows the message: {printed}"
+    );
+    assert!(printed.contains("3 message(s) received"), "{printed}");
+
+    let (ok, out, err) = client(&server, &["feed", "status"]);
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("demo-listener"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains(&addr), "{row}");
+    let (ok, out, err) = client(&server, &["feed", "status", "--format", "json"]);
+    assert!(ok, "{err}");
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        s["destinations"][0]["delivered"].as_u64().unwrap() >= 3,
+        "{s}"
+    );
+    assert_eq!(s["destinations"][0]["lastAckCode"], "AA", "{s}");
+    assert_eq!(s["watches"][0]["domain"], "acme");
+
+    let (ok, out, err) = client(
+        &server,
+        &[
+            "feed", "watch", "--domain", "acme", "--after", "0", "--count", "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" new ")).count(),
+        2,
+        "{out}"
+    );
+
+    sigterm(&child);
+    wait_exit(&mut child, Duration::from_secs(20));
+}

@@ -187,11 +187,21 @@ impl BridgeProcess {
     }
 }
 
-/// Starts the bridge with its outbox in `dir`; `env` adds `QUBS_BRIDGE__…` overrides.
+/// Starts the bridge with its store in `dir`; `env` adds `QUBS_BRIDGE__…` overrides.
 pub async fn start_bridge(
     sim: &SimulatorProcess,
     dir: &std::path::Path,
     env: &[(&str, &str)],
+) -> BridgeProcess {
+    start_bridge_with_config(sim, dir, env, "").await
+}
+
+/// As [`start_bridge`], with `extra` appended to the configuration file (TOML sections).
+pub async fn start_bridge_with_config(
+    sim: &SimulatorProcess,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    extra: &str,
 ) -> BridgeProcess {
     let config = dir.join("bridge.toml");
     std::fs::write(
@@ -223,11 +233,12 @@ listen = "127.0.0.1:0"
 
 [telemetry]
 log_filter = "warn"
+{extra}
 "#,
             base_url = sim.base_url,
             token_url = sim.token_url,
             token = qubs_bridge::grpc::auth::hash_token(TOKEN),
-            outbox = dir.join("outbox.db").display(),
+            outbox = dir.join("bridge.db").display(),
         ),
     )
     .expect("config written");

@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// Run against the embedded QUBS simulator with demo data.
     #[arg(long)]
     demo: bool,
+    /// With --demo: where the demo's order feed sends ORM^O01 (by default, where
+    /// `qubs-bridge mllp listen` listens).
+    #[arg(long, requires = "demo", default_value_t = format!("127.0.0.1:{DEMO_FEED_PORT}"))]
+    feed_to: String,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -62,12 +66,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if !settings.feed.enabled && settings.feed.destinations.is_empty() {
             settings.feed.enabled = true;
             settings.feed.poll_interval_secs = 10;
+            // A reported order leaves the worklist: consumers get ORC-1 CA for it.
+            settings.feed.on_removed = crate::feed::OnRemoved::Send;
             settings
                 .feed
                 .destinations
                 .push(crate::feed::DestinationSettings {
                     name: "demo-listener".into(),
-                    address: Some(format!("127.0.0.1:{DEMO_FEED_PORT}")),
+                    address: Some(args.feed_to.clone()),
                     retry_max_ms: 5000,
                     ..Default::default()
                 });
