@@ -154,8 +154,10 @@ impl IncomingHeader {
             return header;
         };
         let line = text[start..].split(['\r', '\n']).next().unwrap_or_default();
-        let bytes = line.as_bytes();
-        let field_sep = bytes[3];
+        // `MSH` then a line break: there is no field separator to read.
+        let Some(&field_sep) = line.as_bytes().get(3) else {
+            return header;
+        };
         let fields: Vec<&str> = line.split(field_sep as char).collect();
         // fields[0] = "MSH", fields[1] = MSH-2, fields[n] = MSH-(n+1)
         if let Some(d) = fields
@@ -368,6 +370,9 @@ mod tests {
         );
         assert_eq!(h.control_id.as_deref(), Some("ID42"));
         assert_eq!(h.version, "2.4");
+        for short in ["MSH\rPID|1", "MSH\r\n", "junk MSH\nMSH"] {
+            assert_eq!(IncomingHeader::recover(short).control_id, None, "{short:?}");
+        }
         let h = IncomingHeader::recover("not hl7 at all");
         assert_eq!(h.control_id, None);
         let ack = build(&h, AckCode::AR, None, &now());
