@@ -44,6 +44,10 @@ pub use inbound::{ReportStatus, ReportSubmission};
 pub use spec::{InputKind, OutputKind};
 pub use yaml::Pos;
 
+/// The reason of the [`MapError::Value`] for an ORU^R01 without any OBR.
+pub const NO_ORDER_GROUP: &str =
+    "no OBR segment: an ORU^R01 needs at least one ORDER_OBSERVATION group";
+
 /// One load-time problem in a mapping file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -531,8 +535,7 @@ impl MappingSet {
         if groups.is_empty() {
             return Err(MapError::Value {
                 rule: format!("message {msh10}"),
-                reason: "no OBR segment: an ORU^R01 needs at least one ORDER_OBSERVATION group"
-                    .into(),
+                reason: NO_ORDER_GROUP.into(),
             });
         }
         let mut submissions = Vec::with_capacity(groups.len());

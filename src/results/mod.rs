@@ -711,6 +711,10 @@ fn map_refusal(e: &MapError) -> Refusal {
             };
             (AckCode::AE, code, "mapping", loc)
         }
+        // A missing segment is a structure error (table 0357 code 100), not a data type one.
+        MapError::Value { reason, .. } if reason == crate::mapping::NO_ORDER_GROUP => {
+            (AckCode::AR, ErrorCode::SegmentSequence, "unparseable", None)
+        }
         MapError::Value { .. } => (AckCode::AE, ErrorCode::DataTypeError, "mapping", None),
         MapError::UnknownMapping(_) | MapError::WrongInput(_) | MapError::InGroup { .. } => (
             AckCode::AE,
