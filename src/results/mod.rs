@@ -445,6 +445,7 @@ impl Results {
                 ),
             )
         })?;
+        check_resource_type(&value)?;
         let set = self.mappings.current();
         let inbound = set
             .map_diagnostic_report(&value, &self.context(domain, utc_site()))
@@ -526,6 +527,31 @@ impl Results {
             None => Ok(entries.iter().map(accepted).collect()),
         }
     }
+}
+
+/// Only a DiagnosticReport is read as one: the mapping reads `basedOn`, `identifier`,
+/// `status` and `conclusion`, which other resources have too.
+fn check_resource_type(value: &Value) -> Result<(), Refusal> {
+    let problem = match value {
+        Value::Object(o) => match o.get("resourceType") {
+            Some(Value::String(t)) if t == "DiagnosticReport" => return Ok(()),
+            Some(Value::String(t)) if t.len() <= 64 => {
+                format!("resourceType is `{t}`; expected `DiagnosticReport`")
+            }
+            Some(Value::String(_)) => "resourceType is not `DiagnosticReport`".to_string(),
+            _ => "resourceType is missing; expected `DiagnosticReport`".to_string(),
+        },
+        other => format!(
+            "expected a FHIR DiagnosticReport object, found {}",
+            qubs::model::json_kind(other)
+        ),
+    };
+    Err(refusal(
+        AckCode::AR,
+        ErrorCode::DataTypeError,
+        "unparseable",
+        problem,
+    ))
 }
 
 /// Why a message's MSH-9 could not be read: no MSH at all, delimiters that cannot be
