@@ -1016,16 +1016,8 @@ fn decode_error(operation: &'static str, reply: &Reply, reason: String) -> Error
 
 /// Parses JSON, describing a syntax error by position only (the body is PHI).
 fn parse_json(body: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(body).map_err(|e| {
-        format!(
-            "malformed JSON ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-        .to_lowercase()
-        .replace("json", "JSON")
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| format!("malformed JSON ({})", crate::domain::json_error(&e)))
 }
 
 impl std::fmt::Debug for Client {

@@ -437,12 +437,7 @@ impl Results {
                 AckCode::AR,
                 ErrorCode::DataTypeError,
                 "unparseable",
-                format!(
-                    "not JSON: {} error at line {} column {}",
-                    format!("{:?}", e.classify()).to_lowercase(),
-                    e.line(),
-                    e.column()
-                ),
+                format!("not JSON: {}", crate::domain::json_error(&e)),
             )
         })?;
         check_resource_type(&value)?;
