@@ -75,6 +75,8 @@ struct Call<'a> {
 
 /// A response that came back (any status), body read.
 struct Reply {
+    /// The `X-Correlation-Id` the request was sent with.
+    correlation_id: Uuid,
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -653,7 +655,7 @@ impl Client {
                 if status.is_success() {
                     return Ok(Attempt::Done(response));
                 }
-                let reply = read_reply(response, call.operation, 64 * 1024).await?;
+                let reply = read_reply(response, call.operation, 64 * 1024, correlation_id).await?;
                 Ok(Attempt::Failed(reply, generation))
             })
             .await
@@ -724,7 +726,13 @@ impl Client {
         deadline: Instant,
     ) -> Result<Attempt<Reply>, Error> {
         let (response, generation) = self.send(call, correlation_id, deadline).await?;
-        let reply = read_reply(response, call.operation, MAX_JSON_BODY_BYTES).await?;
+        let reply = read_reply(
+            response,
+            call.operation,
+            MAX_JSON_BODY_BYTES,
+            correlation_id,
+        )
+        .await?;
         if reply.status.is_success() {
             Ok(Attempt::Done(reply))
         } else {
@@ -884,6 +892,7 @@ async fn read_reply(
     mut response: reqwest::Response,
     operation: &'static str,
     limit: usize,
+    correlation_id: Uuid,
 ) -> Result<Reply, Error> {
     let status = response.status();
     let headers = std::mem::take(response.headers_mut());
@@ -912,6 +921,7 @@ async fn read_reply(
         body.extend_from_slice(&chunk);
     }
     Ok(Reply {
+        correlation_id,
         status,
         headers,
         body: Bytes::from(body),
@@ -998,16 +1008,12 @@ fn error_from_reply(operation: &'static str, reply: &Reply) -> Error {
     }
 }
 
+/// A success response whose body is not what the API documents. The error carries the
+/// correlation id the request was sent with: QUBS need not echo it back.
 fn decode_error(operation: &'static str, reply: &Reply, reason: String) -> Error {
-    let request_id = reply
-        .headers
-        .get("X-Correlation-Id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(Uuid::nil());
     Error {
         operation,
-        correlation_id: request_id,
+        correlation_id: reply.correlation_id,
         attempts: 1,
         kind: ErrorKind::Decode(reason),
         retry_after: None,
