@@ -169,7 +169,7 @@ impl Client {
             .execute(Call::get("GET pending appointments", url))
             .await?;
         let fail = |reason: String| decode_error("GET pending appointments", &reply, reason);
-        let value: Value = parse_json(&reply.body).map_err(&fail)?;
+        let value: Value = reply_json(&reply).map_err(&fail)?;
         let Value::Object(mut page) = value else {
             return Err(fail(format!(
                 "expected a page object, found {}",
@@ -265,8 +265,7 @@ impl Client {
     ) -> Result<Appointment, Error> {
         let url = self.url(&[domain, "reporting", "appointments", appointment_id]);
         let reply = self.execute(Call::get("GET appointment", url)).await?;
-        let value =
-            parse_json(&reply.body).map_err(|r| decode_error("GET appointment", &reply, r))?;
+        let value = reply_json(&reply).map_err(|r| decode_error("GET appointment", &reply, r))?;
         Appointment::from_json(value).map_err(|r| decode_error("GET appointment", &reply, r))
     }
 
@@ -488,7 +487,7 @@ impl Client {
         ]);
         let call = Call::post_json(OP, url, &body, idempotency_key);
         let reply = self.execute(call).await?;
-        from_item(parse_json(&reply.body).map_err(|r| decode_error(OP, &reply, r))?)
+        from_item(reply_json(&reply).map_err(|r| decode_error(OP, &reply, r))?)
             .map_err(|r| decode_error(OP, &reply, r))
     }
 
@@ -524,7 +523,7 @@ impl Client {
         let reply = self
             .execute(Call::post_json(OP, url, &body, idempotency_key))
             .await?;
-        let value = parse_json(&reply.body).map_err(|r| decode_error(OP, &reply, r))?;
+        let value = reply_json(&reply).map_err(|r| decode_error(OP, &reply, r))?;
         let items = match value {
             Value::Object(mut o) => match o.remove("attachments") {
                 Some(Value::Array(items)) => items,
@@ -595,7 +594,7 @@ impl Client {
         id_field: &str,
     ) -> Result<Vec<T>, Error> {
         let reply = self.execute(Call::get(operation, url)).await?;
-        let items = match parse_json(&reply.body).map_err(|r| decode_error(operation, &reply, r))? {
+        let items = match reply_json(&reply).map_err(|r| decode_error(operation, &reply, r))? {
             Value::Array(items) => items,
             other => {
                 return Err(decode_error(
@@ -624,7 +623,7 @@ impl Client {
         url: Url,
     ) -> Result<T, Error> {
         let reply = self.execute(Call::get(operation, url)).await?;
-        let value = parse_json(&reply.body).map_err(|r| decode_error(operation, &reply, r))?;
+        let value = reply_json(&reply).map_err(|r| decode_error(operation, &reply, r))?;
         from_item(value).map_err(|r| decode_error(operation, &reply, r))
     }
 
@@ -1018,6 +1017,25 @@ fn decode_error(operation: &'static str, reply: &Reply, reason: String) -> Error
         kind: ErrorKind::Decode(reason),
         retry_after: None,
     }
+}
+
+/// A success response's body as JSON. A body that is not JSON is described by its content
+/// type when that says it is something else (a proxy's HTML page), else by position.
+fn reply_json(reply: &Reply) -> Result<Value, String> {
+    parse_json(&reply.body).map_err(|reason| {
+        match reply
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|ct| !ct.to_ascii_lowercase().contains("json"))
+        {
+            Some(ct) => format!(
+                "the response is {}, not JSON",
+                ct.split(';').next().unwrap_or(ct).trim()
+            ),
+            None => reason,
+        }
+    })
 }
 
 /// Parses JSON, describing a syntax error by position only (the body is PHI).
