@@ -939,7 +939,11 @@ pub(crate) fn transport_error(e: &reqwest::Error, operation: &'static str) -> Er
         message.push_str(&s.to_string());
         source = s.source();
     }
-    let kind = if e.is_timeout() {
+    let kind = if e.is_builder() {
+        // Nothing was sent: the request itself cannot be made (an id too long for a
+        // URL, say). Trying again cannot help, and the caller's input is what to fix.
+        ErrorKind::InvalidRequest(format!("the request cannot be built: {message}"))
+    } else if e.is_timeout() {
         ErrorKind::Timeout
     } else if e.is_connect() {
         ErrorKind::Connect(message)
