@@ -32,6 +32,63 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
 }
 
+/// A TOML syntax error as line, column and message. Not `Display`: that quotes the line
+/// around the error, and when the line is `client_secret = "...` that is the secret.
+fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return message.to_string();
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// A serde message without the value it quotes: `invalid type: string "…", expected u32`
+/// becomes `invalid type: string, expected u32`. The value may be a secret set under the
+/// wrong key (`qubs = "<secret>"`).
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .filter_map(|m| rest.find(m).map(|i| i + m.len()))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        // The kind of value (`string`, `integer`, `a map`...), then the quoted value.
+        let quote = rest
+            .find(['"', '`', '\''])
+            .filter(|&q| q > 0 && rest[..q].ends_with(' ') && !rest[..q].contains(','));
+        let Some(q) = quote else { continue };
+        out.push_str(rest[..q].trim_end());
+        let close = rest.as_bytes()[q];
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, b) in rest.bytes().enumerate().skip(q + 1) {
+            match b {
+                b'\\' if close == b'"' && !escaped => escaped = true,
+                b if b == close && !escaped => {
+                    end = i + 1;
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -289,7 +346,7 @@ impl Settings {
             if let Err(e) = toml::from_str::<toml::Table>(&text) {
                 return Err(ConfigError::File {
                     path: path.to_path_buf(),
-                    reason: e.to_string().trim_end().to_string(),
+                    reason: toml_syntax_error(&text, &e),
                 });
             }
             builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
@@ -309,10 +366,10 @@ impl Settings {
         );
         let raw = builder
             .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+            .map_err(|e| ConfigError::Load(without_values(&e.to_string())))?;
         let settings: Settings = raw
             .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+            .map_err(|e| ConfigError::Load(without_values(&e.to_string())))?;
         Ok(settings)
     }
 
@@ -627,6 +684,25 @@ fn check_http_url(key: &str, value: Option<&str>) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_do_not_quote_values() {
+        assert_eq!(
+            without_values(
+                "invalid type: string \"pw \\\"x\\\" y\", expected struct QubsSettings for key `qubs`"
+            ),
+            "invalid type: string, expected struct QubsSettings for key `qubs`"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `70000`, expected u16 for key `a`"),
+            "invalid value: integer, expected u16 for key `a`"
+        );
+        assert_eq!(
+            without_values("invalid type: map, expected a string"),
+            "invalid type: map, expected a string"
+        );
+        assert_eq!(without_values("missing field `x`"), "missing field `x`");
+    }
 
     /// The given variables plus the two required URLs (unless given).
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -7,6 +7,18 @@ use serde::{Deserialize, Serialize};
 /// QUBS refuses report text over this many UTF-8 bytes.
 pub const MAX_REPORT_TEXT_BYTES: usize = 2_097_152;
 
+/// A JSON parse error by kind and position only (the text itself may be PHI): `syntax
+/// error at line 1 column 5`, `eof error at …`, and for serde_json's recursion limit,
+/// which it classifies as a syntax error, `nested more than 128 levels deep at …`.
+pub fn json_error(e: &serde_json::Error) -> String {
+    let what = if e.to_string().starts_with("recursion limit exceeded") {
+        "nested more than 128 levels deep".to_string()
+    } else {
+        format!("{:?} error", e.classify()).to_lowercase()
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
 /// Status of a submitted report, as QUBS accepts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -187,6 +187,8 @@ impl OutboxService for OutboxApi {
     ) -> Result<Response<pb::PurgeOutboxResponse>, Status> {
         self.ctx
             .call("PurgeOutbox", request, |who, req| async move {
+                // The caller's domains first, as every call does, then the request.
+                let domains = domains(&who, &req.domain)?;
                 let which = match state(&req.state)? {
                     Some(s @ (State::Submitted | State::Dead)) => s,
                     _ => {
@@ -201,7 +203,7 @@ impl OutboxService for OutboxApi {
                     .ctx
                     .results
                     .outbox
-                    .purge(which, older_than, domains(&who, &req.domain)?)
+                    .purge(which, older_than, domains)
                     .await
                     .map_err(storage)?;
                 tracing::info!(caller = %who.name, purged, state = which.as_str(), "outbox purged");

@@ -76,11 +76,7 @@ impl MappingService for Preview {
                             Err(e) => {
                                 response.errors.push(error(
                                     "unparseable",
-                                    format!(
-                                        "input is not JSON: line {} column {}",
-                                        e.line(),
-                                        e.column()
-                                    ),
+                                    format!("input is not JSON: {}", crate::domain::json_error(&e)),
                                 ));
                                 return Ok(Response::new(response));
                             }
@@ -120,9 +116,8 @@ impl MappingService for Preview {
                                     response.errors.push(error(
                                         "unparseable",
                                         format!(
-                                            "input is not JSON: line {} column {}",
-                                            e.line(),
-                                            e.column()
+                                            "input is not JSON: {}",
+                                            crate::domain::json_error(&e)
                                         ),
                                     ));
                                     return Ok(Response::new(response));

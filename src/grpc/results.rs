@@ -120,7 +120,7 @@ impl ResultService for ResultsApi {
         self.ctx
             .call("SubmitDiagnosticReport", request, |who, req| async move {
                 who.authorize(&req.domain)?;
-                let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+                let key = idempotency_key(&req.idempotency_key)?;
                 let accepted = self
                     .ctx
                     .results
@@ -142,7 +142,7 @@ impl ResultService for ResultsApi {
             .call("SubmitReport", request, |who, req| async move {
                 who.authorize(&req.domain)?;
                 let report = report_from(&req)?;
-                let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+                let key = idempotency_key(&req.idempotency_key)?;
                 let accepted = self
                     .ctx
                     .results
@@ -155,6 +155,21 @@ impl ResultService for ResultsApi {
             })
             .await
     }
+}
+
+/// The caller's `Idempotency-Key`, if it gave one. Checked here, before anything is
+/// stored: QUBS takes 1 to 128 printable ASCII characters, and a key it cannot take would
+/// otherwise be found out only by the outbox worker, leaving a dead letter behind.
+fn idempotency_key(key: &str) -> Result<Option<&str>, Status> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(
+            "idempotency_key must be 1 to 128 printable ASCII characters",
+        ));
+    }
+    Ok(Some(key))
 }
 
 fn report_from(req: &pb::SubmitReportRequest) -> Result<ReportSubmission, Status> {

@@ -9,6 +9,7 @@
 //! [`IncomingHeader::recover`] reads what it can of a message's MSH even when the rest does
 //! not parse, so that an unparseable frame still gets an ACK with its MSH-10.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::Delimiters;
@@ -154,8 +155,10 @@ impl IncomingHeader {
             return header;
         };
         let line = text[start..].split(['\r', '\n']).next().unwrap_or_default();
-        let bytes = line.as_bytes();
-        let field_sep = bytes[3];
+        // `MSH` then a line break: there is no field separator to read.
+        let Some(&field_sep) = line.as_bytes().get(3) else {
+            return header;
+        };
         let fields: Vec<&str> = line.split(field_sep as char).collect();
         // fields[0] = "MSH", fields[1] = MSH-2, fields[n] = MSH-(n+1)
         if let Some(d) = fields
@@ -214,19 +217,20 @@ pub fn build(
     let c = d.component as char;
     let s = d.subcomponent as char;
     let version = if incoming.version.is_empty() {
-        "2.5.1"
+        "2.5.1".into()
     } else {
-        &incoming.version
+        hex_controls(&incoming.version, d)
     };
+    let version = version.as_ref();
     let trigger = if incoming.trigger_event.is_empty() {
-        "R01"
+        "R01".into()
     } else {
-        &incoming.trigger_event
+        hex_controls(&incoming.trigger_event, d)
     };
     let processing = if incoming.processing_id.is_empty() {
-        "P"
+        "P".into()
     } else {
-        &incoming.processing_id
+        hex_controls(&incoming.processing_id, d)
     };
     let v25 = err_v25(version);
     let mut out = String::with_capacity(256);
@@ -234,10 +238,10 @@ pub fn build(
         out,
         "MSH{f}{enc}{f}{ra}{f}{rf}{f}{sa}{f}{sf}{f}{now}{f}{f}ACK{c}{trigger}{structure}{f}{id}{f}{processing}{f}{version}\r",
         enc = d.encoding_characters(),
-        ra = incoming.receiving_application,
-        rf = incoming.receiving_facility,
-        sa = incoming.sending_application,
-        sf = incoming.sending_facility,
+        ra = hex_controls(&incoming.receiving_application, d),
+        rf = hex_controls(&incoming.receiving_facility, d),
+        sa = hex_controls(&incoming.sending_application, d),
+        sf = hex_controls(&incoming.sending_facility, d),
         now = hl7_timestamp(now),
         structure = if version_at_least(version, 2, 3, 1) {
             format!("{c}ACK")
@@ -250,11 +254,14 @@ pub fn build(
         out,
         "MSA{f}{}{f}{}",
         code.as_str(),
-        escape(incoming.control_id.as_deref().unwrap_or_default(), d)
+        hex_controls(
+            &escape(incoming.control_id.as_deref().unwrap_or_default(), d),
+            d
+        )
     );
     if let (Some(e), false) = (error, v25) {
         // Before 2.5 the text goes in MSA-3.
-        let _ = write!(out, "{f}{}", escape(&e.text, d));
+        let _ = write!(out, "{f}{}", hex_controls(&escape(&e.text, d), d));
     }
     out.push('\r');
     if let Some(e) = error {
@@ -263,7 +270,7 @@ pub fn build(
             .as_ref()
             .map(|l| format!("{}{c}{}{c}{}", l.segment, l.sequence, l.field))
             .unwrap_or_default();
-        let text = escape(&e.text, d);
+        let text = hex_controls(&escape(&e.text, d), d).into_owned();
         if v25 {
             let _ = write!(
                 out,
@@ -286,6 +293,26 @@ pub fn build(
         }
     }
     out
+}
+
+/// `value` with every ASCII control character written as a `\Xhh\` escape. Values echoed
+/// from the incoming message must not bring a line break into the ACK (it would split a
+/// segment) nor MLLP framing bytes (0x0B, or 0x1C before the CR that ends a segment): an
+/// ACK holding those cannot be sent at all.
+fn hex_controls<'a>(value: &'a str, d: &Delimiters) -> Cow<'a, str> {
+    if !value.bytes().any(|b| b.is_ascii_control()) {
+        return Cow::Borrowed(value);
+    }
+    let e = d.escape as char;
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if c.is_ascii_control() {
+            let _ = write!(out, "{e}X{:02X}{e}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn version_at_least(version: &str, major: u32, minor: u32, patch: u32) -> bool {
@@ -368,6 +395,9 @@ mod tests {
         );
         assert_eq!(h.control_id.as_deref(), Some("ID42"));
         assert_eq!(h.version, "2.4");
+        for short in ["MSH\rPID|1", "MSH\r\n", "junk MSH\nMSH"] {
+            assert_eq!(IncomingHeader::recover(short).control_id, None, "{short:?}");
+        }
         let h = IncomingHeader::recover("not hl7 at all");
         assert_eq!(h.control_id, None);
         let ack = build(&h, AckCode::AR, None, &now());
@@ -376,6 +406,27 @@ mod tests {
         let ack = build(&h, AckCode::AA, None, &now());
         assert!(ack.starts_with("MSH#^~\\&#C#D#A#B#"), "{ack}");
         assert!(ack.contains("MSA#AA#X9"), "{ack}");
+    }
+
+    #[test]
+    fn echoed_control_characters_are_hex_escaped() {
+        let h = IncomingHeader::recover(
+            "MSH|^~\\&|A\x0b|B|C|D|x||ORU^R01|ID\x1c|P|2.5.1\x1c|||\rPID|1",
+        );
+        let e = AckError {
+            code: ErrorCode::DataTypeError,
+            location: None,
+            text: "bad\x1c".into(),
+        };
+        let ack = build(&h, AckCode::AE, Some(&e), &now());
+        assert!(
+            crate::mllp::codec::check_payload(ack.as_bytes()).is_ok(),
+            "{ack:?}"
+        );
+        assert!(ack.contains("|A\\X0B\\|"), "{ack:?}");
+        assert!(ack.contains("|2.5.1\\X1C\\\r"), "{ack:?}");
+        assert!(ack.contains("\rMSA|AE|ID\\X1C\\\r"), "{ack:?}");
+        assert!(ack.contains("|bad\\X1C\\\r"), "{ack:?}");
     }
 
     #[test]

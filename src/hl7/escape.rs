@@ -4,7 +4,7 @@
 //! `\X0A\` (exact bytes, the default) or one `\.br\` per line break (formatted text).
 //! Input: `\F\ \S\ \T\ \R\ \E\`, `\Xhh..\` (consecutive hex escapes are decoded together:
 //! UTF-8 when the bytes are valid UTF-8, else Latin-1), `\.br\` → `\n`, `\.sp\`/`\.spN\` →
-//! N newlines, `\H\`/`\N\` (highlighting) dropped. Anything else (`\Z..\`, `\C..\`,
+//! N newlines (N at most 5), `\H\`/`\N\` (highlighting) dropped. Anything else (`\Z..\`, `\C..\`,
 //! `\.in\`, an unterminated escape, bad hex) is kept verbatim, so nothing is lost.
 //! Everything works on chars: delimiters are ASCII, so byte scanning never splits a
 //! multi-byte character.
@@ -162,6 +162,9 @@ enum Decoded {
     Nothing,
 }
 
+/// Most line breaks one `\.spN\` stands for.
+const MAX_SP_LINES: usize = 5;
+
 fn decode_body(body: &str, d: &Delimiters) -> Option<Decoded> {
     Some(match body {
         "F" => Decoded::Char(d.field as char),
@@ -175,7 +178,9 @@ fn decode_body(body: &str, d: &Delimiters) -> Option<Decoded> {
         _ => {
             if let Some(n) = body.strip_prefix(".sp") {
                 let n: usize = n.trim_start_matches('+').parse().ok()?;
-                return Some(Decoded::Newlines(n.min(100)));
+                // At most 5: `\.spN\` is at least 6 bytes, so unescaping never makes a value
+                // longer than it came (a frame of `\.sp99\` once grew fourteenfold).
+                return Some(Decoded::Newlines(n.min(MAX_SP_LINES)));
             }
             let h = body.strip_prefix('X')?;
             if h.is_empty() || h.len() % 2 != 0 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -248,6 +253,9 @@ mod tests {
             "some text\nafter new\nend"
         );
         assert_eq!(unescape("a\\.sp2\\b", &d()), "a\n\nb");
+        // Never longer than the input: no escape expands.
+        let bomb = "\\.sp99\\".repeat(1000);
+        assert_eq!(unescape(&bomb, &d()).len(), 5000);
         assert_eq!(unescape("keep \\Zxyz\\ this", &d()), "keep \\Zxyz\\ this");
         assert_eq!(unescape("bad \\XZZ\\ hex", &d()), "bad \\XZZ\\ hex");
         assert_eq!(unescape("open \\F", &d()), "open \\F");

@@ -44,6 +44,10 @@ pub use inbound::{ReportStatus, ReportSubmission};
 pub use spec::{InputKind, OutputKind};
 pub use yaml::Pos;
 
+/// The reason of the [`MapError::Value`] for an ORU^R01 without any OBR.
+pub const NO_ORDER_GROUP: &str =
+    "no OBR segment: an ORU^R01 needs at least one ORDER_OBSERVATION group";
+
 /// One load-time problem in a mapping file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -299,6 +303,21 @@ pub struct DryRun {
     pub unread_fields: Vec<String>,
 }
 
+/// A file that is not UTF-8, pointed at its first bad byte (line and character column).
+fn not_utf8(file: PathBuf, bytes: &[u8], e: std::str::Utf8Error) -> Diagnostic {
+    let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+    let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+    Diagnostic {
+        file,
+        pos: Pos {
+            line: valid.matches('\n').count() as u32 + 1,
+            column: valid[line_start..].chars().count() as u32 + 1,
+        },
+        message: format!("not valid UTF-8 (byte 0x{:02X})", bytes[e.valid_up_to()]),
+        hint: Some("save mapping files as UTF-8".into()),
+    }
+}
+
 /// A loaded, checked and compiled set of mapping files.
 #[derive(Debug, Clone)]
 pub struct MappingSet {
@@ -330,8 +349,9 @@ impl MappingSet {
         let mut texts = Vec::new();
         let mut diags = Vec::new();
         for f in files {
-            match std::fs::read_to_string(&f) {
-                Ok(t) => texts.push((f, t)),
+            match std::fs::read(&f).map(String::from_utf8) {
+                Ok(Ok(t)) => texts.push((f, t)),
+                Ok(Err(e)) => diags.push(not_utf8(f, e.as_bytes(), e.utf8_error())),
                 Err(e) => diags.push(Diagnostic {
                     file: f,
                     pos: Pos { line: 1, column: 1 },
@@ -616,8 +636,7 @@ impl MappingSet {
         if groups.is_empty() {
             return Err(MapError::Value {
                 rule: format!("message {msh10}"),
-                reason: "no OBR segment: an ORU^R01 needs at least one ORDER_OBSERVATION group"
-                    .into(),
+                reason: NO_ORDER_GROUP.into(),
             });
         }
         let mut submissions = Vec::with_capacity(groups.len());

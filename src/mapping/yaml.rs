@@ -93,9 +93,17 @@ impl Node {
     }
 }
 
+/// Deepest nesting accepted in a mapping or table file.
+pub const MAX_DEPTH: usize = 24;
+
 /// Parses YAML text into a node tree; the error carries the position when known.
 pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
-    let options = serde_saphyr::options! {};
+    // Mapping files nest a handful of levels. serde-saphyr's default depth limit (64) is
+    // more than the recursive deserialization into `Raw` can take on a 2 MiB stack (the
+    // blocking-pool thread that reloads mappings) in a debug build: 50 levels overflowed it.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! { max_depth: MAX_DEPTH },
+    };
     match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
         Ok(s) => Ok(convert(s)),
         Err(e) => {
@@ -109,9 +117,30 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
             // The first line of the rendered error is the message; the rest is a snippet
             // of the file, which may hold PHI-free mapping text only, but keep it short.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
-            Err((pos, first))
+            let first = msg.lines().next().unwrap_or("invalid YAML");
+            Err((pos, readable(first)))
         }
+    }
+}
+
+/// The reader's limit breaches in words an analyst can act on; other messages unchanged.
+fn readable(message: &str) -> String {
+    let Some((_, breach)) = message.split_once("budget breached: ") else {
+        return match message.contains("recursion limit exceeded") {
+            true => "nested too deeply (YAML reader limit)".into(),
+            false => message.to_string(),
+        };
+    };
+    let what = breach.split([' ', '{']).next().unwrap_or_default();
+    match what {
+        "Depth" => format!("nested more than {MAX_DEPTH} levels deep"),
+        "Nodes" | "Events" => {
+            "more than 250000 YAML nodes: an alias bomb, or far larger than a mapping file".into()
+        }
+        "Aliases" | "Anchors" | "AliasAnchorRatio" => {
+            "too many aliases or anchors: an alias bomb?".into()
+        }
+        _ => format!("beyond a YAML reader limit ({breach})"),
     }
 }
 

@@ -99,6 +99,22 @@ impl TokenSource {
         }
     }
 
+    /// `body` as text with the client secret, as sent and as form-encoded, cut out.
+    fn redacted(&self, body: &[u8]) -> String {
+        let secret = self.client_secret.expose_secret();
+        let text = String::from_utf8_lossy(body);
+        if secret.is_empty() {
+            return text.into_owned();
+        }
+        let encoded = serde_urlencoded::to_string([("", secret)]).unwrap_or_default();
+        let encoded = encoded.trim_start_matches('=');
+        let mut text = text.replace(secret, "[secret]");
+        if !encoded.is_empty() {
+            text = text.replace(encoded, "[secret]");
+        }
+        text
+    }
+
     async fn fetch(&self, correlation_id: Uuid) -> Result<AccessToken, Error> {
         let fail = |status: Option<StatusCode>, reason: String| Error {
             operation: "POST oauth2 token",
@@ -132,19 +148,28 @@ impl TokenSource {
             err
         })?;
         if !status.is_success() {
-            let reason = match serde_json::from_slice::<OAuthError>(&body) {
+            // A token endpoint (or a proxy before it) may echo the form it was sent.
+            let body = self.redacted(&body);
+            let reason = match serde_json::from_slice::<OAuthError>(body.as_bytes()) {
                 Ok(e) => match e.error_description {
                     Some(d) => format!("{}: {d}", e.error),
                     None => e.error,
                 },
-                Err(_) => super::problem::excerpt(&body, 200),
+                Err(_) => super::problem::excerpt(body.as_bytes(), 200),
             };
             let mut err = fail(Some(status), reason);
             err.retry_after = retry_after;
             return Err(err);
         }
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| fail(Some(status), format!("token response is not valid: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            // serde quotes the offending value ("invalid type: string \"...\""), which here
+            // could be the token: name the missing field, else only the position.
+            let what = match e.to_string() {
+                m if m.starts_with("missing field") => m,
+                _ => crate::domain::json_error(&e),
+            };
+            fail(Some(status), format!("token response is not valid: {what}"))
+        })?;
         if let Some(t) = &parsed.token_type
             && !t.eq_ignore_ascii_case("bearer")
         {

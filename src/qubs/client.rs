@@ -75,6 +75,8 @@ struct Call<'a> {
 
 /// A response that came back (any status), body read.
 struct Reply {
+    /// The `X-Correlation-Id` the request was sent with.
+    correlation_id: Uuid,
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -167,7 +169,7 @@ impl Client {
             .execute(Call::get("GET pending appointments", url))
             .await?;
         let fail = |reason: String| decode_error("GET pending appointments", &reply, reason);
-        let value: Value = parse_json(&reply.body).map_err(&fail)?;
+        let value: Value = reply_json(&reply).map_err(&fail)?;
         let Value::Object(mut page) = value else {
             return Err(fail(format!(
                 "expected a page object, found {}",
@@ -263,8 +265,7 @@ impl Client {
     ) -> Result<Appointment, Error> {
         let url = self.url(&[domain, "reporting", "appointments", appointment_id]);
         let reply = self.execute(Call::get("GET appointment", url)).await?;
-        let value =
-            parse_json(&reply.body).map_err(|r| decode_error("GET appointment", &reply, r))?;
+        let value = reply_json(&reply).map_err(|r| decode_error("GET appointment", &reply, r))?;
         Appointment::from_json(value).map_err(|r| decode_error("GET appointment", &reply, r))
     }
 
@@ -486,7 +487,7 @@ impl Client {
         ]);
         let call = Call::post_json(OP, url, &body, idempotency_key);
         let reply = self.execute(call).await?;
-        from_item(parse_json(&reply.body).map_err(|r| decode_error(OP, &reply, r))?)
+        from_item(reply_json(&reply).map_err(|r| decode_error(OP, &reply, r))?)
             .map_err(|r| decode_error(OP, &reply, r))
     }
 
@@ -522,7 +523,7 @@ impl Client {
         let reply = self
             .execute(Call::post_json(OP, url, &body, idempotency_key))
             .await?;
-        let value = parse_json(&reply.body).map_err(|r| decode_error(OP, &reply, r))?;
+        let value = reply_json(&reply).map_err(|r| decode_error(OP, &reply, r))?;
         let items = match value {
             Value::Object(mut o) => match o.remove("attachments") {
                 Some(Value::Array(items)) => items,
@@ -593,7 +594,7 @@ impl Client {
         id_field: &str,
     ) -> Result<Vec<T>, Error> {
         let reply = self.execute(Call::get(operation, url)).await?;
-        let items = match parse_json(&reply.body).map_err(|r| decode_error(operation, &reply, r))? {
+        let items = match reply_json(&reply).map_err(|r| decode_error(operation, &reply, r))? {
             Value::Array(items) => items,
             other => {
                 return Err(decode_error(
@@ -622,7 +623,7 @@ impl Client {
         url: Url,
     ) -> Result<T, Error> {
         let reply = self.execute(Call::get(operation, url)).await?;
-        let value = parse_json(&reply.body).map_err(|r| decode_error(operation, &reply, r))?;
+        let value = reply_json(&reply).map_err(|r| decode_error(operation, &reply, r))?;
         from_item(value).map_err(|r| decode_error(operation, &reply, r))
     }
 
@@ -653,7 +654,7 @@ impl Client {
                 if status.is_success() {
                     return Ok(Attempt::Done(response));
                 }
-                let reply = read_reply(response, call.operation, 64 * 1024).await?;
+                let reply = read_reply(response, call.operation, 64 * 1024, correlation_id).await?;
                 Ok(Attempt::Failed(reply, generation))
             })
             .await
@@ -724,7 +725,13 @@ impl Client {
         deadline: Instant,
     ) -> Result<Attempt<Reply>, Error> {
         let (response, generation) = self.send(call, correlation_id, deadline).await?;
-        let reply = read_reply(response, call.operation, MAX_JSON_BODY_BYTES).await?;
+        let reply = read_reply(
+            response,
+            call.operation,
+            MAX_JSON_BODY_BYTES,
+            correlation_id,
+        )
+        .await?;
         if reply.status.is_success() {
             Ok(Attempt::Done(reply))
         } else {
@@ -884,6 +891,7 @@ async fn read_reply(
     mut response: reqwest::Response,
     operation: &'static str,
     limit: usize,
+    correlation_id: Uuid,
 ) -> Result<Reply, Error> {
     let status = response.status();
     let headers = std::mem::take(response.headers_mut());
@@ -912,6 +920,7 @@ async fn read_reply(
         body.extend_from_slice(&chunk);
     }
     Ok(Reply {
+        correlation_id,
         status,
         headers,
         body: Bytes::from(body),
@@ -930,7 +939,11 @@ pub(crate) fn transport_error(e: &reqwest::Error, operation: &'static str) -> Er
         message.push_str(&s.to_string());
         source = s.source();
     }
-    let kind = if e.is_timeout() {
+    let kind = if e.is_builder() {
+        // Nothing was sent: the request itself cannot be made (an id too long for a
+        // URL, say). Trying again cannot help, and the caller's input is what to fix.
+        ErrorKind::InvalidRequest(format!("the request cannot be built: {message}"))
+    } else if e.is_timeout() {
         ErrorKind::Timeout
     } else if e.is_connect() {
         ErrorKind::Connect(message)
@@ -998,34 +1011,41 @@ fn error_from_reply(operation: &'static str, reply: &Reply) -> Error {
     }
 }
 
+/// A success response whose body is not what the API documents. The error carries the
+/// correlation id the request was sent with: QUBS need not echo it back.
 fn decode_error(operation: &'static str, reply: &Reply, reason: String) -> Error {
-    let request_id = reply
-        .headers
-        .get("X-Correlation-Id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(Uuid::nil());
     Error {
         operation,
-        correlation_id: request_id,
+        correlation_id: reply.correlation_id,
         attempts: 1,
         kind: ErrorKind::Decode(reason),
         retry_after: None,
     }
 }
 
+/// A success response's body as JSON. A body that is not JSON is described by its content
+/// type when that says it is something else (a proxy's HTML page), else by position.
+fn reply_json(reply: &Reply) -> Result<Value, String> {
+    parse_json(&reply.body).map_err(|reason| {
+        match reply
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|ct| !ct.to_ascii_lowercase().contains("json"))
+        {
+            Some(ct) => format!(
+                "the response is {}, not JSON",
+                ct.split(';').next().unwrap_or(ct).trim()
+            ),
+            None => reason,
+        }
+    })
+}
+
 /// Parses JSON, describing a syntax error by position only (the body is PHI).
 fn parse_json(body: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(body).map_err(|e| {
-        format!(
-            "malformed JSON ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-        .to_lowercase()
-        .replace("json", "JSON")
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| format!("malformed JSON ({})", crate::domain::json_error(&e)))
 }
 
 impl std::fmt::Debug for Client {

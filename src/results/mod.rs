@@ -333,12 +333,7 @@ impl Results {
         header: &IncomingHeader,
     ) -> Result<Vec<i64>, Refusal> {
         if header.message_code.is_empty() {
-            return Err(refusal(
-                AckCode::AR,
-                ErrorCode::SegmentSequence,
-                "unparseable",
-                "no readable MSH segment: this is not an HL7 v2 message".into(),
-            ));
+            return Err(unreadable_header(text));
         }
         if header.message_code != "ORU" || header.trigger_event != "R01" {
             return Err(refusal(
@@ -355,6 +350,7 @@ impl Results {
                 ),
             ));
         }
+        check_control_id(header)?;
         let set = self.mappings.current();
         let inbound = set
             .map_oru(text, &self.context(domain, utc_site()))
@@ -441,14 +437,10 @@ impl Results {
                 AckCode::AR,
                 ErrorCode::DataTypeError,
                 "unparseable",
-                format!(
-                    "not JSON: {} error at line {} column {}",
-                    format!("{:?}", e.classify()).to_lowercase(),
-                    e.line(),
-                    e.column()
-                ),
+                format!("not JSON: {}", crate::domain::json_error(&e)),
             )
         })?;
+        check_resource_type(&value)?;
         let set = self.mappings.current();
         let inbound = set
             .map_diagnostic_report(&value, &self.context(domain, utc_site()))
@@ -530,6 +522,104 @@ impl Results {
             None => Ok(entries.iter().map(accepted).collect()),
         }
     }
+}
+
+/// Only a DiagnosticReport is read as one: the mapping reads `basedOn`, `identifier`,
+/// `status` and `conclusion`, which other resources have too.
+fn check_resource_type(value: &Value) -> Result<(), Refusal> {
+    let problem = match value {
+        Value::Object(o) => match o.get("resourceType") {
+            Some(Value::String(t)) if t == "DiagnosticReport" => return Ok(()),
+            Some(Value::String(t)) if t.len() <= 64 => {
+                format!("resourceType is `{t}`; expected `DiagnosticReport`")
+            }
+            Some(Value::String(_)) => "resourceType is not `DiagnosticReport`".to_string(),
+            _ => "resourceType is missing; expected `DiagnosticReport`".to_string(),
+        },
+        other => format!(
+            "expected a FHIR DiagnosticReport object, found {}",
+            qubs::model::json_kind(other)
+        ),
+    };
+    Err(refusal(
+        AckCode::AR,
+        ErrorCode::DataTypeError,
+        "unparseable",
+        problem,
+    ))
+}
+
+/// Why a message's MSH-9 could not be read: no MSH at all, delimiters that cannot be
+/// delimiters, or an MSH whose MSH-9 is empty — each said as such.
+fn unreadable_header(text: &str) -> Refusal {
+    match er7::Message::parse(text) {
+        Err(e @ er7::ReadError::EncodingCharacters) => refusal(
+            AckCode::AR,
+            ErrorCode::SegmentSequence,
+            "unparseable",
+            e.to_string(),
+        ),
+        Ok(_) => Refusal {
+            ack_code: AckCode::AR,
+            error: AckError {
+                code: ErrorCode::RequiredFieldMissing,
+                location: Some(ErrorLocation {
+                    segment: "MSH".into(),
+                    sequence: 1,
+                    field: 9,
+                }),
+                text: "MSH-9 (message type) is empty; send ORU^R01".into(),
+            },
+            kind: "unsupported_message",
+            qubs_request_id: None,
+        },
+        Err(_) => refusal(
+            AckCode::AR,
+            ErrorCode::SegmentSequence,
+            "unparseable",
+            "no readable MSH segment: this is not an HL7 v2 message".into(),
+        ),
+    }
+}
+
+/// Longest MSH-10 taken (the ST length of MSH-10 from v2.7; earlier versions allow less).
+const MAX_CONTROL_ID_CHARS: usize = 199;
+
+/// MSH-10 is required: the sender matches the ACK to its message by it, and the bridge
+/// recognises a retransmission by it.
+fn check_control_id(header: &IncomingHeader) -> Result<(), Refusal> {
+    let id = header.control_id.as_deref().unwrap_or_default();
+    let length = id.chars().count();
+    let (code, text) = if id.trim().is_empty() {
+        (
+            ErrorCode::RequiredFieldMissing,
+            "MSH-10 (message control id) is empty: the sender could not match this acknowledgement"
+                .to_string(),
+        )
+    } else if length > MAX_CONTROL_ID_CHARS {
+        (
+            ErrorCode::DataTypeError,
+            format!(
+                "MSH-10 (message control id) is {length} characters long; at most {MAX_CONTROL_ID_CHARS} are allowed"
+            ),
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Refusal {
+        ack_code: AckCode::AR,
+        error: AckError {
+            code,
+            location: Some(ErrorLocation {
+                segment: "MSH".into(),
+                sequence: 1,
+                field: 10,
+            }),
+            text,
+        },
+        kind: "invalid_header",
+        qubs_request_id: None,
+    })
 }
 
 fn accepted(e: &Entry) -> Accepted {
@@ -641,6 +731,10 @@ fn map_refusal(e: &MapError) -> Refusal {
                 ErrorCode::RequiredFieldMissing
             };
             (AckCode::AE, code, "mapping", loc)
+        }
+        // A missing segment is a structure error (table 0357 code 100), not a data type one.
+        MapError::Value { reason, .. } if reason == crate::mapping::NO_ORDER_GROUP => {
+            (AckCode::AR, ErrorCode::SegmentSequence, "unparseable", None)
         }
         MapError::Value { .. } => (AckCode::AE, ErrorCode::DataTypeError, "mapping", None),
         MapError::UnknownMapping(_) | MapError::WrongInput(_) | MapError::InGroup { .. } => (
