@@ -146,6 +146,24 @@ async fn new_changed_and_removed_orders_reach_the_consumer_and_watch_orders() {
         let orm = &event.order.as_ref().unwrap().outputs[0].content;
         assert_eq!(orm, &received.text, "WatchOrders carries the message sent");
     }
+    // Resuming after the second event gives the third onwards.
+    let mut resumed = FeedServiceClient::new(bridge.channel().await)
+        .watch_orders(authed(
+            pb::WatchOrdersRequest {
+                domain: "acme".into(),
+                formats: vec![pb::OutputFormat::SourceJson as i32],
+                after_cursor: events[1].cursor.clone(),
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .expect("WatchOrders resumed")
+        .into_inner();
+    let third = resumed.message().await.unwrap().unwrap();
+    assert_eq!(third.cursor, events[2].cursor);
+    let source = &third.order.unwrap().outputs[0];
+    assert_eq!(source.content_type, "application/json");
+    assert!(source.content.contains("\"appointmentId\""));
     // Live: a new order arrives on the open stream too.
     bridge.sim.put_appointment("acme", pending("A0009"));
     let live = tokio::time::timeout(WAIT, stream.message())
@@ -439,4 +457,87 @@ async fn qubs_errors_back_off_without_losing_the_watch() {
     let s = status(&bridge).await;
     assert!(s.watches[0].baselined);
     assert_eq!(s.watches[0].last_error, "", "recovered");
+}
+
+/// A TLS consumer on the project's own MLLP listener: acknowledges each message and notes
+/// the client certificate's CN.
+struct TlsConsumer {
+    seen: std::sync::Mutex<Vec<Option<String>>>,
+}
+
+impl qubs_bridge::mllp::Handler for TlsConsumer {
+    async fn handle(
+        &self,
+        inbound: qubs_bridge::mllp::Inbound,
+        conn: &qubs_bridge::mllp::Connection,
+    ) {
+        use qubs_bridge::hl7::{ack, er7};
+        let qubs_bridge::mllp::Inbound::Message(bytes) = inbound else {
+            return;
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .push(conn.client_cn().map(str::to_string));
+        let header = ack::IncomingHeader::recover(&er7::decode_bytes(&bytes));
+        let reply = ack::build(&header, ack::AckCode::AA, None, &jiff::ZonedDateTime::now());
+        conn.reply(reply.into_bytes()).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mllp_destination_over_mutual_tls() {
+    let pki = common::pki::Pki::new();
+    let consumer = std::sync::Arc::new(TlsConsumer {
+        seen: Default::default(),
+    });
+    let server = qubs_bridge::mllp::start(
+        &qubs_bridge::mllp::MllpServerSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(pki.server_tls(true)),
+            ..Default::default()
+        },
+        consumer.clone(),
+        std::sync::Arc::new(qubs_bridge::mllp::MllpMetrics::default()),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let (cert, key) = pki.issue_files("bridge", "qubs-bridge-feed", &[]);
+    let ca = pki.ca_file();
+    let addr = server.addr;
+    let bridge = common::start_bridge_with(with_pending(2), &[], |s| {
+        let mut d = mllp("pacs", addr);
+        d.address = Some(format!("localhost:{}", addr.port()));
+        d.tls = Some(qubs_bridge::feed::DestinationTls {
+            ca_file: ca,
+            server_name: None,
+            cert_file: Some(cert),
+            key_file: Some(key),
+        });
+        feed(s, vec![d]);
+    })
+    .await;
+    eventually("two messages over TLS", WAIT, || {
+        consumer.seen.lock().unwrap().len() >= 2
+    })
+    .await;
+    assert!(
+        consumer
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|cn| cn.as_deref() == Some("qubs-bridge-feed")),
+        "the bridge presented its client certificate"
+    );
+    let mut delivered = 0;
+    for _ in 0..100 {
+        delivered = status(&bridge).await.destinations[0].delivered;
+        if delivered == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivered, 2);
 }

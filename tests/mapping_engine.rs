@@ -368,3 +368,58 @@ fn hl7_line_breaks_are_configurable() {
         .to_string();
     assert!(e.contains("`line_breaks` must be `hex` or `br`"), "{e}");
 }
+
+#[test]
+fn the_order_fingerprint_follows_what_the_mappings_read() {
+    let set = set();
+    let base = order("routine-ct.json");
+    let fp = set.order_fingerprint(&base);
+    assert_eq!(fp.len(), 32);
+    assert_eq!(fp, set.order_fingerprint(&base.clone()), "stable");
+
+    // Key order and the feed's own `event` field do not matter.
+    let mut reordered = serde_json::Map::new();
+    let object = base.as_object().unwrap();
+    for (k, v) in object.iter().rev() {
+        reordered.insert(k.clone(), v.clone());
+    }
+    let mut with_event = Value::Object(reordered);
+    with_event["event"] = serde_json::json!({"kind": "changed"});
+    assert_eq!(set.order_fingerprint(&with_event), fp);
+
+    // A field no mapping reads does not matter; one they read does.
+    let mut unread = base.clone();
+    unread["appointment"]["bookingReference"] = "BR-1".into();
+    assert_eq!(set.order_fingerprint(&unread), fp);
+    let mut read = base.clone();
+    read["appointment"]["patientName"] = "Someone Else".into();
+    assert_ne!(set.order_fingerprint(&read), fp);
+    // A comment edit is a change (the ORM's NTE segments read comment text).
+    let mut comment = base.clone();
+    comment["comments"] = serde_json::json!([{"commentType": "AC", "commentText": "new"}]);
+    assert_ne!(set.order_fingerprint(&comment), fp);
+}
+
+#[test]
+fn the_orm_order_control_comes_from_the_feed_event() {
+    let set = set();
+    let control = |kind: Option<&str>| {
+        let mut o = order("routine-ct.json");
+        if let Some(k) = kind {
+            o["event"] = serde_json::json!({ "kind": k });
+        }
+        let out = set.map_order_with("orm_o01", &o, &opts()).unwrap();
+        let Body::Hl7(er7) = out.body else {
+            panic!("HL7 expected")
+        };
+        er7.split('\r')
+            .find(|s| s.starts_with("ORC|"))
+            .and_then(|s| s.split('|').nth(1))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(control(None), "NW", "orders read over gRPC are new orders");
+    assert_eq!(control(Some("new")), "NW");
+    assert_eq!(control(Some("changed")), "XO");
+    assert_eq!(control(Some("removed")), "CA");
+}

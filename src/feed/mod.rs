@@ -26,8 +26,8 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
 pub use settings::{
-    AckPolicy, DestinationKind, DestinationSettings, FeedSettings, FirstRun, OnRemoved, Ordering,
-    SettingsError,
+    AckPolicy, DestinationKind, DestinationSettings, DestinationTls, FeedSettings, FirstRun,
+    OnRemoved, Ordering, SettingsError,
 };
 
 use crate::store::{Store, StoreError};
