@@ -261,6 +261,43 @@ async fn every_consumer_answer_is_handled_by_policy_and_nothing_is_lost() {
             .count();
         assert_eq!(accepted, 1, "{id}: accepted exactly once");
     }
+
+    // The consumer is fixed: the dead letter goes back in the queue and is delivered.
+    let mut feed = FeedServiceClient::new(bridge.channel().await);
+    let unknown = feed
+        .retry_feed_deliveries(authed(
+            pb::RetryFeedDeliveriesRequest {
+                destination: "nowhere".into(),
+                domain: String::new(),
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let retried = feed
+        .retry_feed_deliveries(authed(
+            pb::RetryFeedDeliveriesRequest {
+                destination: "ris".into(),
+                domain: String::new(),
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.requeued, 1);
+    consumer.wait_accepted(7, WAIT).await;
+    let resent: Vec<_> = consumer
+        .received()
+        .into_iter()
+        .filter(|r| r.appointment_id == "A0001")
+        .collect();
+    assert_eq!(resent.len(), 2);
+    assert_eq!(
+        resent[0].control_id, resent[1].control_id,
+        "resent as it was"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,6 +14,15 @@ pub enum FeedCommand {
         #[arg(long, value_enum, default_value_t = Display::Table)]
         format: Display,
     },
+    /// Put a destination's dead letters back in its queue (sent again as they were).
+    Retry {
+        /// The destination's name (see `feed status`).
+        #[arg(long)]
+        destination: String,
+        /// One QUBS domain (default: every domain the token may use).
+        #[arg(long, default_value = "")]
+        domain: String,
+    },
     /// Follow a domain's feed events (new, changed, removed orders) as they are found.
     Watch {
         #[arg(long)]
@@ -45,6 +54,23 @@ pub async fn run(conn: &Connection, command: FeedCommand) -> anyhow::Result<()> 
                 Display::Json => println!("{}", status_json(&s)),
                 Display::Table => print_status(&s),
             }
+        }
+        FeedCommand::Retry {
+            destination,
+            domain,
+        } => {
+            let answer = client
+                .retry_feed_deliveries(pb::RetryFeedDeliveriesRequest {
+                    destination: destination.clone(),
+                    domain,
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            println!(
+                "{} dead letter(s) back in the queue of {destination}",
+                answer.requeued
+            );
         }
         FeedCommand::Watch {
             domain,

@@ -344,6 +344,22 @@ impl Feed {
             .await
     }
 
+    /// Puts a destination's dead letters (of `domains`' orders) back in its queue, due now;
+    /// returns how many. They are sent as they were, with their MSH-10.
+    pub async fn requeue(
+        &self,
+        destination: &str,
+        domains: Vec<String>,
+    ) -> Result<usize, StoreError> {
+        let destination = destination.to_string();
+        let n = self
+            .store
+            .write(move |tx, now| store::requeue(tx, &destination, &domains, now))
+            .await?;
+        self.queued.notify_waiters();
+        Ok(n)
+    }
+
     /// Deletes events older than `older_than_ms` whose deliveries have all settled.
     pub async fn prune(&self, older_than_ms: i64) -> Result<usize, StoreError> {
         self.store

@@ -478,3 +478,23 @@ pub(super) fn prune(tx: &Transaction, older_than: i64) -> rusqlite::Result<usize
         [older_than],
     )
 }
+
+/// Puts a destination's dead letters of `domains` back in its queue, due now.
+pub(super) fn requeue(
+    tx: &Transaction,
+    destination: &str,
+    domains: &[String],
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for domain in domains {
+        n += tx.execute(
+            "UPDATE feed_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3,
+                 updated_at = ?3
+             WHERE destination = ?1 AND state = 'dead'
+               AND event_id IN (SELECT id FROM feed_events WHERE domain = ?2)",
+            params![destination, domain, now],
+        )?;
+    }
+    Ok(n)
+}

@@ -115,6 +115,17 @@ impl FeedService for FeedApi {
             .await
     }
 
+    async fn retry_feed_deliveries(
+        &self,
+        request: Request<pb::RetryFeedDeliveriesRequest>,
+    ) -> Result<Response<pb::RetryFeedDeliveriesResponse>, Status> {
+        self.ctx
+            .call("RetryFeedDeliveries", request, |who, req| async move {
+                self.retry(&who, req).await.map(Response::new)
+            })
+            .await
+    }
+
     async fn get_feed_status(
         &self,
         request: Request<pb::GetFeedStatusRequest>,
@@ -176,6 +187,41 @@ impl FeedService for FeedApi {
                 }))
             })
             .await
+    }
+}
+
+impl FeedApi {
+    async fn retry(
+        &self,
+        who: &super::auth::Caller,
+        req: pb::RetryFeedDeliveriesRequest,
+    ) -> Result<pb::RetryFeedDeliveriesResponse, Status> {
+        // The caller's rights first: nothing about the feed is told to a stranger.
+        let domains = if req.domain.is_empty() {
+            who.domains()
+        } else {
+            who.authorize(&req.domain)?;
+            vec![req.domain]
+        };
+        let feed = self.ctx.feed()?;
+        if !self
+            .ctx
+            .feed_destinations
+            .iter()
+            .any(|d| d.name == req.destination)
+        {
+            return Err(Status::not_found(format!(
+                "no feed destination named `{}`",
+                req.destination
+            )));
+        }
+        let requeued = feed
+            .requeue(&req.destination, domains)
+            .await
+            .map_err(storage)?;
+        Ok(pb::RetryFeedDeliveriesResponse {
+            requeued: requeued as u64,
+        })
     }
 }
 
