@@ -29,9 +29,7 @@ impl FeedApi {
 }
 
 fn time(ms: Option<i64>) -> String {
-    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    ms.map(super::outbox::time).unwrap_or_default()
 }
 
 fn kind(k: EventKind) -> pb::FeedEventKind {
@@ -40,21 +38,6 @@ fn kind(k: EventKind) -> pb::FeedEventKind {
         EventKind::Changed => pb::FeedEventKind::Changed,
         EventKind::Removed => pb::FeedEventKind::Removed,
     }
-}
-
-fn formats(requested: &[i32]) -> Result<Vec<OutputFormat>, Status> {
-    if requested.is_empty() {
-        return Ok(vec![OutputFormat::Hl7OrmO01]);
-    }
-    requested
-        .iter()
-        .map(|f| match OutputFormat::try_from(*f) {
-            Ok(OutputFormat::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
-                "unknown output format {f}"
-            ))),
-            Ok(f) => Ok(f),
-        })
-        .collect()
 }
 
 impl Context {
@@ -80,7 +63,7 @@ impl FeedService for FeedApi {
         self.ctx
             .call("WatchOrders", request, |who, req| async move {
                 who.authorize(&req.domain)?;
-                let formats = formats(&req.formats)?;
+                let formats = super::orders::formats(&req.formats, OutputFormat::Hl7OrmO01)?;
                 let feed = self.ctx.feed()?.clone();
                 let cursor = req.after_cursor.trim();
                 let after = if cursor.is_empty() {

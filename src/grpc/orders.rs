@@ -27,9 +27,13 @@ impl Orders {
     }
 }
 
-fn formats(requested: &[i32]) -> Result<Vec<OutputFormat>, Status> {
+/// The formats asked for; `default` when none.
+pub(super) fn formats(
+    requested: &[i32],
+    default: OutputFormat,
+) -> Result<Vec<OutputFormat>, Status> {
     if requested.is_empty() {
-        return Ok(vec![OutputFormat::FhirServiceRequest]);
+        return Ok(vec![default]);
     }
     requested
         .iter()
@@ -90,7 +94,7 @@ impl OrderService for Orders {
         self.ctx
             .call("ListPendingOrders", request, |who, req| async move {
                 who.authorize(&req.domain)?;
-                let formats = formats(&req.formats)?;
+                let formats = formats(&req.formats, OutputFormat::FhirServiceRequest)?;
                 let size = page_size(req.page_size, self.ctx.page_size)?;
                 let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
                 let page = self
@@ -126,7 +130,7 @@ impl OrderService for Orders {
         self.ctx
             .call("StreamPendingOrders", request, |who, req| async move {
                 who.authorize(&req.domain)?;
-                let formats = formats(&req.formats)?;
+                let formats = formats(&req.formats, OutputFormat::FhirServiceRequest)?;
                 let size = page_size(req.page_size, self.ctx.page_size)?;
                 let include = Include {
                     comments: req.include_comments,
@@ -157,7 +161,7 @@ impl OrderService for Orders {
                 if req.appointment_id.is_empty() {
                     return Err(Status::invalid_argument("appointment_id is required"));
                 }
-                let formats = formats(&req.formats)?;
+                let formats = formats(&req.formats, OutputFormat::FhirServiceRequest)?;
                 let appointment = self
                     .ctx
                     .client

@@ -19,7 +19,8 @@ impl OutboxApi {
     }
 }
 
-fn time(ms: i64) -> String {
+/// A store time (Unix milliseconds) as RFC 3339 UTC.
+pub(super) fn time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.to_string())
         .unwrap_or_default()
