@@ -148,6 +148,10 @@ JOBS = [
 ]
 
 
+def ratio_text(x):
+    return "%.1f" % x if x >= 10 else "%.2f" % x if x >= 0.1 else "%.3f" % x
+
+
 def table(work):
     rows = [json.loads(line) for line in open(os.path.join(work, "results.jsonl"))
             if line.startswith("{")]
@@ -162,17 +166,20 @@ def table(work):
         if not peers or not ours:
             continue
         fastest = peers[0]
-        lines.append("%s: %s (%d items, best of %d runs)" % (job, title, rs[0]["items"], rs[0]["runs"]))
-        lines.append("  %-*s %12s %14s" % (w, "implementation", "items/s", "vs fastest peer"))
+        lines.append("%s: %s (%d items)" % (job, title, rs[0]["items"]))
+        lines.append("  %-*s %12s %16s %5s" % (w, "implementation", "items/s", "vs fastest peer",
+                                             "runs"))
         for r in rs:
-            lines.append("  %-*s %12s %13.1fx" % (w, r["impl"], "{:,.0f}".format(r["items_per_s"]),
-                                                  r["items_per_s"] / fastest["items_per_s"]))
+            lines.append("  %-*s %12s %15sx %5d" % (w, r["impl"], "{:,.0f}".format(r["items_per_s"]),
+                                                    ratio_text(r["items_per_s"] / fastest["items_per_s"]),
+                                                    r["runs"]))
         lines.append("")
         ratio = ours[0]["items_per_s"] / fastest["items_per_s"]
         ok = ratio >= TARGET
         missed |= not ok
-        summary.append("  %-4s qubs-bridge / %-*s = %7.1fx  (%s %gx)"
-                       % (job, w - 2, fastest["impl"], ratio, "meets" if ok else "MISSES", TARGET))
+        summary.append("  %-4s qubs-bridge / %-*s = %6sx  (%s %gx)"
+                       % (job, w - 2, fastest["impl"], ratio_text(ratio),
+                          "meets" if ok else "misses", TARGET))
     print("\n".join(lines))
     print("qubs-bridge / fastest peer:")
     print("\n".join(summary))

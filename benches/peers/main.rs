@@ -5,7 +5,7 @@
 //!
 //! Reads the corpus made by `gen_corpus.py` into memory, then times each job over the whole
 //! corpus, best of `--runs`, and prints one JSON line per job. The outputs for the first
-//! `--check` items go to `OUT/qubs-bridge/` for `check.py`, which compares every
+//! `--check` items go to `OUT/qubs-bridge/` for `compare.py`, which compares every
 //! implementation's results.
 //!
 //! Jobs (the same work the peers do):

@@ -5,7 +5,7 @@
 //
 // Loads the corpus into memory, times each job over the whole corpus, best of --runs,
 // prints one JSON line per job and writes the outputs of the first --check items to
-// OUT/medplum/ for check.py. The order rules are those of mappings/orm_o01.yaml and
+// OUT/medplum/ for compare.py. The order rules are those of mappings/orm_o01.yaml and
 // mappings/service_request.yaml, written out by hand as a medplum user would.
 
 import { readFileSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -54,13 +54,16 @@ function unescapeHl7(s) {
   });
 }
 
+// Line breaks as hex escapes, byte-exact, as qubs-bridge writes them by default.
 const NEEDS_ESCAPE = /[\\|^&~\r\n]/;
-const ESCAPE_ONE = /[\\|^&~]|\r\n|\r|\n/g;
-const ESCAPED = { '\\': '\\E\\', '|': '\\F\\', '^': '\\S\\', '&': '\\T\\', '~': '\\R\\' };
+const ESCAPE_ONE = /[\\|^&~\r\n]/g;
+const ESCAPED = {
+  '\\': '\\E\\', '|': '\\F\\', '^': '\\S\\', '&': '\\T\\', '~': '\\R\\', '\r': '\\X0D\\', '\n': '\\X0A\\',
+};
 
 function escapeHl7(s) {
   if (!NEEDS_ESCAPE.test(s)) return s;
-  return s.replace(ESCAPE_ONE, (c) => ESCAPED[c] ?? '\\.br\\');
+  return s.replace(ESCAPE_ONE, (c) => ESCAPED[c]);
 }
 
 // --- job 1: ORU^R01 → accession, status, interpreter, report text ---------------------

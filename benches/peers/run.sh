@@ -31,18 +31,21 @@ mkdir -p "$work"
 
 echo "== machine"
 echo "cores: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "rustc: $(rustc --version); $("$py" --version); node $(node --version)"
 echo "before: $(uptime)"
 
 results="$work/results.jsonl"
 : >"$results"
 common=(--corpus "$work/corpus" --out "$work/out" --runs "$runs" --check "$check")
-echo "== qubs-bridge"
+# Other work on the machine skews the numbers: the load average is shown per implementation.
+load() { echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"; }
+echo "== qubs-bridge"; load
 (cd "$root" && cargo bench --bench peers --quiet -- "${common[@]}") | tee -a "$results"
 for impl in hl7 hl7apy fhir.resources; do
-    echo "== $impl"
+    echo "== $impl"; load
     (cd "$here" && "$py" py_peers.py --impl "$impl" "${common[@]}") | tee -a "$results"
 done
-echo "== medplum"
+echo "== medplum"; load
 (cd "$here" && node medplum_peer.mjs "${common[@]}") | tee -a "$results"
 echo "after: $(uptime)"
 echo
