@@ -314,17 +314,18 @@ impl<'a> Segment<'a> {
 
 /// The `n`-th (0-based) part of `s` split on `sep`, without allocating. `sep` is ASCII,
 /// so every cut is on a char boundary.
+///
+/// The parts before the wanted one are skipped with a plain byte loop: they are mostly a
+/// few bytes long, where starting a vectorised search per separator costs more than it
+/// saves. The end of the wanted part (often long text) is found with memchr.
 fn nth(s: &str, sep: u8, n: usize) -> Option<&str> {
+    let b = s.as_bytes();
     let mut start = 0;
-    let mut k = 0;
-    for i in memchr::memchr_iter(sep, s.as_bytes()) {
-        if k == n {
-            return Some(&s[start..i]);
-        }
-        k += 1;
-        start = i + 1;
+    for _ in 0..n {
+        start += b[start..].iter().position(|&c| c == sep)? + 1;
     }
-    (k == n).then(|| &s[start..])
+    let end = memchr::memchr(sep, &b[start..]).map_or(b.len(), |p| start + p);
+    Some(&s[start..end])
 }
 
 /// An ORDER_OBSERVATION group: an optional ORC, an OBR and what follows up to the next group.
@@ -806,6 +807,20 @@ OBX|1|TX|||other\n";
         assert_eq!(m.query("MSH[2]-1").unwrap(), None);
         assert_eq!(m.query("MSH[2]-3").unwrap(), None);
         assert_eq!(m.whole().all(&Path::parse("MSH[*]-3").unwrap()), ["A"]);
+    }
+
+    #[test]
+    fn nth_parts() {
+        assert_eq!(nth("a|bb||c", b'|', 0), Some("a"));
+        assert_eq!(nth("a|bb||c", b'|', 1), Some("bb"));
+        assert_eq!(nth("a|bb||c", b'|', 2), Some(""));
+        assert_eq!(nth("a|bb||c", b'|', 3), Some("c"));
+        assert_eq!(nth("a|bb||c", b'|', 4), None);
+        assert_eq!(nth("a|", b'|', 1), Some(""));
+        assert_eq!(nth("a|", b'|', 2), None);
+        assert_eq!(nth("", b'|', 0), Some(""));
+        assert_eq!(nth("", b'|', 1), None);
+        assert_eq!(nth("Ä|ö€|😀", b'|', 2), Some("😀"));
     }
 
     #[test]

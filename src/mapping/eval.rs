@@ -86,13 +86,33 @@ impl<'a> Env<'a> {
         self.bindings.pop();
     }
 
-    /// JSON values at `p` (items of a list, or the one value).
-    pub fn json(&self, p: &'a JsonPath) -> Vec<&'a Value> {
-        let start: Option<&'a Value> = match self.bindings.iter().rev().find(|b| b.0 == p.root) {
+    fn root(&self, p: &'a JsonPath) -> Option<&'a Value> {
+        match self.bindings.iter().rev().find(|b| b.0 == p.root) {
             Some(b) => Some(b.1),
             None => self.input.get(&p.root),
-        };
-        let mut cur: Vec<&'a Value> = start.into_iter().collect();
+        }
+    }
+
+    /// The value at a path without `[*]` or filters (at most one), walked without the
+    /// per-step lists [`Env::json`] builds: most rules read such a path.
+    fn json_one(&self, p: &'a JsonPath) -> Option<&'a Value> {
+        let mut cur = self.root(p)?;
+        for st in &p.steps {
+            cur = match st {
+                Step::Key(k) => cur.get(k)?,
+                Step::Index(i) => cur.get(*i)?,
+                Step::All | Step::Filter { .. } => unreachable!("json_one on a many-valued path"),
+            };
+        }
+        (!cur.is_null()).then_some(cur)
+    }
+
+    /// JSON values at `p` (items of a list, or the one value).
+    pub fn json(&self, p: &'a JsonPath) -> Vec<&'a Value> {
+        if !p.is_many() {
+            return self.json_one(p).into_iter().collect();
+        }
+        let mut cur: Vec<&'a Value> = self.root(p).into_iter().collect();
         for st in &p.steps {
             let mut next = Vec::with_capacity(cur.len());
             for v in cur {
@@ -122,19 +142,17 @@ impl<'a> Env<'a> {
 
     fn alt(&self, a: &'a Alt) -> Val {
         match a {
+            Alt::Json(p) if !p.is_many() => self
+                .json_one(p)
+                .and_then(scalar)
+                .filter(|s| !s.is_empty())
+                .map_or(Val::None, Val::One),
             Alt::Json(p) => {
                 let vals: Vec<String> = self.json(p).into_iter().filter_map(scalar).collect();
-                if p.is_many() {
-                    if vals.is_empty() {
-                        Val::None
-                    } else {
-                        Val::Many(vals)
-                    }
+                if vals.is_empty() {
+                    Val::None
                 } else {
-                    vals.into_iter()
-                        .next()
-                        .filter(|s| !s.is_empty())
-                        .map_or(Val::None, Val::One)
+                    Val::Many(vals)
                 }
             }
             Alt::Index => self
@@ -245,11 +263,18 @@ impl<'a> Env<'a> {
     fn present(&self, alts: &'a [Alt]) -> bool {
         alts.iter().any(|a| match a {
             // Objects count as present for `present: true` (e.g. an assigned radiologist).
-            Alt::Json(p) => self.json(p).iter().any(|v| match v {
-                Value::String(s) => !s.is_empty(),
-                Value::Array(a) => !a.is_empty(),
-                _ => true,
-            }),
+            Alt::Json(p) => {
+                let present = |v: &Value| match v {
+                    Value::String(s) => !s.is_empty(),
+                    Value::Array(a) => !a.is_empty(),
+                    _ => true,
+                };
+                if p.is_many() {
+                    self.json(p).into_iter().any(present)
+                } else {
+                    self.json_one(p).is_some_and(present)
+                }
+            }
             other => self.alt(other).is_present(),
         })
     }

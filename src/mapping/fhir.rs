@@ -419,14 +419,19 @@ impl Tree {
             Tree::Leaf(Value::Null) => None,
             Tree::Leaf(v) => Some(v),
             Tree::Obj(entries) => {
-                let m: Map<String, Value> = entries
-                    .into_iter()
-                    .filter_map(|(k, t)| t.into_value().map(|v| (k, v)))
-                    .collect();
+                // Sized up front: collecting a filter_map starts from an empty map and
+                // regrows it (and its hash index) as entries arrive.
+                let mut m = Map::with_capacity(entries.len());
+                for (k, t) in entries {
+                    if let Some(v) = t.into_value() {
+                        m.insert(k, v);
+                    }
+                }
                 (!m.is_empty()).then_some(Value::Object(m))
             }
             Tree::Arr(items) => {
-                let a: Vec<Value> = items.into_iter().filter_map(Tree::into_value).collect();
+                let mut a = Vec::with_capacity(items.len());
+                a.extend(items.into_iter().filter_map(Tree::into_value));
                 (!a.is_empty()).then_some(Value::Array(a))
             }
         }

@@ -1,0 +1,303 @@
+//! The qubs-bridge side of the side-by-side benchmark against peer libraries
+//! (`benches/peers/run.sh` runs it together with the Python and JavaScript peers).
+//!
+//! `cargo bench --bench peers -- --corpus DIR --out DIR [--runs 5] [--check 50]`
+//!
+//! Reads the corpus made by `gen_corpus.py` into memory, then times each job over the whole
+//! corpus, best of `--runs`, and prints one JSON line per job. The outputs for the first
+//! `--check` items go to `OUT/qubs-bridge/` for `compare.py`, which compares every
+//! implementation's results.
+//!
+//! Jobs (the same work the peers do):
+//! - `oru`: read an ORU^R01 with the hot-path reader and extract accession (OBR-18), result
+//!   status (OBR-25), interpreter (OBR-32.1, as "Prefix Given Middle Family Suffix") and the
+//!   report text (TX observations, unescaped, one line each). Also, for reference, the full
+//!   inbound mapping (`MappingSet::map_oru`, what the service runs per message).
+//! - `orm`: order document → ORM^O01 ER7 with `mappings/orm_o01.yaml`, re-parsed by the
+//!   default check before it is returned, as in the service.
+//! - `sr`: order document → FHIR R4 ServiceRequest JSON with `mappings/service_request.yaml`,
+//!   checked against fhir-sdk's types.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use qubs_bridge::hl7::er7::{self, Message};
+use qubs_bridge::hl7::escape::{unescape, unescape_into};
+use qubs_bridge::hl7::{Delimiters, er7::Scope};
+use qubs_bridge::mapping::{Body, Hl7Check, InboundContext, MapOptions, MappingSet, ReportStatus};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// What the ORU job extracts from one message; owned strings, as every peer produces.
+#[derive(Debug, Serialize, PartialEq)]
+struct Extracted {
+    accession: String,
+    status: String,
+    interpreter: String,
+    text: String,
+}
+
+/// The reader queries, parsed once (as the mapping engine does at load time).
+struct OruPaths {
+    accession: er7::Path,
+    status: er7::Path,
+    interpreter: er7::Path,
+}
+
+impl OruPaths {
+    fn new() -> OruPaths {
+        let p = |s| er7::Path::parse(s).expect("valid path");
+        OruPaths {
+            accession: p("OBR-18"),
+            status: p("OBR-25"),
+            interpreter: p("OBR-32.1"),
+        }
+    }
+}
+
+fn extract(text: &str, paths: &OruPaths) -> Result<Extracted, er7::ReadError> {
+    let msg = Message::parse(text)?;
+    let d = msg.delimiters();
+    let scope = msg.whole();
+    let field = |p: &er7::Path| unescape(scope.first(p).unwrap_or(""), &d).into_owned();
+    Ok(Extracted {
+        accession: field(&paths.accession),
+        status: field(&paths.status),
+        interpreter: interpreter(&scope, &paths.interpreter, &d),
+        text: report_text(&msg, &d),
+    })
+}
+
+/// OBR-32.1 is a CNN written as sub-components: id&family&given&middle&suffix&prefix.
+fn interpreter(scope: &Scope<'_, '_>, path: &er7::Path, d: &Delimiters) -> String {
+    let raw = scope.first(path).unwrap_or("");
+    let mut parts = [""; 6];
+    for (slot, v) in parts.iter_mut().zip(raw.split(d.subcomponent as char)) {
+        *slot = v;
+    }
+    let mut out = String::new();
+    for v in [parts[5], parts[2], parts[3], parts[1], parts[4]] {
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        unescape_into(&mut out, v, d);
+    }
+    out
+}
+
+/// OBX-5 of the text observations (OBX-2 `TX`), unescaped, one per line.
+fn report_text(msg: &Message<'_>, d: &Delimiters) -> String {
+    let mut out = String::new();
+    for seg in msg.segments().filter(|s| s.id() == "OBX") {
+        if seg.field(2) != Some("TX") {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        unescape_into(&mut out, seg.field(5).unwrap_or(""), d);
+    }
+    out
+}
+
+/// Times `f` over every item, best of `runs`; returns seconds and the last run's outputs.
+fn best_of<I, O>(runs: usize, items: &[I], mut f: impl FnMut(&I) -> O) -> (f64, Vec<O>) {
+    let mut best = f64::INFINITY;
+    let mut last = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let out: Vec<O> = items.iter().map(|i| f(black_box(i))).collect();
+        let secs = start.elapsed().as_secs_f64();
+        best = best.min(secs);
+        last = black_box(out);
+    }
+    (best, last)
+}
+
+fn report(job: &str, implementation: &str, detail: &str, n: usize, runs: usize, secs: f64) {
+    println!(
+        "{}",
+        json!({
+            "job": job,
+            "impl": implementation,
+            "detail": detail,
+            "items": n,
+            "runs": runs,
+            "best_s": secs,
+            "items_per_s": n as f64 / secs,
+        })
+    );
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
+}
+
+fn read_sorted(dir: &Path, ext: &str) -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .collect()
+}
+
+fn write_json(path: &Path, v: &(impl Serialize + ?Sized)) {
+    std::fs::write(path, serde_json::to_vec_pretty(v).expect("serialisable"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// What every job reads.
+struct Bench {
+    orus: Vec<String>,
+    orders: Vec<Value>,
+    expected: Vec<Extracted>,
+    set: MappingSet,
+    out: PathBuf,
+    runs: usize,
+    check: usize,
+}
+
+impl Bench {
+    fn save(&self, name: &str, items: &[impl Serialize]) {
+        write_json(&self.out.join(name), &items[..self.check.min(items.len())]);
+    }
+}
+
+/// Job 1: ORU^R01 → four values, with the reader and escape module directly; then the
+/// same messages through the whole inbound mapping, for reference.
+fn oru_job(b: &Bench) {
+    let paths = OruPaths::new();
+    let (secs, got) = best_of(b.runs, &b.orus, |m| {
+        extract(m, &paths).expect("corpus ORU reads")
+    });
+    let n = b.orus.len();
+    let detail = "er7::Message + Path queries + unescape";
+    report("oru", "qubs-bridge", detail, n, b.runs, secs);
+    b.save("oru.json", &got);
+
+    let ctx = InboundContext {
+        domain: Some("acme".into()),
+        site: json!({"timeZone": "Australia/Sydney"}),
+        config: Value::Null,
+    };
+    let (secs, got) = best_of(b.runs, &b.orus, |m| {
+        b.set.map_oru(m, &ctx).expect("corpus ORU maps")
+    });
+    let detail = "full inbound mapping (oru_to_report.yaml) to a report submission";
+    report("oru", "qubs-bridge map_oru", detail, n, b.runs, secs);
+    // The mapping must agree with the generator on what it reads.
+    for (i, (inbound, exp)) in got.iter().zip(&b.expected).enumerate() {
+        let s = &inbound.submissions[0];
+        let status = match exp.status.as_str() {
+            "P" => ReportStatus::Preliminary,
+            _ => ReportStatus::Final,
+        };
+        assert!(
+            s.report_text == exp.text
+                && s.report_status == status
+                && s.interpreting_clinician_name.as_deref() == Some(exp.interpreter.as_str()),
+            "map_oru result {i} differs from the generator's"
+        );
+    }
+}
+
+/// Job 2: order → ORM^O01 as the service maps it (hl7-parser re-parse check), and with
+/// the cheaper check by the crate's own reader.
+fn orm_job(b: &Bench) {
+    let map = |o: &Value, opts: &MapOptions| match b
+        .set
+        .map_order_with("orm_o01", o, opts)
+        .expect("corpus order maps")
+        .body
+    {
+        Body::Hl7(s) => s,
+        Body::Fhir(_) => unreachable!("orm_o01 emits HL7"),
+    };
+    let n = b.orders.len();
+    let opts = MapOptions::default();
+    let (secs, got) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let detail = "map_order(orm_o01), output re-parsed by hl7-parser";
+    report("orm", "qubs-bridge", detail, n, b.runs, secs);
+    b.save("orm.json", &got);
+
+    let opts = MapOptions {
+        hl7_check: Hl7Check::Reader,
+        ..MapOptions::default()
+    };
+    let (secs, _) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let detail = "map_order(orm_o01), output re-read by the crate's own reader";
+    report("orm", "qubs-bridge (reader check)", detail, n, b.runs, secs);
+}
+
+/// Job 3: order → FHIR ServiceRequest, validated against fhir-sdk's R4B types.
+fn sr_job(b: &Bench) {
+    let opts = MapOptions::default();
+    let (secs, got) = best_of(b.runs, &b.orders, |o| {
+        match b
+            .set
+            .map_order_with("service_request", o, &opts)
+            .expect("corpus order maps")
+            .body
+        {
+            Body::Fhir(v) => v,
+            Body::Hl7(_) => unreachable!("service_request emits FHIR"),
+        }
+    });
+    let detail = "map_order(service_request), checked with fhir-sdk";
+    report("sr", "qubs-bridge", detail, b.orders.len(), b.runs, secs);
+    b.save("sr.json", &got);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let corpus = PathBuf::from(arg(&args, "--corpus").expect("--corpus DIR"));
+    let out = PathBuf::from(arg(&args, "--out").expect("--out DIR")).join("qubs-bridge");
+    std::fs::create_dir_all(&out).expect("output directory");
+    let expected = serde_json::from_str::<Vec<Value>>(
+        &std::fs::read_to_string(corpus.join("expected_oru.json")).expect("expected_oru.json"),
+    )
+    .expect("expected JSON")
+    .into_iter()
+    .map(|v| {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Extracted {
+            accession: s("accession"),
+            status: s("status"),
+            interpreter: s("interpreter"),
+            text: s("text"),
+        }
+    })
+    .collect();
+    let b = Bench {
+        orus: read_sorted(&corpus.join("oru"), "hl7"),
+        orders: read_sorted(&corpus.join("orders"), "json")
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("order JSON"))
+            .collect(),
+        expected,
+        set: MappingSet::load_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings"))
+            .expect("mapping set loads"),
+        out,
+        runs: arg(&args, "--runs").map_or(5, |s| s.parse().expect("--runs N")),
+        check: arg(&args, "--check").map_or(50, |s| s.parse().expect("--check N")),
+    };
+    // `--jobs orm` runs one job alone (for profiling).
+    let jobs = arg(&args, "--jobs").unwrap_or_else(|| "oru,orm,sr".into());
+    for job in jobs.split(',') {
+        match job {
+            "oru" => oru_job(&b),
+            "orm" => orm_job(&b),
+            "sr" => sr_job(&b),
+            other => panic!("unknown job {other}: oru, orm or sr"),
+        }
+    }
+}
