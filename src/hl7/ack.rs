@@ -154,8 +154,10 @@ impl IncomingHeader {
             return header;
         };
         let line = text[start..].split(['\r', '\n']).next().unwrap_or_default();
-        let bytes = line.as_bytes();
-        let field_sep = bytes[3];
+        // `MSH` at the end of a line has no field separator: nothing more to read.
+        let Some(&field_sep) = line.as_bytes().get(3) else {
+            return header;
+        };
         let fields: Vec<&str> = line.split(field_sep as char).collect();
         // fields[0] = "MSH", fields[1] = MSH-2, fields[n] = MSH-(n+1)
         if let Some(d) = fields
@@ -368,6 +370,9 @@ mod tests {
         );
         assert_eq!(h.control_id.as_deref(), Some("ID42"));
         assert_eq!(h.version, "2.4");
+        // `MSH` alone on its line: recover indexed past the line and panicked.
+        let h = IncomingHeader::recover("MSH\rPID|1\r");
+        assert_eq!(h.message_code, "");
         let h = IncomingHeader::recover("not hl7 at all");
         assert_eq!(h.control_id, None);
         let ack = build(&h, AckCode::AR, None, &now());
