@@ -12,7 +12,7 @@
 use std::fmt::Write;
 
 use super::Delimiters;
-use super::escape::escape;
+use super::escape::{escape, unescape};
 use super::writer::{hl7_timestamp, new_control_id};
 
 /// MSA-1.
@@ -118,7 +118,7 @@ pub struct IncomingHeader {
     /// MSH-9.1 and MSH-9.2.
     pub message_code: String,
     pub trigger_event: String,
-    /// MSH-10, when it could be read.
+    /// MSH-10, unescaped (its value), when it could be read.
     pub control_id: Option<String>,
     /// MSH-11.
     pub processing_id: String,
@@ -177,8 +177,11 @@ impl IncomingHeader {
         let mut parts = nine.split(header.delimiters.component as char);
         header.message_code = parts.next().unwrap_or_default().to_string();
         header.trigger_event = parts.next().unwrap_or_default().to_string();
+        // MSH-10 is kept as its value: `build` escapes it into MSA-2, so keeping it raw
+        // would escape an escaped id twice and MSA-2 would no longer match it.
         let control = msh(10);
-        header.control_id = (!control.is_empty()).then_some(control);
+        header.control_id =
+            (!control.is_empty()).then(|| unescape(&control, &header.delimiters).into_owned());
         header.processing_id = msh(11);
         header.version = msh(12)
             .split(header.delimiters.component as char)
@@ -381,6 +384,15 @@ mod tests {
         let ack = build(&h, AckCode::AA, None, &now());
         assert!(ack.starts_with("MSH#^~\\&#C#D#A#B#"), "{ack}");
         assert!(ack.contains("MSA#AA#X9"), "{ack}");
+    }
+
+    #[test]
+    fn an_escaped_control_id_is_echoed_as_the_same_value() {
+        // MSH-10 `M\T\1` (the value `M&1`) used to come back as `M\E\T\E\1`.
+        let h = IncomingHeader::recover("MSH|^~\\&|A|B|C|D|x||ORU^R01|M\\T\\1|P|2.5.1\r");
+        assert_eq!(h.control_id.as_deref(), Some("M&1"));
+        let ack = build(&h, AckCode::AA, None, &now());
+        assert!(ack.contains("\rMSA|AA|M\\T\\1\r"), "{ack}");
     }
 
     #[test]
