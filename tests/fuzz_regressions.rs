@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use qubs_bridge::hl7::ack::{self, AckCode, IncomingHeader};
+use qubs_bridge::hl7::ack::{self, AckCode, AckError, ErrorCode, IncomingHeader};
 use qubs_bridge::hl7::er7::{self, Message};
 use qubs_bridge::hl7::escape::unescape;
 use qubs_bridge::mapping::MappingSet;
@@ -96,4 +96,59 @@ fn mapping_loader_inputs() {
             started.elapsed()
         );
     }
+}
+
+/// What fuzz/fuzz_targets/ack_builder.rs checks, for one hand-made header.
+fn check_ack(header: &IncomingHeader, code: AckCode, error: Option<&AckError>) {
+    let text = ack::build(header, code, error, &now());
+    let msg = Message::parse(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    let ids: Vec<&str> = msg.segments().map(|s| s.id()).collect();
+    let want: &[&str] = if error.is_some() {
+        &["MSH", "MSA", "ERR"]
+    } else {
+        &["MSH", "MSA"]
+    };
+    assert_eq!(ids, want, "{text:?}");
+    assert!(msg.warnings().is_empty(), "{text:?}");
+    let d = header.delimiters;
+    let get = |p: &str| msg.query(p).unwrap().unwrap_or_default();
+    assert_eq!(get("MSA-1"), code.as_str());
+    assert_eq!(
+        unescape(get("MSA-2"), &d),
+        header.control_id.as_deref().unwrap_or_default(),
+        "{text:?}"
+    );
+    if let Some(e) = error {
+        assert!(
+            [get("MSA-3"), get("ERR-8")]
+                .iter()
+                .any(|t| unescape(t, &d) == e.text),
+            "{text:?}"
+        );
+    }
+}
+
+/// Raw header fields set by hand with a line break or the field separator used to be
+/// copied verbatim, splitting MSH or starting a new segment; so were location segment ids.
+#[test]
+fn ack_builder_hostile_raw_fields() {
+    let mut h = IncomingHeader::recover("MSH|^~\\&|A|B|C|D|x||ORU^R01|ID1|P|2.3\r");
+    h.sending_application = "RIS\rERR|injected".into();
+    h.receiving_facility = "a|b\nc".into();
+    h.trigger_event = "R01|x".into();
+    h.version = "2.3\r".into();
+    h.control_id = Some("ID|1^\\E\\\r\n€".into());
+    check_ack(&h, AckCode::AA, None);
+    let e = AckError {
+        code: ErrorCode::DataTypeError,
+        location: Some(qubs_bridge::hl7::ack::ErrorLocation {
+            segment: "OB|X\r".into(),
+            sequence: 1,
+            field: 5,
+        }),
+        text: "text | with ^ all & the ~ delimiters \\ and\r\nbreaks".into(),
+    };
+    check_ack(&h, AckCode::CE, Some(&e));
+    h.version = "2.5.1".into();
+    check_ack(&h, AckCode::AE, Some(&e));
 }

@@ -9,6 +9,7 @@
 //! [`IncomingHeader::recover`] reads what it can of a message's MSH even when the rest does
 //! not parse, so that an unparseable frame still gets an ACK with its MSH-10.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::Delimiters;
@@ -239,10 +240,13 @@ pub fn build(
         out,
         "MSH{f}{enc}{f}{ra}{f}{rf}{f}{sa}{f}{sf}{f}{now}{f}{f}ACK{c}{trigger}{structure}{f}{id}{f}{processing}{f}{version}\r",
         enc = d.encoding_characters(),
-        ra = incoming.receiving_application,
-        rf = incoming.receiving_facility,
-        sa = incoming.sending_application,
-        sf = incoming.sending_facility,
+        ra = raw(&incoming.receiving_application, d),
+        rf = raw(&incoming.receiving_facility, d),
+        sa = raw(&incoming.sending_application, d),
+        sf = raw(&incoming.sending_facility, d),
+        trigger = raw(trigger, d),
+        processing = raw(processing, d),
+        version = raw(version, d),
         now = hl7_timestamp(now),
         structure = if version_at_least(version, 2, 3, 1) {
             format!("{c}ACK")
@@ -266,7 +270,7 @@ pub fn build(
         let location = e
             .location
             .as_ref()
-            .map(|l| format!("{}{c}{}{c}{}", l.segment, l.sequence, l.field))
+            .map(|l| format!("{}{c}{}{c}{}", escape(&l.segment, d), l.sequence, l.field))
             .unwrap_or_default();
         let text = escape(&e.text, d);
         if v25 {
@@ -291,6 +295,27 @@ pub fn build(
         }
     }
     out
+}
+
+/// A raw header field (text in the incoming delimiters) copied into the ACK. Read from a
+/// message it never holds a field separator or a line break; one set by hand might, and
+/// would break the ACK's structure, so those alone are escaped.
+fn raw<'a>(value: &'a str, d: &Delimiters) -> Cow<'a, str> {
+    if !value.contains([d.field as char, '\r', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    let e = d.escape as char;
+    let mut out = String::with_capacity(value.len() + 8);
+    for ch in value.chars() {
+        match ch {
+            '\r' => write!(out, "{e}X0D{e}"),
+            '\n' => write!(out, "{e}X0A{e}"),
+            _ if ch == d.field as char => write!(out, "{e}F{e}"),
+            _ => write!(out, "{ch}"),
+        }
+        .expect("writing to a String");
+    }
+    Cow::Owned(out)
 }
 
 fn version_at_least(version: &str, major: u32, minor: u32, patch: u32) -> bool {
