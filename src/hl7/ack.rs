@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::Delimiters;
-use super::escape::escape;
+use super::escape::{escape, unescape};
 use super::writer::{hl7_timestamp, new_control_id};
 
 /// MSA-1.
@@ -119,7 +119,7 @@ pub struct IncomingHeader {
     /// MSH-9.1 and MSH-9.2.
     pub message_code: String,
     pub trigger_event: String,
-    /// MSH-10, when it could be read.
+    /// MSH-10, unescaped (its value), when it could be read.
     pub control_id: Option<String>,
     /// MSH-11.
     pub processing_id: String,
@@ -178,8 +178,11 @@ impl IncomingHeader {
         let mut parts = nine.split(header.delimiters.component as char);
         header.message_code = parts.next().unwrap_or_default().to_string();
         header.trigger_event = parts.next().unwrap_or_default().to_string();
+        // MSH-10 is kept as its value: `build` escapes it into MSA-2, so keeping it raw
+        // would escape an escaped id twice and MSA-2 would no longer match it.
         let control = msh(10);
-        header.control_id = (!control.is_empty()).then_some(control);
+        header.control_id =
+            (!control.is_empty()).then(|| unescape(&control, &header.delimiters).into_owned());
         header.processing_id = msh(11);
         header.version = msh(12)
             .split(header.delimiters.component as char)
@@ -219,18 +222,18 @@ pub fn build(
     let version = if incoming.version.is_empty() {
         "2.5.1".into()
     } else {
-        hex_controls(&incoming.version, d)
+        echoed(&incoming.version, d)
     };
     let version = version.as_ref();
     let trigger = if incoming.trigger_event.is_empty() {
         "R01".into()
     } else {
-        hex_controls(&incoming.trigger_event, d)
+        echoed(&incoming.trigger_event, d)
     };
     let processing = if incoming.processing_id.is_empty() {
         "P".into()
     } else {
-        hex_controls(&incoming.processing_id, d)
+        echoed(&incoming.processing_id, d)
     };
     let v25 = err_v25(version);
     let mut out = String::with_capacity(256);
@@ -238,10 +241,10 @@ pub fn build(
         out,
         "MSH{f}{enc}{f}{ra}{f}{rf}{f}{sa}{f}{sf}{f}{now}{f}{f}ACK{c}{trigger}{structure}{f}{id}{f}{processing}{f}{version}\r",
         enc = d.encoding_characters(),
-        ra = hex_controls(&incoming.receiving_application, d),
-        rf = hex_controls(&incoming.receiving_facility, d),
-        sa = hex_controls(&incoming.sending_application, d),
-        sf = hex_controls(&incoming.sending_facility, d),
+        ra = echoed(&incoming.receiving_application, d),
+        rf = echoed(&incoming.receiving_facility, d),
+        sa = echoed(&incoming.sending_application, d),
+        sf = echoed(&incoming.sending_facility, d),
         now = hl7_timestamp(now),
         structure = if version_at_least(version, 2, 3, 1) {
             format!("{c}ACK")
@@ -254,23 +257,23 @@ pub fn build(
         out,
         "MSA{f}{}{f}{}",
         code.as_str(),
-        hex_controls(
+        echoed(
             &escape(incoming.control_id.as_deref().unwrap_or_default(), d),
             d
         )
     );
     if let (Some(e), false) = (error, v25) {
         // Before 2.5 the text goes in MSA-3.
-        let _ = write!(out, "{f}{}", hex_controls(&escape(&e.text, d), d));
+        let _ = write!(out, "{f}{}", echoed(&escape(&e.text, d), d));
     }
     out.push('\r');
     if let Some(e) = error {
         let location = e
             .location
             .as_ref()
-            .map(|l| format!("{}{c}{}{c}{}", l.segment, l.sequence, l.field))
+            .map(|l| format!("{}{c}{}{c}{}", escape(&l.segment, d), l.sequence, l.field))
             .unwrap_or_default();
-        let text = hex_controls(&escape(&e.text, d), d).into_owned();
+        let text = echoed(&escape(&e.text, d), d).into_owned();
         if v25 {
             let _ = write!(
                 out,
@@ -295,18 +298,21 @@ pub fn build(
     out
 }
 
-/// `value` with every ASCII control character written as a `\Xhh\` escape. Values echoed
-/// from the incoming message must not bring a line break into the ACK (it would split a
-/// segment) nor MLLP framing bytes (0x0B, or 0x1C before the CR that ends a segment): an
-/// ACK holding those cannot be sent at all.
-fn hex_controls<'a>(value: &'a str, d: &Delimiters) -> Cow<'a, str> {
-    if !value.bytes().any(|b| b.is_ascii_control()) {
+/// A raw header field (text in the incoming delimiters) echoed into the ACK. It must not
+/// bring in a field separator (one set by hand would shift the ACK's fields), a line break
+/// (it would split a segment) or MLLP framing bytes (0x0B, or 0x1C before the CR that ends
+/// a segment: an ACK holding those cannot be sent at all). Field separators become `\F\`,
+/// every ASCII control character a `\Xhh\` escape.
+fn echoed<'a>(value: &'a str, d: &Delimiters) -> Cow<'a, str> {
+    if !value.bytes().any(|b| b.is_ascii_control() || b == d.field) {
         return Cow::Borrowed(value);
     }
     let e = d.escape as char;
     let mut out = String::with_capacity(value.len() + 8);
     for c in value.chars() {
-        if c.is_ascii_control() {
+        if c == d.field as char {
+            let _ = write!(out, "{e}F{e}");
+        } else if c.is_ascii_control() {
             let _ = write!(out, "{e}X{:02X}{e}", c as u32);
         } else {
             out.push(c);
@@ -398,6 +404,9 @@ mod tests {
         for short in ["MSH\rPID|1", "MSH\r\n", "junk MSH\nMSH"] {
             assert_eq!(IncomingHeader::recover(short).control_id, None, "{short:?}");
         }
+        // `MSH` alone on its line: recover indexed past the line and panicked.
+        let h = IncomingHeader::recover("MSH\rPID|1\r");
+        assert_eq!(h.message_code, "");
         let h = IncomingHeader::recover("not hl7 at all");
         assert_eq!(h.control_id, None);
         let ack = build(&h, AckCode::AR, None, &now());
@@ -427,6 +436,15 @@ mod tests {
         assert!(ack.contains("|2.5.1\\X1C\\\r"), "{ack:?}");
         assert!(ack.contains("\rMSA|AE|ID\\X1C\\\r"), "{ack:?}");
         assert!(ack.contains("|bad\\X1C\\\r"), "{ack:?}");
+    }
+
+    #[test]
+    fn an_escaped_control_id_is_echoed_as_the_same_value() {
+        // MSH-10 `M\T\1` (the value `M&1`) used to come back as `M\E\T\E\1`.
+        let h = IncomingHeader::recover("MSH|^~\\&|A|B|C|D|x||ORU^R01|M\\T\\1|P|2.5.1\r");
+        assert_eq!(h.control_id.as_deref(), Some("M&1"));
+        let ack = build(&h, AckCode::AA, None, &now());
+        assert!(ack.contains("\rMSA|AA|M\\T\\1\r"), "{ack}");
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub enum LineBreaks {
     /// `\X0D\` and `\X0A\`: byte-exact, the receiver gets back exactly what we had.
     #[default]
     Hex,
-    /// `\.br\` per line break (CRLF, CR or LF): formatted-text (FT) style.
+    /// `\.br\` per line break (CRLF, CR or LF): formatted-text (FT) style. With `.` as
+    /// the escape character `..br.` cannot be read back (the escape closes at once), so
+    /// line breaks are written as hex then.
     Br,
 }
 
@@ -60,7 +62,7 @@ pub fn escape_into(out: &mut String, value: &str, d: &Delimiters, breaks: LineBr
             "R"
         } else if b == d.escape {
             "E"
-        } else if breaks == LineBreaks::Br {
+        } else if breaks == LineBreaks::Br && d.escape != b'.' {
             // CRLF is one break, not two.
             if b == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
                 i += 1;
@@ -259,6 +261,16 @@ mod tests {
         assert_eq!(unescape("keep \\Zxyz\\ this", &d()), "keep \\Zxyz\\ this");
         assert_eq!(unescape("bad \\XZZ\\ hex", &d()), "bad \\XZZ\\ hex");
         assert_eq!(unescape("open \\F", &d()), "open \\F");
+    }
+
+    #[test]
+    fn br_with_a_dot_escape_character_falls_back_to_hex() {
+        // Found by tests/properties.rs: `..br.` read back as itself, not a line break.
+        let d = Delimiters::from_msh(b'"', b"'*.&").unwrap();
+        let mut s = String::new();
+        escape_into(&mut s, "a\r\nb", &d, LineBreaks::Br);
+        assert_eq!(s, "a.X0D..X0A.b");
+        assert_eq!(unescape(&s, &d), "a\r\nb");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::domain::ReportSubmission;
 use crate::hl7::ack::{self, AckCode, AckError, ErrorCode, ErrorLocation, IncomingHeader};
 use crate::hl7::er7;
 use crate::live_mappings::LiveMappings;
-use crate::mapping::{InboundContext, MapError};
+use crate::mapping::{InboundContext, MapError, MappingSet};
 use crate::outbox::{
     Admission, Entry, NewMessage, NewResult, Outbox, Receipt, Settled, Source, State,
 };
@@ -160,8 +160,8 @@ fn wanted(ack_type: &str, ok: bool) -> bool {
     }
 }
 
-/// The commit-level code for an original-mode one.
-fn commit_code(code: AckCode) -> AckCode {
+/// The commit-level code (enhanced mode) for an original-mode one.
+pub fn commit_code(code: AckCode) -> AckCode {
     match code {
         AckCode::AA => AckCode::CA,
         AckCode::AE => AckCode::CE,
@@ -332,56 +332,18 @@ impl Results {
         text: &str,
         header: &IncomingHeader,
     ) -> Result<Vec<i64>, Refusal> {
-        if header.message_code.is_empty() {
-            return Err(unreadable_header(text));
-        }
-        if header.message_code != "ORU" || header.trigger_event != "R01" {
-            return Err(refusal(
-                AckCode::AR,
-                if header.message_code == "ORU" {
-                    ErrorCode::UnsupportedEventCode
-                } else {
-                    ErrorCode::UnsupportedMessageType
-                },
-                "unsupported_message",
-                format!(
-                    "message type {}^{} is not accepted here; send ORU^R01",
-                    header.message_code, header.trigger_event
-                ),
-            ));
-        }
-        check_control_id(header)?;
         let set = self.mappings.current();
-        let inbound = set
-            .map_oru(text, &self.context(domain, utc_site()))
-            .map_err(|e| map_refusal(&e))?;
-        let msh10 = header.control_id.clone().unwrap_or_default();
-        let mut results = Vec::with_capacity(inbound.submissions.len());
-        for (sub, groups) in inbound.submissions.iter().zip(&inbound.groups) {
-            let attachments = pdf::extract(
-                text,
-                groups,
-                &sub.appointment_id,
-                self.settings.max_attachment_bytes,
-            )?;
-            results.push(NewResult {
-                key: idempotency_key(domain, &msh10, sub),
-                domain: domain.to_string(),
-                appointment_id: sub.appointment_id.clone(),
-                group: groups.first().copied().unwrap_or(0) as u32,
-                report_status: sub.report_status.as_str().to_string(),
-                attachments,
-            });
-        }
-        let message = NewMessage {
-            source: Source::Hl7,
-            source_id: msh10,
-            body: text.as_bytes().to_vec(),
-            results,
-        };
-        self.store(message, |index| {
-            inbound
-                .groups
+        let prepared = prepare_oru(
+            &set,
+            domain,
+            &self.config_values,
+            text,
+            header,
+            self.settings.max_attachment_bytes,
+        )?;
+        let groups = prepared.groups;
+        self.store(prepared.message, |index| {
+            groups
                 .get(index)
                 .and_then(|g| g.first())
                 .copied()
@@ -522,6 +484,75 @@ impl Results {
             None => Ok(entries.iter().map(accepted).collect()),
         }
     }
+}
+
+/// An ORU^R01 checked and mapped, ready for the outbox.
+#[derive(Clone)]
+pub struct PreparedOru {
+    /// The message and one result per appointment, with keys and PDF attachments.
+    pub message: NewMessage,
+    /// For each result, the ORDER_OBSERVATION groups (from 0) it was made from.
+    pub groups: Vec<Vec<usize>>,
+}
+
+/// The pure part of ORU^R01 intake, without outbox or network (the fuzz target
+/// `oru_to_report` drives it directly): checks the header, maps with `set` (site time zone
+/// UTC, as at intake), extracts the PDFs and derives each report's key.
+pub fn prepare_oru(
+    set: &MappingSet,
+    domain: &str,
+    config_values: &Map<String, Value>,
+    text: &str,
+    header: &IncomingHeader,
+    max_attachment_bytes: usize,
+) -> Result<PreparedOru, Refusal> {
+    if header.message_code.is_empty() {
+        return Err(unreadable_header(text));
+    }
+    if header.message_code != "ORU" || header.trigger_event != "R01" {
+        return Err(refusal(
+            AckCode::AR,
+            if header.message_code == "ORU" {
+                ErrorCode::UnsupportedEventCode
+            } else {
+                ErrorCode::UnsupportedMessageType
+            },
+            "unsupported_message",
+            format!(
+                "message type {}^{} is not accepted here; send ORU^R01",
+                header.message_code, header.trigger_event
+            ),
+        ));
+    }
+    check_control_id(header)?;
+    let context = InboundContext {
+        domain: Some(domain.to_string()),
+        site: utc_site(),
+        config: Value::Object(config_values.clone()),
+    };
+    let inbound = set.map_oru(text, &context).map_err(|e| map_refusal(&e))?;
+    let msh10 = header.control_id.clone().unwrap_or_default();
+    let mut results = Vec::with_capacity(inbound.submissions.len());
+    for (sub, groups) in inbound.submissions.iter().zip(&inbound.groups) {
+        let attachments = pdf::extract(text, groups, &sub.appointment_id, max_attachment_bytes)?;
+        results.push(NewResult {
+            key: idempotency_key(domain, &msh10, sub),
+            domain: domain.to_string(),
+            appointment_id: sub.appointment_id.clone(),
+            group: groups.first().copied().unwrap_or(0) as u32,
+            report_status: sub.report_status.as_str().to_string(),
+            attachments,
+        });
+    }
+    Ok(PreparedOru {
+        message: NewMessage {
+            source: Source::Hl7,
+            source_id: msh10,
+            body: text.as_bytes().to_vec(),
+            results,
+        },
+        groups: inbound.groups,
+    })
 }
 
 /// Only a DiagnosticReport is read as one: the mapping reads `basedOn`, `identifier`,
