@@ -254,7 +254,8 @@ pub fn build(
         trigger = raw(trigger, d),
         processing = raw(processing, d),
         version = raw(version, d),
-        now = hl7_timestamp(now),
+        // The offset sign may be a delimiter: `+` or `-` are valid separators.
+        now = escape(&hl7_timestamp(now), d),
         structure = if version_at_least(version, 2, 3, 1) {
             format!("{c}ACK")
         } else {
