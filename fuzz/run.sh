@@ -38,7 +38,8 @@ for t in "${targets[@]}"; do
     nice -n 10 cargo fuzz run -O -a -s "$sanitizer" "$t" "$work" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 "${extra[@]}" 2>&1 | tee "fuzz/artifacts/$t/last-run.log" |
-        grep -E '^#[0-9]+ +(DONE|INITED)|^==[0-9]+==|panicked|SUMMARY|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)'
+        grep -E '^#[0-9]+ +(DONE|INITED)|^==[0-9]+==|panicked|^SUMMARY|^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' |
+        cut -c1-300
     found=$(find "fuzz/artifacts/$t" -type f ! -name last-run.log | wc -l)
     echo "== $t: corpus $(ls "$work" | wc -l) files, $found crash/timeout/oom artifact(s)"
     [ "$found" -eq 0 ] || status=1

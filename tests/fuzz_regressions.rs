@@ -152,3 +152,33 @@ fn ack_builder_hostile_raw_fields() {
     h.version = "2.5.1".into();
     check_ack(&h, AckCode::AE, Some(&e));
 }
+
+/// ack_builder crash: MSH-7 carries the UTC offset, whose sign was written bare; with `+`
+/// (or `-`) as a delimiter it split MSH-7 and shifted every field after it.
+#[test]
+fn ack_builder_offset_sign_as_delimiter() {
+    for msh in [
+        "MSH+[:`\\+A+B+C+D+x++ORU[R01+ID1+P+2.5.1\r",
+        "MSH-^~\\&-A-B-C-D-x--ORU^R01-ID1-P-2.3\r",
+        "MSH|-~\\&|A|B|C|D|x||ORU-R01|ID1|P|2.5.1\r",
+    ] {
+        let h = IncomingHeader::recover(msh);
+        assert_eq!(h.control_id.as_deref(), Some("ID1"), "{msh:?}");
+        for now in [
+            "2026-11-27T10:00:00+11:00[Australia/Sydney]",
+            "2026-11-27T10:00:00-05:00[America/New_York]",
+        ] {
+            let now: jiff::ZonedDateTime = now.parse().unwrap();
+            let text = ack::build(&h, AckCode::AA, None, &now);
+            let msg = Message::parse(&text).unwrap();
+            assert_eq!(msg.query("MSH-9.1").unwrap(), Some("ACK"), "{text:?}");
+            assert_eq!(msg.query("MSA-2").unwrap(), Some("ID1"), "{text:?}");
+            let msh7 = msg.query("MSH-7").unwrap().unwrap();
+            assert_eq!(
+                unescape(msh7, &h.delimiters),
+                now.strftime("%Y%m%d%H%M%S%z").to_string()
+            );
+            check_ack(&h, AckCode::AA, None);
+        }
+    }
+}

@@ -115,11 +115,14 @@ fn segments() -> impl Strategy<Value = Vec<(&'static str, Vec<(Position, String)
     prop::collection::vec(seg, 1..6)
 }
 
+/// Segment id, occurrence (from 1), and (field, repetition, component, sub-component).
+type Place = (&'static str, usize, (u16, u16, u16, u16));
+
 struct Written {
     text: String,
     delimiters: Delimiters,
-    /// (segment id, occurrence from 1, position) → value, last write wins.
-    values: BTreeMap<(&'static str, usize, (u16, u16, u16, u16)), String>,
+    /// Where each value was written; the last write wins.
+    values: BTreeMap<Place, String>,
     segments: usize,
 }
 

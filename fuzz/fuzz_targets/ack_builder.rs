@@ -43,8 +43,8 @@ struct Hostile(String);
 impl<'a> Arbitrary<'a> for Hostile {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         const PIECES: [&str; 18] = [
-            "|", "^", "~", "\\", "&", "#", "\r", "\n", "\r\n", "\\F\\", "\\E\\", "\\X0D\\",
-            "MSH", "ERR|", "é", "😀", "\u{feff}", "A1",
+            "|", "^", "~", "\\", "&", "#", "\r", "\n", "\r\n", "\\F\\", "\\E\\", "\\X0D\\", "MSH",
+            "ERR|", "é", "😀", "\u{feff}", "A1",
         ];
         let mut s = String::new();
         for _ in 0..u.int_in_range(0..=8)? {
@@ -115,7 +115,9 @@ fuzz_target!(|input: Input| {
         }),
         text: e.text.0,
     });
-    let now: jiff::ZonedDateTime = "2026-04-05T02:30:00+10:00[Australia/Sydney]".parse().unwrap();
+    let now: jiff::ZonedDateTime = "2026-04-05T02:30:00+10:00[Australia/Sydney]"
+        .parse()
+        .unwrap();
 
     let text = ack::build(&header, code, error.as_ref(), &now);
     let msg = Message::parse(&text).unwrap_or_else(|e| panic!("ACK does not read ({e}): {text:?}"));
@@ -127,7 +129,11 @@ fuzz_target!(|input: Input| {
         &["MSH", "MSA"]
     };
     assert_eq!(ids, want, "segments of {text:?}");
-    assert!(msg.warnings().is_empty(), "{:?} in {text:?}", msg.warnings());
+    assert!(
+        msg.warnings().is_empty(),
+        "{:?} in {text:?}",
+        msg.warnings()
+    );
     let get = |p: &str| msg.query(p).unwrap().unwrap_or_default();
     assert_eq!(get("MSH-9.1"), "ACK");
     assert_eq!(get("MSA-1"), code.as_str());

@@ -38,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let options = MapOptions {
-        now: Some("2026-11-27T10:00:00+11:00[Australia/Sydney]".parse().unwrap()),
+        now: Some(
+            "2026-11-27T10:00:00+11:00[Australia/Sydney]"
+                .parse()
+                .unwrap(),
+        ),
         control_id: Some("FUZZ1".into()),
         hl7_check: Hl7Check::Hl7Parser,
     };

@@ -72,7 +72,10 @@ fn decode(chunks: &[&[u8]], max: usize) -> Decoded {
     let mut items = Vec::new();
     for chunk in chunks {
         buf.extend_from_slice(chunk);
-        while let Some(item) = codec.decode(&mut buf).expect("decode never fails mid-stream") {
+        while let Some(item) = codec
+            .decode(&mut buf)
+            .expect("decode never fails mid-stream")
+        {
             items.push(item);
         }
         // Bounded memory: never more than the maximum (plus the end marker being

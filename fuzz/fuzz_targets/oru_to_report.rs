@@ -19,8 +19,11 @@ static SET: LazyLock<MappingSet> = LazyLock::new(|| {
         .expect("the default mapping set loads")
 });
 
-static NOW: LazyLock<jiff::ZonedDateTime> =
-    LazyLock::new(|| "2026-11-27T10:00:00+11:00[Australia/Sydney]".parse().unwrap());
+static NOW: LazyLock<jiff::ZonedDateTime> = LazyLock::new(|| {
+    "2026-11-27T10:00:00+11:00[Australia/Sydney]"
+        .parse()
+        .unwrap()
+});
 
 /// Small, so that the size check and its refusal are reachable with small inputs.
 const MAX_ATTACHMENT_BYTES: usize = 256;
@@ -47,14 +50,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let config = serde_json::Map::new();
-    let outcome = prepare_oru(
-        &SET,
-        "acme",
-        &config,
-        &text,
-        &header,
-        MAX_ATTACHMENT_BYTES,
-    );
+    let outcome = prepare_oru(&SET, "acme", &config, &text, &header, MAX_ATTACHMENT_BYTES);
     if let Ok(prepared) = &outcome {
         assert_eq!(prepared.message.results.len(), prepared.groups.len());
         for r in &prepared.message.results {

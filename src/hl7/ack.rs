@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::Delimiters;
+use super::er7::Message;
 use super::escape::{escape, unescape};
 use super::writer::{hl7_timestamp, new_control_id};
 
@@ -154,8 +155,14 @@ impl IncomingHeader {
         let Some(start) = start else {
             return header;
         };
-        let line = text[start..].split(['\r', '\n']).next().unwrap_or_default();
-        // `MSH` then a line break: there is no field separator to read.
+        // The MSH as the reader sees it when the message reads: a line that is not a segment
+        // is part of the field before it (a wrapped value), for MSH-10 too, so MSA-2 echoes
+        // the same MSH-10 the mapping reads (found by fuzzing). Otherwise its first line.
+        let line = match Message::parse(text) {
+            Ok(msg) => msg.segment(0).map(|msh| msh.raw()).unwrap_or_default(),
+            Err(_) => text[start..].split(['\r', '\n']).next().unwrap_or_default(),
+        };
+        // `MSH` at the end of a line has no field separator: nothing more to read.
         let Some(&field_sep) = line.as_bytes().get(3) else {
             return header;
         };
@@ -245,7 +252,8 @@ pub fn build(
         rf = echoed(&incoming.receiving_facility, d),
         sa = echoed(&incoming.sending_application, d),
         sf = echoed(&incoming.sending_facility, d),
-        now = hl7_timestamp(now),
+        // The offset sign may be a delimiter: `+` or `-` are valid separators.
+        now = escape(&hl7_timestamp(now), d),
         structure = if version_at_least(version, 2, 3, 1) {
             format!("{c}ACK")
         } else {
@@ -445,6 +453,17 @@ mod tests {
         assert_eq!(h.control_id.as_deref(), Some("M&1"));
         let ack = build(&h, AckCode::AA, None, &now());
         assert!(ack.contains("\rMSA|AA|M\\T\\1\r"), "{ack}");
+    }
+
+    #[test]
+    fn a_wrapped_msh10_is_echoed_whole() {
+        // Found by fuzzing: the reader joins a line that is not a segment to the field
+        // before it, recover stopped at the line break, and MSA-2 lost the second part.
+        let h = IncomingHeader::recover("MSH|^~\\&|A|B|C|D|x||ORU^R01|ID\n42|P|2.5\rOBR|1\r");
+        assert_eq!(h.control_id.as_deref(), Some("ID\n42"));
+        assert_eq!(h.version, "2.5");
+        let ack = build(&h, AckCode::AA, None, &now());
+        assert!(ack.contains("\rMSA|AA|ID\\X0A\\42\r"), "{ack}");
     }
 
     #[test]
