@@ -453,10 +453,26 @@ async fn a_file_destination_gets_one_complete_file_per_message() {
             .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default()
     };
-    eventually("three files", WAIT, || files().len() >= 3).await;
+    // A file is in place only once renamed from its hidden temporary name.
+    let complete = || {
+        files()
+            .into_iter()
+            .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect::<Vec<_>>()
+    };
+    eventually("three files", WAIT, || complete().len() >= 3).await;
+    let mut delivered = 0;
+    for _ in 0..100 {
+        delivered = status(&bridge).await.destinations[0].delivered;
+        if delivered == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivered, 3);
     let mut names = files();
     names.sort();
-    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names.len(), 3, "no temporary file left behind: {names:?}");
     for f in &names {
         let name = f.file_name().unwrap().to_string_lossy();
         assert!(name.ends_with(".hl7") && !name.starts_with('.'), "{name}");
@@ -466,7 +482,6 @@ async fn a_file_destination_gets_one_complete_file_per_message() {
             "{name}"
         );
     }
-    assert_eq!(status(&bridge).await.destinations[0].delivered, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
