@@ -530,6 +530,96 @@ async fn the_simulator_enforces_the_report_rules_over_http() {
 }
 
 #[tokio::test]
+async fn the_simulator_control_endpoints_put_appointments_and_expire_tokens() {
+    // What a load driver does to a simulator in another process: over HTTP only.
+    let f = start(with_pending(1), &[]).await;
+    let http = reqwest::Client::new();
+    let control = format!("http://{}/_simulator", f.sim.addr);
+    let put = |body: serde_json::Value| {
+        http.put(format!("{control}/appointments/acme"))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(put(pending("A0002")).await.unwrap().status(), 204);
+    let mut changed = pending("A0001");
+    changed["clinicalInfo"] = json!("revision 2");
+    assert_eq!(put(changed).await.unwrap().status(), 204);
+    let r = put(json!({"status": "PENDING REPORTING"})).await.unwrap();
+    assert_eq!(r.status(), 400, "no appointmentId");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let page = f.client.pending_page("acme", None, None).await.unwrap();
+    let ids: Vec<&str> = page.appointments.iter().map(|a| a.id()).collect();
+    assert_eq!(ids, ["A0001", "A0002"]);
+    assert_eq!(
+        f.sim
+            .with_domain("acme", |d| d.appointments["A0001"]["clinicalInfo"].clone()),
+        "revision 2"
+    );
+
+    let token = || async {
+        let t: serde_json::Value = http
+            .post(f.sim.token_url())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", common::CLIENT_ID),
+                ("client_secret", common::CLIENT_SECRET),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        t
+    };
+    let r = http
+        .put(format!("{control}/token-lifetime"))
+        .json(&json!({"seconds": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let issued = token().await;
+    assert_eq!(issued["expires_in"], 7);
+    let sites = format!("{}/acme/sites", f.sim.base_url());
+    let bearer = issued["access_token"].as_str().unwrap().to_string();
+    let status = |bearer: String| {
+        let http = http.clone();
+        let sites = sites.clone();
+        async move {
+            http.get(sites)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(bearer.clone()).await, 200);
+    let r = http
+        .post(format!("{control}/rotate-signing-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        status(bearer).await,
+        401,
+        "tokens issued before the rotation"
+    );
+    // The client re-authenticates once and carries on.
+    assert_eq!(
+        f.client
+            .pending_page("acme", None, None)
+            .await
+            .unwrap()
+            .appointments
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
 async fn a_malformed_item_is_skipped_and_reported() {
     let sim = with_pending(3);
     sim.put_raw_item(
