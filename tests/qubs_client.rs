@@ -194,6 +194,18 @@ async fn too_many_requests_waits_for_retry_after() {
         .map(|r| r.status)
         .collect();
     assert_eq!(statuses, [429, 200]);
+    let faults: Vec<Option<String>> = f
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/appointments/"))
+        .map(|r| r.fault)
+        .collect();
+    assert_eq!(
+        faults,
+        [Some("status".to_string()), None],
+        "the injected 429 is named in the request log"
+    );
 }
 
 #[tokio::test]
@@ -238,6 +250,11 @@ async fn a_503_burst_then_success() {
     assert_eq!(
         log.iter().map(|r| r.status).collect::<Vec<_>>(),
         [503, 503, 503, 200]
+    );
+    assert_eq!(
+        log.iter().map(|r| r.fault.as_deref()).collect::<Vec<_>>(),
+        [Some("status"), Some("status"), Some("status"), None],
+        "injected statuses are named in the request log"
     );
     assert!(
         log.iter()

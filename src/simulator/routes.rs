@@ -142,9 +142,14 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
     let mut response = next.run(request).await;
     if let Some(PendingProblem(p)) = response.extensions_mut().remove::<PendingProblem>() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        // An injected 429/5xx is a problem too: keep its fault on record.
+        let fault = response.extensions_mut().remove::<FaultApplied>();
         response = problem_response(&p, &correlation_id, &path);
         if let Some(v) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some(f) = fault {
+            response.extensions_mut().insert(f);
         }
     }
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
