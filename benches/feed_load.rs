@@ -2,8 +2,8 @@
 //! that acknowledges at once, and the bridge's peak memory.
 //!
 //! The simulator (demo data plus N generated pending appointments) and the bridge run as
-//! child processes; the consumer runs here, on the project's own MLLP listener, answering
-//! each message with an AA. Two runs, each with a fresh store:
+//! child processes; the consumer (`support::Consumer`) runs here, on the project's own MLLP
+//! listener, answering each message with an AA. Two runs, each with a fresh store:
 //!
 //! 1. **live**: the consumer is up from the start; the watcher's first poll finds every
 //!    order and the destination delivers while the poll goes on. Reported: the time from
@@ -19,56 +19,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use qubs_bridge::hl7::{ack, er7};
-use qubs_bridge::mllp::{Connection, Handler, Inbound, MllpMetrics, MllpServerSettings};
-use support::{arg, memory_mib, metric, start_bridge_with_config, start_simulator};
-use tokio::sync::Mutex;
+use support::{Consumer, arg, memory_mib, metric, start_bridge_with_config, start_simulator};
 use tokio_util::sync::CancellationToken;
-
-/// Acknowledges every message at once and notes when the first and last arrived.
-#[derive(Default)]
-struct Consumer {
-    received: AtomicU64,
-    first: Mutex<Option<Instant>>,
-    last: Mutex<Option<Instant>>,
-}
-
-impl Handler for Consumer {
-    async fn handle(&self, inbound: Inbound, conn: &Connection) {
-        let Inbound::Message(bytes) = inbound else {
-            return;
-        };
-        let text = er7::decode_bytes(&bytes);
-        let header = ack::IncomingHeader::recover(&text);
-        let reply = ack::build(&header, ack::AckCode::AA, None, &jiff::ZonedDateTime::now());
-        let _ = conn.reply(reply.into_bytes()).await;
-        let now = Instant::now();
-        self.first.lock().await.get_or_insert(now);
-        *self.last.lock().await = Some(now);
-        self.received.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn start_consumer(addr: SocketAddr, stop: CancellationToken) -> (Arc<Consumer>, SocketAddr) {
-    let consumer = Arc::new(Consumer::default());
-    let settings = MllpServerSettings {
-        listen: addr,
-        ..Default::default()
-    };
-    let server = qubs_bridge::mllp::start(
-        &settings,
-        consumer.clone(),
-        Arc::new(MllpMetrics::default()),
-        stop,
-    )
-    .await
-    .expect("consumer listens");
-    (consumer, server.addr)
-}
 
 fn feed_config(consumer: SocketAddr, comments: bool) -> String {
     format!(
@@ -112,7 +67,8 @@ async fn main() {
 
     // 1. live
     let stop = CancellationToken::new();
-    let (consumer, addr) = start_consumer("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
+    let (consumer, addr) =
+        Consumer::start("127.0.0.1:0".parse().unwrap(), false, stop.clone()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let started = Instant::now();
     let bridge =
@@ -136,7 +92,7 @@ async fn main() {
     })
     .await;
     let total = started.elapsed();
-    let window = consumer.last.lock().await.unwrap() - consumer.first.lock().await.unwrap();
+    let window = consumer.last.lock().unwrap().unwrap() - consumer.first.lock().unwrap().unwrap();
     println!(
         "live      {expected:>7} ORM^O01   all found {:>6.2} s   all ACKed {:>6.2} s after start   {:>8.0} msg/s end to end   {:>8.0} msg/s at the consumer   bridge peak RSS {:.1} MiB",
         found.as_secs_f64(),
@@ -172,7 +128,7 @@ async fn main() {
     }
     let queued_rss = memory_mib(bridge.pid, "VmRSS");
     let stop = CancellationToken::new();
-    let (consumer, _) = start_consumer(addr, stop.clone()).await;
+    let (consumer, _) = Consumer::start(addr, false, stop.clone()).await;
     let t = Instant::now();
     wait_for("the backlog drained", limit, || {
         consumer.received.load(Ordering::Relaxed) >= expected

@@ -194,6 +194,18 @@ async fn too_many_requests_waits_for_retry_after() {
         .map(|r| r.status)
         .collect();
     assert_eq!(statuses, [429, 200]);
+    let faults: Vec<Option<String>> = f
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/appointments/"))
+        .map(|r| r.fault)
+        .collect();
+    assert_eq!(
+        faults,
+        [Some("status".to_string()), None],
+        "the injected 429 is named in the request log"
+    );
 }
 
 #[tokio::test]
@@ -238,6 +250,11 @@ async fn a_503_burst_then_success() {
     assert_eq!(
         log.iter().map(|r| r.status).collect::<Vec<_>>(),
         [503, 503, 503, 200]
+    );
+    assert_eq!(
+        log.iter().map(|r| r.fault.as_deref()).collect::<Vec<_>>(),
+        [Some("status"), Some("status"), Some("status"), None],
+        "injected statuses are named in the request log"
     );
     assert!(
         log.iter()
@@ -527,6 +544,96 @@ async fn the_simulator_enforces_the_report_rules_over_http() {
         .unwrap();
     assert_eq!(r.status(), 401, "no token");
     assert_eq!(r.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn the_simulator_control_endpoints_put_appointments_and_expire_tokens() {
+    // What a load driver does to a simulator in another process: over HTTP only.
+    let f = start(with_pending(1), &[]).await;
+    let http = reqwest::Client::new();
+    let control = format!("http://{}/_simulator", f.sim.addr);
+    let put = |body: serde_json::Value| {
+        http.put(format!("{control}/appointments/acme"))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(put(pending("A0002")).await.unwrap().status(), 204);
+    let mut changed = pending("A0001");
+    changed["clinicalInfo"] = json!("revision 2");
+    assert_eq!(put(changed).await.unwrap().status(), 204);
+    let r = put(json!({"status": "PENDING REPORTING"})).await.unwrap();
+    assert_eq!(r.status(), 400, "no appointmentId");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let page = f.client.pending_page("acme", None, None).await.unwrap();
+    let ids: Vec<&str> = page.appointments.iter().map(|a| a.id()).collect();
+    assert_eq!(ids, ["A0001", "A0002"]);
+    assert_eq!(
+        f.sim
+            .with_domain("acme", |d| d.appointments["A0001"]["clinicalInfo"].clone()),
+        "revision 2"
+    );
+
+    let token = || async {
+        let t: serde_json::Value = http
+            .post(f.sim.token_url())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", common::CLIENT_ID),
+                ("client_secret", common::CLIENT_SECRET),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        t
+    };
+    let r = http
+        .put(format!("{control}/token-lifetime"))
+        .json(&json!({"seconds": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let issued = token().await;
+    assert_eq!(issued["expires_in"], 7);
+    let sites = format!("{}/acme/sites", f.sim.base_url());
+    let bearer = issued["access_token"].as_str().unwrap().to_string();
+    let status = |bearer: String| {
+        let http = http.clone();
+        let sites = sites.clone();
+        async move {
+            http.get(sites)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(bearer.clone()).await, 200);
+    let r = http
+        .post(format!("{control}/rotate-signing-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        status(bearer).await,
+        401,
+        "tokens issued before the rotation"
+    );
+    // The client re-authenticates once and carries on.
+    assert_eq!(
+        f.client
+            .pending_page("acme", None, None)
+            .await
+            .unwrap()
+            .appointments
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]

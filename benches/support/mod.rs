@@ -1,13 +1,20 @@
 //! What the load drivers share: the simulator and the bridge as child processes (so the
-//! bridge's memory is measured on its own), memory readings, and a timed call loop.
+//! bridge's memory is measured on its own), process readings (memory, descriptors, CPU),
+//! metrics, a feed consumer on the project's MLLP listener, and a timed call loop.
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use qubs_bridge::hl7::{ack, er7};
+use qubs_bridge::mllp::{Connection, Handler, Inbound, MllpMetrics, MllpServerSettings};
+use tokio_util::sync::CancellationToken;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_qubs-bridge");
 pub const TOKEN: &str = "load-driver-token";
@@ -63,6 +70,29 @@ pub fn memory_mib(pid: u32, field: &str) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Open file descriptors of a process (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may contain spaces: utime and stime are the
+    // 12th and 13th, in USER_HZ ticks (100 per second on Linux).
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -145,6 +175,16 @@ pub struct SimulatorProcess {
     pub token_url: String,
 }
 
+impl SimulatorProcess {
+    /// The `/_simulator` control endpoints' base URL.
+    pub fn control(&self) -> String {
+        format!(
+            "{}/_simulator",
+            self.base_url.trim_end_matches("/integrations/v1")
+        )
+    }
+}
+
 pub fn start_simulator(appointments: u32) -> SimulatorProcess {
     let mut sim = Command::new(BIN)
         .args([
@@ -203,6 +243,17 @@ pub async fn start_bridge_with_config(
     env: &[(&str, &str)],
     extra: &str,
 ) -> BridgeProcess {
+    start_bridge_logging(sim, dir, env, extra, Stdio::inherit()).await
+}
+
+/// As [`start_bridge_with_config`], with the bridge's log (stderr) sent to `log`.
+pub async fn start_bridge_logging(
+    sim: &SimulatorProcess,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    extra: &str,
+    log: Stdio,
+) -> BridgeProcess {
     let config = dir.join("bridge.toml");
     std::fs::write(
         &config,
@@ -249,7 +300,7 @@ log_filter = "warn"
         .env("QUBS_BRIDGE__QUBS__CLIENT_SECRET", SECRET)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(log);
     for (k, v) in env {
         command.env(k, v);
     }
@@ -282,16 +333,98 @@ log_filter = "warn"
 /// A metric's value from the admin endpoint's `/metrics` (first series whose line starts
 /// with `series`).
 pub async fn metric(bridge: &BridgeProcess, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{}/metrics", bridge.admin()))
+    metric_in(&metrics_text(bridge).await?, series)
+}
+
+/// The admin endpoint's `/metrics` text, to read several series from one scrape.
+pub async fn metrics_text(bridge: &BridgeProcess) -> Option<String> {
+    reqwest::get(format!("{}/metrics", bridge.admin()))
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// The value of the first series in `text` whose line starts with `series`.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
+}
+
+/// An order feed consumer: acknowledges every message with an AA at once, counts them,
+/// notes when the first and last arrived and, when asked to, keeps the last message per
+/// appointment (ORC-2.1).
+#[derive(Default)]
+pub struct Consumer {
+    pub received: AtomicU64,
+    pub first: std::sync::Mutex<Option<Instant>>,
+    pub last: std::sync::Mutex<Option<Instant>>,
+    keep_last: bool,
+    latest: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Consumer {
+    /// Listens on `addr` (port 0: any free one) until `stop`; returns the bound address.
+    pub async fn start(
+        addr: SocketAddr,
+        keep_last: bool,
+        stop: CancellationToken,
+    ) -> (Arc<Consumer>, SocketAddr) {
+        let consumer = Arc::new(Consumer {
+            keep_last,
+            ..Default::default()
+        });
+        let settings = MllpServerSettings {
+            listen: addr,
+            ..Default::default()
+        };
+        let server = qubs_bridge::mllp::start(
+            &settings,
+            consumer.clone(),
+            Arc::new(MllpMetrics::default()),
+            stop,
+        )
+        .await
+        .expect("consumer listens");
+        (consumer, server.addr)
+    }
+
+    /// The last message received for an appointment (only with `keep_last`).
+    pub fn latest(&self, appointment_id: &str) -> Option<String> {
+        self.latest.lock().unwrap().get(appointment_id).cloned()
+    }
+}
+
+impl Handler for Consumer {
+    async fn handle(&self, inbound: Inbound, conn: &Connection) {
+        let Inbound::Message(bytes) = inbound else {
+            return;
+        };
+        let text = er7::decode_bytes(&bytes);
+        let header = ack::IncomingHeader::recover(&text);
+        let reply = ack::build(&header, ack::AckCode::AA, None, &jiff::ZonedDateTime::now());
+        let _ = conn.reply(reply.into_bytes()).await;
+        if self.keep_last {
+            let appointment = text
+                .split('\r')
+                .find(|s| s.starts_with("ORC|"))
+                .and_then(|s| s.split('|').nth(2))
+                .and_then(|f| f.split('^').next())
+                .unwrap_or_default()
+                .to_string();
+            self.latest
+                .lock()
+                .unwrap()
+                .insert(appointment, text.to_string());
+        }
+        let now = Instant::now();
+        self.first.lock().unwrap().get_or_insert(now);
+        *self.last.lock().unwrap() = Some(now);
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The value after `--name` on the command line, parsed; `default` when absent or invalid.

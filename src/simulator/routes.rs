@@ -1,5 +1,6 @@
 //! HTTP surface of the simulator: QUBS endpoints, token endpoint, presigned URLs, and the
-//! `/_simulator` control endpoints (request log, faults) for tests and demos.
+//! `/_simulator` control endpoints (request log, faults, submissions, appointments, tokens)
+//! for tests, demos and load drivers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,7 +85,10 @@ pub(crate) fn router(state: Shared) -> Router {
             "/faults",
             post(control_add_fault).delete(control_clear_faults),
         )
-        .route("/submissions/{domain}", get(control_submissions));
+        .route("/submissions/{domain}", get(control_submissions))
+        .route("/appointments/{domain}", put(control_put_appointment))
+        .route("/token-lifetime", put(control_token_lifetime))
+        .route("/rotate-signing-key", post(control_rotate_signing_key));
     Router::new()
         .nest("/integrations/v1", api)
         .route("/oauth2/token", post(token))
@@ -138,9 +142,14 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
     let mut response = next.run(request).await;
     if let Some(PendingProblem(p)) = response.extensions_mut().remove::<PendingProblem>() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        // An injected 429/5xx is a problem too: keep its fault on record.
+        let fault = response.extensions_mut().remove::<FaultApplied>();
         response = problem_response(&p, &correlation_id, &path);
         if let Some(v) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some(f) = fault {
+            response.extensions_mut().insert(f);
         }
     }
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
@@ -826,6 +835,50 @@ async fn control_submissions(State(state): State<Shared>, Path(domain): Path<Str
         .map(|d| d.submissions.clone())
         .unwrap_or_default();
     axum::Json(list).into_response()
+}
+
+/// Adds or replaces an appointment (keyed by its `appointmentId`), as
+/// [`Simulator::put_appointment`](super::Simulator::put_appointment) does: load drivers change
+/// the pending list of a simulator running in another process.
+async fn control_put_appointment(
+    State(state): State<Shared>,
+    Path(domain): Path<String>,
+    axum::Json(appointment): axum::Json<Value>,
+) -> Result<StatusCode, SimProblem> {
+    let id = match appointment.get("appointmentId") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(problem(400, "appointmentId must be a non-empty string")),
+    };
+    let mut data = state.data.lock().expect("simulator data");
+    data.entry(domain)
+        .or_default()
+        .appointments
+        .insert(id, appointment);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct TokenLifetime {
+    seconds: u64,
+}
+
+/// Lifetime of tokens issued from now on: a short one makes the bridge renew often and
+/// meet expired tokens.
+async fn control_token_lifetime(
+    State(state): State<Shared>,
+    axum::Json(body): axum::Json<TokenLifetime>,
+) -> Result<StatusCode, SimProblem> {
+    if body.seconds == 0 {
+        return Err(problem(400, "seconds must be at least 1"));
+    }
+    *state.token_lifetime.write().expect("lifetime") = Duration::from_secs(body.seconds);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Invalidates every token issued so far: the next call with one gets 401.
+async fn control_rotate_signing_key(State(state): State<Shared>) -> StatusCode {
+    *state.access_key.write().expect("key") = super::tokens::SigningKey::random();
+    StatusCode::NO_CONTENT
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> SimProblem {
