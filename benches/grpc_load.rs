@@ -8,15 +8,19 @@
 //! 2. StreamPendingOrders over every appointment (FHIR ServiceRequest output): orders/s and
 //!    the bridge's peak RSS;
 //! 3. GetOrder (FHIR ServiceRequest + HL7 ORM^O01) at C concurrent calls for S seconds;
-//! 4. SubmitOru (distinct messages) at C concurrent calls for S seconds;
+//! 4. SubmitOru (distinct messages) at C concurrent calls for S seconds, as fast as they go;
+//! 5. SubmitOru paced at R calls/s in all over the same C streams (open loop: latency counts
+//!    from when a call was due, so falling behind shows);
 //!
-//! printing requests/s and p50/p99 latency.
+//! printing requests/s and p50/p99 latency as the driver sees them, and the bridge's own
+//! latency histogram for the same calls.
 //!
 //! ```text
 //! cargo bench --bench grpc_load                       # 100,000 appointments, 64 calls, 10 s
 //! cargo bench --bench grpc_load -- --appointments 20000 --concurrency 32 --seconds 5
 //! cargo bench --bench grpc_load -- --ack-mode after_store   # SubmitOru answered once stored
 //! cargo bench --bench grpc_load -- --connections 4          # SubmitOru over 4 HTTP/2 connections
+//! cargo bench --bench grpc_load -- --submit-rate 3000       # the paced phase at 3,000/s (0: skip)
 //! ```
 
 mod support;
@@ -31,7 +35,10 @@ use qubs_bridge::grpc::pb::{
 };
 use tonic::transport::Channel;
 
-use support::{TOKEN, arg, drive, memory_mib, start_bridge, start_simulator};
+use support::{
+    TOKEN, arg, drive, drive_at_rate, histogram, histogram_quantile_ms, histogram_since,
+    memory_mib, metric, metrics_text, start_bridge, start_simulator,
+};
 
 struct Options {
     appointments: u32,
@@ -41,6 +48,8 @@ struct Options {
     ack_mode: String,
     /// HTTP/2 connections the calls are spread over (default 1).
     connections: usize,
+    /// SubmitOru calls/s in all for the paced phase (0: skip it).
+    submit_rate: f64,
 }
 
 fn options() -> Options {
@@ -50,6 +59,7 @@ fn options() -> Options {
         seconds: arg("--seconds", 10),
         ack_mode: arg("--ack-mode", "after_submit".to_string()),
         connections: arg("--connections", 1usize).max(1),
+        submit_rate: arg("--submit-rate", 5000.0),
     }
 }
 
@@ -70,6 +80,28 @@ fn oru(control_id: &str, appointment: &str) -> Vec<u8> {
          OBX|2|TX|||IMPRESSION: Normal study.||||||F\r"
     )
     .into_bytes()
+}
+
+/// The bridge's own view of a method's latency since `before` (its `grpc_request_seconds`
+/// histogram: from the call arriving to the answer handed to the transport). What the driver
+/// measures beyond it is the transport and the driver itself, on the same two cores.
+async fn server_side(bridge: &support::BridgeProcess, method: &str, before: &[(f64, f64)]) {
+    let buckets = histogram_since(&rpc_histogram(bridge, method).await, before);
+    let q = |q| histogram_quantile_ms(&buckets, q).map_or("?".to_string(), |ms| format!("{ms}"));
+    println!(
+        "  {method} in the bridge (bucket bounds of its histogram): p50 <= {} ms   p99 <= {} ms",
+        q(0.50),
+        q(0.99)
+    );
+}
+
+async fn rpc_histogram(bridge: &support::BridgeProcess, method: &str) -> Vec<(f64, f64)> {
+    let text = metrics_text(bridge).await.unwrap_or_default();
+    histogram(
+        &text,
+        "qubs_bridge_grpc_request_seconds",
+        &[&format!("method=\"{method}\"")],
+    )
 }
 
 #[tokio::main]
@@ -158,6 +190,7 @@ async fn main() {
     })
     .await;
     get.print();
+    server_side(&bridge, "GetOrder", &[]).await;
 
     let mut channels = vec![channel.clone()];
     for _ in 1..o.connections {
@@ -169,12 +202,13 @@ async fn main() {
                 .expect("gRPC connects"),
         );
     }
-    let submit = drive("SubmitOru", o.concurrency, o.seconds, {
+    // Each call a distinct message (control id from phase, worker and sequence number).
+    let submit_call = |phase: char| {
         let channels = channels.clone();
-        move |worker, n| {
+        move |worker: usize, n: u64| {
             let mut client = ResultServiceClient::new(channels[worker % channels.len()].clone());
             let id = format!("B{:07}", (worker as u64 * 6151 + n * 7_919) % ids);
-            let message = oru(&format!("L{worker:03}N{n:07}"), &id);
+            let message = oru(&format!("L{phase}{worker:03}N{n:07}"), &id);
             async move {
                 match client
                     .submit_oru(authed(SubmitOruRequest {
@@ -188,9 +222,39 @@ async fn main() {
                 }
             }
         }
-    })
-    .await;
+    };
+    let before = rpc_histogram(&bridge, "SubmitOru").await;
+    let submit = drive("SubmitOru", o.concurrency, o.seconds, submit_call('C')).await;
     submit.print();
+    server_side(&bridge, "SubmitOru", &before).await;
+    if o.submit_rate > 0.0 {
+        // Start from a steady state: the reports the unpaced phase queued are submitted to
+        // QUBS first (the outbox then only has to keep up with the paced calls).
+        if o.ack_mode == "after_store" {
+            let t = Instant::now();
+            let pending = r#"qubs_bridge_outbox_results{state="pending"}"#;
+            while metric(&bridge, pending).await.is_none_or(|n| n > 0.0) {
+                assert!(t.elapsed().as_secs() < 600, "the outbox did not drain");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            println!(
+                "  outbox drained to QUBS {:.1} s after the phase ended",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let before = rpc_histogram(&bridge, "SubmitOru").await;
+        let paced = drive_at_rate(
+            "SubmitOru paced",
+            o.concurrency,
+            o.seconds,
+            1,
+            o.submit_rate,
+            submit_call('R'),
+        )
+        .await;
+        paced.print();
+        server_side(&bridge, "SubmitOru", &before).await;
+    }
     println!(
         "bridge RSS now         {:.1} MiB, peak over the run {:.1} MiB",
         memory_mib(bridge_pid, "VmRSS"),

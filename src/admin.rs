@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -112,9 +113,15 @@ pub async fn serve(
             metrics,
         });
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener.tap_io(|tcp| {
+                // Small answers go out at once, not after the peer's delayed ACK.
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin endpoint stopped");
         }

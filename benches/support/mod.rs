@@ -95,6 +95,57 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// A Prometheus histogram's cumulative buckets `(upper bound in s, count)`: the
+/// `{name}_bucket` lines of `text` that carry every one of `labels`, summed over any other
+/// label.
+pub fn histogram(text: &str, name: &str, labels: &[&str]) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+        if !labels.iter().all(|l| line.contains(l)) {
+            continue;
+        }
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .and_then(|v| match v {
+                "+Inf" => Some(f64::INFINITY),
+                v => v.parse().ok(),
+            });
+        let count = line.split_whitespace().last().and_then(|c| c.parse().ok());
+        let (Some(le), Some(count)) = (le, count) else {
+            continue;
+        };
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += count,
+            None => buckets.push((le, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The counts of `after` minus those of `before` (an earlier scrape of the same histogram).
+pub fn histogram_since(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(le, c)| {
+            let was = before.iter().find(|(b, _)| *b == le).map_or(0.0, |b| b.1);
+            (le, c - was)
+        })
+        .collect()
+}
+
+/// Upper bound (in ms) of the bucket holding quantile `q` of `buckets`.
+pub fn histogram_quantile_ms(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, c)| total > 0.0 && *c >= q * total)
+        .map(|(le, _)| le * 1000.0)
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -109,6 +160,9 @@ pub struct Phase {
     pub errors: u64,
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
+    /// Paced phases: how late the driver itself woke for each call (sorted); a large
+    /// value means the driver, not the bridge, fell behind.
+    pub wake_lag: Vec<Duration>,
 }
 
 impl Phase {
@@ -122,6 +176,14 @@ impl Phase {
             percentile(&self.latencies, 0.99),
             self.errors
         );
+        if !self.wake_lag.is_empty() {
+            println!(
+                "  driver woke late for a call by: p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+                percentile(&self.wake_lag, 0.50),
+                percentile(&self.wake_lag, 0.99),
+                percentile(&self.wake_lag, 1.0)
+            );
+        }
     }
 }
 
@@ -165,6 +227,81 @@ where
         errors: errors.load(Ordering::Relaxed),
         elapsed,
         latencies,
+        wake_lag: Vec::new(),
+    }
+}
+
+/// Like [`drive`], but open-loop at `rate` calls/s in all: each of the `concurrency` workers
+/// sends on its own fixed schedule (staggered), and a call's latency counts from the moment
+/// it was due, so a bridge that falls behind shows it in the latency instead of being
+/// offered less load (no coordinated omission). The first `warmup` seconds run at the same
+/// rate but are not counted (connections and caches settle).
+pub async fn drive_at_rate<F, Fut>(
+    name: &'static str,
+    concurrency: usize,
+    seconds: u64,
+    warmup: u64,
+    rate: f64,
+    call: F,
+) -> Phase
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let errors = Arc::new(AtomicU64::new(0));
+    let period = Duration::from_secs_f64(concurrency as f64 / rate);
+    let launched = Instant::now();
+    let started = launched + Duration::from_secs(warmup);
+    let until = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let call = call.clone();
+        let errors = errors.clone();
+        let first = launched + period.mul_f64(worker as f64 / concurrency as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(16_384);
+            let mut lag = Vec::with_capacity(16_384);
+            let mut n = 0u64;
+            loop {
+                let due = first + period.mul_f64(n as f64);
+                if due >= until {
+                    break;
+                }
+                let ready = Instant::now();
+                tokio::time::sleep_until(due.into()).await;
+                // Only the wake-up itself: a worker still busy with its previous call
+                // (then `due` has passed) is the bridge's delay, not the driver's.
+                let woke = due.max(ready).elapsed();
+                let ok = call(worker, n).await;
+                if due >= started {
+                    lag.push(woke);
+                    latencies.push(due.elapsed());
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+            (latencies, lag)
+        }));
+    }
+    let (mut latencies, mut wake_lag) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (l, w) = t.await.expect("worker");
+        latencies.extend(l);
+        wake_lag.extend(w);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    wake_lag.sort();
+    Phase {
+        name,
+        requests: latencies.len(),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+        wake_lag,
     }
 }
 

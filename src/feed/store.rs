@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use crate::store::Cached;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
@@ -64,13 +65,13 @@ CREATE TABLE IF NOT EXISTS feed_destinations (
 ";
 
 pub(super) fn latest_event(tx: &Transaction) -> rusqlite::Result<i64> {
-    tx.query_row("SELECT COALESCE(MAX(id), 0) FROM feed_events", [], |r| {
+    tx.row("SELECT COALESCE(MAX(id), 0) FROM feed_events", [], |r| {
         r.get(0)
     })
 }
 
 pub(super) fn first_event(tx: &Transaction) -> rusqlite::Result<i64> {
-    tx.query_row("SELECT COALESCE(MIN(id), 0) FROM feed_events", [], |r| {
+    tx.row("SELECT COALESCE(MIN(id), 0) FROM feed_events", [], |r| {
         r.get(0)
     })
 }
@@ -90,7 +91,7 @@ pub(super) fn document(
     domain: &str,
     appointment_id: &str,
 ) -> rusqlite::Result<Option<Vec<u8>>> {
-    tx.query_row(
+    tx.row(
         "SELECT document FROM feed_orders WHERE domain = ?1 AND appointment_id = ?2",
         [domain, appointment_id],
         |r| r.get(0),
@@ -100,7 +101,7 @@ pub(super) fn document(
 
 pub(super) fn baselined(tx: &Transaction, domain: &str) -> rusqlite::Result<bool> {
     Ok(tx
-        .query_row(
+        .row(
             "SELECT baselined_at FROM feed_watch WHERE domain = ?1",
             [domain],
             |r| r.get::<_, Option<i64>>(0),
@@ -207,7 +208,7 @@ pub(super) fn polled(
     now: i64,
 ) -> rusqlite::Result<()> {
     // A complete poll is the baseline; a failed one leaves the baseline as it was.
-    tx.execute(
+    tx.exec(
         "INSERT INTO feed_watch (domain, baselined_at, polls, last_poll_at, last_error)
          VALUES (?1, CASE WHEN ?2 IS NULL THEN ?3 END, 1, ?3, ?2)
          ON CONFLICT (domain) DO UPDATE SET polls = polls + 1, last_poll_at = ?3,
@@ -252,7 +253,7 @@ pub(super) fn due(
         ))?;
         let first = stmt.query_row([destination], read_due).optional()?;
         let next_at: Option<i64> = tx
-            .query_row(
+            .row(
                 "SELECT next_attempt_at FROM feed_deliveries WHERE destination = ?1
                    AND state = 'pending' ORDER BY id LIMIT 1",
                 [destination],
@@ -280,7 +281,7 @@ pub(super) fn due(
 }
 
 pub(super) fn next_due_at(tx: &Transaction, destination: &str) -> rusqlite::Result<Option<i64>> {
-    tx.query_row(
+    tx.row(
         "SELECT MIN(next_attempt_at) FROM feed_deliveries WHERE destination = ?1 AND state = 'pending'",
         [destination],
         |r| r.get(0),
@@ -332,7 +333,7 @@ pub(super) fn settle(
         }
     }
     if let Some(code) = last_ack {
-        tx.execute(
+        tx.exec(
             "INSERT INTO feed_destinations (name, last_ack_at, last_ack_code) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO UPDATE SET last_ack_at = ?2, last_ack_code = ?3",
             params![destination, now, code],
@@ -350,7 +351,7 @@ pub(super) fn destination_error(
     error: &str,
     now: i64,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO feed_destinations (name, last_error, last_error_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET last_error = ?2, last_error_at = ?3",
         params![destination, error, now],
@@ -388,7 +389,7 @@ pub(super) fn destination_status(
     name: &str,
 ) -> rusqlite::Result<DestinationStatus> {
     let count = |state: &str| -> rusqlite::Result<u64> {
-        tx.query_row(
+        tx.row(
             "SELECT COUNT(*) FROM feed_deliveries WHERE destination = ?1 AND state = ?2",
             [name, state],
             |r| r.get::<_, i64>(0),
@@ -396,7 +397,7 @@ pub(super) fn destination_status(
         .map(|n| n as u64)
     };
     let oldest: Option<i64> = tx
-        .query_row(
+        .row(
             "SELECT created_at FROM feed_deliveries WHERE destination = ?1 AND state = 'pending'
              ORDER BY id LIMIT 1",
             [name],
@@ -412,7 +413,7 @@ pub(super) fn destination_status(
         ..Default::default()
     };
     if let Some((at, code, error, error_at)) = tx
-        .query_row(
+        .row(
             "SELECT last_ack_at, last_ack_code, last_error, last_error_at
              FROM feed_destinations WHERE name = ?1",
             [name],
@@ -429,7 +430,7 @@ pub(super) fn destination_status(
 }
 
 pub(super) fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<WatchStatus> {
-    let tracked: i64 = tx.query_row(
+    let tracked: i64 = tx.row(
         "SELECT COUNT(*) FROM feed_orders WHERE domain = ?1",
         [domain],
         |r| r.get(0),
@@ -440,7 +441,7 @@ pub(super) fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<W
         ..Default::default()
     };
     if let Some((baselined, polls, at, error)) = tx
-        .query_row(
+        .row(
             "SELECT baselined_at, polls, last_poll_at, last_error FROM feed_watch WHERE domain = ?1",
             [domain],
             |r| {
@@ -465,14 +466,14 @@ pub(super) fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<W
 /// Deletes events created before `older_than` none of whose deliveries is pending, with
 /// their settled deliveries.
 pub(super) fn prune(tx: &Transaction, older_than: i64) -> rusqlite::Result<usize> {
-    tx.execute(
+    tx.exec(
         "DELETE FROM feed_deliveries WHERE event_id IN (
              SELECT e.id FROM feed_events e WHERE e.created_at < ?1
                AND NOT EXISTS (SELECT 1 FROM feed_deliveries d
                                WHERE d.event_id = e.id AND d.state = 'pending'))",
         [older_than],
     )?;
-    tx.execute(
+    tx.exec(
         "DELETE FROM feed_events WHERE created_at < ?1
            AND NOT EXISTS (SELECT 1 FROM feed_deliveries d WHERE d.event_id = feed_events.id)",
         [older_than],
@@ -488,7 +489,7 @@ pub(super) fn requeue(
 ) -> rusqlite::Result<usize> {
     let mut n = 0;
     for domain in domains {
-        n += tx.execute(
+        n += tx.exec(
             "UPDATE feed_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3,
                  updated_at = ?3
              WHERE destination = ?1 AND state = 'dead'

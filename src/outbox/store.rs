@@ -1,6 +1,7 @@
 //! The outbox's tables and statements. Everything here runs on the outbox's own thread,
 //! inside the transaction that thread opens for each batch of commands.
 
+use crate::store::Cached;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{
@@ -57,7 +58,7 @@ pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Res
     let mut existing = Vec::new();
     for r in &m.results {
         if let Some(id) = tx
-            .query_row(
+            .row(
                 "SELECT id FROM results WHERE idempotency_key = ?1",
                 [&r.key],
                 |row| row.get::<_, i64>(0),
@@ -75,7 +76,7 @@ pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Res
             continue;
         }
         let final_id: Option<i64> = tx
-            .query_row(
+            .row(
                 "SELECT id FROM results WHERE domain = ?1 AND appointment_id = ?2
                    AND report_status = 'final' AND state IN ('pending', 'submitted')
                  ORDER BY id DESC LIMIT 1",
@@ -87,14 +88,14 @@ pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Res
             return Ok(Admission::PreliminaryAfterFinal { index: i, final_id });
         }
     }
-    tx.execute(
+    tx.exec(
         "INSERT INTO messages (source, body, received_at) VALUES (?1, ?2, ?3)",
         params![m.source.as_str(), m.body, now],
     )?;
     let message_id = tx.last_insert_rowid();
     let mut ids = Vec::with_capacity(m.results.len());
     for r in &m.results {
-        tx.execute(
+        tx.exec(
             "INSERT INTO results (idempotency_key, message_id, domain, appointment_id, source_id,
                  group_index, report_status, state, received_at, next_attempt_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?8)",
@@ -111,7 +112,7 @@ pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Res
         )?;
         let id = tx.last_insert_rowid();
         for (seq, a) in r.attachments.iter().enumerate() {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO attachments (result_id, seq, file_name, content_type, content)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, seq as i64, a.file_name, a.content_type, a.content],
@@ -146,7 +147,7 @@ pub(super) fn due(
     let mut out = Vec::new();
     for id in ids.into_iter().filter(|id| !busy.contains(id)).take(limit) {
         let entry = entry(tx, id)?.expect("selected row exists");
-        let (source, body): (String, Vec<u8>) = tx.query_row(
+        let (source, body): (String, Vec<u8>) = tx.row(
             "SELECT m.source, m.body FROM messages m JOIN results r ON r.message_id = m.id
              WHERE r.id = ?1",
             [id],
@@ -182,7 +183,7 @@ pub(super) fn settle(
     now: i64,
 ) -> rusqlite::Result<()> {
     match settled {
-        Settled::Submitted(r) => tx.execute(
+        Settled::Submitted(r) => tx.exec(
             "UPDATE results SET state = 'submitted', attempts = attempts + 1, updated_at = ?2,
                  first_attempt_at = COALESCE(first_attempt_at, ?2), last_error = NULL,
                  error_kind = NULL, report_guid = ?3, qubs_report_status = ?4,
@@ -194,7 +195,7 @@ pub(super) fn settle(
             kind,
             reason,
             qubs_request_id,
-        } => tx.execute(
+        } => tx.exec(
             "UPDATE results SET state = 'dead', attempts = attempts + 1, updated_at = ?2,
                  first_attempt_at = COALESCE(first_attempt_at, ?2), last_error = ?3,
                  error_kind = ?4, qubs_request_id = ?5
@@ -213,7 +214,7 @@ pub(super) fn retry_later(
     qubs_request_id: Option<&str>,
     now: i64,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.exec(
         "UPDATE results SET attempts = attempts + 1, next_attempt_at = ?2, updated_at = ?5,
              first_attempt_at = COALESCE(first_attempt_at, ?5), last_error = ?3,
              error_kind = 'transient', qubs_request_id = ?4
@@ -263,7 +264,7 @@ fn read_entry(row: &Row) -> rusqlite::Result<Entry> {
 }
 
 pub(super) fn entry(tx: &Transaction, id: i64) -> rusqlite::Result<Option<Entry>> {
-    tx.query_row(
+    tx.row(
         &format!(
             "SELECT {ENTRY_COLUMNS} FROM results r JOIN messages m ON m.id = r.message_id
              WHERE r.id = ?1"
@@ -300,7 +301,7 @@ pub(super) fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<En
 pub(super) fn requeue(tx: &Transaction, ids: &[i64], now: i64) -> rusqlite::Result<usize> {
     let mut n = 0;
     for id in ids {
-        n += tx.execute(
+        n += tx.exec(
             "UPDATE results SET state = 'pending', next_attempt_at = ?2, updated_at = ?2,
                  first_attempt_at = NULL, error_kind = NULL
              WHERE id = ?1 AND state = 'dead'",
@@ -323,7 +324,7 @@ pub(super) fn purge(
         vec![state.as_str().to_string().into(), older_than.into()];
     domain_filter(&mut sql, &mut args, "domain", domains);
     let n = tx.execute(&sql, rusqlite::params_from_iter(args))?;
-    tx.execute(
+    tx.exec(
         "DELETE FROM messages WHERE NOT EXISTS
              (SELECT 1 FROM results r WHERE r.message_id = messages.id)",
         [],
@@ -351,7 +352,7 @@ fn domain_filter(
 
 pub(super) fn stats(tx: &Transaction, with_submitted: bool) -> rusqlite::Result<Stats> {
     let count = |state: &str| -> rusqlite::Result<u64> {
-        tx.query_row(
+        tx.row(
             "SELECT COUNT(*) FROM results WHERE state = ?1",
             [state],
             |r| r.get::<_, i64>(0),
@@ -360,7 +361,7 @@ pub(super) fn stats(tx: &Transaction, with_submitted: bool) -> rusqlite::Result<
     };
     // Ids grow with arrival, so the first pending id is the oldest.
     let oldest: Option<i64> = tx
-        .query_row(
+        .row(
             "SELECT received_at FROM results WHERE state = 'pending' ORDER BY id LIMIT 1",
             [],
             |r| r.get(0),

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -286,9 +287,15 @@ impl Simulator {
         let app = routes::router(self.state.clone());
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let served = axum::serve(
+                listener.tap_io(|tcp| {
+                    // Small answers go out at once, not after the peer's delayed ACK.
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "QUBS simulator stopped");
             }
