@@ -494,45 +494,41 @@ struct Sample {
 const HEADER: &str = "    t(s)  phase            sent/s  accepted  p50(ms)  p99(ms)  RSS(MiB)  fds  cpu(%)  outbox  feedq  QUBS-req  faults   401s";
 const CSV_HEADER: &str = "t_secs,phase,sent_per_sec,accepted_total,p50_ms,p99_ms,rss_mib,open_fds,cpu_percent,outbox_pending,feed_queue_depth,qubs_requests,faults_injected,qubs_401";
 
+/// Widths of the table's columns after the first two (time, phase).
+const WIDTHS: [usize; 12] = [7, 9, 8, 8, 9, 4, 7, 7, 6, 9, 7, 6];
+
 impl Sample {
+    /// The columns, each at its precision, in the order HEADER and CSV_HEADER name them.
+    fn columns(&self) -> [String; 14] {
+        [
+            format!("{:.0}", self.t),
+            self.phase.clone(),
+            format!("{:.1}", self.sent_per_s),
+            self.accepted.to_string(),
+            format!("{:.2}", self.p50),
+            format!("{:.2}", self.p99),
+            format!("{:.1}", self.rss),
+            self.fds.to_string(),
+            format!("{:.1}", self.cpu),
+            format!("{:.0}", self.outbox),
+            format!("{:.0}", self.feed_queue),
+            self.qubs_requests.to_string(),
+            self.faults.to_string(),
+            self.unauthorized.to_string(),
+        ]
+    }
+
     fn row(&self) -> String {
-        format!(
-            "{:>8.0}  {:<15} {:>7.1} {:>9} {:>8.2} {:>8.2} {:>9.1} {:>4} {:>7.1} {:>7.0} {:>6.0} {:>9} {:>7} {:>6}",
-            self.t,
-            self.phase,
-            self.sent_per_s,
-            self.accepted,
-            self.p50,
-            self.p99,
-            self.rss,
-            self.fds,
-            self.cpu,
-            self.outbox,
-            self.feed_queue,
-            self.qubs_requests,
-            self.faults,
-            self.unauthorized
-        )
+        let c = self.columns();
+        let mut line = format!("{:>8}  {:<15}", c[0], c[1]);
+        for (value, width) in c[2..].iter().zip(WIDTHS) {
+            line.push_str(&format!(" {value:>width$}"));
+        }
+        line
     }
 
     fn csv(&self) -> String {
-        format!(
-            "{:.0},{},{:.1},{},{:.3},{:.3},{:.1},{},{:.1},{:.0},{:.0},{},{},{}",
-            self.t,
-            self.phase,
-            self.sent_per_s,
-            self.accepted,
-            self.p50,
-            self.p99,
-            self.rss,
-            self.fds,
-            self.cpu,
-            self.outbox,
-            self.feed_queue,
-            self.qubs_requests,
-            self.faults,
-            self.unauthorized
-        )
+        self.columns().join(",")
     }
 }
 

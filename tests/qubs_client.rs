@@ -492,13 +492,9 @@ async fn oversize_report_text_is_refused_before_sending() {
     );
 }
 
-#[tokio::test]
-async fn the_simulator_enforces_the_report_rules_over_http() {
-    // Straight HTTP, bypassing the client's own checks.
-    let f = start(with_pending(1), &[]).await;
-    let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(f.sim.token_url())
+/// A token straight from the simulator's token endpoint (the whole JSON answer).
+async fn sim_token(http: &reqwest::Client, token_url: &str) -> serde_json::Value {
+    http.post(token_url)
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_id", common::CLIENT_ID),
@@ -509,7 +505,15 @@ async fn the_simulator_enforces_the_report_rules_over_http() {
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_simulator_enforces_the_report_rules_over_http() {
+    // Straight HTTP, bypassing the client's own checks.
+    let f = start(with_pending(1), &[]).await;
+    let http = reqwest::Client::new();
+    let token = sim_token(&http, &f.sim.token_url()).await;
     let bearer = token["access_token"].as_str().unwrap().to_string();
     let url = format!(
         "{}/acme/reporting/appointments/A0001/report",
@@ -573,22 +577,6 @@ async fn the_simulator_control_endpoints_put_appointments_and_expire_tokens() {
         "revision 2"
     );
 
-    let token = || async {
-        let t: serde_json::Value = http
-            .post(f.sim.token_url())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", common::CLIENT_ID),
-                ("client_secret", common::CLIENT_SECRET),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        t
-    };
     let r = http
         .put(format!("{control}/token-lifetime"))
         .json(&json!({"seconds": 7}))
@@ -596,7 +584,7 @@ async fn the_simulator_control_endpoints_put_appointments_and_expire_tokens() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let issued = token().await;
+    let issued = sim_token(&http, &f.sim.token_url()).await;
     assert_eq!(issued["expires_in"], 7);
     let sites = format!("{}/acme/sites", f.sim.base_url());
     let bearer = issued["access_token"].as_str().unwrap().to_string();

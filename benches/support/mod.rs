@@ -166,6 +166,26 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// A finished phase that started at `started`: sorts the samples.
+    fn new(
+        name: &'static str,
+        started: Instant,
+        errors: &AtomicU64,
+        mut latencies: Vec<Duration>,
+        mut wake_lag: Vec<Duration>,
+    ) -> Phase {
+        latencies.sort();
+        wake_lag.sort();
+        Phase {
+            name,
+            requests: latencies.len(),
+            errors: errors.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+            latencies,
+            wake_lag,
+        }
+    }
+
     pub fn print(&self) {
         println!(
             "{:<22} {:>9} req {:>10.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
@@ -219,16 +239,7 @@ where
     for t in tasks {
         latencies.extend(t.await.expect("worker"));
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Phase {
-        name,
-        requests: latencies.len(),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-        wake_lag: Vec::new(),
-    }
+    Phase::new(name, started, &errors, latencies, Vec::new())
 }
 
 /// Like [`drive`], but open-loop at `rate` calls/s in all: each of the `concurrency` workers
@@ -292,17 +303,7 @@ where
         latencies.extend(l);
         wake_lag.extend(w);
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    wake_lag.sort();
-    Phase {
-        name,
-        requests: latencies.len(),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-        wake_lag,
-    }
+    Phase::new(name, started, &errors, latencies, wake_lag)
 }
 
 /// `qubs-bridge simulator` with generated appointments, as a child process.
