@@ -278,10 +278,23 @@ async fn watch_qubs(
             .qubs_refused
             .store(refused, std::sync::atomic::Ordering::Relaxed);
         serving.publish().await;
+        // A round reads every pending page; give the memory it freed back to the system so
+        // an idle bridge stays small (glibc keeps freed heap otherwise).
+        release_free_memory();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Returns the allocator's free pages to the operating system (glibc; elsewhere a no-op).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists
+    // under the allocator's locks, and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
