@@ -1,5 +1,6 @@
 //! Inputs the fuzz targets (fuzz/, see fuzz/run.sh) found crashing or breaking an invariant,
-//! replayed under `cargo test` with the same checks as the target, after the fix.
+//! replayed under `cargo test` through the targets' own checks (fuzz/checks.rs), after the
+//! fix.
 //!
 //! Byte inputs live in tests/data/fuzz/<target>/ (one file each, named after the bug);
 //! structured inputs (mllp_codec, ack_builder) are written out below as plain Rust.
@@ -8,10 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use qubs_bridge::hl7::ack::{self, AckCode, AckError, ErrorCode, IncomingHeader};
-use qubs_bridge::hl7::er7::{self, Message};
+use qubs_bridge::hl7::er7::Message;
 use qubs_bridge::hl7::escape::unescape;
 use qubs_bridge::mapping::MappingSet;
-use qubs_bridge::results::{commit_code, prepare_oru};
+
+/// The fuzz targets' own checks (fuzz/checks.rs).
+#[path = "../fuzz/checks.rs"]
+mod checks;
 
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,44 +41,11 @@ fn now() -> jiff::ZonedDateTime {
         .unwrap()
 }
 
-/// What fuzz/fuzz_targets/oru_to_report.rs checks for one input.
-fn oru_to_report(set: &MappingSet, data: &[u8]) {
-    let text = er7::decode_bytes(data);
-    let header = IncomingHeader::recover(&text);
-    let outcome = prepare_oru(set, "acme", &serde_json::Map::new(), &text, &header, 256);
-    let (code, error) = match &outcome {
-        Ok(_) => (AckCode::AA, None),
-        Err(r) => (r.ack_code, Some(&r.error)),
-    };
-    let code = if header.enhanced_mode() {
-        commit_code(code)
-    } else {
-        code
-    };
-    let ack_text = ack::build(&header, code, error, &now());
-    let ack = Message::parse(&ack_text).expect("the ACK re-reads");
-    let msa2 = ack.query("MSA-2").unwrap().unwrap_or_default();
-    assert_eq!(
-        unescape(msa2, &header.delimiters),
-        header.control_id.as_deref().unwrap_or_default()
-    );
-    if let Ok(msg) = Message::parse(&text)
-        && msg.delimiters() == header.delimiters
-        && let Some(raw) = msg.control_id()
-        && header.control_id.is_some()
-    {
-        assert_eq!(
-            unescape(msa2, &header.delimiters),
-            unescape(raw, &header.delimiters)
-        );
-    }
-}
-
 #[test]
 fn oru_to_report_inputs() {
     let set = MappingSet::load_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).unwrap();
     for (path, data) in inputs("oru_to_report") {
-        let run = std::panic::catch_unwind(|| oru_to_report(&set, &data));
+        let run = std::panic::catch_unwind(|| checks::oru_to_report(&set, &data, 256, &now()));
         assert!(run.is_ok(), "{}", path.display());
     }
 }
@@ -100,32 +71,7 @@ fn mapping_loader_inputs() {
 
 /// What fuzz/fuzz_targets/ack_builder.rs checks, for one hand-made header.
 fn check_ack(header: &IncomingHeader, code: AckCode, error: Option<&AckError>) {
-    let text = ack::build(header, code, error, &now());
-    let msg = Message::parse(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
-    let ids: Vec<&str> = msg.segments().map(|s| s.id()).collect();
-    let want: &[&str] = if error.is_some() {
-        &["MSH", "MSA", "ERR"]
-    } else {
-        &["MSH", "MSA"]
-    };
-    assert_eq!(ids, want, "{text:?}");
-    assert!(msg.warnings().is_empty(), "{text:?}");
-    let d = header.delimiters;
-    let get = |p: &str| msg.query(p).unwrap().unwrap_or_default();
-    assert_eq!(get("MSA-1"), code.as_str());
-    assert_eq!(
-        unescape(get("MSA-2"), &d),
-        header.control_id.as_deref().unwrap_or_default(),
-        "{text:?}"
-    );
-    if let Some(e) = error {
-        assert!(
-            [get("MSA-3"), get("ERR-8")]
-                .iter()
-                .any(|t| unescape(t, &d) == e.text),
-            "{text:?}"
-        );
-    }
+    checks::ack(header, code, error, &now());
 }
 
 /// Raw header fields set by hand with a line break or the field separator used to be

@@ -42,11 +42,7 @@ impl Handler for OruOverMllp {
                         self.max_frame_bytes
                     ),
                 };
-                let code = if header.enhanced_mode() {
-                    AckCode::CR
-                } else {
-                    AckCode::AR
-                };
+                let code = super::code_for(&header, AckCode::AR);
                 ack::build(&header, code, Some(&error), &jiff::ZonedDateTime::now())
             }
             Inbound::Message(bytes) => {

@@ -170,6 +170,16 @@ pub fn commit_code(code: AckCode) -> AckCode {
     }
 }
 
+/// `code` in the mode the sender asked for: commit-level when MSH-15/16 ask for enhanced
+/// acknowledgement, as it is otherwise.
+pub fn code_for(header: &IncomingHeader, code: AckCode) -> AckCode {
+    if header.enhanced_mode() {
+        commit_code(code)
+    } else {
+        code
+    }
+}
+
 impl Results {
     fn context(&self, domain: &str, site: Value) -> InboundContext {
         InboundContext {
@@ -205,11 +215,7 @@ impl Results {
         let intake = self.intake_oru(domain, &text, &header).await;
         let outcome = match intake {
             Err(r) => {
-                let code = if enhanced {
-                    commit_code(r.ack_code)
-                } else {
-                    r.ack_code
-                };
+                let code = code_for(&header, r.ack_code);
                 let ack = self.build_ack(&header, code, Vec::new(), Some(r));
                 OruOutcome {
                     send_ack: !enhanced || wanted(&header.accept_ack_type, false),
