@@ -118,6 +118,9 @@ pub fn interceptor(
     auth: Authenticator,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
+        request
+            .extensions_mut()
+            .insert(super::Arrived(std::time::Instant::now()));
         let caller = auth.authenticate(&request)?;
         request.extensions_mut().insert(caller);
         Ok(request)

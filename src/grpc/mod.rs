@@ -197,8 +197,32 @@ impl Context {
     }
 }
 
-/// The caller's deadline from its `grpc-timeout` header, if it set one.
-pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
+/// When a call reached the bridge, stamped by the auth interceptor before the message is
+/// decoded. tonic starts its own `grpc-timeout` timer about then, so the time left is
+/// counted from here, not from when the handler first runs (on a busy machine that can be
+/// long after).
+#[derive(Clone, Copy)]
+pub(crate) struct Arrived(pub(crate) Instant);
+
+/// A caller's deadline: what it asked for and what is left of it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    asked: Duration,
+    left: Duration,
+}
+
+/// The caller's deadline (its `grpc-timeout` header), if it set one.
+pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Deadline> {
+    let asked = grpc_timeout(request)?;
+    let left = match request.extensions().get::<Arrived>() {
+        Some(Arrived(at)) => asked.saturating_sub(at.elapsed()),
+        None => asked,
+    };
+    Some(Deadline { asked, left })
+}
+
+/// The `grpc-timeout` header's value.
+fn grpc_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
     let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (value, unit) = raw.split_at(raw.len().checked_sub(1)?);
     let value: u64 = value.parse().ok()?;
@@ -214,20 +238,22 @@ pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
 }
 
 /// Runs `work` within the caller's deadline, answering DEADLINE_EXCEEDED (and abandoning
-/// the QUBS calls in flight) a little before tonic's own timer would cancel the call.
+/// the QUBS calls in flight) a little before tonic's own timer would cancel the call
+/// (tonic answers CANCELLED). Should both timers be due when the task next runs, tonic
+/// polls the handler first, so this one's answer still wins.
 pub(crate) async fn within<T>(
-    deadline: Option<Duration>,
+    deadline: Option<Deadline>,
     work: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    let Some(deadline) = deadline else {
+    let Some(Deadline { asked, left }) = deadline else {
         return work.await;
     };
-    let margin = (deadline / 10).min(Duration::from_millis(20));
-    match tokio::time::timeout(deadline - margin, work).await {
+    let margin = (asked / 10).min(Duration::from_millis(20));
+    match tokio::time::timeout(left.saturating_sub(margin), work).await {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded(format!(
             "the call's deadline of {} ms passed while waiting for QUBS",
-            deadline.as_millis()
+            asked.as_millis()
         ))),
     }
 }
@@ -382,4 +408,53 @@ pub async fn serve(
         health,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_with_timeout(header: &str) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", header.parse().unwrap());
+        request
+    }
+
+    #[test]
+    fn the_deadline_counts_from_arrival() {
+        let mut request = request_with_timeout("300m");
+        let d = deadline(&request).unwrap();
+        assert_eq!((d.asked, d.left), (Duration::from_millis(300), d.asked));
+
+        let arrived = Instant::now() - Duration::from_millis(100);
+        request.extensions_mut().insert(Arrived(arrived));
+        let d = deadline(&request).unwrap();
+        assert_eq!(d.asked, Duration::from_millis(300));
+        assert!(d.left <= Duration::from_millis(200), "{d:?}");
+
+        request
+            .extensions_mut()
+            .insert(Arrived(arrived - Duration::from_secs(1)));
+        assert_eq!(deadline(&request).unwrap().left, Duration::ZERO);
+        assert!(deadline(&tonic::Request::new(())).is_none());
+        assert!(deadline(&request_with_timeout("5x")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_spent_deadline_answers_deadline_exceeded_at_once() {
+        let spent = Deadline {
+            asked: Duration::from_millis(300),
+            left: Duration::ZERO,
+        };
+        let started = Instant::now();
+        let status = within(Some(spent), std::future::pending::<Result<(), Status>>())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("300 ms"), "{status:?}");
+        assert!(started.elapsed() < Duration::from_millis(250));
+        assert_eq!(within(None, async { Ok(7) }).await.unwrap(), 7);
+    }
 }
