@@ -5,7 +5,9 @@
 //! - The [`watcher`] polls each domain's pending list. An order is *new* the first time it
 //!   is seen, *changed* when the fingerprint of the fields the order mappings read
 //!   ([`crate::mapping::MappingSet::order_fingerprint`]) differs from the last one sent,
-//!   and *removed* when it leaves the list (sent only with `on_removed = "send"`). Each
+//!   and *removed* when it leaves the list — QUBS no longer has it or it is no longer
+//!   pending, read back one by one since a pass can miss an order — (sent only with
+//!   `on_removed = "send"`). Each
 //!   event is mapped once (ORC-1 from the `order_control` table: NW, XO, CA) and stored
 //!   with one delivery per destination in the same transaction, in the embedded
 //!   [`Store`]. So a restart resumes where it stopped and nothing found is lost.

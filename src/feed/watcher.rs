@@ -169,12 +169,14 @@ impl Watcher {
                 .record(domain, events, baseline, Vec::new())
                 .await?;
         }
-        // The whole list was read: what is known but was not seen has left it.
-        let gone: Vec<String> = known
+        // The whole list was read. QUBS does not promise a stable order across pages, so a
+        // known order this pass did not see may still be pending: its own record decides.
+        let unseen: Vec<String> = known
             .keys()
             .filter(|id| !seen.contains(*id))
             .cloned()
             .collect();
+        let gone = self.left_the_list(domain, unseen).await?;
         summary.removed = gone.len();
         if !gone.is_empty() {
             let mut events = Vec::new();
@@ -212,6 +214,39 @@ impl Watcher {
             self.feed.record(domain, events, Vec::new(), forget).await?;
         }
         Ok(summary)
+    }
+
+    /// Of the known orders a pass did not see, those that have really left the pending list:
+    /// QUBS no longer has them (404) or they are no longer pending reporting. One the pass
+    /// merely missed is kept, so it is neither cancelled nor sent again as new.
+    async fn left_the_list(
+        &self,
+        domain: &str,
+        unseen: Vec<String>,
+    ) -> Result<Vec<String>, PollError> {
+        let checked: Vec<(String, bool)> = futures::stream::iter(unseen)
+            .map(|id| async move {
+                match self.client.appointment(domain, &id).await {
+                    Ok(a) => Ok((id, !a.is_pending_reporting())),
+                    Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => Ok((id, true)),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(self.settings.fetch_concurrency)
+            .try_collect()
+            .await?;
+        let missed = checked.iter().filter(|(_, gone)| !gone).count();
+        if missed > 0 {
+            tracing::debug!(
+                domain,
+                missed,
+                "pending orders the list pass did not return; kept"
+            );
+        }
+        Ok(checked
+            .into_iter()
+            .filter_map(|(id, gone)| gone.then_some(id))
+            .collect())
     }
 
     /// Sets `event.kind` in the document and renders the feed's message. `None` when the

@@ -97,6 +97,13 @@ impl Appointment {
         self.str_field("status")
     }
 
+    /// Whether the appointment waits for its report (status `PENDING REPORTING`, as stored:
+    /// any case, surrounding blanks).
+    pub fn is_pending_reporting(&self) -> bool {
+        self.status()
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case(PENDING_REPORTING))
+    }
+
     /// The site whose settings carry the appointment's time zone.
     pub fn scheduled_site(&self) -> Option<&str> {
         self.str_field("scheduledSite")

@@ -337,8 +337,8 @@ async fn site_of(
                 .appointment(domain, appointment_id)
                 .await
                 .map_err(|e| classify(appointment_id, &e))?;
-            let status = appointment.status().unwrap_or_default();
-            if !status.trim().eq_ignore_ascii_case(qubs::PENDING_REPORTING) {
+            if !appointment.is_pending_reporting() {
+                let status = appointment.status().unwrap_or_default();
                 return Err(Step::Dead {
                     kind: "not_pending",
                     reason: format!(

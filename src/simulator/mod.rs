@@ -188,6 +188,18 @@ impl Simulator {
         self.with_domain(domain, |d| d.appointments.remove(appointment_id))
     }
 
+    /// Whether the pending list returns this appointment (it stays readable by id either
+    /// way): how a test makes a pass over the list miss a pending order.
+    pub fn set_listed(&self, domain: &str, appointment_id: &str, listed: bool) {
+        self.with_domain(domain, |d| {
+            if listed {
+                d.unlisted.remove(appointment_id);
+            } else {
+                d.unlisted.insert(appointment_id.to_string());
+            }
+        });
+    }
+
     pub fn set_appointment_status(&self, domain: &str, appointment_id: &str, status: &str) {
         self.with_domain(domain, |d| {
             if let Some(a) = d.appointments.get_mut(appointment_id) {

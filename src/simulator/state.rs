@@ -1,6 +1,6 @@
 //! The simulator's data and the QUBS rules it enforces, apart from HTTP.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -98,6 +98,9 @@ pub struct DomainData {
     pub sites: Vec<SiteRecord>,
     /// By appointment id; ordered, so cursor paging is a range scan.
     pub appointments: BTreeMap<String, Value>,
+    /// Pending appointments the list leaves out while they stay readable by id: QUBS does
+    /// not promise a stable order across pages, so a pass over the list can miss one.
+    pub unlisted: HashSet<String>,
     pub comments: HashMap<String, Vec<Value>>,
     pub attachments: HashMap<String, Vec<AttachmentRecord>>,
     pub reports: HashMap<String, StoredReport>,
@@ -144,7 +147,8 @@ impl DomainData {
         let mut items = Vec::with_capacity(size);
         let mut last = None;
         let mut more = false;
-        for (id, appt) in range.filter(|(_, a)| is_pending(a)) {
+        let listed = range.filter(|(id, a)| is_pending(a) && !self.unlisted.contains(*id));
+        for (id, appt) in listed {
             if items.len() == size {
                 more = true;
                 break;
