@@ -89,9 +89,10 @@ async fn server_side(bridge: &support::BridgeProcess, method: &str, before: &[(f
     let buckets = histogram_since(&rpc_histogram(bridge, method).await, before);
     let q = |q| histogram_quantile_ms(&buckets, q).map_or("?".to_string(), |ms| format!("{ms}"));
     println!(
-        "  {method} in the bridge (bucket bounds of its histogram): p50 <= {} ms   p99 <= {} ms",
+        "  {method} in the bridge (bucket bounds of its histogram): p50 <= {} ms   p99 <= {} ms   p99.9 <= {} ms",
         q(0.50),
-        q(0.99)
+        q(0.99),
+        q(0.999)
     );
 }
 

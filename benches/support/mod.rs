@@ -188,12 +188,13 @@ impl Phase {
 
     pub fn print(&self) {
         println!(
-            "{:<22} {:>9} req {:>10.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
+            "{:<22} {:>9} req {:>10.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   p99.9 {:>7.2} ms   errors {}",
             self.name,
             self.requests,
             self.requests as f64 / self.elapsed.as_secs_f64(),
             percentile(&self.latencies, 0.50),
             percentile(&self.latencies, 0.99),
+            percentile(&self.latencies, 0.999),
             self.errors
         );
         if !self.wake_lag.is_empty() {
