@@ -325,12 +325,7 @@ async fn the_client_deadline_bounds_the_qubs_calls() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].status, 0, "cancelled before QUBS answered");
     // What the bridge itself answered, whichever timer the client saw first.
-    let metrics = reqwest::get(format!("http://{}/metrics", bridge.service.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = bridge.admin_text("/metrics").await;
     assert!(
         metrics.contains(
             r#"qubs_bridge_grpc_requests_total{method="GetOrder",code="DeadlineExceeded"} 1"#
@@ -520,12 +515,7 @@ async fn metrics_count_rpcs_and_qubs_calls() {
     let _ = client
         .list_pending_orders(authed(list("globex", 0, ""), GRPC_TOKEN))
         .await;
-    let text = reqwest::get(format!("http://{}/metrics", bridge.service.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = bridge.admin_text("/metrics").await;
     assert!(
         text.contains(r#"qubs_bridge_grpc_requests_total{method="ListPendingOrders",code="Ok"} 1"#),
         "{text}"

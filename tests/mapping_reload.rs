@@ -54,12 +54,7 @@ async fn wait_for_new_version(
             return order;
         }
         if Instant::now() > deadline {
-            let ready = reqwest::get(format!("http://{}/readyz", bridge.service.admin_addr))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let ready = bridge.admin_text("/readyz").await;
             panic!("the edit was never picked up: {ready}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

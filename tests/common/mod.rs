@@ -206,6 +206,16 @@ impl Bridge {
         format!("http://{}", self.service.grpc_addr)
     }
 
+    /// The text of an admin endpoint page (`/metrics`, `/readyz`...).
+    pub async fn admin_text(&self, page: &str) -> String {
+        reqwest::get(format!("http://{}{page}", self.service.admin_addr))
+            .await
+            .expect("admin endpoint answers")
+            .text()
+            .await
+            .expect("admin page body")
+    }
+
     /// A channel to the gRPC API.
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.grpc_url())
