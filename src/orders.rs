@@ -58,7 +58,7 @@ impl Order {
                 Some(name) => match client.site_settings(domain, name).await {
                     Ok(s) => Ok(Some(s)),
                     // An unknown site leaves the time zone to the mapping's default.
-                    Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
+                    Err(e) if e.is_not_found() => {
                         tracing::warn!(domain, appointment_id = %id, "scheduled site not found in QUBS");
                         Ok(None)
                     }

@@ -224,8 +224,7 @@ impl Cached for Connection {
 /// Copies the WAL into the database every [`CHECKPOINT_EVERY`] while the store is open.
 /// Passive: frames a commit is writing are left for the next round, and the writer is never
 /// blocked. A failure is logged and retried next round; the data stays safe in the WAL.
-/// Asks the writer to finish the checkpoint when the WAL has grown past
-/// [`WAL_FINISH_FRAMES`].
+/// When the WAL has grown past [`WAL_FINISH_FRAMES`], asks the writer to finish the job.
 fn checkpointer(conn: Connection, writer: mpsc::WeakSender<Job>, finish: Arc<AtomicBool>) {
     while writer.upgrade().is_some() {
         std::thread::sleep(CHECKPOINT_EVERY);
@@ -409,9 +408,10 @@ mod tests {
             })
             .await
             .unwrap();
-        // The writer never checkpoints (wal_autocheckpoint = 0) and the store stays open, so
-        // the row can reach the main file only through the checkpointer. `immutable=1` reads
-        // the main file alone, ignoring the WAL.
+        // SQLite's own checkpoints are off (wal_autocheckpoint = 0), the writer checkpoints
+        // only when asked (a WAL past WAL_FINISH_FRAMES, far more than these few pages) and
+        // the store stays open, so the row can reach the main file only through the
+        // checkpointer. `immutable=1` reads the main file alone, ignoring the WAL.
         let uri = format!("file:{}?mode=ro&immutable=1", path.display());
         let in_main_file = || -> Option<i64> {
             let conn = Connection::open_with_flags(

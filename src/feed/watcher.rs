@@ -228,7 +228,7 @@ impl Watcher {
             .map(|id| async move {
                 match self.client.appointment(domain, &id).await {
                     Ok(a) => Ok((id, !a.is_pending_reporting())),
-                    Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => Ok((id, true)),
+                    Err(e) if e.is_not_found() => Ok((id, true)),
                     Err(e) => Err(e),
                 }
             })

@@ -117,6 +117,11 @@ impl Error {
         }
     }
 
+    /// Whether QUBS answered 404: the appointment, site... asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+
     /// The RFC 7807 body, if QUBS sent one.
     pub fn problem(&self) -> Option<&Problem> {
         match &self.kind {

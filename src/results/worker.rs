@@ -359,7 +359,7 @@ async fn site_of(
         None => Ok(Value::Null),
         Some(site) => match results.client.site_settings(domain, &site).await {
             Ok(s) => Ok(serde_json::to_value(s).unwrap_or(Value::Null)),
-            Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => Ok(Value::Null),
+            Err(e) if e.is_not_found() => Ok(Value::Null),
             Err(e) => Err(classify(appointment_id, &e)),
         },
     }
