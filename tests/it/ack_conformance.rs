@@ -6,7 +6,7 @@
 //! and the text goes in MSA-3. In enhanced mode (MSH-15/16 set) the first answer is the
 //! commit ACK (CA/CE/CR).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

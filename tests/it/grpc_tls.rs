@@ -1,6 +1,6 @@
 //! TLS and mutual TLS on the gRPC API, with certificates the test makes itself.
 
-mod common;
+use crate::common;
 
 use common::pki::Pki;
 use common::{GRPC_TOKEN, authed, start_bridge_with, with_pending};

@@ -21,7 +21,7 @@
 //! - **No PHI in answers**: every input carries a patient name and report text; no answer
 //!   may contain them.
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -8,7 +8,7 @@
 //! the submissions) and `after_submit` (AA after QUBS; the sender resends what the crash
 //! left unanswered).
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

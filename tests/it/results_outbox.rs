@@ -1,7 +1,7 @@
 //! Results through the durable outbox, over gRPC against the simulator: ack modes, retry
 //! classes, dead letters and their operations, enhanced-mode ACKs, PDF attachments.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The gRPC OrderService over loopback with the real tonic client, wired to the simulator.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,17 +1,15 @@
 //! PHI never reaches the logs on the results path: ORU^R01 over MLLP and gRPC, accepted,
 //! refused, retried and dead-lettered, with every log level on.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::logs::Capture;
 use common::{GRPC_TOKEN, authed, pending, start_bridge};
 use qubs_bridge::grpc::pb::SubmitOruRequest;
 use qubs_bridge::grpc::pb::result_service_client::ResultServiceClient;
 use qubs_bridge::mllp::MllpClient;
 use qubs_bridge::simulator::{Fault, FaultRule, Simulator};
-use tracing_subscriber::util::SubscriberInitExt;
 
 const PATIENT: &str = "Wilhelmina Thistlewood";
 const CLINICIAN: &str = "Ignatius Rookwood";
@@ -31,10 +29,8 @@ fn oru(control_id: &str, appointment: &str, status: &str, msh_tail: &str) -> Str
 
 #[tokio::test]
 async fn the_results_path_logs_no_phi() {
-    let capture = Capture::default();
-    capture
-        .subscriber("trace,h2=info,hyper=info,tower=info,rustls=info")
-        .init();
+    let logs_turn = common::logs::exclusive("trace,h2=info,hyper=info,tower=info,rustls=info");
+    let capture = &logs_turn.capture;
 
     let sim = Simulator::new();
     sim.add_site("acme", "Main", "Australia/Sydney");

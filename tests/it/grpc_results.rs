@@ -1,6 +1,6 @@
 //! ResultService and MappingService over gRPC, against the simulator.
 
-mod common;
+use crate::common;
 
 use common::{GRPC_TOKEN, authed, start_bridge, with_pending};
 use qubs_bridge::grpc::pb::mapping_service_client::MappingServiceClient;

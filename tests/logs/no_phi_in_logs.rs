@@ -1,15 +1,13 @@
 //! PHI and secrets never reach the logs: a full client flow against the demo data, error
 //! paths included, with every log level on, searched for patient data and the secret.
 
-mod common;
+use crate::common;
 
-use common::logs::Capture;
 use futures::TryStreamExt;
 use qubs_bridge::domain::{ReportStatus, ReportSubmission};
 use qubs_bridge::qubs::Disposition;
 use qubs_bridge::simulator::{Fault, FaultRule, Simulator, demo_patient_names};
 use serde_json::{Value, json};
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// Every string value under the given keys, anywhere in `v`.
 fn strings_under(v: &Value, keys: &[&str], out: &mut Vec<String>) {
@@ -32,8 +30,8 @@ fn strings_under(v: &Value, keys: &[&str], out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn a_full_demo_flow_logs_no_phi_and_no_secret() {
-    let capture = Capture::default();
-    capture.subscriber("trace").init();
+    let logs_turn = common::logs::exclusive("trace");
+    let capture = &logs_turn.capture;
 
     let sim = Simulator::demo();
     // Malformed items carrying PHI in the wrong places: skipped, and reported without it.

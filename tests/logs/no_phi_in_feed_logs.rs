@@ -2,18 +2,16 @@
 //! of consumer answer (including an AE whose text quotes the patient), file drops and
 //! WatchOrders, with every log level on.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::consumer::{Consumer, Reply};
-use common::logs::Capture;
 use common::{GRPC_TOKEN, authed};
 use qubs_bridge::feed::{DestinationKind, DestinationSettings};
 use qubs_bridge::grpc::pb::{self, feed_service_client::FeedServiceClient};
 use qubs_bridge::simulator::Simulator;
 use serde_json::json;
-use tracing_subscriber::util::SubscriberInitExt;
 
 const PATIENT: &str = "Wilhelmina Thistlewood";
 const CLINICAL: &str = "Suspected cavernous haemangioma";
@@ -21,10 +19,8 @@ const COMMENT: &str = "Claustrophobic, prefers the wide-bore magnet";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_feed_logs_no_phi() {
-    let capture = Capture::default();
-    capture
-        .subscriber("trace,h2=info,hyper=info,tower=info,rustls=info")
-        .init();
+    let logs_turn = common::logs::exclusive("trace,h2=info,hyper=info,tower=info,rustls=info");
+    let capture = &logs_turn.capture;
 
     let sim = Simulator::new();
     sim.add_site("acme", "Main", "Australia/Sydney");

@@ -2,7 +2,7 @@
 //! ORM^O01 over real MLLP sockets to scriptable test consumers (tests/common/consumer.rs),
 //! or drops files; `WatchOrders` and `GetFeedStatus` over the real tonic client.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

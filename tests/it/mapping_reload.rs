@@ -1,7 +1,7 @@
 //! Analysts edit mapping files and the running service picks the change up without a
 //! restart; a broken edit keeps the last good set serving.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

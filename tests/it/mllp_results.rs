@@ -1,7 +1,7 @@
 //! ORU^R01 over the service's MLLP listener: sloppy framing and separators, oversize
 //! frames, and enhanced-mode acknowledgements on the same connection.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

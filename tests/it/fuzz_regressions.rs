@@ -14,7 +14,7 @@ use qubs_bridge::hl7::escape::unescape;
 use qubs_bridge::mapping::MappingSet;
 
 /// The fuzz targets' own checks (fuzz/checks.rs).
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {

@@ -1,6 +1,6 @@
 //! The QUBS client against the embedded simulator over loopback HTTP.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

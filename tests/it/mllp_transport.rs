@@ -1,7 +1,7 @@
 //! The MLLP transport over real sockets: framing edge cases, timeouts, limits, concurrency,
 //! late replies, TLS, shutdown, and logs without payloads.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

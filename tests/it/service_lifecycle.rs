@@ -1,6 +1,6 @@
 //! The service runs until it is told to stop, then stops within its grace period.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
