@@ -1,5 +1,5 @@
 //! The invariants the fuzz targets check, in one place: the targets call them on fuzzed
-//! input, and `tests/fuzz_regressions.rs` (which includes this file) replays every input
+//! input, and `tests/it/fuzz_regressions.rs` (which includes this file) replays every input
 //! they ever broke through the very same checks under `cargo test`.
 
 #![allow(dead_code)] // each includer uses part of it

@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn br_with_a_dot_escape_character_falls_back_to_hex() {
-        // Found by tests/properties.rs: `..br.` read back as itself, not a line break.
+        // Found by tests/it/properties.rs: `..br.` read back as itself, not a line break.
         let d = Delimiters::from_msh(b'"', b"'*.&").unwrap();
         let mut s = String::new();
         escape_into(&mut s, "a\r\nb", &d, LineBreaks::Br);
