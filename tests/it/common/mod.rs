@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod logs;
 pub mod pki;
+pub mod python;
 
 use qubs_bridge::config::{QubsSettings, Settings};
 use qubs_bridge::qubs::Client;
