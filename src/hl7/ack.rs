@@ -4,7 +4,8 @@
 //! MSH-5/6 and MSH-3/4 copied verbatim (swapped), MSH-9 is `ACK^<trigger>^ACK`, MSH-10 is new,
 //! MSH-12 echoes the incoming version, and MSA-2 is always the incoming MSH-10. Errors add an
 //! ERR segment with an HL7 table 0357 code, the location and plain text — in ERR-2/3/4/8
-//! from v2.5 on, in ERR-1 (and MSA-3) before.
+//! from v2.5 on; before, ERR-1 (segment ^ sequence ^ field ^ code, four components) and the
+//! text in MSA-3, cut to that field's 80 characters.
 //!
 //! [`IncomingHeader::recover`] reads what it can of a message's MSH even when the rest does
 //! not parse, so that an unparseable frame still gets an ACK with its MSH-10.
@@ -271,8 +272,8 @@ pub fn build(
         )
     );
     if let (Some(e), false) = (error, v25) {
-        // Before 2.5 the text goes in MSA-3.
-        let _ = write!(out, "{f}{}", echoed(&escape(&e.text, d), d));
+        // Before 2.5 the text goes in MSA-3, an ST of at most 80 characters.
+        let _ = write!(out, "{f}{}", within(&e.text, MSA3_LENGTH, d));
     }
     out.push('\r');
     if let Some(e) = error {
@@ -290,19 +291,48 @@ pub fn build(
                 desc = e.code.description(),
             );
         } else {
+            // ERR-1 (v2.2-2.4: CM, named ELD from 2.3.1) has four components: segment ID ^
+            // sequence ^ field position ^ code identifying error (a CE, so its code, text
+            // and table are subcomponents). Without a location the first three stay empty.
+            let location = if location.is_empty() {
+                format!("{c}{c}")
+            } else {
+                location
+            };
             let _ = write!(
                 out,
-                "ERR{f}{location}{c}{c}{code}{s}{desc}{s}HL70357\r",
-                location = if location.is_empty() {
-                    format!("{c}{c}")
-                } else {
-                    location
-                },
+                "ERR{f}{location}{c}{code}{s}{desc}{s}HL70357\r",
                 code = e.code.code(),
                 desc = e.code.description(),
             );
         }
     }
+    out
+}
+
+/// MSA-3's length in v2.2-2.4 (the field that carries the error text there).
+pub const MSA3_LENGTH: usize = 80;
+
+/// `text` escaped for a field of at most `limit` characters (as written, escapes counted):
+/// whole when it fits, else cut at a character and ended with `...`.
+fn within(text: &str, limit: usize, d: &Delimiters) -> String {
+    let written = |t: &str| echoed(&escape(t, d), d).into_owned();
+    let whole = written(text);
+    if whole.chars().count() <= limit {
+        return whole;
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let piece = written(c.encode_utf8(&mut [0; 4]));
+        let n = piece.chars().count();
+        if used + n > limit - 3 {
+            break;
+        }
+        out.push_str(&piece);
+        used += n;
+    }
+    out.push_str("...");
     out
 }
 
@@ -399,7 +429,65 @@ mod tests {
         let segs: Vec<&str> = ack.split('\r').collect();
         assert!(segs[0].contains("|ACK^R01|"), "{}", segs[0]);
         assert_eq!(segs[1], "MSA|AE|MSG0001|appointment not found");
-        assert_eq!(segs[2], "ERR|^^^^204&Unknown key identifier&HL70357");
+        assert_eq!(segs[2], "ERR|^^^204&Unknown key identifier&HL70357");
+
+        let located = AckError {
+            location: Some(ErrorLocation {
+                segment: "OBR".into(),
+                sequence: 1,
+                field: 2,
+            }),
+            ..e
+        };
+        let ack = build(&h, AckCode::AE, Some(&located), &now());
+        assert!(
+            ack.ends_with("\rERR|OBR^1^2^204&Unknown key identifier&HL70357\r"),
+            "{ack}"
+        );
+    }
+
+    #[test]
+    fn before_v25_the_text_fits_msa3() {
+        let h = IncomingHeader::recover(&ORU.replace("2.5.1", "2.4"));
+        let long = AckError {
+            code: ErrorCode::UnknownKeyIdentifier,
+            location: None,
+            text: format!("appointment A404 | is unknown {}", "x".repeat(100)),
+        };
+        let ack = build(&h, AckCode::AE, Some(&long), &now());
+        let msa3 = ack
+            .split('\r')
+            .nth(1)
+            .unwrap()
+            .splitn(4, '|')
+            .nth(3)
+            .unwrap();
+        assert_eq!(msa3.chars().count(), MSA3_LENGTH, "{msa3}");
+        assert!(
+            msa3.starts_with("appointment A404 \\F\\ is unknown xx"),
+            "{msa3}"
+        );
+        assert!(msa3.ends_with("x..."), "{msa3}");
+        // Short texts are whole; v2.5 puts any length in ERR-8.
+        let short = AckError {
+            text: "appointment not found".into(),
+            ..long.clone()
+        };
+        let ack = build(&h, AckCode::AE, Some(&short), &now());
+        assert!(
+            ack.contains("\rMSA|AE|MSG0001|appointment not found\r"),
+            "{ack}"
+        );
+        let ack = build(
+            &IncomingHeader::recover(ORU),
+            AckCode::AE,
+            Some(&long),
+            &now(),
+        );
+        assert!(
+            ack.ends_with(&format!("is unknown {}\r", "x".repeat(100))),
+            "{ack}"
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! the exact MSA and ERR the sender gets — over MLLP, the way feeds send results.
 //!
 //! Layout reminders: from v2.5 the ERR carries ERR-2 location, ERR-3 the table 0357 code,
-//! ERR-4 severity and ERR-8 the text; before v2.5 it is ERR-1 (`location^^code&text&HL70357`)
-//! and the text goes in MSA-3. In enhanced mode (MSH-15/16 set) the first answer is the
+//! ERR-4 severity and ERR-8 the text; before v2.5 it is ERR-1, four components
+//! (`segment^sequence^field^code&text&HL70357`), and the text goes in MSA-3. In enhanced mode (MSH-15/16 set) the first answer is the
 //! commit ACK (CA/CE/CR).
 
 use crate::common;
@@ -150,32 +150,33 @@ async fn every_sample_message_gets_the_promised_ack() {
                 name: "hl7dotnetcore-orm-o01-escapes.hl7 (v2.3, enhanced)",
                 message: sample("hl7dotnetcore-orm-o01-escapes.hl7"),
                 msa: "MSA|CR|3149|message type ORM\\S\\O01 is not accepted here; send ORU\\S\\R01",
-                err: "ERR|^^^^200&Unsupported message type&HL70357",
+                err: "ERR|^^^200&Unsupported message type&HL70357",
             },
             Case {
                 name: "mirth-orm-o01-mri.hl7 (v2.3, enhanced)",
                 message: sample("mirth-orm-o01-mri.hl7"),
                 msa: "MSA|CR|12345678|message type ORM\\S\\O01 is not accepted here; send ORU\\S\\R01",
-                err: "ERR|^^^^200&Unsupported message type&HL70357",
+                err: "ERR|^^^200&Unsupported message type&HL70357",
             },
             Case {
                 name: "nodehl7-orm-o01-xray-ankle.hl7 (v2.3)",
                 message: sample("nodehl7-orm-o01-xray-ankle.hl7"),
                 msa: "MSA|AR|497|message type ORM\\S\\O01 is not accepted here; send ORU\\S\\R01",
-                err: "ERR|^^^^200&Unsupported message type&HL70357",
+                err: "ERR|^^^200&Unsupported message type&HL70357",
             },
             // Laboratory results with numeric values only: no report text (101 at OBX-5).
             Case {
                 name: "hl7parser-oru-r01-lab-escapes.hl7 (v2.3, enhanced)",
                 message: sample("hl7parser-oru-r01-lab-escapes.hl7"),
-                msa: "MSA|CE|3216598|message 3216598, order group 1: oru_to_report.yaml:27:5 (target `reportText`): required value is missing",
-                err: "ERR|OBX^1^5^^101&Required field missing&HL70357",
+                // Before v2.5 the text is cut to MSA-3's 80 characters.
+                msa: "MSA|CE|3216598|message 3216598, order group 1: oru_to_report.yaml:27:5 (target `reportText`)...",
+                err: "ERR|OBX^1^5^101&Required field missing&HL70357",
             },
             Case {
                 name: "msfhirconv-oru-r01-glucose.hl7 (v2.4)",
                 message: sample("msfhirconv-oru-r01-glucose.hl7"),
-                msa: "MSA|AE|CNTRL-3456|message CNTRL-3456, order group 1: oru_to_report.yaml:27:5 (target `reportText`): required value is missing",
-                err: "ERR|OBX^1^5^^101&Required field missing&HL70357",
+                msa: "MSA|AE|CNTRL-3456|message CNTRL-3456, order group 1: oru_to_report.yaml:27:5 (target `reportTex...",
+                err: "ERR|OBX^1^5^101&Required field missing&HL70357",
             },
             Case {
                 name: "msfhirconv-oru-r01-kitchen-sink.hl7 (enhanced)",
@@ -215,7 +216,7 @@ async fn every_sample_message_gets_the_promised_ack() {
                 name: "mirth-oru-r01-lab-multi-obr.hl7 (v2.2)",
                 message: sample("mirth-oru-r01-lab-multi-obr.hl7"),
                 msa: "MSA|AE|1275709644085|appointment 1 is unknown to QUBS or not pending reporting: …",
-                err: "ERR|OBR^2^2^^204&Unknown key identifier&HL70357",
+                err: "ERR|OBR^2^2^204&Unknown key identifier&HL70357",
             },
         ],
     )

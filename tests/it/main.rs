@@ -6,6 +6,7 @@
 mod common;
 
 mod ack_conformance;
+mod ack_versions;
 mod bad_input;
 mod cli;
 mod crash_recovery;
