@@ -26,8 +26,8 @@
 //!    load time (every problem with file:line:column), compiled to plans, and evaluated into
 //!    FHIR R4 JSON, HL7 ORM^O01, or (inbound) QUBS report submissions.
 //! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
-//!    authenticated per caller and domain, with health, reflection and metrics
-//!    ([`metrics`]).
+//!    authenticated per caller and domain, with health (Check and Watch), reflection
+//!    (v1 and v1alpha) and metrics ([`metrics`]).
 //! 7. [`results`] takes results in (ORU^R01 over gRPC or MLLP, FHIR DiagnosticReports,
 //!    plain reports), maps them, commits them to the durable [`outbox`] before any ACK
 //!    promises them, and answers with the ACK HL7 prescribes; its worker then submits each

@@ -1,12 +1,15 @@
 //! The gRPC API for interface engines (`proto/qubs_bridge/v1/bridge.proto`), served with
-//! tonic: bearer-token or client-certificate auth on every call, `grpc.health.v1`, server
-//! reflection (so `grpcurl` works), gzip, message size limits and HTTP/2 keep-alive.
+//! tonic: bearer-token or client-certificate auth on every call, `grpc.health.v1` (Check and
+//! Watch), server reflection in both `grpc.reflection.v1` and `v1alpha` (so `grpcurl`,
+//! Postman and grpcio-reflection clients work), gzip, message size limits and HTTP/2
+//! keep-alive.
 //!
 //! The health and reflection services need no credentials, so load balancers and tools can
 //! use them; every `qubs_bridge.v1` call is authenticated.
 
 pub mod auth;
 mod feed;
+mod health;
 mod orders;
 mod outbox;
 mod preview;
@@ -40,6 +43,7 @@ pub mod pb {
         tonic::include_file_descriptor_set!("qubs_bridge_descriptor");
 }
 
+pub use health::Health;
 use pb::OutputFormat;
 
 /// What every gRPC handler needs.
@@ -279,30 +283,6 @@ fn attachment(a: &qubs::Attachment) -> pb::Attachment {
     }
 }
 
-/// Reports the API as serving or not in `grpc.health.v1`.
-#[derive(Clone)]
-pub struct Health {
-    reporter: tonic_health::server::HealthReporter,
-}
-
-impl Health {
-    pub async fn set(&self, serving: bool) {
-        let status = if serving {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        self.reporter.set_service_status("", status).await;
-        for service in [
-            "qubs_bridge.v1.OrderService",
-            "qubs_bridge.v1.ResultService",
-            "qubs_bridge.v1.MappingService",
-        ] {
-            self.reporter.set_service_status(service, status).await;
-        }
-    }
-}
-
 /// A listening gRPC server.
 pub struct GrpcServer {
     pub addr: SocketAddr,
@@ -321,13 +301,22 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on server.grpc_listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health { reporter };
-    health.set(true).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (health, health_service) = health::service(shutdown.clone()).await;
+    // Both reflection versions, from the same descriptors: `grpc.reflection.v1` for current
+    // tools, `v1alpha` for the many clients that still speak only it (grpcio-reflection,
+    // older grpcurl, Postman, grpc_cli). Each lists both, so either finds every service.
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = descriptors().build_v1()?;
+    let reflection_v1alpha = descriptors().build_v1alpha()?;
 
     let limit = settings.max_message_bytes;
     let auth = auth::Authenticator::new(settings);
@@ -373,7 +362,8 @@ pub async fn serve(
     }
     let router = builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             orders,
             auth::interceptor(auth.clone()),

@@ -7,11 +7,13 @@ mod common;
 
 mod ack_conformance;
 mod ack_versions;
+mod ack_versions;
 mod bad_input;
 mod cli;
 mod crash_recovery;
 mod feed;
 mod fuzz_regressions;
+mod grpc_discovery;
 mod grpc_orders;
 mod grpc_results;
 mod grpc_tls;

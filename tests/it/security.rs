@@ -185,6 +185,7 @@ async fn every_rpc_requires_credentials_and_a_domain_the_caller_may_use() {
     let mut expected = services.clone();
     expected.insert("grpc.health.v1.Health".into());
     expected.insert("grpc.reflection.v1.ServerReflection".into());
+    expected.insert("grpc.reflection.v1alpha.ServerReflection".into());
     assert_eq!(served_services(&channel).await, expected);
     assert_eq!(services.len(), 5, "{services:?}");
     assert_eq!(methods.len(), 15, "{methods:#?}");
