@@ -46,7 +46,9 @@
 //!     rules, idempotency, fault injection, request log, demo data). Only the CLI
 //!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!     exactly as it reaches QUBS.
-//! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
+//! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
+//!     prints records on stdout (text, or JSON lines), notes and errors on stderr, and ends
+//!     with a documented exit status ([`cli::exit`]).
 //!
 //! Imports run from the edges (CLI, service, admin) to the ports (QUBS client) and the core
 //! (domain types), never the other way round.

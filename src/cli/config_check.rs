@@ -1,7 +1,9 @@
 //! `qubs-bridge config check [FILE]`: validate without starting anything.
 
+use std::io::Write;
 use std::path::PathBuf;
 
+use super::output;
 use crate::config::Settings;
 
 pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -13,17 +15,24 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     };
     // Reading the secret file now catches a missing or empty one before start-up does.
     settings.client_secret()?;
-    println!(
+    let mut out = output::stdout();
+    writeln!(
+        out,
         "configuration OK{}",
         file.map(|f| format!(": {}", f.display()))
             .unwrap_or_default()
-    );
-    println!("  qubs.base_url   {}", settings.qubs.base_url());
-    println!("  qubs.token_url  {}", settings.qubs.token_url());
-    println!("  qubs.client_id  {}", settings.qubs.client_id);
-    println!("  client secret   set ({secret_source})");
-    println!("  qubs.domains    {}", settings.qubs.domains.join(", "));
-    println!(
+    )?;
+    writeln!(out, "  qubs.base_url   {}", settings.qubs.base_url())?;
+    writeln!(out, "  qubs.token_url  {}", settings.qubs.token_url())?;
+    writeln!(out, "  qubs.client_id  {}", settings.qubs.client_id)?;
+    writeln!(out, "  client secret   set ({secret_source})")?;
+    writeln!(
+        out,
+        "  qubs.domains    {}",
+        settings.qubs.domains.join(", ")
+    )?;
+    writeln!(
+        out,
         "  admin / gRPC / MLLP  {} / {} / {}",
         settings.server.admin_listen,
         settings.server.grpc_listen,
@@ -32,6 +41,6 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         } else {
             "off".to_string()
         }
-    );
+    )?;
     Ok(())
 }

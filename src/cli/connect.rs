@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::exit::{Unreachable, usage};
 
 #[derive(Args, Clone)]
 pub struct Connection {
@@ -36,15 +37,6 @@ pub struct Connection {
     pub timeout_secs: u64,
 }
 
-/// Output style of the CLI client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Display {
-    /// Aligned columns for people.
-    Table,
-    /// One JSON object per line, for scripts.
-    Json,
-}
-
 pub type AuthChannel = InterceptedService<Channel, Bearer>;
 
 /// Adds the bearer token to every call.
@@ -66,48 +58,120 @@ impl tonic::service::Interceptor for Bearer {
 impl Connection {
     /// Connects, with TLS when the address is https://.
     pub async fn channel(&self) -> anyhow::Result<AuthChannel> {
+        let not_an_address = || {
+            usage(format!(
+                "`{}` is not a gRPC address (like http://127.0.0.1:50051 or https://bridge:50051)",
+                self.server
+            ))
+        };
+        if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
+            return Err(not_an_address());
+        }
         let mut endpoint = Endpoint::from_shared(self.server.clone())
-            .with_context(|| format!("`{}` is not a gRPC address", self.server))?
+            .map_err(|_| not_an_address())?
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(self.timeout_secs));
         if self.server.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.ca_cert {
-                let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--ca-cert")?));
             }
             if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-                let cert =
-                    std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-                let key =
-                    std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+                let cert = read(cert, "--client-cert")?;
+                let key = read(key, "--client-key")?;
                 tls = tls.identity(Identity::from_pem(cert, key));
             }
-            endpoint = endpoint.tls_config(tls)?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| usage(format!("TLS settings for {}: {e}", self.server)))?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to the bridge at {}", self.server))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            // tonic and hyper wrap the reason in layers that repeat each other; the
+            // innermost cause is the one that says what happened.
+            let mut root: &dyn std::error::Error = &e;
+            while let Some(source) = root.source() {
+                root = source;
+            }
+            if root.is::<tokio_rustls::rustls::Error>() {
+                // A certificate refused either way: retrying will not help, the settings will.
+                return usage(format!(
+                    "TLS with the bridge at {} failed: {root} (check --ca-cert, \
+                     --client-cert and --client-key)",
+                    self.server
+                ));
+            }
+            anyhow::Error::new(Unreachable(format!(
+                "cannot connect to the bridge at {}: {root} (is `qubs-bridge serve` running \
+                 there? the address comes from --server or QUBS_BRIDGE_SERVER)",
+                self.server
+            )))
+        })?;
         let token = match &self.token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .context("the token has characters gRPC metadata cannot carry")?,
-            ),
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                usage("the token has characters gRPC metadata cannot carry (--token, QUBS_BRIDGE_TOKEN)")
+            })?),
             None => None,
         };
         Ok(InterceptedService::new(channel, Bearer(token)))
     }
 }
 
-/// A gRPC error as a one-line message with the ids support needs.
-pub fn describe(status: &tonic::Status) -> anyhow::Error {
-    let mut msg = format!("{:?}: {}", status.code(), status.message());
-    for key in ["qubs-request-id", "x-correlation-id"] {
-        if let Some(v) = status.metadata().get(key).and_then(|v| v.to_str().ok()) {
-            msg.push_str(&format!(" [{key} {v}]"));
+fn read(path: &std::path::Path, option: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| usage(format!("{option} {}: {e}", path.display())))
+}
+
+/// A call the bridge answered with an error, said in a line with the ids support needs.
+#[derive(Debug)]
+pub struct CallFailed(pub tonic::Status);
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = &self.0;
+        let message = status.message();
+        match status.code() {
+            tonic::Code::Unauthenticated => write!(
+                f,
+                "the bridge did not accept the credentials (UNAUTHENTICATED: {message}); give \
+                 the caller's token with --token or QUBS_BRIDGE_TOKEN"
+            )?,
+            code => write!(f, "{}: {message}", code_name(code))?,
         }
+        for key in ["qubs-request-id", "x-correlation-id"] {
+            if let Some(v) = status.metadata().get(key).and_then(|v| v.to_str().ok()) {
+                write!(f, " [{key} {v}]")?;
+            }
+        }
+        Ok(())
     }
-    anyhow::anyhow!(msg)
+}
+
+impl std::error::Error for CallFailed {}
+
+/// A gRPC error as an `anyhow::Error` (keeps the status for the exit code).
+pub fn describe(status: tonic::Status) -> anyhow::Error {
+    anyhow::Error::new(CallFailed(status))
+}
+
+/// The status code's name as the gRPC specification and grpcurl write it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }

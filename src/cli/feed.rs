@@ -1,18 +1,22 @@
 //! `qubs-bridge feed status|watch`: the order feed of a running bridge, over its gRPC
 //! `FeedService`.
 
+use std::io::Write;
+
 use clap::Subcommand;
 use serde_json::json;
 
-use super::connect::{Connection, Display, describe};
+use super::connect::{Connection, describe};
+use super::output::{self, Column, Format, Progress, Table, note, or_dash, to_seconds};
 use crate::grpc::pb::{self, OutputFormat, feed_service_client::FeedServiceClient};
 
 #[derive(Subcommand)]
 pub enum FeedCommand {
     /// Each destination's queue depth, last ACK and last error; each domain's watch.
     Status {
-        #[arg(long, value_enum, default_value_t = Display::Table)]
-        format: Display,
+        /// `text` (two tables) or `json` (one object).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Put a destination's dead letters back in its queue (sent again as they were).
     Retry {
@@ -22,6 +26,9 @@ pub enum FeedCommand {
         /// One QUBS domain (default: every domain the token may use).
         #[arg(long, default_value = "")]
         domain: String,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Follow a domain's feed events (new, changed, removed orders) as they are found.
     Watch {
@@ -36,41 +43,61 @@ pub enum FeedCommand {
         /// Stop after this many events (0: until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         count: u64,
-        #[arg(long, value_enum, default_value_t = Display::Table)]
-        format: Display,
+        /// `text` (a row per event) or `json` (one object per event and line).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
+const EVENT_COLUMNS: [Column; 5] = [
+    Column::right("CURSOR").width(8),
+    Column::left("KIND").width(8),
+    Column::left("DOMAIN").width(10),
+    Column::left("APPOINTMENT").width(14),
+    Column::left("DETECTED"),
+];
+
 pub async fn run(conn: &Connection, command: FeedCommand) -> anyhow::Result<()> {
     let mut client = FeedServiceClient::new(conn.channel().await?);
+    let mut out = output::stdout();
     match command {
         FeedCommand::Status { format } => {
             let s = client
                 .get_feed_status(pb::GetFeedStatusRequest {})
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(describe)?
                 .into_inner();
             match format {
-                Display::Json => println!("{}", status_json(&s)),
-                Display::Table => print_status(&s),
+                Format::Json => output::json_line(&mut out, &status_json(&s))?,
+                Format::Text => print_status(&mut out, &s)?,
             }
         }
         FeedCommand::Retry {
             destination,
             domain,
+            format,
         } => {
+            let progress = Progress::spinner(format!("requeueing dead letters of {destination}"));
             let answer = client
                 .retry_feed_deliveries(pb::RetryFeedDeliveriesRequest {
                     destination: destination.clone(),
                     domain,
                 })
                 .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            println!(
-                "{} dead letter(s) back in the queue of {destination}",
-                answer.requeued
-            );
+                .map_err(describe);
+            progress.finish();
+            let answer = answer?.into_inner();
+            match format {
+                Format::Json => output::json_line(
+                    &mut out,
+                    &json!({"destination": destination, "requeued": answer.requeued}),
+                )?,
+                Format::Text => writeln!(
+                    out,
+                    "{} dead letter(s) back in the queue of {destination}",
+                    answer.requeued
+                )?,
+            }
         }
         FeedCommand::Watch {
             domain,
@@ -86,10 +113,13 @@ pub async fn run(conn: &Connection, command: FeedCommand) -> anyhow::Result<()> 
                     after_cursor: after,
                 })
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(describe)?
                 .into_inner();
+            if format == Format::Text {
+                Table::stream_header(&EVENT_COLUMNS, &mut out)?;
+            }
             let mut seen = 0u64;
-            while let Some(event) = stream.message().await.map_err(|s| describe(&s))? {
+            while let Some(event) = stream.message().await.map_err(describe)? {
                 seen += 1;
                 let kind = pb::FeedEventKind::try_from(event.kind)
                     .map(|k| {
@@ -105,25 +135,28 @@ pub async fn run(conn: &Connection, command: FeedCommand) -> anyhow::Result<()> 
                     .map(|o| o.content.as_str())
                     .unwrap_or_default();
                 match format {
-                    Display::Json => println!(
-                        "{}",
-                        json!({"cursor": event.cursor, "kind": kind, "domain": order.domain,
+                    Format::Json => output::json_line(
+                        &mut out,
+                        &json!({"cursor": event.cursor, "kind": kind, "domain": order.domain,
                                "appointmentId": order.appointment_id,
                                "detectedAt": event.detected_at_utc,
-                               "orm": if print { orm } else { "" }})
-                    ),
-                    Display::Table => {
-                        println!(
-                            "{:>8}  {:<8} {:<10} {:<16} {}",
-                            event.cursor,
-                            kind,
-                            order.domain,
-                            order.appointment_id,
-                            event.detected_at_utc
-                        );
+                               "orm": if print { orm } else { "" }}),
+                    )?,
+                    Format::Text => {
+                        Table::stream_row(
+                            &EVENT_COLUMNS,
+                            [
+                                event.cursor.as_str(),
+                                &kind,
+                                &order.domain,
+                                &order.appointment_id,
+                                &event.detected_at_utc,
+                            ],
+                            &mut out,
+                        )?;
                         if print {
                             for s in orm.split(['\r', '\n']).filter(|s| !s.is_empty()) {
-                                println!("    {s}");
+                                writeln!(out, "    {s}")?;
                             }
                         }
                     }
@@ -155,70 +188,68 @@ fn status_json(s: &pb::GetFeedStatusResponse) -> serde_json::Value {
     })
 }
 
-fn print_status(s: &pb::GetFeedStatusResponse) {
+fn print_status(out: &mut impl Write, s: &pb::GetFeedStatusResponse) -> std::io::Result<()> {
     if !s.enabled {
-        println!("the order feed is not enabled on this bridge (feed.enabled = false)");
-        return;
-    }
-    println!(
-        "{:<14} {:<5} {:<24} {:>7} {:>9} {:>5} {:>8}  {:<24}  last error",
-        "destination", "kind", "target", "pending", "delivered", "dead", "oldest", "last ACK"
-    );
-    for d in &s.destinations {
-        let ack = if d.last_ack_code.is_empty() {
-            "-".to_string()
-        } else {
-            format!(
-                "{} {}",
-                d.last_ack_code,
-                d.last_ack_at_utc.get(..19).unwrap_or(&d.last_ack_at_utc)
-            )
-        };
-        let error = if d.last_error.is_empty() {
-            "-".to_string()
-        } else {
-            format!(
-                "{} ({})",
-                d.last_error,
-                d.last_error_at_utc
-                    .get(..19)
-                    .unwrap_or(&d.last_error_at_utc)
-            )
-        };
-        println!(
-            "{:<14} {:<5} {:<24} {:>7} {:>9} {:>5} {:>7.0}s  {:<24}  {}",
-            d.name,
-            d.kind,
-            d.target,
-            d.pending,
-            d.delivered,
-            d.dead,
-            d.oldest_pending_seconds,
-            ack,
-            error
-        );
+        note!("the order feed is not enabled on this bridge (feed.enabled = false)");
+        return Ok(());
     }
     if s.destinations.is_empty() {
-        println!("(no destinations: events go to WatchOrders streams only)");
-    }
-    println!();
-    println!(
-        "{:<12} {:>9} {:>6} {:>8}  {:<20}  last error",
-        "domain", "baselined", "polls", "tracked", "last poll"
-    );
-    for w in &s.watches {
-        println!(
-            "{:<12} {:>9} {:>6} {:>8}  {:<20}  {}",
-            w.domain,
-            if w.baselined { "yes" } else { "no" },
-            w.polls,
-            w.tracked_orders,
-            w.last_poll_at_utc.get(..19).unwrap_or(&w.last_poll_at_utc),
-            if w.last_error.is_empty() {
-                "-"
+        note!("no destinations: events go to WatchOrders streams only");
+    } else {
+        let mut destinations = Table::new(&[
+            Column::left("DESTINATION"),
+            Column::left("KIND"),
+            Column::left("TARGET"),
+            Column::right("PENDING"),
+            Column::right("DELIVERED"),
+            Column::right("DEAD"),
+            Column::right("OLDEST"),
+            Column::left("LAST ACK"),
+            Column::left("LAST ERROR"),
+        ]);
+        for d in &s.destinations {
+            let ack = if d.last_ack_code.is_empty() {
+                "-".to_string()
             } else {
-                &w.last_error
-            }
-        );
+                format!("{} {}", d.last_ack_code, to_seconds(&d.last_ack_at_utc))
+            };
+            let error = if d.last_error.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{} ({})", d.last_error, to_seconds(&d.last_error_at_utc))
+            };
+            destinations.row([
+                d.name.clone(),
+                d.kind.clone(),
+                d.target.clone(),
+                d.pending.to_string(),
+                d.delivered.to_string(),
+                d.dead.to_string(),
+                format!("{:.0}s", d.oldest_pending_seconds),
+                ack,
+                error,
+            ]);
+        }
+        destinations.print(out)?;
+        writeln!(out)?;
     }
+    let mut watches = Table::new(&[
+        Column::left("DOMAIN"),
+        Column::left("BASELINED"),
+        Column::right("POLLS"),
+        Column::right("TRACKED"),
+        Column::left("LAST POLL"),
+        Column::left("LAST ERROR"),
+    ]);
+    for w in &s.watches {
+        watches.row([
+            w.domain.clone(),
+            if w.baselined { "yes" } else { "no" }.to_string(),
+            w.polls.to_string(),
+            w.tracked_orders.to_string(),
+            to_seconds(&w.last_poll_at_utc).to_string(),
+            or_dash(&w.last_error).to_string(),
+        ]);
+    }
+    watches.print(out)
 }

@@ -1,8 +1,11 @@
 //! `qubs-bridge grpc new-token|hash-token`: make bearer tokens for gRPC callers.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 
 use clap::Subcommand;
+
+use super::exit::usage;
+use super::output;
 
 use crate::grpc::auth::{hash_token, new_token};
 
@@ -19,22 +22,28 @@ pub enum GrpcCommand {
 }
 
 pub fn run(command: GrpcCommand) -> anyhow::Result<()> {
+    let mut out = output::stdout();
     match command {
         GrpcCommand::NewToken { name } => {
             let token = new_token();
-            println!("token (give to the caller, store nowhere else): {token}");
-            println!();
-            println!("[[grpc.clients]]");
-            println!("name = \"{name}\"");
-            println!("token_sha256 = \"{}\"", hash_token(&token));
-            println!("domains = [\"acme\"]");
+            writeln!(
+                out,
+                "token (give to the caller, store nowhere else): {token}"
+            )?;
+            writeln!(out)?;
+            writeln!(out, "[[grpc.clients]]")?;
+            writeln!(out, "name = \"{name}\"")?;
+            writeln!(out, "token_sha256 = \"{}\"", hash_token(&token))?;
+            writeln!(out, "domains = [\"acme\"]")?;
         }
         GrpcCommand::HashToken => {
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;
             let token = line.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!token.is_empty(), "no token on standard input");
-            println!("{}", hash_token(token));
+            if token.is_empty() {
+                return Err(usage("no token on standard input"));
+            }
+            writeln!(out, "{}", hash_token(token))?;
         }
     }
     Ok(())

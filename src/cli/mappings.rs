@@ -1,13 +1,22 @@
 //! The analyst's tools: `qubs-bridge mappings check|test` and `qubs-bridge map`.
+//!
+//! `map` writes only the document on stdout (ER7 with CR between segments as sent, one
+//! segment per line with `--lf` or on a terminal; FHIR and report JSON pretty-printed), so
+//! `map … > out.hl7` is an HL7 file and `map … | jq` works; what an analyst reads about the
+//! run (mapping version, unmapped values, unread fields, tolerated input) goes to stderr.
+//! `--format json` prints one envelope instead: output, unmapped values, unread fields,
+//! warnings and errors.
 
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::exit::usage;
+use super::output::{self, Format, note};
 use crate::config::Settings;
-use crate::mapping::{Body, InboundContext, InputKind, MapOptions, MappingSet, golden};
+use crate::mapping::{Body, InboundContext, InputKind, LoadErrors, MapOptions, MappingSet, golden};
 
 #[derive(Subcommand)]
 pub enum MappingsCommand {
@@ -16,6 +25,9 @@ pub enum MappingsCommand {
         /// The mapping directory.
         #[arg(default_value = "mappings")]
         dir: PathBuf,
+        /// `text`, or `json`: one object, with every problem's file, line and column.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Run the golden cases in DIR/tests/<case>/ and show a diff for each mismatch.
     Test {
@@ -25,6 +37,9 @@ pub enum MappingsCommand {
         /// Accept the current outputs as the new expectations.
         #[arg(long)]
         update: bool,
+        /// `text`, or `json`: one object per case output and line.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
@@ -42,36 +57,98 @@ pub struct MapArgs {
     /// The mapping directory (default: the mapping file's, else `mappings`).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// ER7 output with one segment per line (LF) for reading; the default is CR between
+    /// segments, as sent, except on a terminal.
+    #[arg(long)]
+    lf: bool,
+    /// `text`: the document alone on stdout, notes on stderr. `json`: one envelope with the
+    /// output, unmapped values, unread fields, warnings and errors.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
+/// The set in `dir`; its problems said on stderr, one per line with file:line:column.
 fn load(dir: &Path) -> anyhow::Result<MappingSet> {
     MappingSet::load_dir(dir).map_err(|errors| {
-        anyhow::anyhow!(
-            "{errors}\n{} problem(s) in {}",
-            errors.0.len(),
-            dir.display()
-        )
+        for d in &errors.0 {
+            note!("{d}");
+        }
+        anyhow::anyhow!("{} problem(s) in {}", errors.0.len(), dir.display())
     })
 }
 
+fn problems_json(errors: &LoadErrors) -> Vec<Value> {
+    errors
+        .0
+        .iter()
+        .map(|d| {
+            json!({"file": d.file.display().to_string(), "line": d.pos.line,
+                   "column": d.pos.column, "message": d.message, "hint": d.hint})
+        })
+        .collect()
+}
+
 pub fn run(command: MappingsCommand) -> anyhow::Result<()> {
+    let mut out = output::stdout();
     match command {
-        MappingsCommand::Check { dir } => {
-            let set = load(&dir)?;
+        MappingsCommand::Check { dir, format } => {
+            let set = match (MappingSet::load_dir(&dir), format) {
+                (Ok(set), _) => set,
+                (Err(errors), Format::Json) => {
+                    output::json_line(
+                        &mut out,
+                        &json!({"ok": false, "dir": dir.display().to_string(),
+                                "problems": problems_json(&errors)}),
+                    )?;
+                    anyhow::bail!("{} problem(s) in {}", errors.0.len(), dir.display());
+                }
+                (Err(_), Format::Text) => load(&dir)?,
+            };
             let names: Vec<&str> = set.names().collect();
-            println!(
-                "OK: {} mappings in {} ({}): {}",
-                names.len(),
-                dir.display(),
-                set.version(),
-                names.join(", ")
-            );
+            match format {
+                Format::Json => output::json_line(
+                    &mut out,
+                    &json!({"ok": true, "dir": dir.display().to_string(),
+                            "version": set.version(), "mappings": names}),
+                )?,
+                Format::Text => writeln!(
+                    out,
+                    "OK: {} mappings in {} ({}): {}",
+                    names.len(),
+                    dir.display(),
+                    set.version(),
+                    names.join(", ")
+                )?,
+            }
             Ok(())
         }
-        MappingsCommand::Test { dir, update } => {
+        MappingsCommand::Test {
+            dir,
+            update,
+            format,
+        } => {
             let set = load(&dir)?;
             let report = golden::run(&set, &dir.join("tests"), update)?;
-            println!("{report}");
+            match format {
+                Format::Text => writeln!(out, "{report}")?,
+                Format::Json => {
+                    for r in &report.results {
+                        let status = if r.updated {
+                            "updated"
+                        } else if r.passed {
+                            "ok"
+                        } else {
+                            "fail"
+                        };
+                        output::json_line(
+                            &mut out,
+                            &json!({"case": r.name, "status": status, "detail": r.detail}),
+                        )?;
+                    }
+                    let failed = report.results.iter().filter(|r| !r.passed).count();
+                    note!("{} case output(s), {failed} failed", report.results.len());
+                }
+            }
             anyhow::ensure!(
                 report.passed(),
                 "golden cases failed (run with --update to accept the new outputs)"
@@ -79,6 +156,15 @@ pub fn run(command: MappingsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What one `map` run produced.
+struct MapRun {
+    /// The document: ER7 text, FHIR JSON, or the report submissions.
+    output: Body,
+    unmapped: Vec<crate::mapping::Unmapped>,
+    unread: Vec<String>,
+    warnings: Vec<String>,
 }
 
 /// `qubs-bridge map`: one input through one mapping, with what an analyst needs to judge it.
@@ -93,7 +179,20 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| PathBuf::from(".")),
         (None, false) => PathBuf::from("mappings"),
     };
-    let set = load(&dir)?;
+    let bytes = std::fs::read(&args.input)
+        .map_err(|e| usage(format!("--input {}: {e}", args.input.display())))?;
+    let mut out = output::stdout();
+    let set = match (MappingSet::load_dir(&dir), args.format) {
+        (Ok(set), _) => set,
+        (Err(errors), Format::Json) => {
+            output::json_line(
+                &mut out,
+                &json!({"mapping": args.mapping, "output": null, "errors": problems_json(&errors)}),
+            )?;
+            anyhow::bail!("{} problem(s) in {}", errors.0.len(), dir.display());
+        }
+        (Err(_), Format::Text) => load(&dir)?,
+    };
     let name = if as_path.is_file() {
         let file = as_path.canonicalize()?;
         set.names()
@@ -103,17 +202,99 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
                     .is_some_and(|f| f == file)
             })
             .map(str::to_string)
-            .with_context(|| format!("{} is not a mapping of {}", args.mapping, dir.display()))?
+            .ok_or_else(|| {
+                usage(format!(
+                    "{} is not a mapping of {}",
+                    args.mapping,
+                    dir.display()
+                ))
+            })?
     } else {
         args.mapping.clone()
     };
-    let compiled = set.get(&name).with_context(|| {
+    if set.get(&name).is_none() {
         let names: Vec<&str> = set.names().collect();
-        format!("no mapping `{name}`; the set has: {}", names.join(", "))
-    })?;
-    let bytes =
-        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let text = crate::hl7::er7::decode_bytes(&bytes).into_owned();
+        return Err(usage(format!(
+            "no mapping `{name}`; the set has: {}",
+            names.join(", ")
+        )));
+    }
+    let run = run_mapping(&set, &name, &args, &bytes);
+    match args.format {
+        Format::Json => {
+            let envelope = match &run {
+                Ok(r) => json!({
+                    "mapping": name,
+                    "mappingSetVersion": set.version(),
+                    "output": match &r.output {
+                        Body::Fhir(v) => v.clone(),
+                        Body::Hl7(er7) => Value::String(er7.clone()),
+                    },
+                    "unmapped": r.unmapped,
+                    "unreadFields": r.unread,
+                    "warnings": r.warnings,
+                    "errors": [],
+                }),
+                Err(e) => json!({
+                    "mapping": name,
+                    "mappingSetVersion": set.version(),
+                    "output": null,
+                    "unmapped": [],
+                    "unreadFields": [],
+                    "warnings": [],
+                    "errors": [{"message": super::exit::render(e)}],
+                }),
+            };
+            output::json_line(&mut out, &envelope)?;
+            // The error is in the envelope; the exit status still says the run failed.
+            if let Err(e) = run {
+                return Err(e.context(format!("mapping `{name}` failed")));
+            }
+        }
+        Format::Text => {
+            let r = run?;
+            match &r.output {
+                Body::Fhir(v) => writeln!(out, "{}", serde_json::to_string_pretty(v)?)?,
+                Body::Hl7(er7) if args.lf || std::io::stdout().is_terminal() => {
+                    write!(out, "{}", output::segments_per_line(er7))?
+                }
+                Body::Hl7(er7) => write!(out, "{er7}")?,
+            }
+            out.flush()?;
+            note!("mapping {name} ({})", set.version());
+            if r.unmapped.is_empty() {
+                note!("unmapped values: none");
+            } else {
+                note!("unmapped values:");
+                for u in &r.unmapped {
+                    note!("  table {}: `{}` x{}", u.table, u.value, u.count);
+                }
+            }
+            if !r.unread.is_empty() {
+                note!("input fields no rule read:");
+                for f in &r.unread {
+                    note!("  {f}");
+                }
+            }
+            for w in &r.warnings {
+                note!("tolerated: {w}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the mapping on the input the way the service would.
+fn run_mapping(
+    set: &MappingSet,
+    name: &str,
+    args: &MapArgs,
+    bytes: &[u8],
+) -> anyhow::Result<MapRun> {
+    let compiled = set
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("no mapping `{name}`"))?;
+    let text = crate::hl7::er7::decode_bytes(bytes).into_owned();
     let site = args
         .site_tz
         .as_ref()
@@ -123,22 +304,23 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
     let config = Settings::load_unchecked(None, std::env::vars())
         .map(|s| Value::Object(s.mappings.values))
         .unwrap_or(Value::Null);
-    let (output, unmapped, unread, warnings) = match compiled.input {
+    Ok(match compiled.input {
         InputKind::Order => {
             let mut order: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
-                .with_context(|| format!("{} is not JSON", args.input.display()))?;
+                .map_err(|e| usage(format!("--input {} is not JSON: {e}", args.input.display())))?;
             if let Some(o) = order.as_object_mut() {
                 if !site.is_null() && o.get("site").is_none_or(Value::is_null) {
                     o.insert("site".into(), site);
                 }
                 o.entry("config").or_insert(config);
             }
-            let run = set.dry_run(&name, &order, &MapOptions::default())?;
-            let out = match run.output.body {
-                Body::Fhir(v) => serde_json::to_string_pretty(&v)?,
-                Body::Hl7(s) => s.replace('\r', "\n"),
-            };
-            (out, run.output.unmapped, run.unread_fields, Vec::new())
+            let run = set.dry_run(name, &order, &MapOptions::default())?;
+            MapRun {
+                output: run.output.body,
+                unmapped: run.output.unmapped,
+                unread: run.unread_fields,
+                warnings: Vec::new(),
+            }
         }
         kind => {
             let ctx = InboundContext {
@@ -147,38 +329,19 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
                 config,
             };
             let inbound = if kind == InputKind::Oru {
-                set.map_oru_with(&name, &text, &ctx)?
+                set.map_oru_with(name, &text, &ctx)?
             } else {
-                let v: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not JSON", args.input.display()))?;
+                let v: Value = serde_json::from_str(&text).map_err(|e| {
+                    usage(format!("--input {} is not JSON: {e}", args.input.display()))
+                })?;
                 set.map_diagnostic_report(&v, &ctx)?
             };
-            (
-                serde_json::to_string_pretty(&inbound.submissions)?,
-                inbound.unmapped,
-                Vec::new(),
-                inbound.warnings,
-            )
+            MapRun {
+                output: Body::Fhir(serde_json::to_value(&inbound.submissions)?),
+                unmapped: inbound.unmapped,
+                unread: Vec::new(),
+                warnings: inbound.warnings,
+            }
         }
-    };
-    println!("{output}");
-    println!("\n# mapping {name} ({})", set.version());
-    if unmapped.is_empty() {
-        println!("# unmapped values: none");
-    } else {
-        println!("# unmapped values:");
-        for u in &unmapped {
-            println!("#   table {}: `{}` x{}", u.table, u.value, u.count);
-        }
-    }
-    if !unread.is_empty() {
-        println!("# input fields no rule read:");
-        for f in &unread {
-            println!("#   {f}");
-        }
-    }
-    for w in &warnings {
-        println!("# tolerated: {w}");
-    }
-    Ok(())
+    })
 }

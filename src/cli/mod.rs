@@ -1,13 +1,18 @@
-//! The `qubs-bridge` command line: one file per subcommand.
+//! The `qubs-bridge` command line: one file per subcommand, plus how every command prints
+//! (`output`) and ends (`exit`: exit statuses, errors said once, a closed stdout taken
+//! quietly).
 
+mod completions;
 mod config_check;
 mod connect;
+pub mod exit;
 mod feed;
 mod grpc_tokens;
 mod mappings;
 mod mllp;
 mod orders;
 mod outbox;
+mod output;
 mod results;
 mod serve;
 mod simulator;
@@ -15,15 +20,14 @@ mod simulator;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-use crate::config::ConfigError;
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "qubs-bridge",
     version,
-    about = "Bridge between the QUBS radiology API and hospital interface engines (gRPC, HL7 v2 over MLLP, FHIR R4)"
+    about = "Bridge between the QUBS radiology API and hospital interface engines (gRPC, HL7 v2 over MLLP, FHIR R4)",
+    after_help = exit::after_help(),
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,8 +87,13 @@ enum Command {
     /// Check mapping files and run their golden cases.
     #[command(subcommand)]
     Mappings(mappings::MappingsCommand),
-    /// Run one input through one mapping and show the output, unmapped values and unread fields.
+    /// Run one input through one mapping: the output on stdout, unmapped values and unread
+    /// fields on stderr.
     Map(mappings::MapArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one per command into a directory.
+    Man(completions::ManArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,8 +105,14 @@ enum ConfigCommand {
     },
 }
 
+/// The command-line definition, for the completion scripts and manual pages built from it.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Parses the command line and runs the chosen command.
 pub fn main() -> ExitCode {
+    // Usage errors exit 2 here (clap), `--help` and `--version` 0.
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,8 +120,9 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::finish(Err(
+                anyhow::Error::new(e).context("cannot start the async runtime")
+            ));
         }
     };
     let result = runtime.block_on(async move {
@@ -138,17 +154,17 @@ pub fn main() -> ExitCode {
                 command,
             } => feed::run(&connection, command).await,
             Command::Map(args) => mappings::map(args),
+            Command::Completions(args) => completions::completions(args),
+            Command::Man(args) => completions::man(args),
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+    exit::finish(result)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::command().debug_assert();
     }
 }

@@ -1,13 +1,14 @@
 //! `qubs-bridge orders list|get|stream`: read orders from a running bridge over gRPC.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::Instant;
 
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::connect::{Connection, Display, describe};
+use super::connect::{Connection, describe};
+use super::output::{self, Column, Format, Progress, Table, note, or_dash};
 use crate::grpc::pb::{self, OutputFormat, order_service_client::OrderServiceClient};
 
 #[derive(Subcommand)]
@@ -52,9 +53,10 @@ pub struct Common {
     /// Documents wanted per order (repeatable).
     #[arg(long = "as", value_enum, default_values_t = [As::SourceJson])]
     outputs: Vec<As>,
-    /// Output style.
-    #[arg(long, value_enum, default_value_t = Display::Table)]
-    format: Display,
+    /// `text` (a table; `get`: the order and its documents) or `json` (one object per order
+    /// and line).
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -93,10 +95,19 @@ pub struct StreamArgs {
     /// Stop after this many orders.
     #[arg(long)]
     limit: Option<usize>,
-    /// Print only the progress and the total, not the orders.
+    /// Print only the total (on stderr), not the orders.
     #[arg(long)]
     count_only: bool,
 }
+
+/// The columns of an order list: one row per order.
+const COLUMNS: [Column; 5] = [
+    Column::left("APPOINTMENT").width(14),
+    Column::left("STATUS").width(20),
+    Column::right("WARNINGS"),
+    Column::right("COMMENTS"),
+    Column::left("OUTPUTS"),
+];
 
 pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()> {
     let mut client = OrderServiceClient::new(conn.channel().await?);
@@ -106,7 +117,7 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
             .map(|a| OutputFormat::from(*a) as i32)
             .collect()
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = output::stdout();
     match command {
         OrdersCommand::List(args) => {
             let page = client
@@ -118,28 +129,37 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
                     include_comments: args.comments,
                 })
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(describe)?
                 .into_inner();
-            if args.common.format == Display::Table {
-                table_header(&mut out)?;
-            }
-            for order in &page.orders {
-                print_order(&mut out, order, args.common.format)?;
-            }
             for s in &page.skipped {
-                eprintln!("skipped QUBS item {} ({}): {}", s.index, s.id, s.reason);
+                output::warning(format_args!(
+                    "skipped QUBS item {} ({}): {}",
+                    s.index, s.id, s.reason
+                ));
             }
             match args.common.format {
-                Display::Table if !page.next_page_token.is_empty() => writeln!(
-                    out,
-                    "\n{} orders; next page: --page-token {}",
+                Format::Text => {
+                    let mut table = Table::new(&COLUMNS);
+                    for order in &page.orders {
+                        table.row(row(order));
+                    }
+                    table.print(&mut out)?;
+                }
+                Format::Json => {
+                    for order in &page.orders {
+                        output::json_line(&mut out, &order_json(order))?;
+                    }
+                }
+            }
+            // The page's end goes to stderr: stdout holds only orders.
+            if page.next_page_token.is_empty() {
+                note!("{} orders; last page", page.orders.len());
+            } else {
+                note!(
+                    "{} orders; next page: --page-token {}",
                     page.orders.len(),
                     page.next_page_token
-                )?,
-                Display::Table => writeln!(out, "\n{} orders; last page", page.orders.len())?,
-                Display::Json => {
-                    writeln!(out, "{}", json!({"nextPageToken": page.next_page_token}))?
-                }
+                );
             }
         }
         OrdersCommand::Get(args) => {
@@ -150,38 +170,13 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
                     formats: formats(&args.common),
                 })
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(describe)?
                 .into_inner()
                 .order
                 .ok_or_else(|| anyhow::anyhow!("the bridge answered without an order"))?;
             match args.common.format {
-                Display::Json => print_order(&mut out, &order, Display::Json)?,
-                Display::Table => {
-                    writeln!(out, "appointment  {}", order.appointment_id)?;
-                    writeln!(out, "domain       {}", order.domain)?;
-                    writeln!(out, "status       {}", order.status)?;
-                    writeln!(
-                        out,
-                        "mappings     {}",
-                        empty_dash(&order.mapping_set_version)
-                    )?;
-                    for w in &order.warnings {
-                        writeln!(out, "warning      {} {} {}", w.code, w.rule, w.message)?;
-                    }
-                    writeln!(out, "comments     {}", order.comments.len())?;
-                    for c in &order.comments {
-                        let kind = if c.is_alert { "ALERT" } else { "note" };
-                        writeln!(out, "  {:<5} {:<2} {}", kind, c.comment_type, c.text)?;
-                    }
-                    writeln!(out, "attachments  {}", order.attachments.len())?;
-                    for a in &order.attachments {
-                        writeln!(out, "  {}  {}  {}", a.guid, a.category, a.file_name)?;
-                    }
-                    for o in &order.outputs {
-                        writeln!(out, "\n--- {} ({})", format_name(o.format), o.content_type)?;
-                        writeln!(out, "{}", readable(&o.content))?;
-                    }
-                }
+                Format::Json => output::json_line(&mut out, &order_json(&order))?,
+                Format::Text => print_order(&mut out, &order)?,
             }
         }
         OrdersCommand::Stream(args) => {
@@ -193,37 +188,38 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
                     include_comments: args.comments,
                 })
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(describe)?
                 .into_inner();
             let started = Instant::now();
-            let progress = std::io::stderr().is_terminal();
+            let progress = Progress::counter("orders");
             let mut count = 0usize;
-            if args.common.format == Display::Table && !args.count_only {
-                table_header(&mut out)?;
+            if args.common.format == Format::Text && !args.count_only {
+                Table::stream_header(&COLUMNS, &mut out)?;
             }
             while let Some(item) = stream.next().await {
-                let item = item.map_err(|s| describe(&s))?;
+                let item = item.map_err(describe)?;
                 if let Some(s) = item.skipped {
-                    eprintln!("skipped QUBS item {} ({}): {}", s.index, s.id, s.reason);
+                    output::warning(format_args!(
+                        "skipped QUBS item {} ({}): {}",
+                        s.index, s.id, s.reason
+                    ));
                 }
                 let Some(order) = item.order else { continue };
                 count += 1;
+                progress.inc();
                 if !args.count_only {
-                    print_order(&mut out, &order, args.common.format)?;
-                }
-                if progress && count.is_multiple_of(500) {
-                    let rate = count as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    eprint!("\r{count} orders, {rate:.0}/s");
+                    match args.common.format {
+                        Format::Text => Table::stream_row(&COLUMNS, row(&order), &mut out)?,
+                        Format::Json => output::json_line(&mut out, &order_json(&order))?,
+                    }
                 }
                 if args.limit.is_some_and(|l| count >= l) {
                     break;
                 }
             }
+            progress.finish();
             let secs = started.elapsed().as_secs_f64();
-            if progress {
-                eprint!("\r");
-            }
-            eprintln!(
+            note!(
                 "{count} orders in {secs:.1} s ({:.0}/s)",
                 count as f64 / secs.max(1e-3)
             );
@@ -232,63 +228,93 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
     Ok(())
 }
 
-fn table_header(out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<14} {:<22} {:>8} {:>9}  OUTPUTS",
-        "APPOINTMENT", "STATUS", "WARNINGS", "COMMENTS"
-    )
+fn row(order: &pb::Order) -> [String; 5] {
+    let outputs: Vec<String> = order
+        .outputs
+        .iter()
+        .map(|o| format!("{} ({} B)", format_name(o.format), o.content.len()))
+        .collect();
+    [
+        order.appointment_id.clone(),
+        order.status.clone(),
+        order.warnings.len().to_string(),
+        order.comments.len().to_string(),
+        outputs.join(", "),
+    ]
 }
 
-fn print_order(out: &mut impl Write, order: &pb::Order, display: Display) -> std::io::Result<()> {
-    match display {
-        Display::Table => {
-            let outputs: Vec<String> = order
-                .outputs
-                .iter()
-                .map(|o| format!("{} ({} B)", format_name(o.format), o.content.len()))
-                .collect();
-            writeln!(
-                out,
-                "{:<14} {:<22} {:>8} {:>9}  {}",
-                order.appointment_id,
-                order.status,
-                order.warnings.len(),
-                order.comments.len(),
-                outputs.join(", ")
-            )
-        }
-        Display::Json => {
-            let outputs: Vec<Value> = order
-                .outputs
-                .iter()
-                .map(|o| {
-                    let content = serde_json::from_str::<Value>(&o.content)
-                        .unwrap_or_else(|_| Value::String(o.content.clone()));
-                    json!({"format": format_name(o.format), "contentType": o.content_type, "content": content})
-                })
-                .collect();
-            let warnings: Vec<Value> = order
-                .warnings
-                .iter()
-                .map(|w| json!({"code": w.code, "rule": w.rule, "message": w.message}))
-                .collect();
-            writeln!(
-                out,
-                "{}",
-                json!({
-                    "domain": order.domain,
-                    "appointmentId": order.appointment_id,
-                    "status": order.status,
-                    "mappingSetVersion": order.mapping_set_version,
-                    "warnings": warnings,
-                    "comments": order.comments.iter().map(|c| json!({"guid": c.guid, "commentType": c.comment_type, "text": c.text, "isAlert": c.is_alert})).collect::<Vec<_>>(),
-                    "attachments": order.attachments.iter().map(|a| json!({"guid": a.guid, "category": a.category, "fileName": a.file_name, "url": a.url, "urlExpiresAtUtc": a.url_expires_at_utc})).collect::<Vec<_>>(),
-                    "outputs": outputs,
-                })
-            )
-        }
+/// One order for people: its fields, comments and attachments, then each document.
+fn print_order(out: &mut impl Write, order: &pb::Order) -> std::io::Result<()> {
+    let mut fields = Table::fields();
+    fields
+        .row(["appointment", &order.appointment_id])
+        .row(["domain", &order.domain])
+        .row(["status", &order.status])
+        .row(["mappings", or_dash(&order.mapping_set_version)]);
+    for w in &order.warnings {
+        fields.row(["warning", &format!("{} {} {}", w.code, w.rule, w.message)]);
     }
+    fields.row(["comments", &order.comments.len().to_string()]);
+    fields.row(["attachments", &order.attachments.len().to_string()]);
+    fields.print(out)?;
+    if !order.comments.is_empty() {
+        writeln!(out)?;
+        let mut comments = Table::new(&[
+            Column::left("COMMENT"),
+            Column::left("TYPE"),
+            Column::left("TEXT"),
+        ]);
+        for c in &order.comments {
+            let kind = if c.is_alert { "ALERT" } else { "note" };
+            // One line per comment: its line breaks would split the row.
+            comments.row([kind, &c.comment_type, &c.text.replace(['\r', '\n'], " ")]);
+        }
+        comments.print(out)?;
+    }
+    if !order.attachments.is_empty() {
+        writeln!(out)?;
+        let mut attachments = Table::new(&[
+            Column::left("ATTACHMENT"),
+            Column::left("CATEGORY"),
+            Column::left("FILE"),
+        ]);
+        for a in &order.attachments {
+            attachments.row([&a.guid, &a.category, &a.file_name]);
+        }
+        attachments.print(out)?;
+    }
+    for o in &order.outputs {
+        writeln!(out, "\n--- {} ({})", format_name(o.format), o.content_type)?;
+        writeln!(out, "{}", readable(&o.content))?;
+    }
+    Ok(())
+}
+
+fn order_json(order: &pb::Order) -> Value {
+    let outputs: Vec<Value> = order
+        .outputs
+        .iter()
+        .map(|o| {
+            let content = serde_json::from_str::<Value>(&o.content)
+                .unwrap_or_else(|_| Value::String(o.content.clone()));
+            json!({"format": format_name(o.format), "contentType": o.content_type, "content": content})
+        })
+        .collect();
+    let warnings: Vec<Value> = order
+        .warnings
+        .iter()
+        .map(|w| json!({"code": w.code, "rule": w.rule, "message": w.message}))
+        .collect();
+    json!({
+        "domain": order.domain,
+        "appointmentId": order.appointment_id,
+        "status": order.status,
+        "mappingSetVersion": order.mapping_set_version,
+        "warnings": warnings,
+        "comments": order.comments.iter().map(|c| json!({"guid": c.guid, "commentType": c.comment_type, "text": c.text, "isAlert": c.is_alert})).collect::<Vec<_>>(),
+        "attachments": order.attachments.iter().map(|a| json!({"guid": a.guid, "category": a.category, "fileName": a.file_name, "url": a.url, "urlExpiresAtUtc": a.url_expires_at_utc})).collect::<Vec<_>>(),
+        "outputs": outputs,
+    })
 }
 
 fn format_name(format: i32) -> &'static str {
@@ -305,10 +331,6 @@ fn format_name(format: i32) -> &'static str {
 fn readable(content: &str) -> String {
     match serde_json::from_str::<Value>(content) {
         Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| content.to_string()),
-        Err(_) => content.replace('\r', "\n"),
+        Err(_) => output::segments_per_line(content),
     }
-}
-
-fn empty_dash(s: &str) -> &str {
-    if s.is_empty() { "-" } else { s }
 }

@@ -1,10 +1,14 @@
 //! `qubs-bridge outbox list|show|retry|purge`: the durable outbox of a running bridge,
 //! over its gRPC `OutboxService`.
 
+use std::io::Write;
+
 use clap::Subcommand;
 use serde_json::json;
 
-use super::connect::{Connection, Display, describe};
+use super::connect::{Connection, describe};
+use super::exit::usage;
+use super::output::{self, Column, Format, Progress, Table, note, or_dash, to_seconds};
 use crate::grpc::pb::{self, outbox_service_client::OutboxServiceClient};
 
 #[derive(Subcommand)]
@@ -24,14 +28,16 @@ pub enum OutboxCommand {
         after: i64,
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[arg(long, value_enum, default_value_t = Display::Table)]
-        format: Display,
+        /// `text` (a table; the counts on stderr) or `json` (one object per entry and line).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Show one entry in full (no report content: ids, states and reasons).
     Show {
         id: i64,
-        #[arg(long, value_enum, default_value_t = Display::Table)]
-        format: Display,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Put dead letters back in the queue.
     Retry {
@@ -42,6 +48,9 @@ pub enum OutboxCommand {
         all_dead: bool,
         #[arg(long, default_value = "")]
         domain: String,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Delete submitted or dead entries older than a given age. Pending ones never.
     Purge {
@@ -53,6 +62,9 @@ pub enum OutboxCommand {
         older_than: u64,
         #[arg(long, default_value = "")]
         domain: String,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
@@ -86,8 +98,20 @@ fn entry_json(e: &pb::OutboxEntry) -> serde_json::Value {
     })
 }
 
+const COLUMNS: [Column; 8] = [
+    Column::right("ID"),
+    Column::left("STATE"),
+    Column::left("DOMAIN"),
+    Column::left("APPOINTMENT"),
+    Column::left("STATUS"),
+    Column::right("TRIES"),
+    Column::left("RECEIVED"),
+    Column::left("LAST ERROR"),
+];
+
 pub async fn run(conn: &Connection, command: OutboxCommand) -> anyhow::Result<()> {
     let mut client = OutboxServiceClient::new(conn.channel().await?);
+    let mut out = output::stdout();
     match command {
         OutboxCommand::List {
             state,
@@ -106,62 +130,61 @@ pub async fn run(conn: &Connection, command: OutboxCommand) -> anyhow::Result<()
                     limit,
                 })
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(describe)?
                 .into_inner();
             match format {
-                Display::Json => {
+                Format::Json => {
                     for e in &answer.entries {
-                        println!("{}", entry_json(e));
+                        output::json_line(&mut out, &entry_json(e))?;
                     }
                 }
-                Display::Table => {
-                    println!(
-                        "{:>8}  {:<9}  {:<10} {:<16} {:<11} {:>4}  {:<20}  last error",
-                        "id", "state", "domain", "appointment", "status", "try", "received"
-                    );
+                Format::Text => {
+                    let mut table = Table::new(&COLUMNS);
                     for e in &answer.entries {
-                        println!(
-                            "{:>8}  {:<9}  {:<10} {:<16} {:<11} {:>4}  {:<20}  {}",
-                            e.id,
-                            e.state,
-                            e.domain,
-                            e.appointment_id,
-                            e.report_status,
-                            e.attempts,
-                            e.received_at.get(..19).unwrap_or(&e.received_at),
-                            e.last_error
-                        );
+                        table.row([
+                            e.id.to_string(),
+                            e.state.clone(),
+                            e.domain.clone(),
+                            e.appointment_id.clone(),
+                            or_dash(&e.report_status).to_string(),
+                            e.attempts.to_string(),
+                            to_seconds(&e.received_at).to_string(),
+                            or_dash(&e.last_error).to_string(),
+                        ]);
                     }
-                    println!(
-                        "outbox: {} pending (oldest {:.0} s), {} submitted, {} dead",
-                        answer.pending,
-                        answer.oldest_pending_seconds,
-                        answer.submitted,
-                        answer.dead
-                    );
+                    table.print(&mut out)?;
                 }
             }
+            note!(
+                "outbox: {} pending (oldest {:.0} s), {} submitted, {} dead",
+                answer.pending,
+                answer.oldest_pending_seconds,
+                answer.submitted,
+                answer.dead
+            );
         }
         OutboxCommand::Show { id, format } => {
             let e = client
                 .get_outbox_entry(pb::GetOutboxEntryRequest { id })
                 .await
-                .map_err(|s| describe(&s))?
+                .map_err(describe)?
                 .into_inner();
             match format {
-                Display::Json => println!("{}", entry_json(&e)),
-                Display::Table => {
-                    if let serde_json::Value::Object(fields) = entry_json(&e) {
-                        for (k, v) in fields {
+                Format::Json => output::json_line(&mut out, &entry_json(&e))?,
+                Format::Text => {
+                    let mut fields = Table::fields();
+                    if let serde_json::Value::Object(values) = entry_json(&e) {
+                        for (k, v) in values {
                             let v = match v {
                                 serde_json::Value::String(s) => s,
                                 other => other.to_string(),
                             };
                             if !v.is_empty() {
-                                println!("{k:>16}: {v}");
+                                fields.row([k, v]);
                             }
                         }
                     }
+                    fields.print(&mut out)?;
                 }
             }
         }
@@ -169,8 +192,12 @@ pub async fn run(conn: &Connection, command: OutboxCommand) -> anyhow::Result<()
             ids,
             all_dead,
             domain,
+            format,
         } => {
-            anyhow::ensure!(all_dead || !ids.is_empty(), "give entry ids, or --all-dead");
+            if !all_dead && ids.is_empty() {
+                return Err(usage("give entry ids, or --all-dead"));
+            }
+            let progress = Progress::spinner("putting dead letters back in the queue");
             let answer = client
                 .retry_outbox(pb::RetryOutboxRequest {
                     ids,
@@ -178,15 +205,23 @@ pub async fn run(conn: &Connection, command: OutboxCommand) -> anyhow::Result<()
                     domain,
                 })
                 .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            println!("{} dead letter(s) back in the queue", answer.requeued);
+                .map_err(describe);
+            progress.finish();
+            let answer = answer?.into_inner();
+            match format {
+                Format::Json => output::json_line(&mut out, &json!({"requeued": answer.requeued}))?,
+                Format::Text => {
+                    writeln!(out, "{} dead letter(s) back in the queue", answer.requeued)?
+                }
+            }
         }
         OutboxCommand::Purge {
             state,
             older_than,
             domain,
+            format,
         } => {
+            let progress = Progress::spinner(format!("purging {state} entries"));
             let answer = client
                 .purge_outbox(pb::PurgeOutboxRequest {
                     state,
@@ -194,9 +229,13 @@ pub async fn run(conn: &Connection, command: OutboxCommand) -> anyhow::Result<()
                     domain,
                 })
                 .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            println!("{} entr(y/ies) purged", answer.purged);
+                .map_err(describe);
+            progress.finish();
+            let answer = answer?.into_inner();
+            match format {
+                Format::Json => output::json_line(&mut out, &json!({"purged": answer.purged}))?,
+                Format::Text => writeln!(out, "{} entr(y/ies) purged", answer.purged)?,
+            }
         }
     }
     Ok(())

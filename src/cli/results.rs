@@ -1,14 +1,15 @@
 //! `qubs-bridge oru submit FILE...` and `qubs-bridge report submit`: send results to a
 //! running bridge over gRPC.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::connect::{Connection, Display, describe};
+use super::connect::{Connection, describe};
+use super::exit::usage;
+use super::output::{self, Format};
 use crate::grpc::pb::{self, result_service_client::ResultServiceClient};
 
 #[derive(Subcommand)]
@@ -18,9 +19,9 @@ pub enum OruCommand {
         /// QUBS domain (default: the bridge's only one).
         #[arg(long, env = "QUBS_BRIDGE_DOMAIN", default_value = "")]
         domain: String,
-        /// Output style.
-        #[arg(long, value_enum, default_value_t = Display::Table)]
-        format: Display,
+        /// `text` (a line per file) or `json` (one object per file and line).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
         /// Print the whole ACK message too.
         #[arg(long)]
         show_ack: bool,
@@ -57,8 +58,9 @@ pub struct ReportArgs {
     /// RFC 3339 UTC time of the report.
     #[arg(long)]
     reported_at: Option<String>,
-    #[arg(long, value_enum, default_value_t = Display::Table)]
-    format: Display,
+    /// `text` or `json`.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 pub async fn oru(conn: &Connection, command: OruCommand) -> anyhow::Result<()> {
@@ -68,23 +70,28 @@ pub async fn oru(conn: &Connection, command: OruCommand) -> anyhow::Result<()> {
         show_ack,
         files,
     } = command;
+    // Every file is read before anything is sent: a typo in the last name sends nothing.
+    let messages = files
+        .iter()
+        .map(|f| std::fs::read(f).map_err(|e| usage(format!("{}: {e}", f.display()))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut client = ResultServiceClient::new(conn.channel().await?);
+    let mut out = output::stdout();
     let mut refused = 0;
-    for file in &files {
-        let message = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    for (file, message) in files.iter().zip(messages) {
         let answer = client
             .submit_oru(pb::SubmitOruRequest {
                 message,
                 domain: domain.clone(),
             })
             .await
-            .map_err(|s| describe(&s))?
+            .map_err(describe)?
             .into_inner();
         if answer.ack_code != "AA" && answer.ack_code != "CA" {
             refused += 1;
         }
         match format {
-            Display::Table => {
+            Format::Text => {
                 let reports: Vec<String> = answer
                     .reports
                     .iter()
@@ -102,32 +109,37 @@ pub async fn oru(conn: &Connection, command: OruCommand) -> anyhow::Result<()> {
                         }
                     })
                     .collect();
-                print!("{:<3} {}", answer.ack_code, file.display());
+                let mut line = format!("{} {}", output::ack_code(&answer.ack_code), file.display());
                 if !reports.is_empty() {
-                    print!("  {}", reports.join("; "));
+                    line.push_str(&format!("  {}", reports.join("; ")));
                 }
                 if let Some(e) = &answer.error {
-                    print!("  [{}] {}", e.code, e.message);
+                    line.push_str(&format!("  [{}] {}", e.code, e.message));
                 }
-                println!();
+                writeln!(out, "{line}")?;
                 if show_ack {
                     for ack in [&answer.ack, &answer.application_ack] {
                         if !ack.is_empty() {
-                            println!("{}", String::from_utf8_lossy(ack).replace('\r', "\n"));
+                            writeln!(
+                                out,
+                                "{}",
+                                output::segments_per_line(&String::from_utf8_lossy(ack))
+                            )?;
                         }
                     }
                 }
             }
-            Display::Json => println!(
-                "{}",
-                json!({
+            Format::Json => output::json_line(
+                &mut out,
+                &json!({
                     "file": file.display().to_string(),
                     "ackCode": answer.ack_code,
                     "ack": String::from_utf8_lossy(&answer.ack),
+                    "applicationAck": String::from_utf8_lossy(&answer.application_ack),
                     "reports": answer.reports.iter().map(|r| json!({"appointmentId": r.appointment_id, "reportGuid": r.report_guid, "reportStatus": r.report_status, "state": r.state, "outboxId": r.outbox_id})).collect::<Vec<_>>(),
                     "error": answer.error.as_ref().map(|e| json!({"code": e.code, "message": e.message, "location": e.location})),
-                })
-            ),
+                }),
+            )?,
         }
     }
     anyhow::ensure!(
@@ -142,10 +154,12 @@ pub async fn report(conn: &Connection, command: ReportCommand) -> anyhow::Result
     let ReportCommand::Submit(args) = command;
     let mut text = String::new();
     if args.text_file.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text)?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| usage(format!("reading the report text from standard input: {e}")))?;
     } else {
         text = std::fs::read_to_string(&args.text_file)
-            .with_context(|| format!("reading {}", args.text_file.display()))?;
+            .map_err(|e| usage(format!("--text-file {}: {e}", args.text_file.display())))?;
     }
     let mut client = ResultServiceClient::new(conn.channel().await?);
     let answer = client
@@ -161,22 +175,25 @@ pub async fn report(conn: &Connection, command: ReportCommand) -> anyhow::Result
             ..Default::default()
         })
         .await
-        .map_err(|s| describe(&s))?
+        .map_err(describe)?
         .into_inner();
     let r = answer.report.unwrap_or_default();
+    let mut out = output::stdout();
     match args.format {
-        Display::Table if r.state == "pending" => println!(
+        Format::Text if r.state == "pending" => writeln!(
+            out,
             "report for appointment {} stored in the bridge's outbox (entry {}); QUBS has not confirmed it yet",
             r.appointment_id, r.outbox_id
-        ),
-        Display::Table => println!(
+        )?,
+        Format::Text => writeln!(
+            out,
             "report {} for appointment {} stored as {} at {}",
             r.report_guid, r.appointment_id, r.report_status, r.reported_at_utc
-        ),
-        Display::Json => println!(
-            "{}",
-            json!({"appointmentId": r.appointment_id, "reportGuid": r.report_guid, "reportStatus": r.report_status, "reportedAtUtc": r.reported_at_utc, "state": r.state, "outboxId": r.outbox_id})
-        ),
+        )?,
+        Format::Json => output::json_line(
+            &mut out,
+            &json!({"appointmentId": r.appointment_id, "reportGuid": r.report_guid, "reportStatus": r.report_status, "reportedAtUtc": r.reported_at_utc, "state": r.state, "outboxId": r.outbox_id}),
+        )?,
     }
     Ok(())
 }

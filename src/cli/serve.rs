@@ -3,10 +3,13 @@
 //! `--demo` starts the embedded QUBS simulator with its demo data on a free loopback port
 //! and points the service at it, so the bridge runs with nothing else installed.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
 use secrecy::SecretString;
+
+use super::output;
 
 use crate::config::{GrpcClient, Settings};
 use crate::simulator::{DEMO_CLIENT_ID, DEMO_DOMAIN, Simulator};
@@ -90,34 +93,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = shutdown::on_signal();
     let running = service::start(&settings, shutdown.clone()).await?;
-    if let Some(sim) = &simulator {
-        println!(
-            "qubs-bridge demo: embedded QUBS simulator at {} (domain {DEMO_DOMAIN})",
-            sim.base_url()
-        );
-        println!(
-            "qubs-bridge demo: gRPC token `{DEMO_GRPC_TOKEN}` (export QUBS_BRIDGE_TOKEN={DEMO_GRPC_TOKEN})"
-        );
+    let banner = print_banner(&settings, simulator.as_ref(), &running);
+    if banner.is_err() {
+        // Nobody reads stdout any more (`serve | head`): stop as a signal would, in-flight
+        // work first, and end quietly like any command whose stdout closed.
+        shutdown.cancel();
     }
-    println!("qubs-bridge gRPC API on {}", running.grpc_addr);
-    if let Some(addr) = running.mllp_addr {
-        println!("qubs-bridge MLLP listener for ORU^R01 results on {addr}");
-    }
-    if settings.feed.enabled {
-        for d in &settings.feed.destinations {
-            println!(
-                "qubs-bridge order feed: {} ({} {}), polling QUBS every {} s",
-                d.name,
-                d.kind.as_str(),
-                d.target(),
-                settings.feed.poll_interval_secs
-            );
-        }
-    }
-    println!(
-        "qubs-bridge serving; admin endpoint http://{}/readyz",
-        running.admin_addr
-    );
     tracing::info!(domains = ?settings.qubs.domains, "qubs-bridge started");
     running.wait().await;
     if let Some(sim) = simulator {
@@ -127,5 +108,50 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("qubs-bridge stopped");
-    Ok(())
+    banner.map_err(Into::into)
+}
+
+/// Where everything listens, on stdout.
+fn print_banner(
+    settings: &Settings,
+    simulator: Option<&crate::simulator::RunningSimulator>,
+    running: &service::RunningService,
+) -> std::io::Result<()> {
+    let mut out = output::stdout();
+    if let Some(sim) = simulator {
+        writeln!(
+            out,
+            "qubs-bridge demo: embedded QUBS simulator at {} (domain {DEMO_DOMAIN})",
+            sim.base_url()
+        )?;
+        writeln!(
+            out,
+            "qubs-bridge demo: gRPC token `{DEMO_GRPC_TOKEN}` (export QUBS_BRIDGE_TOKEN={DEMO_GRPC_TOKEN})"
+        )?;
+    }
+    writeln!(out, "qubs-bridge gRPC API on {}", running.grpc_addr)?;
+    if let Some(addr) = running.mllp_addr {
+        writeln!(
+            out,
+            "qubs-bridge MLLP listener for ORU^R01 results on {addr}"
+        )?;
+    }
+    if settings.feed.enabled {
+        for d in &settings.feed.destinations {
+            writeln!(
+                out,
+                "qubs-bridge order feed: {} ({} {}), polling QUBS every {} s",
+                d.name,
+                d.kind.as_str(),
+                d.target(),
+                settings.feed.poll_interval_secs
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "qubs-bridge serving; admin endpoint http://{}/readyz",
+        running.admin_addr
+    )?;
+    out.flush()
 }

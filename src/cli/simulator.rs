@@ -1,9 +1,12 @@
 //! `qubs-bridge simulator`: the embedded QUBS simulator on its own, with demo data, for
 //! trying the bridge (or any other QUBS client) without a QUBS account.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use clap::Args;
+
+use super::output;
 
 use crate::config::LogFormat;
 use crate::simulator::{DEMO_CLIENT_ID, DEMO_DOMAIN, Simulator};
@@ -40,19 +43,29 @@ pub async fn run(args: SimulatorArgs) -> anyhow::Result<()> {
             .map(|c| c.client_secret)
             .unwrap_or_default(),
     };
-    println!("QUBS simulator listening");
-    println!("  base URL       {}", running.base_url());
-    println!("  token URL      {}", running.token_url());
-    println!("  client id      {DEMO_CLIENT_ID}");
-    println!("  client secret  {secret_shown}");
-    println!("  domain         {DEMO_DOMAIN}");
-    println!(
-        "  request log    http://{}/_simulator/requests",
-        running.addr
-    );
-    println!(
-        "Point the bridge at it with QUBS_BRIDGE__QUBS__BASE_URL, __TOKEN_URL, __CLIENT_ID, __CLIENT_SECRET. Ctrl-C stops."
-    );
+    let banner = (|| -> std::io::Result<()> {
+        let mut out = output::stdout();
+        writeln!(out, "QUBS simulator listening")?;
+        writeln!(out, "  base URL       {}", running.base_url())?;
+        writeln!(out, "  token URL      {}", running.token_url())?;
+        writeln!(out, "  client id      {DEMO_CLIENT_ID}")?;
+        writeln!(out, "  client secret  {secret_shown}")?;
+        writeln!(out, "  domain         {DEMO_DOMAIN}")?;
+        writeln!(
+            out,
+            "  request log    http://{}/_simulator/requests",
+            running.addr
+        )?;
+        writeln!(
+            out,
+            "Point the bridge at it with QUBS_BRIDGE__QUBS__BASE_URL, __TOKEN_URL, __CLIENT_ID, __CLIENT_SECRET. Ctrl-C stops."
+        )
+    })();
+    // Nobody reads the banner (stdout closed): stop, as any command does.
+    if let Err(e) = banner {
+        running.shutdown().await;
+        return Err(e.into());
+    }
     shutdown.cancelled().await;
     running.shutdown().await;
     Ok(())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_qubs-bridge");
 
 /// The binary with a clean QUBS_BRIDGE environment.
-fn bridge() -> Command {
+pub(crate) fn bridge() -> Command {
     let mut cmd = Command::new(BIN);
     for (k, _) in std::env::vars() {
         if k.starts_with("QUBS_BRIDGE") || k == "RUST_LOG" || k == "QUBS_SIMULATOR_CLIENT_SECRET" {
@@ -18,13 +18,13 @@ fn bridge() -> Command {
     cmd
 }
 
-fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("bridge.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
 
-const VALID: &str = r#"
+pub(crate) const VALID: &str = r#"
 [qubs]
 base_url = "https://qubs.example.test/integrations/v1"
 token_url = "https://auth.example.test/oauth2/token"
@@ -178,7 +178,7 @@ fn serve_refuses_to_start_on_bad_configuration() {
 }
 
 /// Reads the child's stdout up to the line containing `marker`; returns the lines read.
-fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
+pub(crate) fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
     let stdout = child.stdout.as_mut().unwrap();
     let mut reader = BufReader::new(stdout);
     let mut lines = Vec::new();
@@ -196,7 +196,7 @@ fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
 }
 
 /// The last word of the first line containing `marker`.
-fn last_word(lines: &[String], marker: &str) -> String {
+pub(crate) fn last_word(lines: &[String], marker: &str) -> String {
     lines
         .iter()
         .find(|l| l.contains(marker))
@@ -205,7 +205,7 @@ fn last_word(lines: &[String], marker: &str) -> String {
         .to_string()
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -214,7 +214,7 @@ fn sigterm(child: &Child) {
     assert!(ok);
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -312,7 +312,7 @@ fn the_standalone_simulator_prints_working_credentials() {
 }
 
 /// Runs a CLI client command against `server` with the demo token.
-fn client(server: &str, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn client(server: &str, args: &[&str]) -> (bool, String, String) {
     let out = bridge()
         .args(args)
         .env("QUBS_BRIDGE_SERVER", server)
@@ -324,6 +324,42 @@ fn client(server: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// `serve --demo` on free loopback ports; stopped (SIGTERM) when dropped.
+pub(crate) struct Demo {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`, the gRPC API.
+    pub server: String,
+    /// `127.0.0.1:PORT`, the MLLP listener for results.
+    pub mllp: String,
+}
+
+impl Demo {
+    pub fn start() -> Demo {
+        let mut child = bridge()
+            .args(["serve", "--demo", "--feed-to", "127.0.0.1:9"])
+            .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("QUBS_BRIDGE__SERVER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("QUBS_BRIDGE__MLLP__LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = read_until(&mut child, "admin endpoint");
+        Demo {
+            server: format!("http://{}", last_word(&lines, "gRPC API on")),
+            mllp: last_word(&lines, "MLLP listener"),
+            child,
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        sigterm(&self.child);
+        wait_exit(&mut self.child, Duration::from_secs(20));
+    }
 }
 
 #[test]
@@ -343,10 +379,14 @@ fn the_cli_client_reads_the_demo_orders_over_grpc() {
     let (ok, out, err) = client(&server, &["orders", "list", "--page-size", "5"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("APPOINTMENT"), "{out}");
-    assert!(
-        out.contains("PENDING REPORTING") && out.contains("next page: --page-token"),
-        "{out}"
+    assert_eq!(
+        out.lines().count(),
+        6,
+        "a header and a row per order: {out}"
     );
+    assert!(out.contains("PENDING REPORTING"), "{out}");
+    // Where the page ends is a note: stdout holds only orders.
+    assert!(err.contains("5 orders; next page: --page-token"), "{err}");
 
     let (ok, out, err) = client(
         &server,
@@ -405,7 +445,7 @@ fn the_cli_client_reads_the_demo_orders_over_grpc() {
     );
     assert!(!ok);
     assert!(
-        out.starts_with("AE  ERR||OBR^1^25|207^Application internal error^HL70357|E||||appointment A100001 already has a final report"),
+        out.starts_with(&format!("AE  {}  ERR||OBR^1^25|207^Application internal error^HL70357|E||||appointment A100001 already has a final report", prelim.display())),
         "{out}"
     );
     let (ok, out, err) = client(&server, &["outbox", "list"]);
@@ -414,7 +454,7 @@ fn the_cli_client_reads_the_demo_orders_over_grpc() {
         out.contains("submitted") && out.contains("A100001"),
         "{out}"
     );
-    assert!(out.contains("outbox: 0 pending"), "{out}");
+    assert!(err.contains("outbox: 0 pending"), "{err}");
 
     let text = dir.path().join("report.txt");
     std::fs::write(&text, "Addendum: no change.").unwrap();
@@ -439,7 +479,7 @@ fn the_cli_client_reads_the_demo_orders_over_grpc() {
 
     let (ok, _, err) = client(&server, &["orders", "list", "--domain", "globex"]);
     assert!(!ok);
-    assert!(err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
 
     let out = bridge()
         .args(["orders", "list"])
@@ -447,7 +487,7 @@ fn the_cli_client_reads_the_demo_orders_over_grpc() {
         .env("QUBS_BRIDGE_TOKEN", "wrong")
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"));
 
     sigterm(&child);
     assert_eq!(
@@ -551,14 +591,89 @@ fn mapping_tools_check_test_and_map() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // stdout is the message alone, as sent (CR between segments); the notes are on stderr.
     assert!(stdout.starts_with("MSH|^~\\&|"), "{stdout}");
-    assert!(stdout.contains("# mapping orm_o01 (sha256:"), "{stdout}");
-    assert!(stdout.contains("# unmapped values"), "{stdout}");
+    assert!(
+        !stdout.contains('\n') && !stdout.contains('#'),
+        "{stdout:?}"
+    );
+    let segments: Vec<&str> = stdout.split_terminator('\r').collect();
+    assert_eq!(segments.first().map(|s| &s[..3]), Some("MSH"));
+    assert!(segments.iter().any(|s| s.starts_with("OBR|")), "{stdout:?}");
+    assert!(stderr.contains("mapping orm_o01 (sha256:"), "{stderr}");
+    assert!(stderr.contains("unmapped values: none"), "{stderr}");
+    assert!(stderr.contains("input fields no rule read:"), "{stderr}");
+
+    // `--lf` for reading; `--format json` one envelope with the same message.
+    let map_json = bridge()
+        .args([
+            "map",
+            "--mapping",
+            "orm_o01",
+            "--input",
+            "mappings/tests/order-routine-ct/order.json",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(map_json.status.success());
+    let envelope: serde_json::Value = serde_json::from_slice(&map_json.stdout).unwrap();
+    assert_eq!(envelope["mapping"], "orm_o01");
+    assert!(
+        envelope["mappingSetVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let er7 = envelope["output"].as_str().unwrap();
+    assert_eq!(
+        er7.split_terminator('\r').count(),
+        segments.len(),
+        "{er7:?}"
+    );
+    assert_eq!(envelope["unmapped"], serde_json::json!([]));
+    assert!(
+        envelope["unreadFields"].as_array().unwrap().len() > 3,
+        "{envelope}"
+    );
+    assert_eq!(envelope["errors"], serde_json::json!([]));
+    let lf = bridge()
+        .args([
+            "map",
+            "--mapping",
+            "orm_o01",
+            "--input",
+            "mappings/tests/order-routine-ct/order.json",
+            "--lf",
+        ])
+        .output()
+        .unwrap();
+    let lf = String::from_utf8_lossy(&lf.stdout);
+    assert!(!lf.contains('\r'), "{lf:?}");
+    assert_eq!(lf.lines().count(), segments.len(), "{lf}");
+
+    // A mapping that fails: the envelope carries the error, the status says it failed.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("order.json");
+    std::fs::write(&bad, r#"{"appointment": {}}"#).unwrap();
+    let failed = bridge()
+        .args(["map", "--mapping", "orm_o01", "--format", "json", "--input"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let envelope: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(envelope["output"], serde_json::Value::Null);
+    assert!(
+        envelope["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("required"),
+        "{envelope}"
+    );
 
     let out = bridge()
         .args([
@@ -578,10 +693,8 @@ fn mapping_tools_check_test_and_map() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("\"reportedAtUtc\": \"2026-11-26T22:30:00Z\""),
-        "{stdout}"
-    );
+    let submissions: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(submissions[0]["reportedAtUtc"], "2026-11-26T22:30:00Z");
 }
 
 #[test]
@@ -589,15 +702,15 @@ fn the_demo_feed_arrives_at_mllp_listen_and_feed_status_shows_it() {
     let mut listener = bridge()
         .args(["mllp", "listen", "--port", "0", "--print", "--count", "3"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = read_until(&mut listener, "MLLP receiver listening on");
-    let addr = lines
-        .iter()
-        .find_map(|l| l.split_whitespace().nth(4))
-        .unwrap()
-        .to_string();
+    // Its status lines are on stderr; stdout has only the messages.
+    let mut notes = BufReader::new(listener.stderr.take().unwrap());
+    let mut banner = String::new();
+    notes.read_line(&mut banner).unwrap();
+    assert!(banner.starts_with("MLLP receiver listening on"), "{banner}");
+    let addr = banner.split_whitespace().nth(4).unwrap().to_string();
     let mut child = bridge()
         .args(["serve", "--demo", "--feed-to", &addr])
         .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
@@ -626,7 +739,9 @@ fn the_demo_feed_arrives_at_mllp_listen_and_feed_status_shows_it() {
         printed.contains("    PID|1||"),
         "--print shows the message: {printed}"
     );
-    assert!(printed.contains("3 message(s) received"), "{printed}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut notes, &mut rest).unwrap();
+    assert!(rest.contains("3 message(s) received"), "{rest}");
 
     let (ok, out, err) = client(&server, &["feed", "status"]);
     assert!(ok, "{err}");

@@ -7,9 +7,9 @@ mod common;
 
 mod ack_conformance;
 mod ack_versions;
-mod ack_versions;
 mod bad_input;
 mod cli;
+mod cli_scripting;
 mod crash_recovery;
 mod feed;
 mod fuzz_regressions;
