@@ -136,9 +136,14 @@ impl std::fmt::Display for CallFailed {
             )?,
             code => write!(f, "{}: {message}", code_name(code))?,
         }
+        // The ids support needs, unless the message already carries them.
+        let mut said = message.to_string();
         for key in ["qubs-request-id", "x-correlation-id"] {
-            if let Some(v) = status.metadata().get(key).and_then(|v| v.to_str().ok()) {
+            if let Some(v) = status.metadata().get(key).and_then(|v| v.to_str().ok())
+                && !said.contains(v)
+            {
                 write!(f, " [{key} {v}]")?;
+                said.push_str(v);
             }
         }
         Ok(())

@@ -333,6 +333,8 @@ pub(crate) struct Demo {
     pub server: String,
     /// `127.0.0.1:PORT`, the MLLP listener for results.
     pub mllp: String,
+    /// `http://127.0.0.1:PORT`, the embedded simulator (its `/_simulator/` control endpoints).
+    pub simulator: String,
 }
 
 impl Demo {
@@ -342,14 +344,27 @@ impl Demo {
             .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("QUBS_BRIDGE__SERVER__GRPC_LISTEN", "127.0.0.1:0")
             .env("QUBS_BRIDGE__MLLP__LISTEN", "127.0.0.1:0")
+            // A QUBS that fails (tests inject faults) answers after two attempts, not eight.
+            .env("QUBS_BRIDGE__QUBS__RETRY__MAX_ATTEMPTS", "2")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let lines = read_until(&mut child, "admin endpoint");
+        let simulator = lines
+            .iter()
+            .find_map(|l| {
+                l.split_once("simulator at ")?
+                    .1
+                    .split("/integrations")
+                    .next()
+            })
+            .unwrap()
+            .to_string();
         Demo {
             server: format!("http://{}", last_word(&lines, "gRPC API on")),
             mllp: last_word(&lines, "MLLP listener"),
+            simulator,
             child,
         }
     }

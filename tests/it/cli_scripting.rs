@@ -216,7 +216,7 @@ fn a_reader_that_stops_early_stops_a_long_stream() {
     );
 }
 
-/// Each `: `-separated part of an error line appears once.
+/// Each `: `-separated part of an error line appears once, and so does each id in it.
 fn said_once(line: &str) {
     let parts: Vec<&str> = line.split(": ").collect();
     for (i, p) in parts.iter().enumerate() {
@@ -224,6 +224,12 @@ fn said_once(line: &str) {
             !parts[i + 1..].contains(p),
             "`{p}` is said twice in {line:?}"
         );
+    }
+    for word in line.split([' ', '[', ']', '(', ')']) {
+        // UUIDs: correlation and request ids.
+        if word.len() == 36 && word.matches('-').count() == 4 {
+            assert_eq!(line.matches(word).count(), 1, "{word} twice in {line:?}");
+        }
     }
 }
 
@@ -280,6 +286,22 @@ fn errors_are_one_line_said_once_with_an_exit_status_for_scripts() {
     let (code, _, err) = run(client_of(&demo).args(["orders", "list", "--domain", "globex"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("error: PERMISSION_DENIED: "), "{err}");
+    // QUBS unreachable behind the bridge (UNAVAILABLE): retryable, like the bridge itself.
+    let fault = serde_json::json!({
+        "path_contains": "/appointments/A100004",
+        "fault": {"kind": "drop_connection"},
+    });
+    let added = reqwest::blocking::Client::new()
+        .post(format!("{}/_simulator/faults", demo.simulator))
+        .json(&fault)
+        .send()
+        .unwrap();
+    assert!(added.status().is_success());
+    let (code, _, err) = run(client_of(&demo).args(["orders", "get", "A100004"]));
+    assert_eq!(code, 69, "{err}");
+    assert!(err.starts_with("error: UNAVAILABLE: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    said_once(err.trim());
     let (code, _, err) = run(client_of(&demo).args(["orders", "get", "NOSUCH1"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
