@@ -105,6 +105,26 @@ pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
     })
 }
 
+/// A safety net under the rule that commands write through `output` and return write errors:
+/// a `print!` anywhere (a new command, a library) that meets a closed stdout panics with
+/// "failed printing to stdout"; that panic ends the command as [`finish`] would, quietly with
+/// status 0. Every other panic keeps the default report.
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 /// The error and its causes on one line, each said once: a cause whose text its parent
 /// already shows (many libraries print their source inside their own message) is left out.
 pub fn render(e: &anyhow::Error) -> String {

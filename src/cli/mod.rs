@@ -112,6 +112,7 @@ pub fn command() -> clap::Command {
 
 /// Parses the command line and runs the chosen command.
 pub fn main() -> ExitCode {
+    exit::quiet_on_closed_stdout();
     // Usage errors exit 2 here (clap), `--help` and `--version` 0.
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
