@@ -147,7 +147,7 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
                 config,
             };
             let inbound = if kind == InputKind::Oru {
-                set.map_oru_with(&name, &text, &ctx)?
+                set.map_oru_bytes_with(&name, &bytes, &ctx)?
             } else {
                 let v: Value = serde_json::from_str(&text)
                     .with_context(|| format!("{} is not JSON", args.input.display()))?;
