@@ -15,7 +15,7 @@
 //!
 //! | field | what |
 //! |---|---|
-//! | `read.text` | the report text: the first `text/plain` presentedForm with data, else the first `text/html` / `application/xhtml(+xml)` one as plain text |
+//! | `read.text` | the report text: the first `text/plain` presentedForm with data (trailing whitespace dropped), else the first `text/html` / `application/xhtml(+xml)` one as plain text |
 //! | `read.textSource` | where `read.text` came from, e.g. `presentedForm[1] (text/html)` |
 //! | `read.conclusionNotInText` | `conclusion`, when there is a `read.text` that does not already contain it (case and spacing ignored) |
 //! | `read.pdfCount` | how many `application/pdf` presentedForms carry data (each becomes a report attachment) |
@@ -243,7 +243,9 @@ fn presented_text(
             reason,
         })?
     } else {
-        text
+        // Trailing line breaks are not content (and would double before an appended
+        // conclusion).
+        text.trim_end().to_string()
     };
     Ok(Some((text, format!("{element} ({mime})"))))
 }

@@ -836,7 +836,7 @@ fn dr_json(appointment: &str, conclusion: &str) -> String {
         "status": "final",
         "code": {"text": "CT"},
         "subject": {"display": PATIENT_TEXT},
-        "basedOn": [{"identifier": {"value": appointment}}],
+        "basedOn": [{"identifier": {"system": "urn:qubs:appointment", "value": appointment}}],
         "conclusion": conclusion,
     })
     .to_string()
