@@ -13,9 +13,66 @@ use html2text::render::TextDecorator;
 /// No line is wrapped below this many columns: reports keep their own line breaks.
 const NO_WRAP: usize = 1_000_000;
 
+/// Deepest element nesting taken. Real reports nest a few dozen levels; html2text's time
+/// grows with the square of the depth (10,000 nested `<div>` took 3 s, 100,000 over two
+/// minutes, measured in release), so a hostile document is refused before it is parsed.
+pub const MAX_DEPTH: usize = 500;
+
+/// Elements that never hold others, or whose end tag may be left out (`<p>`, `<li>`…):
+/// not counted as nesting, so sloppy but ordinary HTML is never refused.
+const NOT_NESTING: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "thead", "tbody", "tfoot", "option",
+    "optgroup", "colgroup", "caption", "rt", "rp",
+];
+
+/// An upper bound of the element nesting of `html`, from its tags alone (no parsing).
+fn nesting_depth(html: &str) -> usize {
+    let b = html.as_bytes();
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    while let Some(p) = memchr::memchr(b'<', &b[i..]) {
+        i += p + 1;
+        let closing = b.get(i) == Some(&b'/');
+        let start = i + usize::from(closing);
+        if b[start..].starts_with(b"!--") {
+            i = match memchr::memmem::find(&b[start..], b"-->") {
+                Some(e) => start + e + 3,
+                None => b.len(),
+            };
+            continue;
+        }
+        let len = b[start..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .count();
+        if len == 0 {
+            continue;
+        }
+        let name = html[start..start + len].to_ascii_lowercase();
+        let end = memchr::memchr(b'>', &b[start..]).map_or(b.len(), |e| start + e);
+        let self_closing = end > 0 && b.get(end - 1) == Some(&b'/');
+        if NOT_NESTING.contains(&name.as_str()) || self_closing {
+            continue;
+        }
+        if closing {
+            depth = depth.saturating_sub(1);
+        } else {
+            depth += 1;
+            max = max.max(depth);
+        }
+    }
+    max
+}
+
 /// The readable text of an HTML or XHTML document or fragment. Lines lose trailing
 /// spaces, and leading and trailing blank lines are dropped.
 pub fn to_plain_text(html: &str) -> Result<String, String> {
+    let depth = nesting_depth(html);
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the HTML nests elements {depth} deep; at most {MAX_DEPTH} are read (send the report as text/plain)"
+        ));
+    }
     let text = html2text::config::with_decorator(ReportText)
         .no_table_borders()
         .string_from_read(html.as_bytes(), NO_WRAP)
@@ -109,6 +166,20 @@ mod tests {
             "CT CHEST\n\nFindings: no embolus & no effusion; size <4 mm – oké.\n\n\
              Second\nline.\n- one\n- two\n1. first\n\nlink text"
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = "<div>".repeat(MAX_DEPTH + 1) + "x";
+        let e = to_plain_text(&deep).unwrap_err();
+        assert!(e.contains("501 deep"), "{e}");
+        // Unclosed paragraphs and list items, comments and void elements are not nesting.
+        let sloppy = "<ul>".to_string()
+            + &"<li><p>item<br><img src=x/><!-- <div> -->".repeat(5000)
+            + "</ul>";
+        assert_eq!(nesting_depth(&sloppy), 1);
+        assert!(to_plain_text(&sloppy).is_ok());
+        assert_eq!(nesting_depth("<div><span>a</span><DIV>b</DIV></div>"), 2);
     }
 
     #[test]
