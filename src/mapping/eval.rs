@@ -483,7 +483,17 @@ pub fn describe_chain(alts: &[Alt]) -> String {
                 let at = at.to_string();
                 format!("{seg}[{}]{}", tests.join(" and "), &at[3..])
             }
-            Alt::Template(_) => "a template".to_string(),
+            Alt::Template(parts) => {
+                // The placeholders are what was looked for; the literal text is not.
+                let inner: Vec<String> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Value(alts) => Some(format!("{{{}}}", describe_chain(alts))),
+                        Part::Text(_) => None,
+                    })
+                    .collect();
+                format!("template {}", inner.join(" "))
+            }
             Alt::Index => "$index".to_string(),
         }
     };
