@@ -329,7 +329,7 @@ fn run_mapping(
                 config,
             };
             let inbound = if kind == InputKind::Oru {
-                set.map_oru_with(name, &text, &ctx)?
+                set.map_oru_bytes_with(name, bytes, &ctx)?
             } else {
                 let v: Value = serde_json::from_str(&text).map_err(|e| {
                     usage(format!("--input {} is not JSON: {e}", args.input.display()))

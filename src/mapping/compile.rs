@@ -404,6 +404,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         InputKind::DiagnosticReport => {
             cx.known = ["site", "config", "domain", "resource"]
                 .iter()
+                .chain(super::fhir_report::READ_FIELDS)
                 .map(|s| s.to_string())
                 .collect();
             cx.open = vec!["site".into(), "config".into()];
@@ -1444,15 +1445,16 @@ fn check_alt(cx: &mut Cx, a: &Alt, pos: Pos, aliases: &[(String, String)]) {
             {
                 cx.err(pos, format!("{seg}-{} does not exist in any supported HL7 version ({seg} has at most {max} fields)", h.path.field), format!("use {seg}-1 to {seg}-{max}"));
             }
-            if let Some((f, _, _)) = &h.filter
-                && let Some(max) = hl7::max_field_count(seg)
-                && *f > max
-            {
-                cx.err(
-                    pos,
-                    format!("{seg}-{f} in the segment filter does not exist"),
-                    "",
-                );
+            for (f, _, _) in &h.filter {
+                if let Some(max) = hl7::max_field_count(seg)
+                    && *f > max
+                {
+                    cx.err(
+                        pos,
+                        format!("{seg}-{f} in the segment filter does not exist"),
+                        "",
+                    );
+                }
             }
             cx.reads.push(h.path.to_string());
         }
@@ -1619,6 +1621,25 @@ fn filters_of(cx: &mut Cx, n: Option<&Node>, many: &mut bool) -> Vec<Filter> {
                 no_arg(cx, Filter::First)
             }
             "base64_decode" => no_arg(cx, Filter::Base64Decode),
+            "rank" => {
+                *many = false;
+                let order: Vec<String> = match arg.map(|a| &a.kind) {
+                    Some(Kind::Seq(items)) => {
+                        items.iter().filter_map(|i| i.scalar_text()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                if order.is_empty() {
+                    cx.err(
+                        pos,
+                        "filter `rank` needs a list of values, first ranked first",
+                        "e.g. `{rank: [preliminary, final]}`",
+                    );
+                    None
+                } else {
+                    Some(Filter::Rank(order))
+                }
+            }
             "default" => text_arg(cx).map(Filter::Default),
             "prefix" => text_arg(cx).map(Filter::Prefix),
             "suffix" => text_arg(cx).map(Filter::Suffix),

@@ -168,14 +168,17 @@ impl<'a> Env<'a> {
                 let segs = scope.segments_with_id(&h.path.segment);
                 let mut n = 0u16;
                 for seg in segs {
-                    if let Some((f, op, values)) = &h.filter {
-                        // Compared without copying: escapes are rare in coded fields.
-                        let v = seg.field(*f).map(|raw| {
-                            let first = raw.split(d.repetition as char).next().unwrap_or("");
-                            let comp = first.split(d.component as char).next().unwrap_or("");
-                            unescape(comp, &d)
+                    if !h.filter.is_empty() {
+                        let pass = h.filter.iter().all(|(f, op, values)| {
+                            // Compared without copying: escapes are rare in coded fields.
+                            let v = seg.field(*f).map(|raw| {
+                                let first = raw.split(d.repetition as char).next().unwrap_or("");
+                                let comp = first.split(d.component as char).next().unwrap_or("");
+                                unescape(comp.trim(), &d)
+                            });
+                            op.test(v.as_deref(), values)
                         });
-                        if !op.test(v.as_deref(), values) {
+                        if !pass {
                             continue;
                         }
                     } else {
@@ -187,9 +190,14 @@ impl<'a> Env<'a> {
                         }
                     }
                     let field_level = h.path.component.is_none();
+                    let coded = field_level && is_coded_obx5(&seg, h.path.field, &d);
                     let mut found = false;
                     seg.visit(&h.path, &mut |raw| {
                         found = true;
+                        if coded {
+                            out.push(coded_text(raw, &d));
+                            return;
+                        }
                         let has_reps = raw.as_bytes().contains(&d.repetition);
                         out.push(if field_level && h.path.repetition.is_none() && has_reps {
                             // Repetitions of a text field are lines.
@@ -315,6 +323,10 @@ impl<'a> Env<'a> {
             v = filters::apply(f, v, &mut env).map_err(|e| match e {
                 FilterError::Required => MapError::Required {
                     rule: rule.at.to_string(),
+                    sources: match &rule.source {
+                        Some(Source::Chain(alts)) => describe_chain(alts),
+                        _ => String::new(),
+                    },
                 },
                 FilterError::Unmapped(table) => MapError::Unmapped {
                     rule: rule.at.to_string(),
@@ -427,6 +439,99 @@ fn type_err(rule: &Rule, what: &str) -> MapError {
         rule: rule.at.to_string(),
         reason: format!("the value is not {what}"),
     }
+}
+
+/// A source chain as an analyst would write it (`OBR-25 | OBX[OBX-11 not in (W, D)]-11`),
+/// for error messages: paths only, never values.
+pub fn describe_chain(alts: &[Alt]) -> String {
+    let values = |v: &[String]| v.join(", ");
+    let op_text = |op: &super::spec::Op, v: &[String]| match op {
+        super::spec::Op::Eq => format!("= {}", values(v)),
+        super::spec::Op::Ne => format!("!= {}", values(v)),
+        super::spec::Op::In => format!("in ({})", values(v)),
+        super::spec::Op::NotIn => format!("not in ({})", values(v)),
+    };
+    let one = |a: &Alt| -> String {
+        match a {
+            Alt::Json(p) => {
+                let mut s = p.root.clone();
+                for st in &p.steps {
+                    match st {
+                        Step::Key(k) => {
+                            s.push('.');
+                            s.push_str(k);
+                        }
+                        Step::Index(i) => s.push_str(&format!("[{i}]")),
+                        Step::All => s.push_str("[*]"),
+                        Step::Filter { field, op, values } => {
+                            s.push_str(&format!("[{field} {}]", op_text(op, values)))
+                        }
+                    }
+                }
+                s
+            }
+            Alt::Hl7(h) if h.filter.is_empty() => h.path.to_string(),
+            Alt::Hl7(h) => {
+                let seg = h.path.segment_id();
+                let tests: Vec<String> = h
+                    .filter
+                    .iter()
+                    .map(|(f, op, v)| format!("{seg}-{f} {}", op_text(op, v)))
+                    .collect();
+                let mut at = h.path.clone();
+                at.occurrence = er7::Index::Nth(1);
+                let at = at.to_string();
+                format!("{seg}[{}]{}", tests.join(" and "), &at[3..])
+            }
+            Alt::Template(parts) => {
+                // The placeholders are what was looked for; the literal text is not.
+                let inner: Vec<String> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Value(alts) => Some(format!("{{{}}}", describe_chain(alts))),
+                        Part::Text(_) => None,
+                    })
+                    .collect();
+                format!("template {}", inner.join(" "))
+            }
+            Alt::Index => "$index".to_string(),
+        }
+    };
+    alts.iter().map(one).collect::<Vec<_>>().join(" | ")
+}
+
+/// Whether `field` of `seg` is an OBX-5 holding a coded value (OBX-2 CE, CWE, CNE or CF):
+/// such a value is read as its text, not as `code^text^system`.
+fn is_coded_obx5(seg: &er7::Segment<'_>, field: u16, d: &Delimiters) -> bool {
+    if seg.id() != "OBX" || field != 5 {
+        return false;
+    }
+    let value_type = seg
+        .field(2)
+        .and_then(|t| t.split(d.component as char).next())
+        .unwrap_or("")
+        .trim();
+    ["CE", "CWE", "CNE", "CF"]
+        .iter()
+        .any(|t| value_type.eq_ignore_ascii_case(t))
+}
+
+/// The text of a coded value (CE/CWE/CNE), one line per repetition: the text (component
+/// 2), else the alternate text (5), else the original text (CWE-9), else the code (1).
+fn coded_text(raw: &str, d: &Delimiters) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for rep in raw.split(d.repetition as char) {
+        let parts: Vec<&str> = rep.split(d.component as char).collect();
+        let text = [2, 5, 9, 1]
+            .iter()
+            .filter_map(|&c| parts.get(c - 1))
+            .map(|p| unescape(p.trim(), d))
+            .find(|t| !t.is_empty());
+        if let Some(t) = text {
+            lines.push(t.into_owned());
+        }
+    }
+    lines.join("\n")
 }
 
 /// Text of a scalar JSON value; `None` for null, objects and arrays.

@@ -151,8 +151,11 @@ pub enum Filter {
     Join(String),
     /// Split one value on a separator.
     Split(String),
-    /// Keep the first of several values.
+    /// Keep the first present (non-empty) of several values.
     First,
+    /// Of several values, keep the one listed earliest here (`{rank: [preliminary, final]}`:
+    /// preliminary if any is); values not listed rank after all listed ones.
+    Rank(Vec<String>),
     /// Site-local `yyyy-MM-dd[ T]HH:mm[:ss]` (or a date) → the given form.
     SiteTime(TimeOut),
     /// An ISO instant or offset date-time (no offset = UTC) → the given form.
@@ -183,6 +186,7 @@ pub const NAMES: &[&str] = &[
     "join",
     "split",
     "first",
+    "rank",
     "site_time",
     "instant",
     "hl7_time",
@@ -245,7 +249,19 @@ pub fn apply(f: &Filter, v: Val, env: &mut FilterEnv<'_>) -> Result<Val, FilterE
             other => other,
         },
         Filter::First => match v {
-            Val::Many(items) => items.into_iter().next().map_or(Val::None, Val::One),
+            Val::Many(items) => items
+                .into_iter()
+                .find(|s| !s.is_empty())
+                .map_or(Val::None, Val::One),
+            other => other,
+        },
+        Filter::Rank(order) => match v {
+            Val::Many(items) => items
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .enumerate()
+                .min_by_key(|(i, s)| (order.iter().position(|o| o == s).unwrap_or(order.len()), *i))
+                .map_or(Val::None, |(_, s)| Val::One(s)),
             other => other,
         },
         _ => match v {
@@ -351,7 +367,8 @@ fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterE
         | Filter::Default(_)
         | Filter::Join(_)
         | Filter::Split(_)
-        | Filter::First => unreachable!("list-level filters are handled in apply"),
+        | Filter::First
+        | Filter::Rank(_) => unreachable!("list-level filters are handled in apply"),
     })
 }
 
@@ -516,12 +533,18 @@ fn name_part(s: &str, part: NamePart) -> String {
 }
 
 fn hl7_name(s: &str, kind: Hl7NameKind, d: &Delimiters) -> String {
-    let sep = if s.contains(d.component as char) {
-        d.component as char
+    let (component, sub) = (d.component as char, d.subcomponent as char);
+    let first = s.split(component).next().unwrap_or("");
+    let mut parts: Vec<&str> = if kind == Hl7NameKind::Xcn && first.contains(sub) {
+        // NDL / CNN (OBR-32 to OBR-35): `id&family&given&…` in the first component.
+        first.split(sub).map(str::trim).collect()
     } else {
-        d.subcomponent as char
+        // XCN / XPN: one component per part; a family name's own sub-components (FN:
+        // surname&prefix&…) give the surname.
+        s.split(component)
+            .map(|c| c.split(sub).next().unwrap_or("").trim())
+            .collect()
     };
-    let mut parts: Vec<&str> = s.split(sep).map(str::trim).collect();
     if kind == Hl7NameKind::Xcn && !parts.is_empty() {
         parts.remove(0);
     }
@@ -670,6 +693,26 @@ mod tests {
             run(Filter::Hl7Name(Hl7NameKind::Xpn), "Doe^Jane^T", None).unwrap(),
             Val::One("Jane T Doe".into())
         );
+        // OBR-32 in both layouts: NDL (sub-components, with more components after) and
+        // XCN-style components.
+        assert_eq!(
+            run(
+                Filter::Hl7Name(Hl7NameKind::Xcn),
+                "3312874B&Súilleabháin&Tomás&&&Dr^20260101^^^RAD",
+                None
+            )
+            .unwrap(),
+            Val::One("Dr Tomás Súilleabháin".into())
+        );
+        assert_eq!(
+            run(
+                Filter::Hl7Name(Hl7NameKind::Xcn),
+                "1730152098^WILLIAMS^SARAH^K^^DR^MD^^NPI",
+                None
+            )
+            .unwrap(),
+            Val::One("DR SARAH K WILLIAMS".into())
+        );
     }
 
     #[test]
@@ -720,6 +763,25 @@ mod tests {
         assert_eq!(
             apply(&Filter::First, v, &mut e).unwrap(),
             Val::One("a".into())
+        );
+        let gaps = Val::Many(vec!["".into(), "b".into()]);
+        assert_eq!(
+            apply(&Filter::First, gaps, &mut e).unwrap(),
+            Val::One("b".into())
+        );
+        let rank = Filter::Rank(vec!["preliminary".into(), "final".into()]);
+        let statuses = |v: &[&str]| Val::Many(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            apply(&rank, statuses(&["final", "", "preliminary"]), &mut e).unwrap(),
+            Val::One("preliminary".into())
+        );
+        assert_eq!(
+            apply(&rank, statuses(&["final", "final"]), &mut e).unwrap(),
+            Val::One("final".into())
+        );
+        assert_eq!(
+            apply(&rank, statuses(&["", ""]), &mut e).unwrap(),
+            Val::None
         );
         assert_eq!(
             apply(&Filter::Required, Val::One(String::new()), &mut e),

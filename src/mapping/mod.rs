@@ -19,9 +19,11 @@
 pub mod compile;
 pub mod eval;
 pub mod fhir;
+pub mod fhir_report;
 pub mod filters;
 pub mod golden;
 pub mod hl7;
+pub mod html_text;
 pub mod inbound;
 pub mod spec;
 pub mod yaml;
@@ -160,10 +162,13 @@ pub enum MapError {
     #[error("mapping `{0}` does not read this kind of input")]
     WrongInput(String),
     /// A `required` filter found nothing.
-    #[error("{rule}: required value is missing")]
+    #[error("{rule}: required value is missing{}", looked_at(.sources))]
     Required {
         /// The rule.
         rule: String,
+        /// The rule's source as written (`OBR-25 | OBX[…]-11`), empty for constants: where
+        /// the value was looked for.
+        sources: String,
     },
     /// A code table with `unmapped: error` did not have the value.
     #[error("{rule}: value not in code table `{table}` (its policy is `unmapped: error`)")]
@@ -206,6 +211,14 @@ pub enum MapError {
         /// Rules that wrote the offending part, when they can be told.
         rules: String,
     },
+}
+
+fn looked_at(sources: &str) -> String {
+    if sources.is_empty() {
+        String::new()
+    } else {
+        format!(" (looked at: {sources})")
+    }
 }
 
 /// Options for one outbound mapping run.
@@ -279,7 +292,8 @@ pub struct Inbound {
     pub groups: Vec<Vec<usize>>,
     /// Values code tables did not map.
     pub unmapped: Vec<Unmapped>,
-    /// What the HL7 reader tolerated (wrapped lines, empty segments).
+    /// What the reader tolerated or noticed: for HL7 the character set it fell back to,
+    /// wrapped lines and empty segments; for FHIR presentedForms it could not use. No PHI.
     pub warnings: Vec<String>,
 }
 
@@ -617,6 +631,22 @@ impl MappingSet {
         self.map_oru_with(&m.name.clone(), text, ctx)
     }
 
+    /// Maps an ORU^R01 given as the bytes received, decoded as [`crate::hl7::charset`] says;
+    /// a character-set fallback is the first of the result's warnings.
+    pub fn map_oru_bytes_with(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        ctx: &InboundContext,
+    ) -> Result<Inbound, MapError> {
+        let decoded = crate::hl7::charset::decode(bytes);
+        let mut inbound = self.map_oru_with(name, &decoded.text, ctx)?;
+        if let Some(w) = decoded.warning {
+            inbound.warnings.insert(0, w);
+        }
+        Ok(inbound)
+    }
+
     /// Maps an ORU^R01 with mapping `name`: one submission per ORDER_OBSERVATION group.
     pub fn map_oru_with(
         &self,
@@ -685,7 +715,9 @@ impl MappingSet {
         let Plan::Report { rules } = &m.plan else {
             return Err(MapError::WrongInput(m.name.clone()));
         };
-        let input = context_value(ctx, Some(report));
+        let (read, warnings) = fhir_report::read(report, &ctx.config)?;
+        let mut input = context_value(ctx, Some(report));
+        input["read"] = read;
         let zone = site_zone(input.get("site"))?;
         let mut env = eval::Env::new(&input, zone, &m.tables);
         let mut out = eval::Out::new();
@@ -702,7 +734,7 @@ impl MappingSet {
             submissions: vec![sub],
             groups: vec![vec![0]],
             unmapped: count(env.unmapped),
-            warnings: Vec::new(),
+            warnings,
         })
     }
 }

@@ -372,7 +372,7 @@ fn mllp_cases() -> Vec<MllpCase> {
             "",
         ),
         ack(
-            "invalid UTF-8 in OBX-5 (read as Latin-1)",
+            "invalid UTF-8 in OBX-5 (read as Windows-1252)",
             cat(&[
                 &oru_with(&msh("D4"), "A0006", "F", "M")[..],
                 b"\xfcller \xff",
@@ -836,7 +836,7 @@ fn dr_json(appointment: &str, conclusion: &str) -> String {
         "status": "final",
         "code": {"text": "CT"},
         "subject": {"display": PATIENT_TEXT},
-        "basedOn": [{"identifier": {"value": appointment}}],
+        "basedOn": [{"identifier": {"system": "urn:qubs:appointment", "value": appointment}}],
         "conclusion": conclusion,
     })
     .to_string()

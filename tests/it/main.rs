@@ -19,6 +19,7 @@ mod grpc_results;
 mod grpc_tls;
 mod hl7_roundtrip;
 mod hl7_samples;
+mod inbound_fidelity;
 mod mapping_checks;
 mod mapping_engine;
 mod mapping_golden;

@@ -225,7 +225,14 @@ fn diagnostic_report_input() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("appointmentId") && e.contains("required"), "{e}");
-    dr["identifier"] = serde_json::json!([{"value": "APT-9"}]);
+    // An identifier in another system is not an appointment id; with the placer system it is.
+    dr["identifier"] = serde_json::json!([{"system": "urn:hospital:reports", "value": "R-9"}]);
+    let e = s
+        .map_diagnostic_report(&dr, &InboundContext::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("looked at: read.appointment"), "{e}");
+    dr["identifier"] = serde_json::json!([{"system": "urn:qubs:appointment", "value": "APT-9"}]);
     let r = s
         .map_diagnostic_report(&dr, &InboundContext::default())
         .unwrap();

@@ -6,6 +6,7 @@
 mod common;
 
 mod no_phi_in_feed_logs;
+mod no_phi_in_inbound_reader_logs;
 mod no_phi_in_logs;
 mod no_phi_in_result_logs;
 mod security_logs;
