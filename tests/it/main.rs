@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod crash_recovery;
 mod feed;
+mod fidelity;
 mod fuzz_regressions;
 mod grpc_orders;
 mod grpc_results;
