@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::config::Settings;
-use crate::mapping::{Body, InboundContext, InputKind, MapOptions, MappingSet, golden};
+use crate::mapping::{Body, FieldFate, InboundContext, InputKind, MapOptions, MappingSet, golden};
 
 #[derive(Subcommand)]
 pub enum MappingsCommand {
@@ -25,6 +25,16 @@ pub enum MappingsCommand {
         /// Accept the current outputs as the new expectations.
         #[arg(long)]
         update: bool,
+    },
+    /// For each order mapping, every input field and where it goes: the targets it is
+    /// sent to, or why it is not sent (`not_sent:` in the file), or that nothing reads it.
+    Fields {
+        /// The mapping directory.
+        #[arg(default_value = "mappings")]
+        dir: PathBuf,
+        /// Only this mapping.
+        #[arg(long)]
+        mapping: Option<String>,
     },
 }
 
@@ -66,8 +76,12 @@ pub fn run(command: MappingsCommand) -> anyhow::Result<()> {
                 set.version(),
                 names.join(", ")
             );
+            for w in set.warnings() {
+                println!("{}", w.as_warning());
+            }
             Ok(())
         }
+        MappingsCommand::Fields { dir, mapping } => fields(&load(&dir)?, mapping.as_deref()),
         MappingsCommand::Test { dir, update } => {
             let set = load(&dir)?;
             let report = golden::run(&set, &dir.join("tests"), update)?;
@@ -79,6 +93,41 @@ pub fn run(command: MappingsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `qubs-bridge mappings fields`: what each order mapping does with each input field.
+fn fields(set: &MappingSet, only: Option<&str>) -> anyhow::Result<()> {
+    let names: Vec<String> = match only {
+        Some(n) => {
+            anyhow::ensure!(set.get(n).is_some(), "no mapping `{n}` in the set");
+            vec![n.to_string()]
+        }
+        None => set
+            .names()
+            .filter(|n| set.get(n).is_some_and(|m| m.input == InputKind::Order))
+            .map(str::to_string)
+            .collect(),
+    };
+    let mut unaccounted = 0;
+    for name in names {
+        println!("{name}:");
+        for (field, fate) in set.field_fates(&name).unwrap_or_default() {
+            let what = match fate {
+                FieldFate::Sent(t) => format!("-> {}", t.join(", ")),
+                FieldFate::Used(t) => format!("decides {}", t.join(", ")),
+                FieldFate::NotSent(reason) => format!("not sent: {reason}"),
+                FieldFate::Unaccounted => {
+                    unaccounted += 1;
+                    "NOT READ and not listed under not_sent".to_string()
+                }
+            };
+            println!("  {field:<45} {what}");
+        }
+    }
+    if unaccounted > 0 {
+        println!("{unaccounted} field(s) neither sent nor listed under `not_sent`");
+    }
+    Ok(())
 }
 
 /// `qubs-bridge map`: one input through one mapping, with what an analyst needs to judge it.
