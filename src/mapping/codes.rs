@@ -16,7 +16,18 @@ pub fn is_loinc_system(system: &str) -> bool {
 /// codes (`LP…`, `LA…`, `LL…`, `LG…`) are left alone.
 pub fn check_loinc(code: &str) -> Result<(), String> {
     let c = code.trim();
-    if c.starts_with(|ch: char| ch.is_ascii_alphabetic()) {
+    let artefact = ["LA", "LP", "LG", "LL"]
+        .iter()
+        .find_map(|p| c.strip_prefix(p))
+        .is_some_and(|rest| {
+            rest.split_once('-').is_some_and(|(b, d)| {
+                !b.is_empty()
+                    && b.bytes().all(|x| x.is_ascii_digit())
+                    && d.len() == 1
+                    && d.bytes().all(|x| x.is_ascii_digit())
+            })
+        });
+    if artefact {
         return Ok(());
     }
     let Some((body, check)) = c.split_once('-') else {
@@ -117,6 +128,7 @@ mod tests {
         assert!(e.contains("24532-4"), "{e}");
         assert!(check_loinc("24532").is_err());
         assert!(check_loinc("CTPA").is_err());
+        assert!(check_loinc("LPX-1").is_err());
         assert!(is_loinc_system("LN") && is_loinc_system("http://loinc.org"));
         assert!(!is_loinc_system("L"));
     }

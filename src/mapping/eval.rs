@@ -482,14 +482,17 @@ pub fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-/// The input fields a rule reads, for the "required value is missing" message (field
-/// names, never values).
+/// The Order fields a rule reads, for the "required value is missing" message of an
+/// outbound mapping (field names, never values). Inbound rules (HL7 positions, a FHIR
+/// `resource`) name their position in the rule's target and in the ACK already.
 fn required_fields(rule: &Rule) -> String {
     fn names(alts: &[Alt], out: &mut Vec<String>) {
         for a in alts {
             match a {
-                Alt::Json(p) => out.push(p.shape_key().replace("[]", "[…]")),
-                Alt::Hl7(h) => out.push(h.path.to_string()),
+                Alt::Json(p) if p.root != "resource" => {
+                    out.push(p.shape_key().replace("[]", "[…]"))
+                }
+                Alt::Json(_) | Alt::Hl7(_) => {}
                 Alt::Template(parts) => {
                     for p in parts {
                         if let Part::Value(v) = p {
