@@ -507,8 +507,8 @@ fn name_part(s: &str, part: NamePart) -> String {
 ///
 /// An end is never before its start: an end clock time earlier than the start's is on
 /// the next day (an appointment across midnight), and when a start in a DST gap was
-/// shifted forward, the end keeps the booked length (wall-clock end minus wall-clock
-/// start) rather than landing before the shifted start.
+/// shifted forward to or past the end, the end keeps the booked length (wall-clock end
+/// minus wall-clock start) rather than landing on or before the shifted start.
 pub fn site_interval_end(s: &str, zone: &TimeZone) -> Result<Option<ZonedDateTime>, FilterError> {
     let bad = || {
         FilterError::Invalid(
@@ -545,10 +545,10 @@ pub fn site_interval_end(s: &str, zone: &TimeZone) -> Result<Option<ZonedDateTim
     }
     let start = zoned(local_start)?;
     let end = zoned(local_end)?;
-    if end.timestamp() >= start.timestamp() {
+    if end.timestamp() > start.timestamp() || local_end == local_start {
         return Ok(Some(end));
     }
-    // The start fell in a gap and moved forward past the end: keep the booked length.
+    // The start fell in a gap and moved forward to or past the end: keep the booked length.
     let booked = local_start.until(local_end).map_err(|_| bad())?;
     start
         .checked_add(booked)
@@ -688,6 +688,11 @@ mod tests {
         assert_eq!(
             end("2026-10-04T02:30:00/03:10:00").unwrap(),
             "20261004041000+1100"
+        );
+        // Start in the gap, end at the shifted start: the booked hour, not zero minutes.
+        assert_eq!(
+            end("2026-10-04T02:30:00/03:30:00").unwrap(),
+            "20261004043000+1100"
         );
         // Start in the gap, end well after it: converted as it is.
         assert_eq!(

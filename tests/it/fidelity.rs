@@ -191,7 +191,7 @@ fn nonblank(v: &Value, key: &str) -> Option<String> {
 /// The expected start and end of an appointment: site-local date and times in the site's
 /// zone; a time in a DST gap moves forward by the gap, one in an overlap takes the earlier
 /// offset; an end clock time before the start's is the next day, and an end that would
-/// still fall before its (gap-shifted) start keeps the booked length.
+/// fall on or before its (gap-shifted) start keeps the booked length.
 fn expected_times(
     date: &str,
     start: &str,
@@ -215,7 +215,7 @@ fn expected_times(
             .to_ambiguous_zoned_datetime(local_end)
             .compatible()
             .unwrap();
-        if plain.timestamp() >= z_start.timestamp() {
+        if plain.timestamp() > z_start.timestamp() || local_end == local_start {
             plain
         } else {
             let booked = local_start.until(local_end).unwrap();
@@ -745,6 +745,22 @@ fn check_order(
         (Some(z), Some(d), Some(st)) => Some(expected_times(&d, st, end.as_deref(), z)),
         _ => None,
     };
+    if times.is_none() {
+        // No start time: the date alone, and no end anywhere.
+        let date = nonblank(a, "appointmentDate");
+        expect(
+            sr["occurrenceDateTime"].as_str() == date.as_deref(),
+            "SR occurrenceDateTime = the date".into(),
+        );
+        expect(
+            dr["effectiveDateTime"].as_str() == date.as_deref(),
+            "DR effectiveDateTime = the date".into(),
+        );
+        expect(
+            sr.get("occurrencePeriod").is_none() && dr.get("effectivePeriod").is_none(),
+            "no period without a start".into(),
+        );
+    }
     if let Some((zs, ze)) = &times {
         if let Some(ze) = ze {
             expect(
@@ -994,6 +1010,14 @@ fn check_order(
         Er7::get(orc, 7, 6, 1) == hl7_prio && Er7::get(obr, 27, 6, 1) == hl7_prio,
         format!("priority {hl7_prio}"),
     );
+    if times.is_none() {
+        for (seg, f, name) in [(orc, 7, "ORC-7"), (obr, 27, "OBR-27")] {
+            expect(
+                Er7::get(seg, f, 4, 1).is_empty() && Er7::get(seg, f, 5, 1).is_empty(),
+                format!("{name}: no start or end without a start time"),
+            );
+        }
+    }
     if let Some((zs, ze)) = &times {
         for (seg, f, name) in [(orc, 7, "ORC-7"), (obr, 27, "OBR-27")] {
             expect(
