@@ -58,18 +58,68 @@ const PATIENTS: &[(&str, &str)] = &[
     ("Fitzgerald", "Aoife"),
 ];
 
-/// (description, modality, exam code)
-const STUDIES: &[(&str, &str, &str)] = &[
-    ("CT Brain non-contrast", "CT", "CTBRN"),
-    ("MRI Knee Left", "MR", "MRKNL"),
-    ("XR Chest PA/Lateral", "CR", "XRCHE"),
-    ("US Abdomen complete", "US", "USABD"),
-    ("CT Pulmonary Angiogram", "CT", "CTPA"),
-    ("MRI Lumbar Spine", "MR", "MRLSP"),
-    ("Mammogram Bilateral Screening", "MG", "MGBIL"),
-    ("XR Ankle Right 3 views", "CR", "XRANR"),
-    ("CT Abdomen/Pelvis with contrast", "CT", "CTABP"),
-    ("US Thyroid", "US", "USTHY"),
+/// (description, modality, exam code, the clinical question the referrer writes for it)
+const STUDIES: &[(&str, &str, &str, &str)] = &[
+    (
+        "CT Brain non-contrast",
+        "CT",
+        "CTBRN",
+        "Persistent headache 3/52, r/o SOL",
+    ),
+    (
+        "MRI Knee Left",
+        "MR",
+        "MRKNL",
+        "Pain |L| knee ^ swelling ~ hx \\ twisting injury & locking",
+    ),
+    (
+        "XR Chest PA/Lateral",
+        "CR",
+        "XRCHE",
+        "Cough 4/52, ?consolidation",
+    ),
+    (
+        "US Abdomen complete",
+        "US",
+        "USABD",
+        "Deranged LFTs, ?gallstones",
+    ),
+    (
+        "CT Pulmonary Angiogram",
+        "CT",
+        "CTPA",
+        "SOB on exertion. D-dimer raised.",
+    ),
+    (
+        "MRI Lumbar Spine",
+        "MR",
+        "MRLSP",
+        "Lower back pain radiating to L leg; numbness L5 dermatome",
+    ),
+    (
+        "Mammogram Bilateral Screening",
+        "MG",
+        "MGBIL",
+        "Screening. FHx breast Ca (mother, 52).",
+    ),
+    (
+        "XR Ankle Right 3 views",
+        "CR",
+        "XRANR",
+        "Fall from ladder, ?fracture",
+    ),
+    (
+        "CT Abdomen/Pelvis with contrast",
+        "CT",
+        "CTABP",
+        "Abdo pain RIF, fever 38.4 °C, WCC 14",
+    ),
+    (
+        "US Thyroid",
+        "US",
+        "USTHY",
+        "Palpable thyroid nodule — ?MNG",
+    ),
 ];
 
 /// Free-text priorities as QUBS stores them.
@@ -84,19 +134,6 @@ const PRIORITIES: &[&str] = &[
     "Semi-urgent",
     "",
     " routine ",
-];
-
-const CLINICAL: &[&str] = &[
-    "Fall from ladder, ?fracture",
-    "Persistent headache 3/52, r/o SOL",
-    "SOB on exertion. D-dimer raised.",
-    "Pain |L| knee ^ swelling ~ hx \\ twisting injury & locking",
-    "Follow-up of 8 mm nodule RUL (prev. CT 2025-03-01)",
-    "Lower back pain radiating to L leg; numbness L5 dermatome",
-    "",
-    "Screening. FHx breast Ca (mother, 52).",
-    "Abdo pain RIF, fever 38.4 °C, WCC 14",
-    "Palpable thyroid nodule — ?MNG",
 ];
 
 /// A radiologist: user id, (title, given, family), e-mail, provider number. Family names
@@ -247,7 +284,7 @@ pub fn seed_bulk(sim: &Simulator, count: u32) {
 fn appointment(rng: &mut StdRng, n: u32) -> Value {
     let id = format!("A{:06}", 100_000 + n);
     let (family, given) = PATIENTS[n as usize % PATIENTS.len()];
-    let (study, modality, code) = *STUDIES.choose(rng).expect("studies");
+    let (study, modality, code, question) = *STUDIES.choose(rng).expect("studies");
     let (site, _) = SITES[n as usize % SITES.len()];
     // Most are pending reporting; a few are elsewhere in the workflow.
     let status = match n % 12 {
@@ -275,7 +312,13 @@ fn appointment(rng: &mut StdRng, n: u32) -> Value {
         let h: u32 = start[..2].parse().unwrap_or(8);
         format!("{:02}{}", (h + 1) % 24, &start[2..])
     };
-    let mut clinical = CLINICAL[n as usize % CLINICAL.len()].to_string();
+    // The clinical question fits the study; some referrers leave it blank, some type the
+    // HL7 delimiters into it.
+    let mut clinical = match n % 10 {
+        6 => String::new(),
+        3 => format!("{question} | hx ^ prev ~ see \\ & compare"),
+        _ => question.to_string(),
+    };
     if n == 7 {
         // A very long referral letter pasted into the clinical notes, line by line.
         clinical = (0..160)
