@@ -24,10 +24,12 @@
 //!    the hot path, a writer that escapes automatically and builds a correct MSH. [`mllp`] carries
 //!    HL7 over TCP (optionally TLS): the MLLP codec, a listener and a client.
 //! 5. [`mapping`] is the declarative mapping engine: YAML files in `mappings/`, checked at
-//!    load time (every problem with file:line:column), compiled to plans, and evaluated into
-//!    FHIR R4 JSON, HL7 ORM^O01, or (inbound) QUBS report submissions; inbound
-//!    DiagnosticReports are first read by [`mapping::fhir_report`] (presentedForm text,
-//!    HTML as plain text, contained and `ServiceRequest/{id}` references).
+//!    load time (every problem with file:line:column, LOINC check digits included), compiled
+//!    to plans, and evaluated into FHIR R4 JSON (with contained resources), HL7 ORM^O01, or
+//!    (inbound) QUBS report submissions; inbound DiagnosticReports are first read by
+//!    [`mapping::fhir_report`] (presentedForm text, HTML as plain text, contained and
+//!    `ServiceRequest/{id}` references). Each mapping lists the input fields it leaves out,
+//!    with the reason (`qubs-bridge mappings fields`).
 //! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
 //!    authenticated per caller and domain, with health (Check and Watch), reflection
 //!    (v1 and v1alpha) and metrics ([`metrics`]).

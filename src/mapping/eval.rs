@@ -5,7 +5,7 @@ use jiff::tz::TimeZone;
 use serde_json::Value;
 
 use super::MapError;
-use super::compile::{Cond, Rule, Source, Target, Test};
+use super::compile::{Cond, Rule, Source, Stage, Target, Test};
 use super::fhir::{self, Prim, Ty};
 use super::filters::{self, FilterEnv, FilterError, Table, Val};
 use super::hl7::Rep;
@@ -29,6 +29,8 @@ pub struct Env<'a> {
     pub tables: &'a [Table],
     /// Unmapped values seen (table, value).
     pub unmapped: Vec<(String, String)>,
+    /// `$set_id` of the HL7 segment being written.
+    pub set_id: usize,
     bindings: Vec<(&'a str, &'a Value, usize)>,
 }
 
@@ -72,6 +74,7 @@ impl<'a> Env<'a> {
             delims: Delimiters::default(),
             tables,
             unmapped: Vec::new(),
+            set_id: 1,
             bindings: Vec::new(),
         }
     }
@@ -159,6 +162,7 @@ impl<'a> Env<'a> {
                 .bindings
                 .last()
                 .map_or(Val::None, |b| Val::One(b.2.to_string())),
+            Alt::SetId => Val::One(self.set_id.to_string()),
             Alt::Hl7(h) => {
                 let Some(scope) = self.hl7 else {
                     return Val::None;
@@ -272,8 +276,9 @@ impl<'a> Env<'a> {
         alts.iter().any(|a| match a {
             // Objects count as present for `present: true` (e.g. an assigned radiologist).
             Alt::Json(p) => {
+                // A blank string is no value: "present" means there is something to send.
                 let present = |v: &Value| match v {
-                    Value::String(s) => !s.is_empty(),
+                    Value::String(s) => !s.trim().is_empty(),
                     Value::Array(a) => !a.is_empty(),
                     _ => true,
                 };
@@ -296,14 +301,61 @@ impl<'a> Env<'a> {
                 _ => false,
             },
             Test::In(vals) | Test::NotIn(vals) => {
+                let same = |a: &str, b: &str| {
+                    if c.ignore_case {
+                        a.trim().to_lowercase() == b.trim().to_lowercase()
+                    } else {
+                        a == b
+                    }
+                };
                 let hit = match self.chain(&c.chain) {
-                    Val::One(s) => vals.iter().any(|v| v == &s),
-                    Val::Many(items) => items.iter().any(|s| vals.iter().any(|v| v == s)),
+                    Val::One(s) => vals.iter().any(|v| same(v, &s)),
+                    Val::Many(items) => items.iter().any(|s| vals.iter().any(|v| same(v, s))),
                     Val::None => false,
                 };
                 hit == matches!(c.test, Test::In(_))
             }
+            Test::Any(conds) => conds.iter().any(|x| self.test(x)),
+            Test::All(conds) => conds.iter().all(|x| self.test(x)),
+            Test::Not(x) => !self.test(x),
         }
+    }
+
+    /// The first stage whose value, after its own filters, is present.
+    fn stages(&mut self, rule: &'a Rule, stages: &'a [Stage]) -> Result<Val, MapError> {
+        for st in stages {
+            let mut v = self.chain(&st.chain);
+            for f in &st.filters {
+                v = self.filter(rule, f, v)?;
+            }
+            if v.is_present() {
+                return Ok(v);
+            }
+        }
+        Ok(Val::None)
+    }
+
+    fn filter(&mut self, rule: &Rule, f: &filters::Filter, v: Val) -> Result<Val, MapError> {
+        let mut env = FilterEnv {
+            tables: self.tables,
+            zone: self.zone.as_ref(),
+            delimiters: self.delims,
+            unmapped: &mut self.unmapped,
+        };
+        filters::apply(f, v, &mut env).map_err(|e| match e {
+            FilterError::Required => MapError::Required {
+                rule: rule.at.to_string(),
+                sources: rule_sources(rule),
+            },
+            FilterError::Unmapped(table) => MapError::Unmapped {
+                rule: rule.at.to_string(),
+                table,
+            },
+            FilterError::Invalid(reason) => MapError::Value {
+                rule: rule.at.to_string(),
+                reason,
+            },
+        })
     }
 
     /// Source value of a rule after its filters.
@@ -311,32 +363,11 @@ impl<'a> Env<'a> {
         let mut v = match &rule.source {
             Some(Source::Const(c)) => Val::One(c.clone()),
             Some(Source::Chain(alts)) => self.chain(alts),
+            Some(Source::Stages(st)) => self.stages(rule, st)?,
             None => Val::None,
         };
-        let mut env = FilterEnv {
-            tables: self.tables,
-            zone: self.zone.as_ref(),
-            delimiters: self.delims,
-            unmapped: &mut self.unmapped,
-        };
         for f in &rule.filters {
-            v = filters::apply(f, v, &mut env).map_err(|e| match e {
-                FilterError::Required => MapError::Required {
-                    rule: rule.at.to_string(),
-                    sources: match &rule.source {
-                        Some(Source::Chain(alts)) => describe_chain(alts),
-                        _ => String::new(),
-                    },
-                },
-                FilterError::Unmapped(table) => MapError::Unmapped {
-                    rule: rule.at.to_string(),
-                    table,
-                },
-                FilterError::Invalid(reason) => MapError::Value {
-                    rule: rule.at.to_string(),
-                    reason,
-                },
-            })?;
+            v = self.filter(rule, f, v)?;
         }
         Ok(v)
     }
@@ -357,8 +388,16 @@ impl<'a> Env<'a> {
                     None => 0,
                 };
                 let mut k = 0;
-                for (i, item) in items.into_iter().enumerate() {
-                    self.bind(&each.alias, item, i + 1);
+                let mut passed = 0;
+                for item in items {
+                    self.bind(&each.alias, item, passed + 1);
+                    if let Some(w) = &each.filter
+                        && !self.test(w)
+                    {
+                        self.unbind();
+                        continue;
+                    }
+                    passed += 1;
                     out.each.push(base + k);
                     let r = self.run(&each.rules, out);
                     out.each.pop();
@@ -495,6 +534,7 @@ pub fn describe_chain(alts: &[Alt]) -> String {
                 format!("template {}", inner.join(" "))
             }
             Alt::Index => "$index".to_string(),
+            Alt::SetId => "$set_id".to_string(),
         }
     };
     alts.iter().map(one).collect::<Vec<_>>().join(" | ")
@@ -541,5 +581,20 @@ pub fn scalar(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+/// Where a rule looks for its value, as written (`OBR-25 | OBX[…]-11`,
+/// `appointment.patientId`), for the "required value is missing" message: positions and
+/// field names, never values. Empty for constants.
+fn rule_sources(rule: &Rule) -> String {
+    match &rule.source {
+        Some(Source::Chain(alts)) => describe_chain(alts),
+        Some(Source::Stages(stages)) => stages
+            .iter()
+            .map(|s| describe_chain(&s.chain))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        _ => String::new(),
     }
 }

@@ -303,6 +303,9 @@ pub enum Alt {
     Template(Vec<Part>),
     /// `$index`: 1-based number of the current `for_each` item.
     Index,
+    /// `$set_id`: in an HL7 output, 1 + the number of segments with the same id written
+    /// just before this one (the Set ID of NTE, OBX, ... in a group).
+    SetId,
 }
 
 impl Alt {
@@ -311,7 +314,7 @@ impl Alt {
         match self {
             Alt::Json(p) => p.is_many(),
             Alt::Hl7(h) => h.is_many(),
-            Alt::Template(_) | Alt::Index => false,
+            Alt::Template(_) | Alt::Index | Alt::SetId => false,
         }
     }
 }
@@ -330,6 +333,9 @@ pub fn parse_alt(s: &str, hl7: bool) -> Result<Alt, String> {
     let s = s.trim();
     if s == "$index" {
         return Ok(Alt::Index);
+    }
+    if s == "$set_id" {
+        return Ok(Alt::SetId);
     }
     if hl7 && looks_like_hl7(s) {
         return Ok(Alt::Hl7(Hl7Source::parse(s)?));

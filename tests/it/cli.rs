@@ -586,10 +586,15 @@ fn mapping_tools_check_test_and_map() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .position(|l| l.contains("target: intent"))
+        .unwrap()
+        + 1;
     assert!(
-        err.contains(
-            "service_request.yaml:17:13: error: `intnet` is not an element of ServiceRequest"
-        ),
+        err.contains(&format!(
+            "service_request.yaml:{line}:13: error: `intnet` is not an element of ServiceRequest"
+        )),
         "{err}"
     );
     assert!(err.contains("hint: did you mean `priority`?"), "{err}");

@@ -12,6 +12,7 @@ mod cli;
 mod cli_scripting;
 mod crash_recovery;
 mod feed;
+mod fidelity;
 mod fuzz_regressions;
 mod grpc_discovery;
 mod grpc_orders;
