@@ -624,7 +624,8 @@ fn mapping_tools_check_test_and_map() {
     assert!(segments.iter().any(|s| s.starts_with("OBR|")), "{stdout:?}");
     assert!(stderr.contains("mapping orm_o01 (sha256:"), "{stderr}");
     assert!(stderr.contains("unmapped values: none"), "{stderr}");
-    assert!(stderr.contains("input fields no rule read:"), "{stderr}");
+    // The shipped mapping reads every field of this order or lists it under `not_sent`.
+    assert!(!stderr.contains("input fields no rule read:"), "{stderr}");
 
     // `--lf` for reading; `--format json` one envelope with the same message.
     let map_json = bridge()
@@ -655,8 +656,40 @@ fn mapping_tools_check_test_and_map() {
         "{er7:?}"
     );
     assert_eq!(envelope["unmapped"], serde_json::json!([]));
-    assert!(
-        envelope["unreadFields"].as_array().unwrap().len() > 3,
+    // Every field of this order is read or listed under `not_sent`.
+    assert_eq!(
+        envelope["unreadFields"],
+        serde_json::json!([]),
+        "{envelope}"
+    );
+
+    // A field QUBS sends that no rule reads is listed, on stderr and in the envelope.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("order.json");
+    let mut order: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("mappings/tests/order-routine-ct/order.json").unwrap(),
+    )
+    .unwrap();
+    order["appointment"]["referralSource"] = "GP letter".into();
+    std::fs::write(&extra, order.to_string()).unwrap();
+    let out = bridge()
+        .args(["map", "--mapping", "orm_o01", "--input"])
+        .arg(&extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("input fields no rule read:"), "{stderr}");
+    assert!(stderr.contains("appointment.referralSource"), "{stderr}");
+    let out = bridge()
+        .args(["map", "--mapping", "orm_o01", "--format", "json", "--input"])
+        .arg(&extra)
+        .output()
+        .unwrap();
+    let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        envelope["unreadFields"],
+        serde_json::json!(["appointment.referralSource"]),
         "{envelope}"
     );
     assert_eq!(envelope["errors"], serde_json::json!([]));

@@ -1,13 +1,12 @@
 //! The integration tests, one binary (each file under `tests/` would link the whole crate
 //! again): real servers on 127.0.0.1:0, the real tonic client, real MLLP sockets, the
-//! embedded QUBS simulator over HTTP. Tests that install a process-wide log subscriber
-//! live in `tests/logs/`, their own binary.
+//! embedded QUBS simulator over HTTP. Tests that need the process to themselves (a
+//! process-wide log subscriber, panic counting, peak memory) live in `tests/exclusive/`.
 
 mod common;
 
 mod ack_conformance;
 mod ack_versions;
-mod bad_input;
 mod cli;
 mod cli_scripting;
 mod crash_recovery;
