@@ -215,14 +215,24 @@ pub(crate) fn sigterm(child: &Child) {
 }
 
 pub(crate) fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    wait_exit_within(child, within)
+        .unwrap_or_else(|| panic!("process did not exit within {within:?}"))
+}
+
+/// The child's exit status, or `None` (and the child killed) when it runs past `within`.
+pub(crate) fn wait_exit_within(
+    child: &mut Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            return Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("process did not exit within {within:?}");
+            let _ = child.wait();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -266,9 +276,18 @@ fn serve_demo_becomes_ready_shuts_down_cleanly_and_logs_no_phi() {
     assert_eq!(ready["domains"]["acme"]["sites"], 4);
 
     sigterm(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
+    let exited = wait_exit_within(&mut child, Duration::from_secs(20));
     let logs = logs.join().unwrap();
+    let Some(status) = exited else {
+        // What it was still doing: the last lines of its (trace) log.
+        let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "process did not exit within 20 s of SIGTERM; its last log lines:\n{}",
+            tail.join("\n")
+        );
+    };
+    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
     assert!(logs.contains("QUBS domain ready"), "logs were captured");
     assert!(logs.contains("SIGTERM"));
     assert!(
