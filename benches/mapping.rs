@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use qubs_bridge::mapping::{Hl7Check, InboundContext, MapOptions, MappingSet};
+use qubs_bridge::mapping::{InboundContext, MapOptions, MappingSet, OutputCheck};
 use serde_json::Value;
 
 fn set() -> MappingSet {
@@ -70,26 +70,26 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
-    // The same with the ORM checked by our own reader instead of hl7-parser.
-    let fast = MapOptions {
-        hl7_check: Hl7Check::Reader,
+    // The same with the full output check (hl7-parser, fhir-sdk).
+    let full = MapOptions {
+        check: Some(OutputCheck::Full),
         ..MapOptions::default()
     };
-    g.bench_function("orm_o01_reader_check", |b| {
+    g.bench_function("orm_o01_full_check", |b| {
         b.iter(|| {
             black_box(
-                set.map_order_with("orm_o01", black_box(&order), &fast)
+                set.map_order_with("orm_o01", black_box(&order), &full)
                     .unwrap(),
             )
         })
     });
-    g.bench_function("service_request+orm_o01_reader_check", |b| {
+    g.bench_function("service_request+orm_o01_full_check", |b| {
         b.iter(|| {
             let a = set
-                .map_order_with("service_request", black_box(&order), &fast)
+                .map_order_with("service_request", black_box(&order), &full)
                 .unwrap();
             let h = set
-                .map_order_with("orm_o01", black_box(&order), &fast)
+                .map_order_with("orm_o01", black_box(&order), &full)
                 .unwrap();
             black_box((a, h))
         })

@@ -167,6 +167,10 @@ pub struct MappingsSettings {
     /// What to do when the files do not load at start: `refuse` to start (default), or
     /// `wait` serving NOT_SERVING health until a reload succeeds.
     pub on_broken_at_start: BrokenAtStart,
+    /// How outputs are checked before they leave: `basic` (default) or `full` (also the
+    /// independent parsers, hl7-parser and fhir-sdk).
+    #[serde(default)]
+    pub output_check: crate::mapping::OutputCheck,
     /// Values mapping files read as `config.<name>` (identifier systems, HL7 application
     /// names...). Names are case-sensitive.
     #[serde(default)]

@@ -12,12 +12,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::mapping::{LoadErrors, MappingSet};
+use crate::mapping::{LoadErrors, MappingSet, OutputCheck};
 use crate::metrics::{Metrics, OutcomeLabels};
 
 /// The current mapping set and the state of its last reload.
 pub struct LiveMappings {
     dir: PathBuf,
+    /// How every set loaded from `dir` checks its outputs (`mappings.output_check`).
+    check: OutputCheck,
     current: ArcSwap<MappingSet>,
     /// Set while the newest files fail to load (the older set is serving).
     failing: RwLock<Option<String>>,
@@ -30,16 +32,34 @@ pub struct LiveMappings {
 impl LiveMappings {
     /// Loads `dir`; any problem is an error (the service refuses to start).
     pub fn load(dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<LiveMappings>, LoadErrors> {
-        let set = MappingSet::load_dir(dir)?;
+        Self::load_checked(dir, OutputCheck::default(), metrics)
+    }
+
+    /// Loads `dir` with outputs checked as `check` says; any problem is an error.
+    pub fn load_checked(
+        dir: &Path,
+        check: OutputCheck,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<LiveMappings>, LoadErrors> {
+        let set = MappingSet::load_dir(dir)?.with_output_check(check);
         metrics.mapping_reloads.get_or_create(&outcome("ok")).inc();
         tracing::info!(version = set.version(), dir = %dir.display(), "mapping set loaded");
-        Ok(Self::with(dir, set, true, None, metrics))
+        Ok(Self::with(dir, check, set, true, None, metrics))
     }
 
     /// Loads `dir`, and when it is broken starts with an empty set that is not ready until a
     /// reload succeeds.
     pub fn load_or_wait(dir: &Path, metrics: Arc<Metrics>) -> Arc<LiveMappings> {
-        match Self::load(dir, metrics.clone()) {
+        Self::load_or_wait_checked(dir, OutputCheck::default(), metrics)
+    }
+
+    /// [`LiveMappings::load_or_wait`] with outputs checked as `check` says.
+    pub fn load_or_wait_checked(
+        dir: &Path,
+        check: OutputCheck,
+        metrics: Arc<Metrics>,
+    ) -> Arc<LiveMappings> {
+        match Self::load_checked(dir, check, metrics.clone()) {
             Ok(live) => live,
             Err(errors) => {
                 tracing::error!(dir = %dir.display(), "mapping files do not load; waiting for a fix:\n{errors}");
@@ -49,13 +69,14 @@ impl LiveMappings {
                     .inc();
                 metrics.mapping_reload_failing.set(1);
                 let empty = MappingSet::from_texts(&[]).expect("an empty mapping set compiles");
-                Self::with(dir, empty, false, Some(errors.to_string()), metrics)
+                Self::with(dir, check, empty, false, Some(errors.to_string()), metrics)
             }
         }
     }
 
     fn with(
         dir: &Path,
+        check: OutputCheck,
         set: MappingSet,
         loaded: bool,
         failing: Option<String>,
@@ -63,6 +84,7 @@ impl LiveMappings {
     ) -> Arc<LiveMappings> {
         Arc::new(LiveMappings {
             dir: dir.to_path_buf(),
+            check,
             current: ArcSwap::from_pointee(set),
             failing: RwLock::new(failing),
             loaded: std::sync::atomic::AtomicBool::new(loaded),
@@ -93,7 +115,7 @@ impl LiveMappings {
 
     /// Recompiles the directory; swaps on success, keeps the last good set on failure.
     pub fn reload(&self) -> Result<String, LoadErrors> {
-        let result = MappingSet::load_dir(&self.dir);
+        let result = MappingSet::load_dir(&self.dir).map(|s| s.with_output_check(self.check));
         let answer = match result {
             Ok(set) => {
                 let version = set.version().to_string();

@@ -56,14 +56,22 @@ pub async fn start(
     tracing::info!(%admin_addr, "admin endpoint listening (/healthz, /readyz, /metrics)");
 
     let mappings = match settings.mappings.on_broken_at_start {
-        BrokenAtStart::Refuse => LiveMappings::load(&settings.mappings.dir, metrics.clone())
+        BrokenAtStart::Refuse => LiveMappings::load_checked(
+            &settings.mappings.dir,
+            settings.mappings.output_check,
+            metrics.clone(),
+        )
             .map_err(|errors| {
                 anyhow::anyhow!(
                     "the mapping files in {} do not load; fix them (qubs-bridge mappings check) and start again:\n{errors}",
                     settings.mappings.dir.display()
                 )
             })?,
-        BrokenAtStart::Wait => LiveMappings::load_or_wait(&settings.mappings.dir, metrics.clone()),
+        BrokenAtStart::Wait => LiveMappings::load_or_wait_checked(
+            &settings.mappings.dir,
+            settings.mappings.output_check,
+            metrics.clone(),
+        ),
     };
     mappings.spawn_reloaders(settings.mappings.watch, shutdown.clone());
     let store = Store::open(&settings.store.path)?;

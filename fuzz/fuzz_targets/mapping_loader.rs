@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use qubs_bridge::mapping::{Hl7Check, InboundContext, InputKind, MapOptions, MappingSet};
+use qubs_bridge::mapping::{InboundContext, InputKind, MapOptions, MappingSet, OutputCheck};
 use serde_json::Value;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings");
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap(),
         ),
         control_id: Some("FUZZ1".into()),
-        hl7_check: Hl7Check::Hl7Parser,
+        check: Some(OutputCheck::Full),
     };
     let ctx = InboundContext {
         domain: Some("acme".into()),

@@ -17,7 +17,8 @@ use super::exit::usage;
 use super::output::{self, Format, note};
 use crate::config::Settings;
 use crate::mapping::{
-    Body, FieldFate, InboundContext, InputKind, LoadErrors, MapOptions, MappingSet, golden,
+    Body, FhirJson, FieldFate, InboundContext, InputKind, LoadErrors, MapOptions, MappingSet,
+    golden,
 };
 
 #[derive(Subcommand)]
@@ -312,7 +313,7 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
                     "mapping": name,
                     "mappingSetVersion": set.version(),
                     "output": match &r.output {
-                        Body::Fhir(v) => v.clone(),
+                        Body::Fhir(v) => v.to_value(),
                         Body::Hl7(er7) => Value::String(er7.clone()),
                     },
                     "unmapped": r.unmapped,
@@ -339,7 +340,7 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
         Format::Text => {
             let r = run?;
             match &r.output {
-                Body::Fhir(v) => writeln!(out, "{}", serde_json::to_string_pretty(v)?)?,
+                Body::Fhir(v) => writeln!(out, "{}", v.to_pretty())?,
                 Body::Hl7(er7) if args.lf || std::io::stdout().is_terminal() => {
                     write!(out, "{}", output::segments_per_line(er7))?
                 }
@@ -422,7 +423,7 @@ fn run_mapping(
                 set.map_diagnostic_report(&v, &ctx)?
             };
             MapRun {
-                output: Body::Fhir(serde_json::to_value(&inbound.submissions)?),
+                output: Body::Fhir(FhirJson(serde_json::to_string(&inbound.submissions)?)),
                 unmapped: inbound.unmapped,
                 unread: Vec::new(),
                 warnings: inbound.warnings,

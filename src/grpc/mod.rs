@@ -145,7 +145,7 @@ impl Context {
                 });
             }
             let (content_type, content) = match output.body {
-                Body::Fhir(json) => ("application/fhir+json", json.to_string()),
+                Body::Fhir(json) => ("application/fhir+json", json.0),
                 Body::Hl7(er7) => ("x-application/hl7-v2+er7", er7),
             };
             outputs.push(pb::Output {

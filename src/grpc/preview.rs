@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::Context;
 use super::pb::{self, mapping_service_server::MappingService};
-use crate::mapping::{Body, InboundContext, InputKind, MapOptions, Unmapped};
+use crate::mapping::{Body, InboundContext, InputKind, MapOptions, Trace, Unmapped};
 
 pub struct Preview {
     ctx: Arc<Context>,
@@ -31,6 +31,12 @@ fn warnings(unmapped: &[Unmapped]) -> Vec<pb::Warning> {
             ),
         })
         .collect()
+}
+
+/// The trace in the response (values included: the caller supplied the input).
+fn set_trace(response: &mut pb::PreviewMappingResponse, trace: &Trace) {
+    response.trace_json = serde_json::to_string(trace).unwrap_or_default();
+    response.trace_text = trace.render_text();
 }
 
 fn error(code: &str, message: String) -> pb::ErrorDetail {
@@ -87,12 +93,15 @@ impl MappingService for Preview {
                             }
                             o.entry("config").or_insert(config);
                         }
+                        if req.trace {
+                            let (_, trace) =
+                                set.map_order_traced(&req.mapping, &order, &MapOptions::default());
+                            set_trace(&mut response, &trace);
+                        }
                         match set.dry_run(&req.mapping, &order, &MapOptions::default()) {
                             Ok(run) => {
                                 response.output = match run.output.body {
-                                    Body::Fhir(v) => {
-                                        serde_json::to_string_pretty(&v).unwrap_or_default()
-                                    }
+                                    Body::Fhir(v) => v.to_pretty(),
                                     Body::Hl7(s) => s,
                                 };
                                 response.warnings = warnings(&run.output.unmapped);
@@ -107,10 +116,19 @@ impl MappingService for Preview {
                             site,
                             config,
                         };
-                        let mapped = if kind == InputKind::Oru {
+                        let mapped = if kind == InputKind::Oru && req.trace {
+                            let (r, trace) = set.map_oru_traced(&req.mapping, &req.input, &ctx);
+                            set_trace(&mut response, &trace);
+                            r
+                        } else if kind == InputKind::Oru {
                             set.map_oru_with(&req.mapping, &req.input, &ctx)
                         } else {
                             match serde_json::from_str::<Value>(&req.input) {
+                                Ok(v) if req.trace => {
+                                    let (r, trace) = set.map_diagnostic_report_traced(&v, &ctx);
+                                    set_trace(&mut response, &trace);
+                                    r
+                                }
                                 Ok(v) => set.map_diagnostic_report(&v, &ctx),
                                 Err(e) => {
                                     response.errors.push(error(

@@ -116,7 +116,7 @@ pub enum ReadError {
 }
 
 /// 1-based selector of a segment occurrence or a field repetition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Index {
     /// The n-th (1-based).
     Nth(u16),
@@ -125,7 +125,7 @@ pub enum Index {
 }
 
 /// A parsed HL7 position such as `OBX[*]-5.1`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Path {
     /// Segment id, e.g. `OBX`.
     pub segment: [u8; 3],
@@ -587,6 +587,25 @@ impl<'a> Scope<'_, 'a> {
             pick(self.header.clone())
         } else {
             v
+        }
+    }
+
+    /// Calls `f` with each segment with id `id` this scope answers from (the group's, else
+    /// the header's), in message order, without collecting them.
+    pub fn for_each_with_id(&self, id: &[u8; 3], f: &mut dyn FnMut(Segment<'a>)) {
+        let mut found = false;
+        for i in self.range.clone() {
+            if &self.msg.segs[i].id == id {
+                found = true;
+                f(self.msg.segment(i).expect("index in range"));
+            }
+        }
+        if !found {
+            for i in self.header.clone() {
+                if &self.msg.segs[i].id == id {
+                    f(self.msg.segment(i).expect("index in range"));
+                }
+            }
         }
     }
 

@@ -27,7 +27,7 @@ pub enum Ty {
 }
 
 /// `(element, type, is_list)`; a type in lower case is a primitive.
-type Elements = &'static [(&'static str, &'static str, bool)];
+pub(super) type Elements = &'static [(&'static str, &'static str, bool)];
 
 const SERVICE_REQUEST: Elements = &[
     ("id", "id", false),
@@ -132,7 +132,7 @@ const LOCATION: Elements = &[
     ("address", "Address", false),
 ];
 
-fn datatype(name: &str) -> Option<Elements> {
+pub(super) fn datatype(name: &str) -> Option<Elements> {
     Some(match name {
         "HumanName" => &[
             ("use", "code", false),
@@ -241,7 +241,7 @@ pub fn resource_elements(resource: &str) -> Option<Elements> {
 }
 
 /// The element list of an output resource or of a resource it may contain.
-fn elements_of(resource: &str) -> Option<Elements> {
+pub(super) fn elements_of(resource: &str) -> Option<Elements> {
     resource_elements(resource).or(match resource {
         "Patient" => Some(PATIENT),
         "Practitioner" => Some(PRACTITIONER),

@@ -7,7 +7,9 @@
 //! offset, i.e. the first occurrence (jiff's "compatible" disambiguation, as RFC 5545 and
 //! Temporal do).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use jiff::civil::DateTime;
 use jiff::tz::{Offset, TimeZone};
@@ -15,18 +17,20 @@ use jiff::{Timestamp, ZonedDateTime};
 
 use crate::hl7::Delimiters;
 
-/// A value flowing through a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Val {
+/// A value flowing through a rule: text borrowed from the input or the mapping where it
+/// is passed on unchanged, owned where a filter made new text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Val<'a> {
     /// Nothing (missing, null or empty).
+    #[default]
     None,
     /// One value.
-    One(String),
+    One(Cow<'a, str>),
     /// Several values (from `[*]`, a list filter, or `split`).
-    Many(Vec<String>),
+    Many(Vec<Cow<'a, str>>),
 }
 
-impl Val {
+impl Val<'_> {
     /// Whether the value counts as present for fallbacks and `required`.
     pub fn is_present(&self) -> bool {
         match self {
@@ -35,10 +39,20 @@ impl Val {
             Val::Many(v) => !v.is_empty(),
         }
     }
+
+    /// The value a single target receives: the text, or the first non-empty item of a
+    /// list; `None` when there is nothing to write.
+    pub fn written(&self) -> Option<&str> {
+        match self {
+            Val::One(s) if !s.is_empty() => Some(s),
+            Val::Many(items) => items.iter().map(|s| &**s).find(|s| !s.is_empty()),
+            _ => None,
+        }
+    }
 }
 
 /// Output of a date/time filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimeOut {
     /// UTC instant, `2026-11-20T08:15:00Z` (FHIR instant/dateTime).
     Instant,
@@ -67,7 +81,7 @@ impl TimeOut {
 }
 
 /// Part of a free-text personal name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NamePart {
     /// Family name.
     Family,
@@ -84,7 +98,7 @@ pub enum NamePart {
 }
 
 /// Layout of an HL7 name value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hl7NameKind {
     /// XPN: family, given, middle, suffix, prefix, degree.
     Xpn,
@@ -103,13 +117,38 @@ pub enum Policy {
     Default,
 }
 
+/// FNV-1a: code table keys are a few bytes, where SipHash's set-up costs more than the
+/// lookup (the keys come from the mapping files, not from an attacker).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The map of a code table.
+pub type TableMap = HashMap<String, String, BuildHasherDefault<Fnv>>;
+
 /// A compiled code table.
 #[derive(Debug, Clone)]
 pub struct Table {
     /// Table name.
     pub name: String,
     /// Keys (lower-cased when `ignore_case`) to values.
-    pub map: HashMap<String, String>,
+    pub map: TableMap,
     /// Compare keys case-insensitively (and trimmed).
     pub ignore_case: bool,
     /// What to do with values not in the table.
@@ -122,7 +161,7 @@ impl Table {
     /// Looks `v` up; `None` = unmapped.
     pub fn get(&self, v: &str) -> Option<&str> {
         let k = v.trim();
-        if self.ignore_case {
+        if self.ignore_case && !is_lower(k) {
             self.map.get(&k.to_lowercase()).map(String::as_str)
         } else {
             self.map.get(k).map(String::as_str)
@@ -130,8 +169,20 @@ impl Table {
     }
 }
 
+/// Whether lower-casing `s` would leave it as it is.
+fn is_lower(s: &str) -> bool {
+    s.bytes().all(|b| !b.is_ascii_uppercase())
+        && (s.is_ascii() || s.chars().all(|c| c.to_lowercase().eq(std::iter::once(c))))
+}
+
+/// Whether upper-casing `s` would leave it as it is.
+fn is_upper(s: &str) -> bool {
+    s.bytes().all(|b| !b.is_ascii_lowercase())
+        && (s.is_ascii() || s.chars().all(|c| c.to_uppercase().eq(std::iter::once(c))))
+}
+
 /// A compiled filter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Filter {
     /// Remove surrounding whitespace.
     Trim,
@@ -221,19 +272,23 @@ pub enum FilterError {
 }
 
 /// What filters need besides the value.
-pub struct FilterEnv<'a> {
+pub struct FilterEnv<'a, 'e> {
     /// Code tables of the mapping.
     pub tables: &'a [Table],
     /// The site's zone, when the input has one.
-    pub zone: Option<&'a TimeZone>,
+    pub zone: Option<&'e TimeZone>,
     /// Delimiters of the inbound HL7 message.
     pub delimiters: Delimiters,
-    /// Unmapped values seen: (table, value) → count.
-    pub unmapped: &'a mut Vec<(String, String)>,
+    /// Values a table did not have: (table index, value), in the order seen.
+    pub misses: &'e mut Vec<(u32, Cow<'a, str>)>,
 }
 
 /// Applies `f` to `v`.
-pub fn apply(f: &Filter, v: Val, env: &mut FilterEnv<'_>) -> Result<Val, FilterError> {
+pub fn apply<'a>(
+    f: &Filter,
+    v: Val<'a>,
+    env: &mut FilterEnv<'a, '_>,
+) -> Result<Val<'a>, FilterError> {
     Ok(match f {
         Filter::Required => {
             if v.is_present() {
@@ -246,17 +301,17 @@ pub fn apply(f: &Filter, v: Val, env: &mut FilterEnv<'_>) -> Result<Val, FilterE
             if v.is_present() {
                 v
             } else {
-                Val::One(d.clone())
+                Val::One(Cow::Owned(d.clone()))
             }
         }
         Filter::Join(sep) => match v {
-            Val::Many(items) => Val::One(items.join(sep)),
+            Val::Many(items) => Val::One(Cow::Owned(items.join(sep.as_str()))),
             other => other,
         },
         Filter::Split(sep) => match v {
             Val::One(s) => Val::Many(
                 s.split(sep.as_str())
-                    .map(|x| x.trim().to_string())
+                    .map(|x| Cow::Owned(x.trim().to_string()))
                     .collect(),
             ),
             other => other,
@@ -273,7 +328,15 @@ pub fn apply(f: &Filter, v: Val, env: &mut FilterEnv<'_>) -> Result<Val, FilterE
                 .into_iter()
                 .filter(|s| !s.is_empty())
                 .enumerate()
-                .min_by_key(|(i, s)| (order.iter().position(|o| o == s).unwrap_or(order.len()), *i))
+                .min_by_key(|(i, s)| {
+                    (
+                        order
+                            .iter()
+                            .position(|o| o == s.as_ref())
+                            .unwrap_or(order.len()),
+                        *i,
+                    )
+                })
                 .map_or(Val::None, |(_, s)| Val::One(s)),
             other => other,
         },
@@ -290,47 +353,94 @@ pub fn apply(f: &Filter, v: Val, env: &mut FilterEnv<'_>) -> Result<Val, FilterE
     })
 }
 
-fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterError> {
-    Ok(match f {
-        Filter::Trim => {
-            let t = s.trim();
-            if t.len() == s.len() { s } else { t.to_string() }
+/// `s` with `f` applied to its text: borrowed stays borrowed, owned is cut in place.
+fn narrow<'a>(s: Cow<'a, str>, f: impl Fn(&str) -> &str) -> Cow<'a, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(f(b)),
+        Cow::Owned(o) => {
+            let t = f(&o);
+            if t.len() == o.len() {
+                Cow::Owned(o)
+            } else {
+                Cow::Owned(t.to_string())
+            }
         }
-        Filter::Upper => s.to_uppercase(),
-        Filter::Lower => s.to_lowercase(),
-        Filter::Prefix(p) if !s.is_empty() => format!("{p}{s}"),
-        Filter::Suffix(p) if !s.is_empty() => format!("{s}{p}"),
+    }
+}
+
+fn one<'a>(
+    f: &Filter,
+    s: Cow<'a, str>,
+    env: &mut FilterEnv<'a, '_>,
+) -> Result<Cow<'a, str>, FilterError> {
+    Ok(match f {
+        Filter::Trim => narrow(s, str::trim),
+        Filter::Upper if is_upper(&s) => s,
+        Filter::Upper => Cow::Owned(s.to_uppercase()),
+        Filter::Lower if is_lower(&s) => s,
+        Filter::Lower => Cow::Owned(s.to_lowercase()),
+        Filter::Prefix(p) if !s.is_empty() => Cow::Owned(format!("{p}{s}")),
+        Filter::Suffix(p) if !s.is_empty() => Cow::Owned(format!("{s}{p}")),
         Filter::Prefix(_) | Filter::Suffix(_) => s,
         Filter::Table(i) => {
-            let t = &env.tables[*i];
+            let tables = env.tables;
+            let t = &tables[*i];
             if s.is_empty() {
                 return Ok(s);
             }
             match t.get(&s) {
-                Some(v) => v.to_string(),
+                Some(v) => Cow::Borrowed(v),
                 None => {
-                    env.unmapped.push((t.name.clone(), s.clone()));
-                    match t.policy {
-                        Policy::PassThrough => s,
-                        Policy::Default => t.default.clone().unwrap_or_default(),
-                        Policy::Error => return Err(FilterError::Unmapped(t.name.clone())),
-                    }
+                    let out = match t.policy {
+                        Policy::PassThrough => s.clone(),
+                        Policy::Default => Cow::Borrowed(t.default.as_deref().unwrap_or_default()),
+                        Policy::Error => {
+                            env.misses.push((*i as u32, s));
+                            return Err(FilterError::Unmapped(t.name.clone()));
+                        }
+                    };
+                    env.misses.push((*i as u32, s));
+                    out
                 }
             }
         }
+        Filter::SingleLine if !has_line_break(&s) => s,
+        Filter::Hl7MaxLength(max) if hl7_length(&s) <= *max => s,
+        other => Cow::Owned(owned(other, &s, env)?),
+    })
+}
+
+/// Whether `s` holds a character `single_line` removes.
+fn has_line_break(s: &str) -> bool {
+    s.contains(['\r', '\n', '\u{2028}', '\u{2029}', '\u{85}'])
+}
+
+/// Characters of `s` once HL7-escaped with the default delimiters (line breaks as hex).
+fn hl7_length(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '|' | '^' | '~' | '\\' | '&' => 3,
+            '\r' | '\n' => 5,
+            _ => 1,
+        })
+        .sum()
+}
+
+fn owned(f: &Filter, s: &str, env: &FilterEnv<'_, '_>) -> Result<String, FilterError> {
+    Ok(match f {
         Filter::SiteTime(out) => {
             if s.is_empty() {
-                return Ok(s);
+                return Ok(String::new());
             }
             let zone = env.zone.ok_or_else(no_zone)?;
-            let z = local_to_zoned(&s, zone)?;
+            let z = local_to_zoned(s, zone)?;
             format_time(&z, *out)
         }
         Filter::Instant(out) => {
             if s.is_empty() {
-                return Ok(s);
+                return Ok(String::new());
             }
-            let ts = parse_instant(&s)?;
+            let ts = parse_instant(s)?;
             let zone = match out {
                 TimeOut::Instant => TimeZone::UTC,
                 _ => env.zone.cloned().unwrap_or(TimeZone::UTC),
@@ -339,14 +449,14 @@ fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterE
         }
         Filter::Hl7Time(out) => {
             if s.is_empty() {
-                return Ok(s);
+                return Ok(String::new());
             }
-            let z = parse_hl7_ts(&s, env.zone)?;
+            let z = parse_hl7_ts(s, env.zone)?;
             format_time(&z, *out)
         }
         Filter::Date(out) => {
             if s.is_empty() {
-                return Ok(s);
+                return Ok(String::new());
             }
             let t = s.trim();
             let t = t
@@ -361,25 +471,38 @@ fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterE
                 t.parse()
             }
             .map_err(|_| FilterError::Invalid("expected a date yyyy-MM-dd or YYYYMMDD".into()))?;
+            let mut out_s = String::with_capacity(10);
+            let (y, m, dd) = (d.year(), d.month(), d.day());
             match out {
-                TimeOut::Hl7Date | TimeOut::Hl7 => d.strftime("%Y%m%d").to_string(),
-                _ => d.strftime("%Y-%m-%d").to_string(),
+                TimeOut::Hl7Date | TimeOut::Hl7 => {
+                    push_num(&mut out_s, i64::from(y), 4);
+                    push_num(&mut out_s, i64::from(m), 2);
+                    push_num(&mut out_s, i64::from(dd), 2);
+                }
+                _ => {
+                    push_num(&mut out_s, i64::from(y), 4);
+                    out_s.push('-');
+                    push_num(&mut out_s, i64::from(m), 2);
+                    out_s.push('-');
+                    push_num(&mut out_s, i64::from(dd), 2);
+                }
             }
+            out_s
         }
-        Filter::Name(part) => name_part(&s, *part),
+        Filter::Name(part) => name_part(s, *part),
         Filter::SiteTimeEnd(out) => {
             if s.is_empty() {
-                return Ok(s);
+                return Ok(String::new());
             }
             let zone = env.zone.ok_or_else(no_zone)?;
-            match site_interval_end(&s, zone)? {
+            match site_interval_end(s, zone)? {
                 Some(z) => format_time(&z, *out),
                 None => String::new(),
             }
         }
-        Filter::SingleLine => single_line(&s),
-        Filter::Hl7MaxLength(max) => fit_hl7_length(&s, *max),
-        Filter::Hl7Name(kind) => hl7_name(&s, *kind, &env.delimiters),
+        Filter::SingleLine => single_line(s),
+        Filter::Hl7MaxLength(max) => fit_hl7_length(s, *max),
+        Filter::Hl7Name(kind) => hl7_name(s, *kind, &env.delimiters),
         Filter::Base64Decode => {
             use base64::Engine;
             let bytes = base64::engine::general_purpose::STANDARD
@@ -388,13 +511,38 @@ fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterE
             String::from_utf8(bytes)
                 .map_err(|_| FilterError::Invalid("base64 content is not UTF-8 text".into()))?
         }
-        Filter::Required
+        Filter::Trim
+        | Filter::Upper
+        | Filter::Lower
+        | Filter::Prefix(_)
+        | Filter::Suffix(_)
+        | Filter::Table(_)
+        | Filter::Required
         | Filter::Default(_)
         | Filter::Join(_)
         | Filter::Split(_)
         | Filter::First
-        | Filter::Rank(_) => unreachable!("list-level filters are handled in apply"),
+        | Filter::Rank(_) => unreachable!("handled by `one` or `apply`"),
     })
+}
+
+/// Appends `n` with at least `width` digits (a sign first when negative).
+fn push_num(out: &mut String, n: i64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut v = n.unsigned_abs();
+    let mut i = buf.len();
+    while v > 0 {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let digits = (buf.len() - i).max(width);
+    if n < 0 {
+        out.push('-');
+    }
+    for &b in &buf[buf.len() - digits..] {
+        out.push(b as char);
+    }
 }
 
 fn no_zone() -> FilterError {
@@ -497,14 +645,69 @@ pub fn parse_hl7_ts(s: &str, zone: Option<&TimeZone>) -> Result<ZonedDateTime, F
     }
 }
 
-fn format_time(z: &ZonedDateTime, out: TimeOut) -> String {
-    match out {
-        TimeOut::Instant => z.timestamp().to_string(),
-        TimeOut::Offset => z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
-        TimeOut::Hl7 => z.strftime("%Y%m%d%H%M%S%z").to_string(),
-        TimeOut::Date => z.strftime("%Y-%m-%d").to_string(),
-        TimeOut::Hl7Date => z.strftime("%Y%m%d").to_string(),
+/// A time in one of the filters' outputs. Written digit by digit: strftime parses its
+/// format on every call, and a mapping formats several times per message.
+pub fn format_time(z: &ZonedDateTime, out: TimeOut) -> String {
+    if out == TimeOut::Instant {
+        return z.timestamp().to_string();
     }
+    let mut s = String::with_capacity(25);
+    let dt = z.datetime();
+    let (y, mo, d) = (
+        i64::from(dt.year()),
+        i64::from(dt.month()),
+        i64::from(dt.day()),
+    );
+    let (h, mi, se) = (
+        i64::from(dt.hour()),
+        i64::from(dt.minute()),
+        i64::from(dt.second()),
+    );
+    let off = z.offset().seconds();
+    let push_offset = |s: &mut String, colon: bool| {
+        s.push(if off < 0 { '-' } else { '+' });
+        let a = i64::from(off.unsigned_abs());
+        push_num(s, a / 3600, 2);
+        if colon {
+            s.push(':');
+        }
+        push_num(s, a % 3600 / 60, 2);
+    };
+    match out {
+        TimeOut::Offset => {
+            push_num(&mut s, y, 4);
+            s.push('-');
+            push_num(&mut s, mo, 2);
+            s.push('-');
+            push_num(&mut s, d, 2);
+            s.push('T');
+            push_num(&mut s, h, 2);
+            s.push(':');
+            push_num(&mut s, mi, 2);
+            s.push(':');
+            push_num(&mut s, se, 2);
+            push_offset(&mut s, true);
+        }
+        TimeOut::Hl7 => {
+            for (v, w) in [(y, 4), (mo, 2), (d, 2), (h, 2), (mi, 2), (se, 2)] {
+                push_num(&mut s, v, w);
+            }
+            push_offset(&mut s, false);
+        }
+        TimeOut::Date => {
+            push_num(&mut s, y, 4);
+            s.push('-');
+            push_num(&mut s, mo, 2);
+            s.push('-');
+            push_num(&mut s, d, 2);
+        }
+        TimeOut::Hl7Date | TimeOut::Instant => {
+            push_num(&mut s, y, 4);
+            push_num(&mut s, mo, 2);
+            push_num(&mut s, d, 2);
+        }
+    }
+    s
 }
 
 fn name_part(s: &str, part: NamePart) -> String {
@@ -640,22 +843,26 @@ fn hl7_name(s: &str, kind: Hl7NameKind, d: &Delimiters) -> String {
 mod tests {
     use super::*;
 
-    fn env<'a>(
-        zone: Option<&'a TimeZone>,
-        un: &'a mut Vec<(String, String)>,
+    fn env<'a, 'e>(
+        zone: Option<&'e TimeZone>,
+        un: &'e mut Vec<(u32, Cow<'a, str>)>,
         tables: &'a [Table],
-    ) -> FilterEnv<'a> {
+    ) -> FilterEnv<'a, 'e> {
         FilterEnv {
             tables,
             zone,
             delimiters: Delimiters::default(),
-            unmapped: un,
+            misses: un,
         }
     }
 
-    fn run(f: Filter, s: &str, zone: Option<&TimeZone>) -> Result<Val, FilterError> {
+    fn run(f: Filter, s: &str, zone: Option<&TimeZone>) -> Result<Val<'static>, FilterError> {
         let mut un = Vec::new();
-        apply(&f, Val::One(s.into()), &mut env(zone, &mut un, &[]))
+        apply(
+            &f,
+            Val::One(Cow::Owned(s.to_string())),
+            &mut env(zone, &mut un, &[]),
+        )
     }
 
     #[test]
@@ -699,7 +906,7 @@ mod tests {
         let syd = jiff::tz::db().get("Australia/Sydney").unwrap();
         let end = |s: &str| {
             run(Filter::SiteTimeEnd(TimeOut::Hl7), s, Some(&syd)).map(|v| match v {
-                Val::One(x) => x,
+                Val::One(x) => x.into_owned(),
                 other => format!("{other:?}"),
             })
         };
@@ -847,7 +1054,9 @@ mod tests {
     fn tables_and_policies() {
         let mk = |policy| Table {
             name: "priority".into(),
-            map: [("urgent".to_string(), "urgent".to_string())].into(),
+            map: [("urgent".to_string(), "urgent".to_string())]
+                .into_iter()
+                .collect(),
             ignore_case: true,
             policy,
             default: Some("routine".into()),
@@ -879,6 +1088,37 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_values_stay_borrowed() {
+        let mut un = Vec::new();
+        let mut e = env(None, &mut un, &[]);
+        for f in [
+            Filter::Trim,
+            Filter::Upper,
+            Filter::SingleLine,
+            Filter::Hl7MaxLength(300),
+        ] {
+            let v = apply(&f, Val::One(Cow::Borrowed("ABC DEF")), &mut e).unwrap();
+            assert!(
+                matches!(v, Val::One(Cow::Borrowed("ABC DEF"))),
+                "{f:?}: {v:?}"
+            );
+        }
+        let v = apply(&Filter::Trim, Val::One(Cow::Borrowed("  x ")), &mut e).unwrap();
+        assert!(matches!(v, Val::One(Cow::Borrowed("x"))));
+        let v = apply(&Filter::Upper, Val::One(Cow::Borrowed("ct")), &mut e).unwrap();
+        assert_eq!(v, Val::One("CT".into()));
+        assert_eq!(
+            format_time(
+                &"2026-11-20T09:15:00+11:00[Australia/Sydney]"
+                    .parse::<ZonedDateTime>()
+                    .unwrap(),
+                TimeOut::Hl7
+            ),
+            "20261120091500+1100"
+        );
+    }
+
+    #[test]
     fn list_filters() {
         let mut un = Vec::new();
         let mut e = env(None, &mut un, &[]);
@@ -898,7 +1138,8 @@ mod tests {
             Val::One("b".into())
         );
         let rank = Filter::Rank(vec!["preliminary".into(), "final".into()]);
-        let statuses = |v: &[&str]| Val::Many(v.iter().map(|s| s.to_string()).collect());
+        let statuses =
+            |v: &[&'static str]| Val::Many(v.iter().map(|s| Cow::Borrowed(*s)).collect());
         assert_eq!(
             apply(&rank, statuses(&["final", "", "preliminary"]), &mut e).unwrap(),
             Val::One("preliminary".into())
@@ -912,7 +1153,7 @@ mod tests {
             Val::None
         );
         assert_eq!(
-            apply(&Filter::Required, Val::One(String::new()), &mut e),
+            apply(&Filter::Required, Val::One(Cow::Borrowed("")), &mut e),
             Err(FilterError::Required)
         );
         assert_eq!(

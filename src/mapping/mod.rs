@@ -5,9 +5,10 @@
 //! every problem with file:line:column and a hint, and compiles each into a plan. Mapping
 //! then evaluates a plan against one input:
 //!
-//! - outbound, an **Order** JSON document → FHIR R4 JSON ([`Body::Fhir`], checked with
-//!   fhir-sdk's R4B types) or an HL7 v2 ER7 message ([`Body::Hl7`], re-parsed with
-//!   hl7-parser) — [`MappingSet::map_order`];
+//! - outbound, an **Order** JSON document → FHIR R4 JSON ([`Body::Fhir`]) or an HL7 v2 ER7
+//!   message ([`Body::Hl7`]) — [`MappingSet::map_order`]. Every output is checked before
+//!   it is returned ([`output_check`]): by default with one pass over the finished text,
+//!   with [`OutputCheck::Full`] also by hl7-parser's re-parse or fhir-sdk's R4B types;
 //! - inbound, an ORU^R01 → one [`ReportSubmission`] per ORDER_OBSERVATION group
 //!   ([`MappingSet::map_oru`]), or a FHIR DiagnosticReport → one submission
 //!   ([`MappingSet::map_diagnostic_report`]).
@@ -16,18 +17,32 @@
 //! values code tables did not map. Errors name the rule (file:line:column and target),
 //! never the value: values are PHI.
 
+mod check;
 pub mod codes;
 pub mod compile;
+mod diag;
 pub mod eval;
+mod exec;
 pub mod fhir;
 pub mod fhir_report;
 pub mod filters;
 pub mod golden;
 pub mod hl7;
+mod hl7_tables;
 pub mod html_text;
 pub mod inbound;
+pub mod ir;
+mod lower;
 pub mod names;
+mod out_fhir;
+mod out_hl7;
+pub mod output_check;
+pub mod parse;
+pub mod plan;
+mod resolve;
+mod source;
 pub mod spec;
+pub mod trace;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -35,17 +50,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::hl7::er7;
-use crate::hl7::writer::{self, MessageBuilder, MshFields, SegmentBuilder};
 pub use compile::Compiled;
-use compile::Plan;
 pub use inbound::{ReportStatus, ReportSubmission};
+pub use output_check::OutputCheck;
 pub use spec::{InputKind, OutputKind};
+pub use trace::Trace;
 pub use yaml::Pos;
 
 /// The reason of the [`MapError::Value`] for an ORU^R01 without any OBR.
@@ -246,28 +260,43 @@ pub struct MapOptions {
     pub now: Option<jiff::ZonedDateTime>,
     /// MSH-10; default a fresh id.
     pub control_id: Option<String>,
-    /// How an HL7 output is checked before it is returned.
-    pub hl7_check: Hl7Check,
+    /// How the output is checked before it is returned; default the set's
+    /// ([`MappingSet::with_output_check`], `mappings.output_check`).
+    pub check: Option<OutputCheck>,
 }
 
-/// How an emitted HL7 message is re-read before it leaves. Both check segment count
-/// (nothing truncated), delimiters and MSH-7/9/10/12.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Hl7Check {
-    /// Re-parse with hl7-parser, an implementation independent of our writer (default).
-    /// It builds a full tree and costs about half of an ORM^O01 mapping run.
-    #[default]
-    Hl7Parser,
-    /// Re-read with this crate's own zero-copy reader: for bulk runs of a mapping set whose
-    /// outputs were already proven with [`Hl7Check::Hl7Parser`] (golden cases, dry runs).
-    Reader,
+/// A FHIR resource as compact JSON text, as the bridge sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirJson(pub String);
+
+impl FhirJson {
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The resource as a JSON value (keys in the order written).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.0).expect("the bridge writes valid JSON")
+    }
+
+    /// The resource pretty-printed (two-space indent), as golden files store it.
+    pub fn to_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for FhirJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A produced document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     /// FHIR R4 JSON.
-    Fhir(Value),
+    Fhir(FhirJson),
     /// HL7 v2 ER7 text (CR separators).
     Hl7(String),
 }
@@ -335,26 +364,12 @@ pub struct DryRun {
     pub unread_fields: Vec<String>,
 }
 
-/// A file that is not UTF-8, pointed at its first bad byte (line and character column).
-fn not_utf8(file: PathBuf, bytes: &[u8], e: std::str::Utf8Error) -> Diagnostic {
-    let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
-    let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
-    Diagnostic {
-        file,
-        pos: Pos {
-            line: valid.matches('\n').count() as u32 + 1,
-            column: valid[line_start..].chars().count() as u32 + 1,
-        },
-        message: format!("not valid UTF-8 (byte 0x{:02X})", bytes[e.valid_up_to()]),
-        hint: Some("save mapping files as UTF-8".into()),
-    }
-}
-
 /// A loaded, checked and compiled set of mapping files.
 #[derive(Debug, Clone)]
 pub struct MappingSet {
     version: String,
     mappings: BTreeMap<String, Arc<Compiled>>,
+    output_check: OutputCheck,
 }
 
 /// What a mapping does with one input field: `qubs-bridge mappings fields`.
@@ -396,7 +411,7 @@ impl MappingSet {
         for f in files {
             match std::fs::read(&f).map(String::from_utf8) {
                 Ok(Ok(t)) => texts.push((f, t)),
-                Ok(Err(e)) => diags.push(not_utf8(f, e.as_bytes(), e.utf8_error())),
+                Ok(Err(e)) => diags.push(diag::not_utf8(f, e.as_bytes(), e.utf8_error())),
                 Err(e) => diags.push(Diagnostic {
                     file: f,
                     pos: Pos { line: 1, column: 1 },
@@ -427,56 +442,44 @@ impl MappingSet {
     /// Compiles mapping files given as `(path, text)`; table files are read from disk
     /// relative to each path.
     pub fn from_texts(files: &[(PathBuf, String)]) -> Result<MappingSet, LoadErrors> {
+        let (compiled, version) = compile::compile_set(files).map_err(LoadErrors)?;
         let mut diags = Vec::new();
         let mut mappings: BTreeMap<String, Arc<Compiled>> = BTreeMap::new();
-        let mut hash = Sha256::new();
-        for (path, text) in files {
-            match compile::compile(path, text) {
-                Ok(c) => {
-                    hash.update(
-                        path.file_name()
-                            .map(|f| f.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                    );
-                    hash.update([0]);
-                    hash.update(text.as_bytes());
-                    hash.update([0]);
-                    for tf in &c.table_files {
-                        hash.update(std::fs::read(tf).unwrap_or_default());
-                        hash.update([0]);
-                    }
-                    if let Some(prev) = mappings.get(&c.name) {
-                        diags.push(Diagnostic {
-                            file: path.clone(),
-                            pos: Pos { line: 1, column: 1 },
-                            message: format!(
-                                "mapping name `{}` is also used by {}",
-                                c.name,
-                                prev.file.display()
-                            ),
-                            hint: Some("each file needs its own `mapping:` name".into()),
-                        });
-                    } else {
-                        mappings.insert(c.name.clone(), Arc::new(c));
-                    }
-                }
-                Err(mut d) => diags.append(&mut d),
+        for c in compiled {
+            if let Some(prev) = mappings.get(&c.name) {
+                diags.push(Diagnostic {
+                    file: c.file.clone(),
+                    pos: Pos { line: 1, column: 1 },
+                    message: format!(
+                        "mapping name `{}` is also used by {}",
+                        c.name,
+                        prev.file.display()
+                    ),
+                    hint: Some("each file needs its own `mapping:` name".into()),
+                });
+            } else {
+                mappings.insert(c.name.clone(), Arc::new(c));
             }
         }
         if !diags.is_empty() {
-            diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
             return Err(LoadErrors(diags));
         }
-        let digest = hash.finalize();
-        let version = format!(
-            "sha256:{}",
-            digest
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        Ok(MappingSet { version, mappings })
+        Ok(MappingSet {
+            version,
+            mappings,
+            output_check: OutputCheck::Basic,
+        })
+    }
+
+    /// The same set with outputs checked as `check` says (`mappings.output_check`).
+    pub fn with_output_check(mut self, check: OutputCheck) -> MappingSet {
+        self.output_check = check;
+        self
+    }
+
+    /// How this set checks its outputs by default.
+    pub fn output_check(&self) -> OutputCheck {
+        self.output_check
     }
 
     /// Content hash of the files (`sha256:` + 16 hex digits).
@@ -668,45 +671,41 @@ impl MappingSet {
         order: &Value,
         options: &MapOptions,
     ) -> Result<Output, MapError> {
-        let m = self.mapping(name, InputKind::Order)?;
-        let zone = site_zone(order.get("site"))?;
-        let mut env = eval::Env::new(order, zone.clone(), &m.tables);
-        let body = match &m.plan {
-            Plan::Fhir {
-                resource,
-                rules,
-                contained,
-            } => {
-                let mut out = eval::Out::new();
-                out.fhir = fhir::Tree::resource(resource);
-                let inner = run_contained(&mut env, contained)?;
-                if !inner.is_empty()
-                    && let fhir::Tree::Obj(entries) = &mut out.fhir
-                {
-                    entries.push(("contained".into(), fhir::Tree::Arr(inner)));
-                }
-                env.run(rules, &mut out)?;
-                let json = std::mem::take(&mut out.fhir)
-                    .into_value()
-                    .unwrap_or(Value::Null);
-                fhir::check(resource, &json)
-                    .and_then(|()| fhir::check_local_references(&json))
-                    .map_err(|reason| MapError::InvalidOutput {
-                        mapping: m.name.clone(),
-                        what: resource.clone(),
-                        rules: rules_hint(rules, &reason),
-                        reason,
-                    })?;
-                Body::Fhir(json)
-            }
-            Plan::Hl7 { .. } => Body::Hl7(run_hl7(m, &mut env, options, zone.as_ref())?),
-            Plan::Report { .. } => return Err(MapError::WrongInput(name.to_string())),
+        self.order_run(name, order, options, None)
+    }
+
+    /// Maps an Order and records how every output field came about. The trace is returned
+    /// also when the mapping fails (up to the rule that failed). It holds values (PHI):
+    /// show it to the analyst, never log it.
+    pub fn map_order_traced(
+        &self,
+        name: &str,
+        order: &Value,
+        options: &MapOptions,
+    ) -> (Result<Output, MapError>, Trace) {
+        let mut trace = Trace {
+            mapping: name.to_string(),
+            fields: Vec::new(),
         };
+        let r = self.order_run(name, order, options, Some(&mut trace));
+        (r, trace)
+    }
+
+    fn order_run(
+        &self,
+        name: &str,
+        order: &Value,
+        options: &MapOptions,
+        trace: Option<&mut Trace>,
+    ) -> Result<Output, MapError> {
+        let m = self.mapping(name, InputKind::Order)?;
+        let check = options.check.unwrap_or(self.output_check);
+        let (body, unmapped) = exec::order(m, order, options, check, trace)?;
         Ok(Output {
             mapping: m.name.clone(),
             version: self.version.clone(),
             body,
-            unmapped: count(env.unmapped),
+            unmapped,
         })
     }
 
@@ -731,7 +730,7 @@ impl MappingSet {
     /// Maps an ORU^R01 with the set's only `input: oru` mapping.
     pub fn map_oru(&self, text: &str, ctx: &InboundContext) -> Result<Inbound, MapError> {
         let m = self.only(InputKind::Oru, "oru")?;
-        self.map_oru_with(&m.name.clone(), text, ctx)
+        self.oru_run(m, text, ctx, None)
     }
 
     /// Maps an ORU^R01 given as the bytes received, decoded as [`crate::hl7::charset`] says;
@@ -758,17 +757,41 @@ impl MappingSet {
         ctx: &InboundContext,
     ) -> Result<Inbound, MapError> {
         let m = self.mapping(name, InputKind::Oru)?;
-        let Plan::Report { rules } = &m.plan else {
-            return Err(MapError::WrongInput(name.to_string()));
+        self.oru_run(m, text, ctx, None)
+    }
+
+    /// [`MappingSet::map_oru_with`] with a trace of every report field of every group
+    /// (PHI: never log it).
+    pub fn map_oru_traced(
+        &self,
+        name: &str,
+        text: &str,
+        ctx: &InboundContext,
+    ) -> (Result<Inbound, MapError>, Trace) {
+        let mut trace = Trace {
+            mapping: name.to_string(),
+            fields: Vec::new(),
         };
+        let r = self
+            .mapping(name, InputKind::Oru)
+            .and_then(|m| self.oru_run(m, text, ctx, Some(&mut trace)));
+        (r, trace)
+    }
+
+    fn oru_run(
+        &self,
+        m: &Compiled,
+        text: &str,
+        ctx: &InboundContext,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Inbound, MapError> {
         let msg = er7::Message::parse(text)?;
-        let msh10 = msg.control_id().unwrap_or("(no MSH-10)").to_string();
-        let input = context_value(ctx, None);
-        let zone = site_zone(input.get("site"))?;
+        let msh10 = || msg.control_id().unwrap_or("(no MSH-10)").to_string();
+        let zone = exec::site_zone(Some(&ctx.site))?;
         let groups = msg.order_groups();
         if groups.is_empty() {
             return Err(MapError::Value {
-                rule: format!("message {msh10}"),
+                rule: format!("message {}", msh10()),
                 reason: NO_ORDER_GROUP.into(),
             });
         }
@@ -776,25 +799,33 @@ impl MappingSet {
         let mut unmapped = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             let scope = msg.group_scope(g);
-            let mut env = eval::Env::new(&input, zone.clone(), &m.tables);
+            let mut env =
+                eval::Env::with_roots(&m.plan, exec::inbound_roots(ctx, None, None), zone.clone());
             env.hl7 = Some(&scope);
             env.delims = msg.delimiters();
-            let mut out = eval::Out::new();
+            if trace.is_some() {
+                env.record_trace();
+                env.set_trace_group(gi + 1);
+            }
             let in_group = |e: MapError| MapError::InGroup {
-                msh10: msh10.clone(),
+                msh10: msh10(),
                 group: gi + 1,
                 source: Box::new(e),
             };
-            env.run(rules, &mut out).map_err(in_group)?;
-            let sub = inbound::build(&out.report).map_err(|(f, reason)| {
+            let fields = exec::report(m, &mut env);
+            if let (Some(t), Some(b)) = (trace.as_deref_mut(), env.take_trace()) {
+                t.fields.extend(b.fields);
+            }
+            let fields = fields.map_err(in_group)?;
+            let sub = inbound::build(&fields).map_err(|(f, reason)| {
                 in_group(MapError::InvalidOutput {
                     mapping: m.name.clone(),
                     what: "report submission".into(),
                     reason: format!("{}: {reason}", f.name()),
-                    rules: rules_for_field(rules, f),
+                    rules: exec::rules_for_field(m, f),
                 })
             })?;
-            unmapped.append(&mut env.unmapped);
+            unmapped.extend(exec::count(&m.plan, env.unmapped));
             submissions.push(sub);
         }
         let (submissions, groups) = merge_by_appointment(submissions);
@@ -803,7 +834,7 @@ impl MappingSet {
             version: self.version.clone(),
             submissions,
             groups,
-            unmapped: count(unmapped),
+            unmapped: merge_counts(unmapped),
             warnings: msg.warnings().iter().map(ToString::to_string).collect(),
         })
     }
@@ -815,31 +846,76 @@ impl MappingSet {
         ctx: &InboundContext,
     ) -> Result<Inbound, MapError> {
         let m = self.only(InputKind::DiagnosticReport, "diagnostic_report")?;
-        let Plan::Report { rules } = &m.plan else {
-            return Err(MapError::WrongInput(m.name.clone()));
-        };
+        self.dr_run(m, report, ctx, None)
+    }
+
+    /// [`MappingSet::map_diagnostic_report`] with a trace (PHI: never log it).
+    pub fn map_diagnostic_report_traced(
+        &self,
+        report: &Value,
+        ctx: &InboundContext,
+    ) -> (Result<Inbound, MapError>, Trace) {
+        let mut trace = Trace::default();
+        let r = self
+            .only(InputKind::DiagnosticReport, "diagnostic_report")
+            .and_then(|m| {
+                trace.mapping = m.name.clone();
+                self.dr_run(m, report, ctx, Some(&mut trace))
+            });
+        (r, trace)
+    }
+
+    fn dr_run(
+        &self,
+        m: &Compiled,
+        report: &Value,
+        ctx: &InboundContext,
+        trace: Option<&mut Trace>,
+    ) -> Result<Inbound, MapError> {
         let (read, warnings) = fhir_report::read(report, &ctx.config)?;
-        let mut input = context_value(ctx, Some(report));
-        input["read"] = read;
-        let zone = site_zone(input.get("site"))?;
-        let mut env = eval::Env::new(&input, zone, &m.tables);
-        let mut out = eval::Out::new();
-        env.run(rules, &mut out)?;
-        let sub = inbound::build(&out.report).map_err(|(f, reason)| MapError::InvalidOutput {
+        let zone = exec::site_zone(Some(&ctx.site))?;
+        let mut env = eval::Env::with_roots(
+            &m.plan,
+            exec::inbound_roots(ctx, Some(report), Some(&read)),
+            zone,
+        );
+        if trace.is_some() {
+            env.record_trace();
+        }
+        let fields = exec::report(m, &mut env);
+        if let (Some(t), Some(b)) = (trace, env.take_trace()) {
+            t.fields.extend(b.fields);
+        }
+        let sub = inbound::build(&fields?).map_err(|(f, reason)| MapError::InvalidOutput {
             mapping: m.name.clone(),
             what: "report submission".into(),
             reason: format!("{}: {reason}", f.name()),
-            rules: rules_for_field(rules, f),
+            rules: exec::rules_for_field(m, f),
         })?;
         Ok(Inbound {
             mapping: m.name.clone(),
             version: self.version.clone(),
             submissions: vec![sub],
             groups: vec![vec![0]],
-            unmapped: count(env.unmapped),
+            unmapped: exec::count(&m.plan, env.unmapped),
             warnings,
         })
     }
+}
+
+/// Unmapped counts of several groups added up.
+fn merge_counts(all: Vec<Unmapped>) -> Vec<Unmapped> {
+    let mut m: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for u in all {
+        *m.entry((u.table, u.value)).or_default() += u.count;
+    }
+    m.into_iter()
+        .map(|((table, value), count)| Unmapped {
+            table,
+            value,
+            count,
+        })
+        .collect()
 }
 
 /// One submission per appointment: QUBS keeps one report per appointment and a later POST
@@ -884,220 +960,6 @@ fn merge_by_appointment(subs: Vec<ReportSubmission>) -> (Vec<ReportSubmission>, 
         }
     }
     (out, groups)
-}
-
-fn context_value(ctx: &InboundContext, resource: Option<&Value>) -> Value {
-    let mut m = serde_json::Map::new();
-    if let Some(d) = &ctx.domain {
-        m.insert("domain".into(), Value::String(d.clone()));
-    }
-    m.insert("site".into(), ctx.site.clone());
-    m.insert("config".into(), ctx.config.clone());
-    if let Some(r) = resource {
-        m.insert("resource".into(), r.clone());
-    }
-    Value::Object(m)
-}
-
-fn site_zone(site: Option<&Value>) -> Result<Option<TimeZone>, MapError> {
-    match site.and_then(|s| s.get("timeZone")).and_then(Value::as_str) {
-        None | Some("") => Ok(None),
-        Some(name) => jiff::tz::db()
-            .get(name)
-            .map(Some)
-            .map_err(|_| MapError::Value {
-                rule: "site.timeZone".into(),
-                reason: "not a known IANA time zone".into(),
-            }),
-    }
-}
-
-fn count(seen: Vec<(String, String)>) -> Vec<Unmapped> {
-    let mut m: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for k in seen {
-        *m.entry(k).or_default() += 1;
-    }
-    m.into_iter()
-        .map(|((table, value), count)| Unmapped {
-            table,
-            value,
-            count,
-        })
-        .collect()
-}
-
-fn all_rules<'r>(rules: &'r [compile::Rule], out: &mut Vec<&'r compile::Rule>) {
-    for r in rules {
-        out.push(r);
-        if let Some(e) = &r.each {
-            all_rules(&e.rules, out);
-        }
-    }
-}
-
-/// Rules whose target's top element is named in `reason` (serde names the field).
-fn rules_hint(rules: &[compile::Rule], reason: &str) -> String {
-    let mut all = Vec::new();
-    all_rules(rules, &mut all);
-    let hits: Vec<String> = all
-        .iter()
-        .filter(|r| {
-            let top = r.at.target.split(['.', '[']).next().unwrap_or("");
-            !top.is_empty() && reason.contains(&format!("`{top}`"))
-        })
-        .map(|r| r.at.to_string())
-        .collect();
-    if hits.is_empty() {
-        "not identified; run a dry run and compare with the resource's definition".into()
-    } else {
-        hits.join(", ")
-    }
-}
-
-fn rules_for_field(rules: &[compile::Rule], f: ReportField) -> String {
-    let hits: Vec<String> = rules
-        .iter()
-        .filter(|r| matches!(r.target, compile::Target::Report(x) if x == f))
-        .map(|r| r.at.to_string())
-        .collect();
-    if hits.is_empty() {
-        "none".into()
-    } else {
-        hits.join(", ")
-    }
-}
-
-/// The contained resources whose rules wrote something, each with its type and id.
-fn run_contained<'a>(
-    env: &mut eval::Env<'a>,
-    plans: &'a [compile::ContainedPlan],
-) -> Result<Vec<fhir::Tree>, MapError> {
-    let mut out = Vec::new();
-    for c in plans {
-        if let Some(w) = &c.when
-            && !env.test(w)
-        {
-            continue;
-        }
-        let mut o = eval::Out::new();
-        o.fhir = fhir::Tree::Obj(vec![
-            (
-                "resourceType".into(),
-                fhir::Tree::Leaf(Value::String(c.resource.clone())),
-            ),
-            ("id".into(), fhir::Tree::Leaf(Value::String(c.id.clone()))),
-        ]);
-        if env.run(&c.rules, &mut o)? {
-            out.push(o.fhir);
-        }
-    }
-    Ok(out)
-}
-
-fn run_hl7<'a>(
-    m: &'a Compiled,
-    env: &mut eval::Env<'a>,
-    options: &MapOptions,
-    zone: Option<&TimeZone>,
-) -> Result<String, MapError> {
-    let Plan::Hl7 {
-        message,
-        version,
-        segments,
-        line_breaks,
-    } = &m.plan
-    else {
-        return Err(MapError::WrongInput(m.name.clone()));
-    };
-    let (message, version, line_breaks) = (message.as_str(), version.as_str(), *line_breaks);
-    let (code, trigger) = message.split_once('^').unwrap_or((message, ""));
-    let structure = format!("{code}_{trigger}");
-    let now = options.now.clone().unwrap_or_else(|| {
-        jiff::Timestamp::now().to_zoned_datetime(zone.cloned().unwrap_or(TimeZone::UTC))
-    });
-    let control_id = options
-        .control_id
-        .clone()
-        .unwrap_or_else(writer::new_control_id);
-    let fields = MshFields {
-        sending_application: "",
-        sending_facility: "",
-        receiving_application: "",
-        receiving_facility: "",
-        message_code: code,
-        trigger_event: trigger,
-        // MSH-9.3 (message structure) exists from v2.3.1.
-        structure: (version != "2.3").then_some(structure.as_str()),
-        processing_id: "P",
-        version,
-        charset: None,
-    };
-    let mut mb = MessageBuilder {
-        line_breaks,
-        ..MessageBuilder::default()
-    };
-    for sp in segments {
-        if let Some(c) = &sp.when
-            && !env.test(c)
-        {
-            continue;
-        }
-        let fresh = || {
-            if sp.id == "MSH" {
-                writer::msh(&fields, &now, &control_id)
-            } else {
-                SegmentBuilder::new(&sp.id)
-            }
-        };
-        match &sp.each {
-            Some((over, alias)) => {
-                let items = env.json(over);
-                let mut n = 0;
-                for item in items {
-                    env.bind(alias, item, n + 1);
-                    if let Some(w) = &sp.filter
-                        && !env.test(w)
-                    {
-                        env.unbind();
-                        continue;
-                    }
-                    env.set_id = set_id(&mb.segments, &sp.id);
-                    let mut out = eval::Out::new();
-                    out.seg = fresh();
-                    let r = env.run(&sp.rules, &mut out);
-                    env.unbind();
-                    if r? {
-                        n += 1;
-                        mb.segments.push(out.seg);
-                    }
-                }
-            }
-            None => {
-                env.set_id = set_id(&mb.segments, &sp.id);
-                let mut out = eval::Out::new();
-                out.seg = fresh();
-                env.run(&sp.rules, &mut out)?;
-                mb.segments.push(out.seg);
-            }
-        }
-    }
-    let text = mb.render();
-    let checked = match options.hl7_check {
-        Hl7Check::Hl7Parser => writer::check_with_hl7_parser(&text),
-        Hl7Check::Reader => writer::check_with_reader(&text),
-    };
-    checked.map_err(|e| MapError::InvalidOutput {
-        mapping: m.name.clone(),
-        what: message.to_string(),
-        reason: e.to_string(),
-        rules: "MSH rules and segment list".into(),
-    })?;
-    Ok(text)
-}
-
-/// 1 + the number of `id` segments at the end of `written`: the Set ID of the next one.
-fn set_id(written: &[SegmentBuilder], id: &str) -> usize {
-    1 + written.iter().rev().take_while(|s| s.id() == id).count()
 }
 
 /// Leaves of `input` (as shape keys) not covered by any read.

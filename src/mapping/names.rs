@@ -13,6 +13,8 @@
 //!
 //! Titles (Dr, Prof, …) become the prefix, generational suffixes (Jr, III) the suffix.
 
+use std::borrow::Cow;
+
 /// Words that open a name as a title (compared ignoring case).
 const TITLES: &[&str] = &[
     "dr", "dr.", "prof", "prof.", "mr", "mr.", "mrs", "mrs.", "ms", "ms.", "miss", "mx", "a/prof",
@@ -141,6 +143,120 @@ impl ParsedName {
     }
 }
 
+/// The parts of a name as the `name` filter gives them (`Text` is `Prefix Given Middle
+/// Family Suffix`), borrowed from the input where they are written there as they come out:
+/// the common `[Title] Given [Middle] Family` needs no copy at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameText<'s> {
+    /// Family name, particles included.
+    pub family: Cow<'s, str>,
+    /// First given name.
+    pub given: Cow<'s, str>,
+    /// Further given names.
+    pub middle: Cow<'s, str>,
+    /// Titles.
+    pub prefix: Cow<'s, str>,
+    /// Generational suffix.
+    pub suffix: Cow<'s, str>,
+    /// The whole name, normalised.
+    pub text: Cow<'s, str>,
+}
+
+impl NameText<'_> {
+    fn owned(n: &ParsedName) -> NameText<'static> {
+        NameText {
+            family: Cow::Owned(n.family.clone().unwrap_or_default()),
+            given: Cow::Owned(n.given.first().cloned().unwrap_or_default()),
+            middle: Cow::Owned(n.given.get(1..).map(|m| m.join(" ")).unwrap_or_default()),
+            prefix: Cow::Owned(n.prefix.join(" ")),
+            suffix: Cow::Owned(n.suffix.clone().unwrap_or_default()),
+            text: Cow::Owned(n.text()),
+        }
+    }
+}
+
+/// Words a name is split into at most without falling back to [`parse`].
+const MAX_WORDS: usize = 12;
+
+/// [`parse`] as [`NameText`]: the same parts, borrowed from `s` where possible.
+pub fn parts(s: &str) -> NameText<'_> {
+    let s = s.trim();
+    if s.contains(['^', ',']) {
+        return NameText::owned(&parse(s));
+    }
+    let mut buf = [""; MAX_WORDS];
+    let mut n = 0;
+    for w in s.split_whitespace() {
+        if n == MAX_WORDS {
+            return NameText::owned(&parse(s));
+        }
+        buf[n] = w;
+        n += 1;
+    }
+    let mut words = &buf[..n];
+    let mut prefix = &buf[..0];
+    // Titles open the name, but a lone word stays a name unless it is only a title.
+    let mut t = 0;
+    while words.len() - t > 1 && is_word_in(TITLES, words[t]) {
+        t += 1;
+    }
+    if words.len() - t == 1 && is_word_in(TITLES, words[t]) {
+        t += 1;
+    }
+    if t > 0 {
+        prefix = &words[..t];
+        words = &words[t..];
+    }
+    let mut suffix = &buf[..0];
+    if words.len() > 2 && is_word_in(SUFFIXES, words[words.len() - 1]) {
+        suffix = &words[words.len() - 1..];
+        words = &words[..words.len() - 1];
+    }
+    let (given, family) = if words.is_empty() {
+        (words, words)
+    } else {
+        let mut start = words.len() - 1;
+        while start > 1 && is_word_in(PARTICLES, words[start - 1]) {
+            start -= 1;
+        }
+        (&words[..start], &words[start..])
+    };
+    NameText {
+        family: join_words(s, family),
+        given: Cow::Borrowed(given.first().copied().unwrap_or("")),
+        middle: join_words(s, given.get(1..).unwrap_or(&[])),
+        prefix: join_words(s, prefix),
+        suffix: join_words(s, suffix),
+        text: join_words(s, &buf[..n]),
+    }
+}
+
+/// Words of `s` joined by one space: a slice of `s` when they stand so in it.
+fn join_words<'s>(s: &'s str, words: &[&'s str]) -> Cow<'s, str> {
+    let (Some(first), Some(last)) = (words.first(), words.last()) else {
+        return Cow::Borrowed("");
+    };
+    let base = s.as_ptr() as usize;
+    let start = first.as_ptr() as usize - base;
+    let end = last.as_ptr() as usize - base + last.len();
+    let adjacent = words.windows(2).all(|w| {
+        let a_end = w[0].as_ptr() as usize - base + w[0].len();
+        let b_start = w[1].as_ptr() as usize - base;
+        b_start == a_end + 1 && s.as_bytes()[a_end] == b' '
+    });
+    if adjacent {
+        Cow::Borrowed(&s[start..end])
+    } else {
+        Cow::Owned(words.join(" "))
+    }
+}
+
+/// `word` is in `list` (lower-case entries), compared ignoring case, without a copy.
+fn is_word_in(list: &[&str], word: &str) -> bool {
+    list.iter()
+        .any(|x| x.chars().eq(word.chars().flat_map(char::to_lowercase)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +314,42 @@ mod tests {
         assert_eq!(fgm("Dr Alan Referrer").1, "Alan");
         assert_eq!(parse("John Smith Jr").suffix.as_deref(), Some("Jr"));
         assert_eq!(fgm("Dr"), ("Dr".into(), "".into(), "".into(), "".into()));
+    }
+
+    #[test]
+    fn borrowed_parts_equal_the_parsed_ones() {
+        for s in [
+            "Māui Te Rangi",
+            "Dr Tomás Ó Súilleabháin",
+            "Mrs Jane Mary O'Brien",
+            "  Dr   Jane  Mary O'Brien Jr ",
+            "John Smith Jr",
+            "Dr",
+            "Madonna",
+            "Dr Prof",
+            "De Shawn Brown",
+            "Pieter van der Berg",
+            "CITIZEN, Dr Jane Mary",
+            "Smith^John^Paul^Jr^Dr",
+            "a b c d e f g h i j k l m n o",
+            "",
+        ] {
+            let n = parse(s);
+            let p = parts(s);
+            assert_eq!(p.family, n.family.clone().unwrap_or_default(), "{s}");
+            assert_eq!(p.given, n.given.first().cloned().unwrap_or_default(), "{s}");
+            assert_eq!(
+                p.middle,
+                n.given.get(1..).map(|m| m.join(" ")).unwrap_or_default(),
+                "{s}"
+            );
+            assert_eq!(p.prefix, n.prefix.join(" "), "{s}");
+            assert_eq!(p.suffix, n.suffix.clone().unwrap_or_default(), "{s}");
+            assert_eq!(p.text, n.text(), "{s}");
+        }
+        // The usual form is not copied.
+        let p = parts("Mrs Jane Mary O'Brien");
+        assert!(matches!(p.text, Cow::Borrowed(_)) && matches!(p.family, Cow::Borrowed(_)));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub enum OutputKind {
 }
 
 /// Comparison inside a list filter `[field op values]` or an HL7 segment filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
     /// `=`
     Eq,
@@ -54,7 +54,7 @@ impl Op {
 }
 
 /// One step of a JSON path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Step {
     /// `.name`
     Key(String),
@@ -74,7 +74,7 @@ pub enum Step {
 }
 
 /// A JSON path: a root name (`appointment`, `comments`, a `for_each` alias, ...) and steps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct JsonPath {
     /// First name of the path.
     pub root: String,
@@ -218,7 +218,7 @@ fn parse_values(rest: &str, list: bool) -> Result<Vec<String>, String> {
 
 /// An HL7 source: a position, optionally restricted to segments whose fields pass tests,
 /// e.g. `OBX[OBX-2 in (TX, FT)]-5` or `OBX[OBX-2 in (TX, FT) and OBX-11 not in (W, D)]-5`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Hl7Source {
     /// The position read.
     pub path: er7::Path,

@@ -115,7 +115,7 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
                 })
                 .unwrap_or(Pos { line: 1, column: 1 });
             // The first line of the rendered error is the message; the rest is a snippet
-            // of the file, which may hold PHI-free mapping text only, but keep it short.
+            // of the file.
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or("invalid YAML");
             Err((pos, readable(first)))
@@ -123,25 +123,101 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
     }
 }
 
-/// The reader's limit breaches in words an analyst can act on; other messages unchanged.
+/// The reader's message in the project's words: its position prefix and advice meant for
+/// programmers ("set DuplicateKeyPolicy in Options") are dropped, the common problems get a
+/// sentence an analyst can act on, and anything else a generic one (the position and the
+/// hint still point at the spot).
 fn readable(message: &str) -> String {
-    let Some((_, breach)) = message.split_once("budget breached: ") else {
-        return match message.contains("recursion limit exceeded") {
-            true => "nested too deeply (YAML reader limit)".into(),
-            false => message.to_string(),
-        };
-    };
-    let what = breach.split([' ', '{']).next().unwrap_or_default();
-    match what {
-        "Depth" => format!("nested more than {MAX_DEPTH} levels deep"),
-        "Nodes" | "Events" => {
-            "more than 250000 YAML nodes: an alias bomb, or far larger than a mapping file".into()
-        }
-        "Aliases" | "Anchors" | "AliasAnchorRatio" => {
-            "too many aliases or anchors: an alias bomb?".into()
-        }
-        _ => format!("beyond a YAML reader limit ({breach})"),
+    // `error: line 2 column 1: duplicate mapping key: x, set DuplicateKeyPolicy ...`
+    let mut m = message.trim();
+    m = m.strip_prefix("error:").unwrap_or(m).trim_start();
+    if let Some(rest) = m.strip_prefix("line ")
+        && let Some((_, after)) = rest.split_once(": ")
+    {
+        m = after;
     }
+    if let Some((_, breach)) = m.split_once("budget breached: ") {
+        let what = breach.split([' ', '{']).next().unwrap_or_default();
+        return match what {
+            "Depth" => format!("nested more than {MAX_DEPTH} levels deep"),
+            "Nodes" | "Events" => {
+                "more than 250000 YAML nodes: an alias bomb, or far larger than a mapping file"
+                    .into()
+            }
+            "Aliases"
+            | "Anchors"
+            | "AliasAnchorRatio"
+            | "RecordedAnchorBytes"
+            | "RecordedAnchorEvents" => "too many aliases or anchors: an alias bomb?".into(),
+            _ => "beyond a limit of the YAML reader (far larger than a mapping file)".into(),
+        };
+    }
+    if m.contains("recursion limit exceeded") {
+        return "nested too deeply (YAML reader limit)".into();
+    }
+    if let Some(rest) = m.strip_prefix("duplicate mapping key:") {
+        let key = rest.split(',').next().unwrap_or_default().trim();
+        return format!("key `{key}` appears twice in the same mapping");
+    }
+    let known: &[(&str, &str)] = &[
+        (
+            "mapping values are not allowed",
+            "a `key: value` where it cannot start (check the indentation of this line)",
+        ),
+        (
+            "tabs disallowed",
+            "a tab in the indentation: YAML indents with spaces",
+        ),
+        ("tab", "a tab where YAML allows none: indent with spaces"),
+        (
+            "unknown anchor",
+            "an alias (`*name`) without an anchor (`&name`) before it",
+        ),
+        ("unclosed quote", "a quoted text is not closed"),
+        (
+            "quoted scalar",
+            "a quoted text is not closed or holds an invalid escape",
+        ),
+        (
+            "did not find expected '-'",
+            "a list item without `- ` where the list continues",
+        ),
+        (
+            "did not find expected ','",
+            "a `[...]` or `{...}` list is not closed, or lacks a `,`",
+        ),
+        ("did not find expected ']'", "a `[...]` list is not closed"),
+        (
+            "did not find expected '}'",
+            "a `{...}` mapping is not closed",
+        ),
+        (
+            "did not find expected key",
+            "the indentation does not match the keys above",
+        ),
+        (
+            "did not find expected node content",
+            "a value is missing here",
+        ),
+        (
+            "cannot start any token",
+            "a character that cannot start a value here (quote the value)",
+        ),
+        ("unexpected end", "the file ends in the middle of a value"),
+        (
+            "invalid indentation",
+            "the indentation does not match the lines above",
+        ),
+        ("could not find expected ':'", "a key without `:`"),
+        ("invalid leading UTF-8", "not valid UTF-8"),
+        ("byte order mark", "a byte-order mark where none is allowed"),
+    ];
+    for (needle, said) in known {
+        if m.contains(needle) {
+            return (*said).to_string();
+        }
+    }
+    "not valid YAML here".into()
 }
 
 /// What serde-saphyr fills in; converted to [`Node`] afterwards.
@@ -252,6 +328,26 @@ mod tests {
     fn syntax_errors_have_positions() {
         let (pos, msg) = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(pos.line >= 1, "{msg}");
+    }
+
+    #[test]
+    fn reader_messages_are_in_our_words() {
+        for (text, want) in [
+            ("mapping: a\nmapping: b\n", "key `mapping` appears twice"),
+            ("mapping: c\n  input: order\n", "cannot start"),
+            ("rules:\n\t- x\n", "tab"),
+            ("a: &x 1\nb: *y\n", "without an anchor"),
+            ("a: \"unterminated\n", "not closed"),
+            ("- a\nb: 1\n", "list item"),
+        ] {
+            let (pos, m) = parse(text).unwrap_err();
+            assert!(m.contains(want), "{text:?}: {m}");
+            assert!(
+                !m.contains("Options") && !m.contains("line ") && !m.starts_with("error"),
+                "{m}"
+            );
+            assert!(pos.line >= 1);
+        }
     }
 
     #[test]

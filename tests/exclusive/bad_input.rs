@@ -807,6 +807,7 @@ fn preview(mapping: &str, input: String) -> Call {
         mapping: mapping.into(),
         input,
         site_time_zone: String::new(),
+        trace: false,
     })
 }
 
@@ -1162,6 +1163,7 @@ fn grpc_cases() -> Vec<GrpcCase> {
                 mapping: "oru_to_report".into(),
                 input: String::from_utf8(oru("PV1", "A0001", "F")).unwrap(),
                 site_time_zone: "Mars/Olympus_Mons".into(),
+                trace: false,
             }),
             expect: GrpcExpect::PreviewError(
                 "mapping",

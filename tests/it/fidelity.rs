@@ -421,7 +421,7 @@ fn map_all(set: &MappingSet, doc: &Value, dump: Option<(&Path, &str)>) -> Output
     let fhir = |name: &str| {
         set.map_order_with(name, doc, &opts)
             .map(|o| match o.body {
-                Body::Fhir(v) => v,
+                Body::Fhir(v) => v.to_value(),
                 Body::Hl7(_) => panic!("FHIR expected"),
             })
             .map_err(|e| e.to_string())

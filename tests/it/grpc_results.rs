@@ -300,6 +300,7 @@ async fn preview_mapping_shows_output_unmapped_values_and_unread_fields() {
                 mapping: "service_request".into(),
                 input: order.to_string(),
                 site_time_zone: "Australia/Sydney".into(),
+                trace: false,
             },
             GRPC_TOKEN,
         ))
@@ -327,6 +328,7 @@ async fn preview_mapping_shows_output_unmapped_values_and_unread_fields() {
         answer.unread_fields
     );
     assert!(answer.mapping_set_version.starts_with("sha256:"));
+    assert!(answer.trace_json.is_empty() && answer.trace_text.is_empty());
 
     let answer = client
         .preview_mapping(authed(
@@ -334,6 +336,7 @@ async fn preview_mapping_shows_output_unmapped_values_and_unread_fields() {
                 mapping: "oru_to_report".into(),
                 input: oru("P1", "A1", "P"),
                 site_time_zone: "Australia/Sydney".into(),
+                trace: true,
             },
             GRPC_TOKEN,
         ))
@@ -346,6 +349,43 @@ async fn preview_mapping_shows_output_unmapped_values_and_unread_fields() {
         "{}",
         answer.output
     );
+    // The trace says where the status came from: OBR-25 `P` through the result_status table.
+    let trace: serde_json::Value = serde_json::from_str(&answer.trace_json).unwrap();
+    assert_eq!(trace["mapping"], "oru_to_report");
+    let status = trace["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["target"] == "reportStatus")
+        .expect("a trace entry for reportStatus");
+    assert_eq!(status["outcome"], "written");
+    assert_eq!(status["value"], "preliminary");
+    assert!(
+        status["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("oru_to_report.yaml:"),
+        "{status}"
+    );
+    assert_eq!(status["group"], 1);
+    assert_eq!(status["source"]["alternatives"][0]["path"], "OBR-25");
+    assert_eq!(status["source"]["alternatives"][0]["raw"], "P");
+    assert_eq!(status["source"]["won"], 0);
+    let table = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s.get("table"))
+        .expect("a table step");
+    assert_eq!(table["table"], "result_status");
+    assert_eq!(table["hit"], true);
+    assert!(
+        answer
+            .trace_text
+            .contains("reportStatus (group 1) = \"preliminary\""),
+        "{}",
+        answer.trace_text
+    );
 
     let e = client
         .preview_mapping(authed(
@@ -353,6 +393,7 @@ async fn preview_mapping_shows_output_unmapped_values_and_unread_fields() {
                 mapping: "nope".into(),
                 input: "{}".into(),
                 site_time_zone: String::new(),
+                trace: false,
             },
             GRPC_TOKEN,
         ))

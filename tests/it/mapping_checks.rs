@@ -520,6 +520,7 @@ rules:
     let qubs_bridge::mapping::Body::Fhir(v) = out.body else {
         panic!()
     };
+    let v = v.to_value();
     assert_eq!(
         v["contained"],
         serde_json::json!([{"resourceType": "Patient", "id": "patient", "birthDate": "1961-03-14"}])

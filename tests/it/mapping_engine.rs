@@ -54,6 +54,7 @@ fn order_to_service_request() {
         .map_order_with("service_request", &order("routine-ct.json"), &opts())
         .unwrap();
     let Body::Fhir(v) = &out.body else { panic!() };
+    let v = &v.to_value();
     println!("{}", serde_json::to_string_pretty(v).unwrap());
     assert_eq!(v["status"], "active");
     assert_eq!(v["priority"], "asap");
@@ -109,6 +110,7 @@ fn diagnostic_report_registered() {
         .map_order_with("diagnostic_report", &order("routine-ct.json"), &opts())
         .unwrap();
     let Body::Fhir(v) = &out.body else { panic!() };
+    let v = &v.to_value();
     assert_eq!(v["status"], "registered");
     assert_eq!(v["category"][0]["coding"][0]["code"], "LP29684-5");
     assert_eq!(v["basedOn"][0]["identifier"]["value"], "APT-1001");
