@@ -1127,7 +1127,24 @@ fn check_order(
             .collect()
     };
     let patient_ntes = after(pid_at);
-    let mut order_ntes = after(obr_at);
+    // A QUBS that sends the DICOM study instance UID gets a ZDS right after the OBR: the UID
+    // as ZDS-1's pointer and the appointment as ZDS-2's placer order number.
+    let uid = nonblank(a, "studyInstanceUid");
+    let zds = m.segments.get(obr_at + 1).filter(|s| s[0] == "ZDS");
+    match (&uid, zds) {
+        (Some(uid), Some(z)) => {
+            expect(
+                Er7::get(z, 1, 1, 1) == uid.trim()
+                    && Er7::get(z, 1, 4, 1) == "DICOM"
+                    && Er7::get(z, 2, 1, 1) == s(a, "appointmentId").trim(),
+                "ZDS carries the study instance UID and the appointment".into(),
+            );
+        }
+        (Some(_), None) => expect(false, "a study instance UID without a ZDS".into()),
+        (None, Some(_)) => expect(false, "a ZDS without a study instance UID".into()),
+        (None, None) => {}
+    }
+    let mut order_ntes = after(obr_at + usize::from(zds.is_some()));
     if let Some(c) = &clinical {
         let first = order_ntes.first().copied();
         expect(
