@@ -18,7 +18,7 @@ use super::output::{self, Format, note};
 use crate::config::Settings;
 use crate::mapping::{
     Body, FhirJson, FieldFate, InboundContext, InputKind, LoadErrors, MapOptions, MappingSet,
-    golden,
+    golden, trace::FieldTrace,
 };
 
 #[derive(Subcommand)]
@@ -81,6 +81,16 @@ pub struct MapArgs {
     /// output, unmapped values, unread fields, warnings and errors.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Instead of the output, show how each output field came about: the rule (file:line),
+    /// its `when` decision, each `|` alternative with its raw value and the one used, each
+    /// filter step with its result, table hits and misses. It shows input values: for the
+    /// analyst's own terminal.
+    #[arg(long)]
+    explain: bool,
+    /// With --explain: only this output field and its parts (`OBR-24`, `PID-5`, `priority`,
+    /// `note[0].text`).
+    #[arg(long, requires = "explain", value_name = "TARGET")]
+    field: Option<String>,
 }
 
 /// The set in `dir`; its problems said on stderr, one per line with file:line:column.
@@ -305,6 +315,9 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
             names.join(", ")
         )));
     }
+    if args.explain {
+        return explain(&set, &name, &args, &bytes, &mut out);
+    }
     let run = run_mapping(&set, &name, &args, &bytes);
     match args.format {
         Format::Json => {
@@ -370,13 +383,77 @@ pub fn map(args: MapArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the mapping on the input the way the service would.
-fn run_mapping(
+/// `map --explain`: the value trace of one run, all of it or one field's, on stdout; a
+/// failed run shows its trace up to the rule that failed, then the error.
+fn explain(
     set: &MappingSet,
     name: &str,
     args: &MapArgs,
     bytes: &[u8],
-) -> anyhow::Result<MapRun> {
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (result, mut trace) = match prepare(set, name, args, bytes)? {
+        Prepared::Order(order) => {
+            let (r, t) = set.map_order_traced(name, &order, &MapOptions::default());
+            (r.map(|_| ()), t)
+        }
+        Prepared::Oru(text, ctx) => {
+            let (r, t) = set.map_oru_traced(name, &text, &ctx);
+            (r.map(|_| ()), t)
+        }
+        Prepared::Report(report, ctx) => {
+            let (r, t) = set.map_diagnostic_report_traced(&report, &ctx);
+            (r.map(|_| ()), t)
+        }
+    };
+    if let Some(field) = &args.field {
+        let selected: Vec<FieldTrace> = trace.field(field).into_iter().cloned().collect();
+        if selected.is_empty() && result.is_ok() {
+            let mut targets: Vec<&str> = Vec::new();
+            for f in &trace.fields {
+                if !targets.contains(&f.target.as_str()) {
+                    targets.push(&f.target);
+                }
+            }
+            return Err(usage(format!(
+                "no rule of `{name}` ran for `{field}`; the fields it wrote or considered: {}",
+                targets.join(", ")
+            )));
+        }
+        trace.fields = selected;
+    }
+    match args.format {
+        Format::Json => output::json_line(
+            out,
+            &json!({
+                "mapping": name,
+                "mappingSetVersion": set.version(),
+                "trace": trace,
+                "errors": match &result {
+                    Ok(()) => Vec::new(),
+                    Err(e) => vec![json!({"message": e.to_string()})],
+                },
+            }),
+        )?,
+        Format::Text => {
+            write!(out, "{}", trace.render_text())?;
+            out.flush()?;
+            note!("mapping {name} ({})", set.version());
+        }
+    }
+    result.map_err(|e| anyhow::Error::from(e).context(format!("mapping `{name}` failed")))
+}
+
+/// An input made ready for one mapping, as the service would hand it over.
+enum Prepared {
+    Order(Value),
+    Oru(String, InboundContext),
+    Report(Value, InboundContext),
+}
+
+/// Reads the input for mapping `name`: an order gets the site (`--site-tz`) and the
+/// configured `config.*` values, inbound inputs a context with them.
+fn prepare(set: &MappingSet, name: &str, args: &MapArgs, bytes: &[u8]) -> anyhow::Result<Prepared> {
     let compiled = set
         .get(name)
         .ok_or_else(|| anyhow::anyhow!("no mapping `{name}`"))?;
@@ -400,13 +477,7 @@ fn run_mapping(
                 }
                 o.entry("config").or_insert(config);
             }
-            let run = set.dry_run(name, &order, &MapOptions::default())?;
-            MapRun {
-                output: run.output.body,
-                unmapped: run.output.unmapped,
-                unread: run.unread_fields,
-                warnings: Vec::new(),
-            }
+            Prepared::Order(order)
         }
         kind => {
             let ctx = InboundContext {
@@ -414,20 +485,45 @@ fn run_mapping(
                 site,
                 config,
             };
-            let inbound = if kind == InputKind::Oru {
-                set.map_oru_bytes_with(name, bytes, &ctx)?
+            if kind == InputKind::Oru {
+                // Decoded as the service decodes what it receives (MSH-18, then fallbacks).
+                let text = crate::hl7::charset::decode(bytes).text.into_owned();
+                Prepared::Oru(text, ctx)
             } else {
                 let v: Value = serde_json::from_str(&text).map_err(|e| {
                     usage(format!("--input {} is not JSON: {e}", args.input.display()))
                 })?;
-                set.map_diagnostic_report(&v, &ctx)?
-            };
-            MapRun {
-                output: Body::Fhir(FhirJson(serde_json::to_string(&inbound.submissions)?)),
-                unmapped: inbound.unmapped,
-                unread: Vec::new(),
-                warnings: inbound.warnings,
+                Prepared::Report(v, ctx)
             }
         }
+    })
+}
+
+/// Runs the mapping on the input the way the service would.
+fn run_mapping(
+    set: &MappingSet,
+    name: &str,
+    args: &MapArgs,
+    bytes: &[u8],
+) -> anyhow::Result<MapRun> {
+    let inbound = match prepare(set, name, args, bytes)? {
+        Prepared::Order(order) => {
+            let run = set.dry_run(name, &order, &MapOptions::default())?;
+            return Ok(MapRun {
+                output: run.output.body,
+                unmapped: run.output.unmapped,
+                unread: run.unread_fields,
+                warnings: Vec::new(),
+            });
+        }
+        // The bytes as received: their character set decides how they are decoded.
+        Prepared::Oru(_, ctx) => set.map_oru_bytes_with(name, bytes, &ctx)?,
+        Prepared::Report(report, ctx) => set.map_diagnostic_report(&report, &ctx)?,
+    };
+    Ok(MapRun {
+        output: Body::Fhir(FhirJson(serde_json::to_string(&inbound.submissions)?)),
+        unmapped: inbound.unmapped,
+        unread: Vec::new(),
+        warnings: inbound.warnings,
     })
 }

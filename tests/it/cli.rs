@@ -770,6 +770,125 @@ fn mapping_tools_check_test_and_map() {
 }
 
 #[test]
+fn map_explain_traces_fallbacks_filter_chains_tables_and_when() {
+    // An order whose sex comes from the second alternative (`gender | patientSex`), with
+    // blanks the `trim` step removes before the `sex` table, and a priority no table knows.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("order.json");
+    let mut order: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("mappings/tests/order-routine-ct/order.json").unwrap(),
+    )
+    .unwrap();
+    let a = order["appointment"].as_object_mut().unwrap();
+    a.remove("gender");
+    a.insert("patientSex".into(), " Female ".into());
+    a.insert("priority".into(), "Whenever".into());
+    std::fs::write(&input, order.to_string()).unwrap();
+    let yaml = std::fs::read_to_string("mappings/orm_o01.yaml").unwrap();
+    let line_of = |target: &str| {
+        yaml.lines()
+            .position(|l| l.trim() == format!("- target: {target}"))
+            .unwrap()
+            + 1
+    };
+    let explain = |field: &str, format: &str| {
+        bridge()
+            .args(["map", "--mapping", "orm_o01", "--explain", "--field", field])
+            .args(["--format", format, "--input"])
+            .arg(&input)
+            .output()
+            .unwrap()
+    };
+
+    let out = explain("PID-8", "text");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "PID-8 in PID #2 = \"F\"\n  rule orm_o01.yaml:{}:9\n  \
+         from appointment.gender = (absent)\n  \
+         from appointment.patientSex = \" Female \" <- used\n  \
+         | trim -> \"Female\"\n  \
+         | {{table: sex}} -> \"F\" (table sex: \"Female\" found)\n",
+        line_of("PID-8")
+    );
+    assert_eq!(stdout, expected);
+
+    // A table miss and what the table's policy did, then the next table.
+    let out = explain("ORC-7.6", "text");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "| {table: priority} -> \"routine\" (table priority: \"Whenever\" not found, default)\n"
+        ) && stdout
+            .contains("| {table: hl7_priority} -> \"R\" (table hl7_priority: \"routine\" found)\n"),
+        "{stdout}"
+    );
+
+    // `when`: the alert's NTE-3 rule is skipped for the plain comment and taken for the
+    // alert, with the values each condition tested.
+    let out = explain("NTE-3", "text");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("NTE-3 in NTE #3 (skipped: `when` did not hold)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("NTE-3 in NTE #3 = \"ALERT: Contrast allergy (iodine) - premedicate\"\n  rule orm_o01.yaml:")
+            && stdout.contains("  when any: true\n")
+            && stdout.contains("c.commentType in [aa, pa] (ignoring case) (value \"PA\"): true"),
+        "{stdout}"
+    );
+
+    // The same trace as JSON: the alternative used, the steps, the table lookup.
+    let out = explain("PID-8", "json");
+    assert!(out.status.success());
+    let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let field = &envelope["trace"]["fields"][0];
+    assert_eq!(envelope["trace"]["fields"].as_array().unwrap().len(), 1);
+    assert_eq!(field["target"], "PID-8");
+    assert_eq!(field["outcome"], "written");
+    assert_eq!(field["value"], "F");
+    assert_eq!(field["source"]["won"], 1);
+    assert_eq!(
+        field["source"]["alternatives"][1]["raw"],
+        serde_json::json!(" Female ")
+    );
+    assert_eq!(field["steps"][0]["result"], "Female");
+    assert_eq!(field["steps"][1]["table"]["table"], "sex");
+    assert_eq!(field["steps"][1]["table"]["hit"], true);
+    assert_eq!(envelope["errors"], serde_json::json!([]));
+
+    // A field no rule writes is a usage error naming the fields there are.
+    let out = explain("PID-99", "text");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no rule of `orm_o01` ran for `PID-99`") && stderr.contains("PID-8, "),
+        "{stderr}"
+    );
+
+    // A failing run shows its trace up to the rule that failed, then the error.
+    std::fs::write(&input, r#"{"appointment": {}}"#).unwrap();
+    let out = bridge()
+        .args(["map", "--mapping", "orm_o01", "--explain", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("MSH-3 "), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("required"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_demo_feed_arrives_at_mllp_listen_and_feed_status_shows_it() {
     let mut listener = bridge()
         .args(["mllp", "listen", "--port", "0", "--print", "--count", "3"])
