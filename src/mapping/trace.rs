@@ -58,7 +58,7 @@ pub struct FieldTrace {
 }
 
 /// What a rule did.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// It wrote its value.
@@ -195,7 +195,7 @@ impl fmt::Debug for FieldTrace {
             .field("target", &self.target)
             .field("segment", &self.segment)
             .field("rule", &self.rule)
-            .field("outcome", &(self.outcome as u8))
+            .field("outcome", &self.outcome)
             .finish_non_exhaustive()
     }
 }

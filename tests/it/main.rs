@@ -24,6 +24,7 @@ mod mapping_checks;
 mod mapping_engine;
 mod mapping_golden;
 mod mapping_reload;
+mod mapping_trace;
 mod mllp_results;
 mod mllp_transport;
 mod properties;
