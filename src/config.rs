@@ -104,7 +104,9 @@ pub struct Settings {
     pub server: ServerSettings,
     pub grpc: GrpcSettings,
     pub mappings: MappingsSettings,
-    pub store: StoreSettings,
+    /// Where the outbox and the feed keep their state: SQLite, or PostgreSQL for replicas.
+    #[serde(default)]
+    pub store: crate::store::StoreSettings,
     pub results: ResultsSettings,
     /// The MLLP listener for ORU^R01 results.
     #[serde(default)]
@@ -113,14 +115,6 @@ pub struct Settings {
     #[serde(default)]
     pub feed: crate::feed::FeedSettings,
     pub telemetry: TelemetrySettings,
-}
-
-/// The embedded store ([`crate::store`]): the results outbox and the order feed's state.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSettings {
-    /// The database file (SQLite); created with its directory if missing.
-    pub path: PathBuf,
 }
 
 /// Inbound results: when to acknowledge, and how to retry QUBS.
@@ -492,9 +486,12 @@ impl Settings {
     }
 
     fn validate_results(&self) -> Result<(), ConfigError> {
-        if self.store.path.as_os_str().is_empty() {
-            return Err(invalid("store.path", "must not be empty"));
-        }
+        self.store
+            .validate()
+            .map_err(|e| invalid(&format!("store.{}", e.key), e.reason))?;
+        self.store
+            .password()
+            .map_err(|e| invalid(&format!("store.{}", e.key), e.reason))?;
         let r = &self.results;
         positive("results.ack_wait_secs", r.ack_wait_secs)?;
         positive("results.workers", r.workers as u64)?;

@@ -54,6 +54,7 @@
 //! (domain types), never the other way round.
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub mllp: std::sync::Arc<crate::mllp::MllpMetrics>,
     /// The order feed's events, deliveries and queues.
     pub feed: std::sync::Arc<crate::feed::deliver::FeedMetrics>,
+    /// The store's leaders, takeovers, claims, errors and pool.
+    pub store: std::sync::Arc<crate::store::StoreMetrics>,
 }
 
 impl Default for Metrics {
@@ -160,10 +162,13 @@ impl Metrics {
         mllp.register(&mut registry);
         let feed = std::sync::Arc::new(crate::feed::deliver::FeedMetrics::default());
         feed.register(&mut registry);
+        let store = std::sync::Arc::new(crate::store::StoreMetrics::default());
+        store.register(&mut registry);
         Metrics {
             registry,
             mllp,
             feed,
+            store,
             rpc_requests,
             rpc_seconds,
             qubs_requests,

@@ -31,6 +31,19 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         "  qubs.domains    {}",
         settings.qubs.domains.join(", ")
     )?;
+    match &settings.store.url {
+        None => writeln!(
+            out,
+            "  store           sqlite {}",
+            settings.store.path.display()
+        )?,
+        Some(url) => writeln!(
+            out,
+            "  store           postgresql {} (lease {} s)",
+            crate::store::redact_url(url),
+            settings.store.lease_secs
+        )?,
+    }
     writeln!(
         out,
         "  admin / gRPC / MLLP  {} / {} / {}",

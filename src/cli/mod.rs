@@ -16,6 +16,7 @@ mod output;
 mod results;
 mod serve;
 mod simulator;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,10 @@ enum Command {
         #[command(subcommand)]
         command: feed::FeedCommand,
     },
+    /// The store: create or upgrade its schema, check replicas and leaders, copy an
+    /// embedded store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Check mapping files and run their golden cases.
     #[command(subcommand)]
     Mappings(mappings::MappingsCommand),
@@ -154,6 +159,7 @@ pub fn main() -> ExitCode {
                 connection,
                 command,
             } => feed::run(&connection, command).await,
+            Command::Store(command) => store::run(command).await,
             Command::Map(args) => mappings::map(args),
             Command::Completions(args) => completions::completions(args),
             Command::Man(args) => completions::man(args),

@@ -127,6 +127,11 @@ impl Default for DestinationSettings {
 }
 
 impl DestinationSettings {
+    /// Back-off between attempts of one message, and while the consumer is unreachable.
+    pub fn backoff(&self) -> crate::backoff::Backoff {
+        crate::backoff::Backoff::from_millis(self.retry_initial_ms, self.retry_max_ms)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }

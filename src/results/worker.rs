@@ -102,11 +102,7 @@ pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: Cancell
         }
         let free = workers.saturating_sub(busy.len());
         if free > 0 && !shutdown.is_cancelled() {
-            match results
-                .outbox
-                .due(free, busy.values().copied().collect())
-                .await
-            {
+            match results.outbox.claim(free).await {
                 Ok(due) => {
                     for d in due {
                         let id = d.entry.id;
@@ -123,15 +119,18 @@ pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: Cancell
         }
         tokio::select! {
             Some(done) = running.join_next_with_id() => {
-                let task = match done {
-                    Ok((task, ())) => task,
+                match done {
+                    Ok((task, ())) => {
+                        busy.remove(&task);
+                    }
                     Err(e) => {
                         // The report stays pending and is tried again with the same key.
                         tracing::error!(error = %e, "a submission attempt failed unexpectedly");
-                        e.id()
+                        if let Some(id) = busy.remove(&e.id()) {
+                            results.outbox.release(id).await;
+                        }
                     }
-                };
-                busy.remove(&task);
+                }
             }
             _ = results.outbox.wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
@@ -146,6 +145,7 @@ pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: Cancell
 /// One attempt at one report, and its bookkeeping.
 async fn attempt(results: &Results, metrics: &Metrics, cache: &SiteCache, due: Due) {
     let entry = due.entry.clone();
+    let claimed_at_ms = due.claimed_at_ms;
     let started = Instant::now();
     let step = submit(results, cache, due).await;
     let outcome = match &step {
@@ -172,7 +172,8 @@ async fn attempt(results: &Results, metrics: &Metrics, cache: &SiteCache, due: D
             reason,
             qubs_request_id,
         } => {
-            let now = now_ms();
+            // The store's clock, as the horizon was counted from its receipt time.
+            let now = claimed_at_ms + started.elapsed().as_millis() as i64;
             let s = &results.settings;
             let exp = s
                 .retry_initial_ms
@@ -216,7 +217,12 @@ async fn attempt(results: &Results, metrics: &Metrics, cache: &SiteCache, due: D
                 );
                 results
                     .outbox
-                    .retry_later(entry.id, now + delay, reason, qubs_request_id)
+                    .retry_later(
+                        entry.id,
+                        Duration::from_millis(delay as u64),
+                        reason,
+                        qubs_request_id,
+                    )
                     .await
             }
         }

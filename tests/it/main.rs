@@ -30,3 +30,4 @@ mod qubs_client;
 mod results_outbox;
 mod security;
 mod service_lifecycle;
+mod store_suite;

@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod logs;
 pub mod pki;
+pub mod postgres;
 pub mod python;
 
 use qubs_bridge::config::{QubsSettings, Settings};
