@@ -19,12 +19,17 @@
 //! 3. [`domain`] holds the types the rest of the bridge speaks in, such as
 //!    [`domain::ReportSubmission`]; [`orders`] assembles an order (appointment, comments,
 //!    attachments, site settings) into the JSON document mappings read.
-//! 4. [`hl7`] reads and writes HL7 v2 ER7: escaping, a lazy zero-copy reader for the hot
-//!    path, a writer that escapes automatically and builds a correct MSH. [`mllp`] carries
+//! 4. [`hl7`] reads and writes HL7 v2 ER7: the character set of received bytes (UTF-8,
+//!    MSH-18, else Windows-1252), escaping and formatted text, a lazy zero-copy reader for
+//!    the hot path, a writer that escapes automatically and builds a correct MSH. [`mllp`] carries
 //!    HL7 over TCP (optionally TLS): the MLLP codec, a listener and a client.
 //! 5. [`mapping`] is the declarative mapping engine: YAML files in `mappings/`, checked at
-//!    load time (every problem with file:line:column), compiled to plans, and evaluated into
-//!    FHIR R4 JSON, HL7 ORM^O01, or (inbound) QUBS report submissions.
+//!    load time (every problem with file:line:column, LOINC check digits included), compiled
+//!    to plans, and evaluated into FHIR R4 JSON (with contained resources), HL7 ORM^O01, or
+//!    (inbound) QUBS report submissions; inbound DiagnosticReports are first read by
+//!    [`mapping::fhir_report`] (presentedForm text, HTML as plain text, contained and
+//!    `ServiceRequest/{id}` references). Each mapping lists the input fields it leaves out,
+//!    with the reason (`qubs-bridge mappings fields`).
 //! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
 //!    authenticated per caller and domain, with health (Check and Watch), reflection
 //!    (v1 and v1alpha) and metrics ([`metrics`]).

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use super::exit::usage;
 use super::output::{self, Format, note};
 use crate::config::Settings;
-use crate::mapping::{Body, InboundContext, InputKind, LoadErrors, MapOptions, MappingSet, golden};
+use crate::mapping::{
+    Body, FieldFate, InboundContext, InputKind, LoadErrors, MapOptions, MappingSet, golden,
+};
 
 #[derive(Subcommand)]
 pub enum MappingsCommand {
@@ -38,6 +40,19 @@ pub enum MappingsCommand {
         #[arg(long)]
         update: bool,
         /// `text`, or `json`: one object per case output and line.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// For each order mapping, every input field and where it goes: the targets it is
+    /// sent to, or why it is not sent (`not_sent:` in the file), or that nothing reads it.
+    Fields {
+        /// The mapping directory.
+        #[arg(default_value = "mappings")]
+        dir: PathBuf,
+        /// Only this mapping.
+        #[arg(long)]
+        mapping: Option<String>,
+        /// `text`, or `json`: one object per mapping and field.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -105,23 +120,35 @@ pub fn run(command: MappingsCommand) -> anyhow::Result<()> {
                 (Err(_), Format::Text) => load(&dir)?,
             };
             let names: Vec<&str> = set.names().collect();
+            let warnings: Vec<String> = set.warnings().iter().map(|w| w.as_warning()).collect();
             match format {
                 Format::Json => output::json_line(
                     &mut out,
                     &json!({"ok": true, "dir": dir.display().to_string(),
-                            "version": set.version(), "mappings": names}),
+                            "version": set.version(), "mappings": names,
+                            "warnings": warnings}),
                 )?,
-                Format::Text => writeln!(
-                    out,
-                    "OK: {} mappings in {} ({}): {}",
-                    names.len(),
-                    dir.display(),
-                    set.version(),
-                    names.join(", ")
-                )?,
+                Format::Text => {
+                    writeln!(
+                        out,
+                        "OK: {} mappings in {} ({}): {}",
+                        names.len(),
+                        dir.display(),
+                        set.version(),
+                        names.join(", ")
+                    )?;
+                    for w in &warnings {
+                        note!("{w}");
+                    }
+                }
             }
             Ok(())
         }
+        MappingsCommand::Fields {
+            dir,
+            mapping,
+            format,
+        } => fields(&mut out, &load(&dir)?, mapping.as_deref(), format),
         MappingsCommand::Test {
             dir,
             update,
@@ -156,6 +183,64 @@ pub fn run(command: MappingsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `qubs-bridge mappings fields`: what each order mapping does with each input field.
+fn fields(
+    out: &mut impl Write,
+    set: &MappingSet,
+    only: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = match only {
+        Some(n) => {
+            anyhow::ensure!(set.get(n).is_some(), "no mapping `{n}` in the set");
+            vec![n.to_string()]
+        }
+        None => set
+            .names()
+            .filter(|n| set.get(n).is_some_and(|m| m.input == InputKind::Order))
+            .map(str::to_string)
+            .collect(),
+    };
+    let mut unaccounted = 0;
+    for name in names {
+        if format == Format::Text {
+            writeln!(out, "{name}:")?;
+        }
+        for (field, fate) in set.field_fates(&name).unwrap_or_default() {
+            let (fate_name, detail) = match &fate {
+                FieldFate::Sent(t) => ("sent", json!(t)),
+                FieldFate::Used(t) => ("used", json!(t)),
+                FieldFate::NotSent(reason) => ("not_sent", json!(reason)),
+                FieldFate::Unaccounted => {
+                    unaccounted += 1;
+                    ("unaccounted", Value::Null)
+                }
+            };
+            match format {
+                Format::Json => output::json_line(
+                    out,
+                    &json!({"mapping": name, "field": field, "fate": fate_name, "detail": detail}),
+                )?,
+                Format::Text => {
+                    let what = match fate {
+                        FieldFate::Sent(t) => format!("-> {}", t.join(", ")),
+                        FieldFate::Used(t) => format!("decides {}", t.join(", ")),
+                        FieldFate::NotSent(reason) => format!("not sent: {reason}"),
+                        FieldFate::Unaccounted => {
+                            "NOT READ and not listed under not_sent".to_string()
+                        }
+                    };
+                    writeln!(out, "  {field:<45} {what}")?;
+                }
+            }
+        }
+    }
+    if unaccounted > 0 {
+        note!("{unaccounted} field(s) neither sent nor listed under `not_sent`");
+    }
+    Ok(())
 }
 
 /// What one `map` run produced.
@@ -329,7 +414,7 @@ fn run_mapping(
                 config,
             };
             let inbound = if kind == InputKind::Oru {
-                set.map_oru_with(name, &text, &ctx)?
+                set.map_oru_bytes_with(name, bytes, &ctx)?
             } else {
                 let v: Value = serde_json::from_str(&text).map_err(|e| {
                     usage(format!("--input {} is not JSON: {e}", args.input.display()))

@@ -666,13 +666,10 @@ fn visit_field<'a>(
     }
 }
 
-/// Decodes raw bytes received from the wire: UTF-8 when valid, else Latin-1 (ISO 8859-1),
-/// the usual legacy default when MSH-18 says nothing useful.
+/// Decodes raw bytes received from the wire (see [`super::charset`]: UTF-8, else the
+/// charset MSH-18 names, else Windows-1252), without the warning.
 pub fn decode_bytes(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => std::borrow::Cow::Owned(bytes.iter().map(|&b| b as char).collect()),
-    }
+    super::charset::decode(bytes).text
 }
 
 #[cfg(test)]
@@ -824,8 +821,8 @@ OBX|1|TX|||other\n";
     }
 
     #[test]
-    fn latin1_fallback() {
-        assert_eq!(decode_bytes(b"M\xfcller"), "Müller");
+    fn eight_bit_fallback() {
+        assert_eq!(decode_bytes(b"M\xfcller \x80"), "Müller €");
         assert_eq!(decode_bytes("Müller".as_bytes()), "Müller");
     }
 }

@@ -3,9 +3,17 @@
 //! Output: the five delimiters become `\F\ \S\ \T\ \R\ \E\`; CR and LF become `\X0D\` and
 //! `\X0A\` (exact bytes, the default) or one `\.br\` per line break (formatted text).
 //! Input: `\F\ \S\ \T\ \R\ \E\`, `\Xhh..\` (consecutive hex escapes are decoded together:
-//! UTF-8 when the bytes are valid UTF-8, else Latin-1), `\.br\` → `\n`, `\.sp\`/`\.spN\` →
-//! N newlines (N at most 5), `\H\`/`\N\` (highlighting) dropped. Anything else (`\Z..\`, `\C..\`,
-//! `\.in\`, an unterminated escape, bad hex) is kept verbatim, so nothing is lost.
+//! UTF-8 when the bytes are valid UTF-8, else Latin-1), `\H\`/`\N\` (highlighting) dropped, and
+//! the formatted-text (FT) commands read as plain text needs them:
+//! - `\.br\` ends the line (`\n`);
+//! - `\.sp\`, `\.spN\`, `\.sp N\` end the line and leave N blank lines (N = 1 by default, at
+//!   most 5): `a\.sp\b` is `a`, a blank line, `b`;
+//! - `\.ce\` (centre the next line) ends the line: plain text has no centring;
+//! - `\.in±N\`, `\.ti±N\` (indents), `\.fi\`, `\.nf\` (fill modes) are layout only and dropped;
+//! - `\.skN\` (skip N columns) becomes one space.
+//!
+//! Anything else (`\Z..\`, `\C..\`, an unterminated escape, bad hex) is kept verbatim, so
+//! nothing is lost.
 //! Everything works on chars: delimiters are ASCII, so byte scanning never splits a
 //! multi-byte character.
 
@@ -140,6 +148,11 @@ pub fn unescape_into(out: &mut String, raw: &str, d: &Delimiters) {
                 match other {
                     Decoded::Char(c) => out.push(c),
                     Decoded::Newlines(n) => (0..n).for_each(|_| out.push('\n')),
+                    Decoded::BlankLines(n) => {
+                        // End the current line unless it is already ended, then the blanks.
+                        let ended = out.is_empty() || out.ends_with('\n');
+                        (0..n + usize::from(!ended)).for_each(|_| out.push('\n'));
+                    }
                     Decoded::Nothing => {}
                     Decoded::Hex(_) => unreachable!("handled above"),
                 }
@@ -161,6 +174,8 @@ enum Decoded {
     Char(char),
     Hex(Vec<u8>),
     Newlines(usize),
+    /// `\.sp N\`: end the line, then N blank lines.
+    BlankLines(usize),
     Nothing,
 }
 
@@ -175,14 +190,29 @@ fn decode_body(body: &str, d: &Delimiters) -> Option<Decoded> {
         "R" => Decoded::Char(d.repetition as char),
         "E" => Decoded::Char(d.escape as char),
         ".br" => Decoded::Newlines(1),
-        ".sp" => Decoded::Newlines(1),
+        ".ce" => Decoded::BlankLines(0),
+        ".sp" => Decoded::BlankLines(1),
+        ".fi" | ".nf" => Decoded::Nothing,
         "H" | "N" => Decoded::Nothing,
         _ => {
             if let Some(n) = body.strip_prefix(".sp") {
-                let n: usize = n.trim_start_matches('+').parse().ok()?;
-                // At most 5: `\.spN\` is at least 6 bytes, so unescaping never makes a value
-                // longer than it came (a frame of `\.sp99\` once grew fourteenfold).
-                return Some(Decoded::Newlines(n.min(MAX_SP_LINES)));
+                let n: usize = formatting_number(n)?;
+                // At most 5: `\.spN\` is at least 6 bytes and gives at most N + 1 line breaks,
+                // so unescaping never makes a value longer than it came (a frame of `\.sp99\`
+                // once grew fourteenfold).
+                return Some(Decoded::BlankLines(n.min(MAX_SP_LINES)));
+            }
+            if let Some(n) = body
+                .strip_prefix(".in")
+                .or_else(|| body.strip_prefix(".ti"))
+            {
+                // Indents only move text sideways: plain text drops them.
+                return (n.trim().is_empty() || formatting_number(n).is_some())
+                    .then_some(Decoded::Nothing);
+            }
+            if let Some(n) = body.strip_prefix(".sk") {
+                return (n.trim().is_empty() || formatting_number(n).is_some())
+                    .then_some(Decoded::Char(' '));
             }
             let h = body.strip_prefix('X')?;
             if h.is_empty() || h.len() % 2 != 0 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -195,6 +225,12 @@ fn decode_body(body: &str, d: &Delimiters) -> Option<Decoded> {
             Decoded::Hex(bytes)
         }
     })
+}
+
+/// The number of a formatting command (`.sp 2`, `.in+4`, `.ti-2`): sign and spaces allowed.
+fn formatting_number(s: &str) -> Option<usize> {
+    let t = s.trim().trim_start_matches(['+', '-']).trim_start();
+    t.parse().ok()
 }
 
 fn flush_hex(out: &mut String, hex: &mut Vec<u8>) {
@@ -254,13 +290,31 @@ mod tests {
             unescape("some text\\.br\\after \\H\\new\\N\\\\.br\\end", &d()),
             "some text\nafter new\nend"
         );
-        assert_eq!(unescape("a\\.sp2\\b", &d()), "a\n\nb");
+        // `.sp N`: the line ends, then N blank lines.
+        assert_eq!(unescape("a\\.sp2\\b", &d()), "a\n\n\nb");
+        assert_eq!(unescape("a\\.sp 2\\b", &d()), "a\n\n\nb");
+        assert_eq!(unescape("a\\.sp\\b", &d()), "a\n\nb");
+        assert_eq!(unescape("a\\.br\\\\.sp\\b", &d()), "a\n\nb");
         // Never longer than the input: no escape expands.
         let bomb = "\\.sp99\\".repeat(1000);
-        assert_eq!(unescape(&bomb, &d()).len(), 5000);
+        assert!(unescape(&bomb, &d()).len() <= bomb.len());
         assert_eq!(unescape("keep \\Zxyz\\ this", &d()), "keep \\Zxyz\\ this");
         assert_eq!(unescape("bad \\XZZ\\ hex", &d()), "bad \\XZZ\\ hex");
         assert_eq!(unescape("open \\F", &d()), "open \\F");
+    }
+
+    #[test]
+    fn formatted_text_layout_commands_are_read_as_plain_text() {
+        assert_eq!(
+            unescape("\\.in+4\\Indented\\.br\\\\.ti-2\\Hanging\\.in0\\", &d()),
+            "Indented\nHanging"
+        );
+        assert_eq!(unescape("\\.ce\\TITLE\\.br\\body", &d()), "TITLE\nbody");
+        assert_eq!(unescape("a\\.ce\\b", &d()), "a\nb");
+        assert_eq!(unescape("\\.nf\\x\\.fi\\", &d()), "x");
+        assert_eq!(unescape("a\\.sk3\\b", &d()), "a b");
+        // A command with a malformed number stays as written.
+        assert_eq!(unescape("a\\.in+x\\b", &d()), "a\\.in+x\\b");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! HL7 v2 in ER7 (pipe-and-hat) form: escaping, a lazy zero-copy reader and a writer.
 //!
 //! Which path does what, and why:
+//! - [`charset`] turns the bytes received into text (UTF-8, MSH-18, else Windows-1252 with
+//!   a warning) before anything else reads them.
 //! - [`er7::Message`] is the hot path for inbound messages (ORU^R01 → report). It indexes
 //!   segment boundaries once and answers field queries by scanning only the segment asked
 //!   about, borrowing from the input. hl7-parser 0.3 builds a full tree per message
@@ -13,6 +15,7 @@
 //!   independent check before a message leaves.
 
 pub mod ack;
+pub mod charset;
 pub mod er7;
 pub mod escape;
 pub mod writer;

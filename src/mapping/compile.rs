@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::codes;
 use super::fhir::{self, FhirTarget, Prim, Ty};
 use super::filters::{Filter, Hl7NameKind, NamePart, Policy, Table, TimeOut};
 use super::hl7::{self, Hl7Target, Rep};
@@ -31,13 +32,15 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
-/// A condition (`when`).
+/// A condition (`when`, or `where` on a `for_each`).
 #[derive(Debug, Clone)]
 pub struct Cond {
-    /// Value tested.
+    /// Value tested (empty for `any`, `all`, `not`).
     pub chain: Vec<Alt>,
     /// Test.
     pub test: Test,
+    /// `equals`/`in`/`not_in` compare trimmed values ignoring case.
+    pub ignore_case: bool,
 }
 
 /// What a condition checks.
@@ -51,6 +54,12 @@ pub enum Test {
     Present(bool),
     /// Value is a key of this code table.
     InTable(usize),
+    /// At least one of these holds.
+    Any(Vec<Cond>),
+    /// All of these hold.
+    All(Vec<Cond>),
+    /// This does not hold.
+    Not(Box<Cond>),
 }
 
 /// Where a value goes.
@@ -73,6 +82,18 @@ pub enum Source {
     Const(String),
     /// Alternatives, first present wins.
     Chain(Vec<Alt>),
+    /// Alternatives with their own filters: the first stage whose value is present after
+    /// its filters wins (`from:` list items written `{from: ..., filters: [...]}`).
+    Stages(Vec<Stage>),
+}
+
+/// One alternative of a [`Source::Stages`] source.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Its alternatives (a fallback chain).
+    pub chain: Vec<Alt>,
+    /// Filters applied to this alternative only.
+    pub filters: Vec<Filter>,
 }
 
 /// A repeat over a list.
@@ -84,6 +105,8 @@ pub struct Each {
     pub alias: String,
     /// FHIR: steps of the array each item appends to (`note` for `note[*]`).
     pub array: Option<Vec<fhir::TStep>>,
+    /// `where`: only the items for which this holds.
+    pub filter: Option<Cond>,
     /// Rules run per item.
     pub rules: Vec<Rule>,
 }
@@ -116,8 +139,46 @@ pub struct SegmentPlan {
     pub when: Option<Cond>,
     /// One segment per item of this list.
     pub each: Option<(JsonPath, String)>,
+    /// `where`: only the items for which this holds.
+    pub filter: Option<Cond>,
     /// Rules.
     pub rules: Vec<Rule>,
+}
+
+/// A resource contained in a FHIR output (`contained:`), written only when one of its
+/// rules wrote a value.
+#[derive(Debug, Clone)]
+pub struct ContainedPlan {
+    /// Resource type (`Patient`, `Practitioner`, `Location`).
+    pub resource: String,
+    /// Its `id`, which references name as `#id`.
+    pub id: String,
+    /// Condition.
+    pub when: Option<Cond>,
+    /// Rules, targeting the contained resource's elements.
+    pub rules: Vec<Rule>,
+}
+
+/// How a rule uses an input field, for `qubs-bridge mappings fields`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UseKind {
+    /// The field's value is written to the target (possibly as one alternative).
+    Sent,
+    /// The field decides whether a rule applies (`when`, `where`).
+    Decides,
+    /// The list is iterated (`for_each`).
+    Iterates,
+}
+
+/// One use of an input field by a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldUse {
+    /// The field, as a shape key (`comments[].commentText`).
+    pub field: String,
+    /// The target it goes to, or the rule's target for conditions.
+    pub target: String,
+    /// How it is used.
+    pub kind: UseKind,
 }
 
 /// What a compiled mapping produces.
@@ -129,6 +190,8 @@ pub enum Plan {
         resource: String,
         /// Rules.
         rules: Vec<Rule>,
+        /// Contained resources, in order.
+        contained: Vec<ContainedPlan>,
     },
     /// An HL7 message.
     Hl7 {
@@ -165,13 +228,92 @@ pub struct Compiled {
     pub reads: Vec<String>,
     /// Table files read (for the content hash).
     pub table_files: Vec<PathBuf>,
+    /// Input fields deliberately not sent, with the reason (`not_sent:`).
+    pub not_sent: Vec<(String, String)>,
+    /// Which rule uses which input field, and how.
+    pub uses: Vec<FieldUse>,
+    /// Load-time findings that do not stop the mapping (e.g. one LOINC code for keys
+    /// that name different exams).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// What the LOINC checks need to know about a code table.
+#[derive(Debug, Clone, Default)]
+struct TableMeta {
+    /// `system:` as declared.
+    system: Option<String>,
+    /// `synonyms:` groups of keys that mean the same.
+    synonyms: Vec<Vec<String>>,
+    /// The file the values are written in, and each `(key, value, position)`.
+    file: PathBuf,
+    values: Vec<(String, String, Pos)>,
+    /// Position of the table's name.
+    pos: Pos,
+    /// Inferred from a rule whose coding system is LOINC.
+    used_as_loinc: bool,
+}
+
+/// A rule writing a code, or a coding system, for the LOINC checks.
+#[derive(Debug, Clone)]
+struct CodedTarget {
+    /// The coding the target belongs to (`code.coding[1]`, `OBR-4@line:col#4`).
+    coding: String,
+    /// The last table of its filters.
+    table: Option<usize>,
+    /// A constant source and its position.
+    constant: Option<(String, Pos)>,
+    /// Whether it sets the coding's system rather than its code.
+    is_system: bool,
+}
+
+impl Compiled {
+    /// What this mapping does with the input field `field` (a shape key). A field is sent
+    /// when a rule writes it or one of its parents (an object read whole); a parent listed
+    /// under `not_sent` covers its children.
+    pub fn field_fate(&self, field: &str) -> super::FieldFate {
+        let covers = |read: &str| {
+            field == read
+                || field
+                    .strip_prefix(read)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        };
+        let mut sent: Vec<String> = Vec::new();
+        let mut used: Vec<String> = Vec::new();
+        for u in &self.uses {
+            if covers(&u.field) {
+                let list = if u.kind == UseKind::Sent {
+                    &mut sent
+                } else {
+                    &mut used
+                };
+                if !list.contains(&u.target) {
+                    list.push(u.target.clone());
+                }
+            }
+        }
+        if !sent.is_empty() {
+            return super::FieldFate::Sent(sent);
+        }
+        if let Some((_, reason)) = self.not_sent.iter().find(|(f, _)| covers(f)) {
+            return super::FieldFate::NotSent(reason.clone());
+        }
+        if !used.is_empty() {
+            return super::FieldFate::Used(used);
+        }
+        super::FieldFate::Unaccounted
+    }
 }
 
 struct Cx {
     file: PathBuf,
     fname: Arc<str>,
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
     input: InputKind,
+    output: OutputKind,
+    table_meta: Vec<TableMeta>,
+    coded: Vec<CodedTarget>,
+    uses: Vec<FieldUse>,
     known: HashSet<String>,
     open: Vec<String>,
     tables: Vec<Table>,
@@ -192,6 +334,9 @@ struct Scope<'s> {
     each_id: Option<Pos>,
     /// Inside a rule-level `for_each` (HL7 `[*]` repetitions are allowed).
     rep_each: bool,
+    /// Prefix of target keys, so that a contained resource's targets do not clash with
+    /// the container's.
+    ns: String,
 }
 
 impl Cx {
@@ -254,6 +399,8 @@ const FILE_KEYS: &[&str] = &[
     "segments",
     "extra_fields",
     "line_breaks",
+    "not_sent",
+    "contained",
 ];
 const RULE_KEYS: &[&str] = &[
     "min_version",
@@ -265,6 +412,7 @@ const RULE_KEYS: &[&str] = &[
     "when",
     "for_each",
     "as",
+    "where",
     "rules",
     "description",
 ];
@@ -273,6 +421,7 @@ const SEGMENT_KEYS: &[&str] = &[
     "when",
     "for_each",
     "as",
+    "where",
     "rules",
     "min_version",
     "description",
@@ -285,6 +434,8 @@ const TABLE_KEYS: &[&str] = &[
     "file",
     "require_keys",
     "description",
+    "system",
+    "synonyms",
 ];
 
 /// Compiles one mapping file's text. `file` is used for messages and to find table files.
@@ -311,7 +462,12 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         file: file.to_path_buf(),
         fname,
         diags: Vec::new(),
+        warnings: Vec::new(),
         input: InputKind::Order,
+        output: OutputKind::Fhir,
+        table_meta: Vec::new(),
+        coded: Vec::new(),
+        uses: Vec::new(),
         known: HashSet::new(),
         open: Vec::new(),
         tables: Vec::new(),
@@ -375,6 +531,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
             OutputKind::Fhir
         }
     };
+    cx.output = output;
     match (input, output) {
         (InputKind::Order, OutputKind::Report)
         | (InputKind::Oru | InputKind::DiagnosticReport, OutputKind::Fhir | OutputKind::Hl7) => {
@@ -404,6 +561,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         InputKind::DiagnosticReport => {
             cx.known = ["site", "config", "domain", "resource"]
                 .iter()
+                .chain(super::fhir_report::READ_FIELDS)
                 .map(|s| s.to_string())
                 .collect();
             cx.open = vec!["site".into(), "config".into()];
@@ -465,6 +623,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
                 aliases: Vec::new(),
                 each_id: None,
                 rep_each: false,
+                ns: String::new(),
             };
             let rules = rules_of(&mut cx, root.get("rules"), &scope, root.pos);
             if fhir::resource_elements(&resource).is_some() {
@@ -490,7 +649,12 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
                     }
                 }
             }
-            Plan::Fhir { resource, rules }
+            let contained = contained_of(&mut cx, root.get("contained"));
+            Plan::Fhir {
+                resource,
+                rules,
+                contained,
+            }
         }
         OutputKind::Report => {
             let scope = Scope {
@@ -502,6 +666,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
                 aliases: Vec::new(),
                 each_id: None,
                 rep_each: false,
+                ns: String::new(),
             };
             let rules = rules_of(&mut cx, root.get("rules"), &scope, root.pos);
             for req in [
@@ -528,6 +693,17 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         let pos = root.get("segments").map_or(root.pos, |n| n.pos);
         cx.err(pos, "`segments` is only for `output: hl7`", "use `rules`");
     }
+    if output != OutputKind::Fhir
+        && let Some(n) = root.get("contained")
+    {
+        cx.err(
+            n.pos,
+            "`contained` is only for `output: fhir`",
+            "remove it, or map the resource in a FHIR mapping",
+        );
+    }
+    let not_sent = not_sent_of(&mut cx, root.get("not_sent"));
+    check_codes(&mut cx);
     if cx.diags.is_empty() {
         Ok(Compiled {
             name,
@@ -537,9 +713,244 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
             tables: cx.tables,
             reads: cx.reads,
             table_files: cx.table_files,
+            not_sent,
+            uses: cx.uses,
+            warnings: cx.warnings,
         })
     } else {
         Err(cx.diags)
+    }
+}
+
+/// `contained:` — resources inside a FHIR output, each with its own rules.
+fn contained_of(cx: &mut Cx, n: Option<&Node>) -> Vec<ContainedPlan> {
+    let Some(n) = n else { return Vec::new() };
+    let Kind::Seq(items) = &n.kind else {
+        cx.err(
+            n.pos,
+            "`contained` must be a list of resources",
+            "each item has `resource:`, `id:` and `rules:`",
+        );
+        return Vec::new();
+    };
+    let mut out: Vec<ContainedPlan> = Vec::new();
+    for it in items {
+        cx.keys(
+            it,
+            &["resource", "id", "when", "rules", "description"],
+            "a contained resource",
+        );
+        let resource = it
+            .get("resource")
+            .and_then(|r| cx.string(r, "`resource`"))
+            .unwrap_or_default();
+        if !fhir::CONTAINED.contains(&resource.as_str()) {
+            cx.err(
+                it.get("resource").map_or(it.pos, |r| r.pos),
+                format!("`{resource}` cannot be a contained resource here"),
+                format!("supported: {}", fhir::CONTAINED.join(", ")),
+            );
+            continue;
+        }
+        let id = it
+            .get("id")
+            .and_then(|r| cx.string(r, "`id`"))
+            .unwrap_or_default();
+        let id_ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !id_ok {
+            cx.err(
+                it.get("id").map_or(it.pos, |r| r.pos),
+                "a contained resource needs an `id` of letters, digits, `-` and `.` (at most 64)",
+                "e.g. `id: patient`; references then name it `#patient`",
+            );
+            continue;
+        }
+        if out.iter().any(|c| c.id == id) {
+            cx.err(
+                it.get("id").map_or(it.pos, |r| r.pos),
+                format!("contained id `{id}` is used twice"),
+                "give each contained resource its own id",
+            );
+            continue;
+        }
+        let resource_static: &'static str = fhir::CONTAINED
+            .iter()
+            .find(|r| **r == resource)
+            .copied()
+            .unwrap_or("");
+        let scope = Scope {
+            output: OutputKind::Fhir,
+            resource: resource_static,
+            segment: None,
+            version: "",
+            prefix: None,
+            aliases: Vec::new(),
+            each_id: None,
+            rep_each: false,
+            ns: format!("contained#{id}/"),
+        };
+        let when = it.get("when").and_then(|w| cond(cx, w, &scope));
+        let rules = rules_of(cx, it.get("rules"), &scope, it.pos);
+        out.push(ContainedPlan {
+            resource,
+            id,
+            when,
+            rules,
+        });
+    }
+    out
+}
+
+/// `not_sent:` — input fields a mapping deliberately leaves out, each with its reason.
+fn not_sent_of(cx: &mut Cx, n: Option<&Node>) -> Vec<(String, String)> {
+    let Some(n) = n else { return Vec::new() };
+    let Kind::Map(entries) = &n.kind else {
+        cx.err(
+            n.pos,
+            "`not_sent` must map input fields to the reason they are not sent",
+            "e.g. `appointment.attendedBy: QUBS user object; no output field for it`",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        let field = k.scalar_text().unwrap_or_default();
+        let reason = v.scalar_text().unwrap_or_default();
+        if reason.trim().is_empty() {
+            cx.err(
+                v.pos,
+                format!("`not_sent` for `{field}` needs a reason"),
+                "say why the field is left out, for the analyst who reads the file next",
+            );
+        }
+        let key = match JsonPath::parse(&field.replace("[]", "[*]")) {
+            Ok(p) => p.shape_key(),
+            Err(e) => {
+                cx.err(
+                    k.pos,
+                    e,
+                    "write the field as `appointment.attendedBy` or `comments[].guid`",
+                );
+                continue;
+            }
+        };
+        let open = cx
+            .open
+            .iter()
+            .any(|o| key.starts_with(&format!("{o}.")) || key.starts_with(&format!("{o}[")));
+        if !cx.known.contains(&key) && !open {
+            cx.err(
+                k.pos,
+                format!("`not_sent` names `{field}`, which is not an input field"),
+                "use the field's path as in the input, e.g. `appointment.attendedBy`",
+            );
+            continue;
+        }
+        if let Some(r) = cx.reads.iter().find(|r| {
+            **r == key || r.starts_with(&format!("{key}.")) || r.starts_with(&format!("{key}["))
+        }) {
+            cx.err(
+                k.pos,
+                format!("`{field}` is listed under `not_sent` but a rule reads `{r}`"),
+                "remove it from `not_sent`, or remove the rule",
+            );
+            continue;
+        }
+        out.push((key, reason));
+    }
+    out
+}
+
+/// The LOINC checks: a table is LOINC when it says `system: LN` (or `http://loinc.org`)
+/// or when a rule puts its values in a coding whose system is LOINC; a constant is LOINC
+/// when its coding's system is. Every such code must have its right check digit; a code
+/// given to several keys that are not declared `synonyms` is a warning.
+fn check_codes(cx: &mut Cx) {
+    let systems: HashMap<String, String> = cx
+        .coded
+        .iter()
+        .filter(|c| c.is_system)
+        .filter_map(|c| {
+            c.constant
+                .as_ref()
+                .map(|(v, _)| (c.coding.clone(), v.clone()))
+        })
+        .collect();
+    let coded = std::mem::take(&mut cx.coded);
+    for c in coded.iter().filter(|c| !c.is_system) {
+        let Some(system) = systems.get(&c.coding) else {
+            continue;
+        };
+        if !codes::is_loinc_system(system) {
+            continue;
+        }
+        if let Some(t) = c.table {
+            cx.table_meta[t].used_as_loinc = true;
+        }
+        if let Some((v, pos)) = &c.constant
+            && let Err(e) = codes::check_loinc(v)
+        {
+            cx.err(
+                *pos,
+                format!("`{v}` is not a valid LOINC code: {e}"),
+                "it is checked because its coding's system is LOINC (`LN` or `http://loinc.org`)",
+            );
+        }
+    }
+    for (i, meta) in cx.table_meta.clone().into_iter().enumerate() {
+        let declared = meta.system.as_deref().is_some_and(codes::is_loinc_system);
+        if !declared && !meta.used_as_loinc {
+            continue;
+        }
+        let name = cx.tables[i].name.clone();
+        for (key, value, pos) in &meta.values {
+            if value.trim().is_empty() {
+                continue;
+            }
+            if let Err(e) = codes::check_loinc(value) {
+                cx.diags.push(Diagnostic {
+                    file: meta.file.clone(),
+                    pos: *pos,
+                    message: format!(
+                        "table `{name}`: `{value}` (for `{key}`) is not a valid LOINC code: {e}"
+                    ),
+                    hint: Some(
+                        "LOINC codes are checked because the table says `system: LN` or feeds a LOINC coding"
+                            .into(),
+                    ),
+                });
+            }
+        }
+        let pairs: Vec<(String, String)> = meta
+            .values
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        for (code, keys) in codes::shared_codes(&pairs, &meta.synonyms, cx.tables[i].ignore_case) {
+            let pos = meta
+                .values
+                .iter()
+                .filter(|(_, v, _)| v.trim() == code)
+                .nth(1)
+                .map_or(meta.pos, |x| x.2);
+            cx.warnings.push(Diagnostic {
+                file: meta.file.clone(),
+                pos,
+                message: format!(
+                    "table `{name}`: LOINC code `{code}` is the value of {} keys ({}), which may name different exams, body parts or modalities",
+                    keys.len(),
+                    keys.join(", ")
+                ),
+                hint: Some(
+                    "check the code names each of them; if the keys mean the same, list them together under `synonyms`"
+                        .into(),
+                ),
+            });
+        }
     }
 }
 
@@ -695,8 +1106,30 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
             aliases,
             each_id: Some(it.pos),
             rep_each: false,
+            ns: String::new(),
         };
+        let reads_at = cx.reads.len();
         let when = it.get("when").and_then(|w| cond(cx, w, &scope));
+        let filter = match it.get("where") {
+            Some(w) if each.is_none() => {
+                cx.err(
+                    w.pos,
+                    "`where` filters the items of a `for_each`; this segment has none",
+                    "use `when` for a condition on the whole segment",
+                );
+                None
+            }
+            Some(w) => cond(cx, w, &scope),
+            None => None,
+        };
+        attribute(cx, reads_at, &id, UseKind::Decides);
+        if let Some((p, _)) = &each {
+            cx.uses.push(FieldUse {
+                field: p.shape_key(),
+                target: format!("{id} (one segment per item)"),
+                kind: UseKind::Iterates,
+            });
+        }
         let rules = rules_of(cx, it.get("rules"), &scope, it.pos);
         segments.push(SegmentPlan {
             id: id.clone(),
@@ -707,6 +1140,7 @@ fn compile_hl7(cx: &mut Cx, root: &Node) -> Plan {
             },
             when,
             each,
+            filter,
             rules,
         });
     }
@@ -753,6 +1187,7 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
         let name = k.scalar_text().unwrap_or_default();
         // A table may live in its own file; its content is read as if written here.
         let loaded;
+        let mut values_file = cx.file.clone();
         let body: &Node = match v.get("file") {
             Some(f) => {
                 let rel = f.scalar_text().unwrap_or_default();
@@ -761,6 +1196,7 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                     Ok(text) => match super::yaml::parse(&text) {
                         Ok(node) => {
                             cx.table_files.push(path.clone());
+                            values_file = path.clone();
                             loaded = node;
                             &loaded
                         }
@@ -814,9 +1250,43 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
             Some(Kind::Bool(true))
         );
         let mut map = HashMap::new();
+        let mut meta = TableMeta {
+            system: t.get("system").and_then(|n| n.scalar_text()),
+            file: values_file,
+            pos: k.pos,
+            ..TableMeta::default()
+        };
+        match t.get("synonyms").map(|n| &n.kind) {
+            None => {}
+            Some(Kind::Seq(groups)) => {
+                for g in groups {
+                    match &g.kind {
+                        Kind::Seq(keys) => meta
+                            .synonyms
+                            .push(keys.iter().filter_map(|k| k.scalar_text()).collect()),
+                        _ => cx.err(
+                            g.pos,
+                            format!("table `{name}`: each `synonyms` entry is a list of keys"),
+                            "e.g. `synonyms: [[MR, MRI], [XR, CR, DX]]`",
+                        ),
+                    }
+                }
+            }
+            Some(_) => {
+                let pos = t.get("synonyms").map_or(t.pos, |n| n.pos);
+                cx.err(
+                    pos,
+                    format!("table `{name}`: `synonyms` must be a list of lists of keys"),
+                    "e.g. `synonyms: [[MR, MRI], [XR, CR, DX]]`",
+                );
+            }
+        }
         match t.get("values").map(|n| (n, &n.kind)) {
             Some((_, Kind::Map(vals))) => {
                 for (vk, vv) in vals {
+                    if let (Some(a), Some(b)) = (vk.scalar_text(), vv.scalar_text()) {
+                        meta.values.push((a, b, vk.pos));
+                    }
                     let (Some(a), Some(b)) = (vk.scalar_text(), vv.scalar_text()) else {
                         cx.err(
                             vk.pos,
@@ -913,6 +1383,7 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
         }
         cx.table_names
             .insert(name.clone(), (cx.tables.len(), k.pos));
+        cx.table_meta.push(meta);
         cx.tables.push(Table {
             name,
             map,
@@ -966,7 +1437,10 @@ fn rule(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Rule> {
         pos: n.pos,
         target: target_text.clone().unwrap_or_default().into(),
     };
+    let reads_at = cx.reads.len();
     let when = n.get("when").and_then(|w| cond(cx, w, scope));
+    let shown = shown_target(scope, target_text.as_deref().unwrap_or(""));
+    attribute(cx, reads_at, &shown, UseKind::Decides);
     if is_each {
         return each_rule(cx, n, scope, at, when, target_text, tpos);
     }
@@ -989,6 +1463,7 @@ fn rule(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Rule> {
         return None;
     }
     let hl7_in = cx.input == InputKind::Oru;
+    let src_reads_at = cx.reads.len();
     let (source, mut many) = match srcs[0] {
         "value" => {
             let v = n.get("value").expect("checked");
@@ -1016,40 +1491,32 @@ fn rule(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Rule> {
         }
         _ => {
             let v = n.get("from").expect("checked");
-            let alts: Vec<String> = match &v.kind {
-                Kind::Seq(items) => items.iter().filter_map(|i| i.scalar_text()).collect(),
-                _ => vec![cx.string(v, "`from`")?],
-            };
-            let mut chain = Vec::new();
-            for a in &alts {
-                match spec::parse_chain(a, hl7_in) {
-                    Ok(c) => chain.extend(c),
-                    Err(e) => cx.err(
-                        v.pos,
-                        e,
-                        if hl7_in {
-                            "HL7 paths look like `OBR-25`, `OBX[*]-5`, `PID-3[2].1`"
-                        } else {
-                            "paths look like `appointment.patientId` or `comments[*].commentText`"
-                        },
-                    ),
+            match &v.kind {
+                Kind::Seq(items) if items.iter().any(|i| matches!(i.kind, Kind::Map(_))) => {
+                    stages_of(cx, items, scope)
+                }
+                _ => {
+                    let alts: Vec<String> = match &v.kind {
+                        Kind::Seq(items) => items.iter().filter_map(|i| i.scalar_text()).collect(),
+                        _ => vec![cx.string(v, "`from`")?],
+                    };
+                    let chain = chain_of(cx, &alts, v.pos, scope);
+                    let many = chain.iter().any(Alt::is_many);
+                    (Source::Chain(chain), many)
                 }
             }
-            for a in &chain {
-                check_alt(cx, a, v.pos, &scope.aliases);
-            }
-            let many = chain.iter().any(Alt::is_many);
-            (Source::Chain(chain), many)
         }
     };
+    attribute(cx, src_reads_at, &shown, UseKind::Sent);
     let filters = filters_of(cx, n.get("filters"), &mut many);
     if many {
         cx.err(n.pos, format!("type mismatch: the source of `{target_text}` yields a list but the target holds one value"), "add a `join: \"\\n\"` or `first` filter, or use `for_each`");
     }
     check_value_type(cx, n, &target, &source, &filters, scope);
+    note_coded_target(cx, n, &target, &source, &filters, scope);
     // A target set twice.
     let key = match &target {
-        Target::Fhir(t) => t.text.clone(),
+        Target::Fhir(t) => format!("{}{}", scope.ns, t.text),
         Target::Hl7(t) => format!(
             "{}#{}",
             t.text,
@@ -1092,6 +1559,167 @@ fn rule(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Rule> {
     })
 }
 
+/// A target as `mappings fields` shows it: with its `for_each` prefix and, inside a
+/// contained resource, the resource's id.
+fn shown_target(scope: &Scope<'_>, t: &str) -> String {
+    let t = match &scope.prefix {
+        Some(p) if !t.is_empty() => format!("{p}.{t}"),
+        Some(p) => p.clone(),
+        None => t.to_string(),
+    };
+    match scope.ns.strip_prefix("contained#") {
+        Some(id) => format!("contained #{}: {t}", id.trim_end_matches('/')),
+        None => t,
+    }
+}
+
+/// Records the reads made since `from` as uses by `target`.
+fn attribute(cx: &mut Cx, from: usize, target: &str, kind: UseKind) {
+    let from = from.min(cx.reads.len());
+    let new: Vec<FieldUse> = cx.reads[from..]
+        .iter()
+        .map(|f| FieldUse {
+            field: f.clone(),
+            target: target.to_string(),
+            kind: kind.clone(),
+        })
+        .collect();
+    for u in new {
+        if !cx.uses.contains(&u) {
+            cx.uses.push(u);
+        }
+    }
+}
+
+/// Parses `from:` alternatives (each may be a `a | b` chain) and checks their paths.
+fn chain_of(cx: &mut Cx, alts: &[String], pos: Pos, scope: &Scope<'_>) -> Vec<Alt> {
+    let hl7_in = cx.input == InputKind::Oru;
+    let mut chain = Vec::new();
+    for a in alts {
+        match spec::parse_chain(a, hl7_in) {
+            Ok(c) => chain.extend(c),
+            Err(e) => cx.err(
+                pos,
+                e,
+                if hl7_in {
+                    "HL7 paths look like `OBR-25`, `OBX[*]-5`, `PID-3[2].1`"
+                } else {
+                    "paths look like `appointment.patientId` or `comments[*].commentText`"
+                },
+            ),
+        }
+    }
+    for a in &chain {
+        check_alt(cx, a, pos, &scope.aliases);
+    }
+    chain
+}
+
+/// A `from:` list whose items may carry their own filters:
+/// `- {from: appointment.doctorName, filters: [{name: given}]}`.
+fn stages_of(cx: &mut Cx, items: &[Node], scope: &Scope<'_>) -> (Source, bool) {
+    let mut stages = Vec::new();
+    let mut many = false;
+    for it in items {
+        let (alts, filters_node) = match &it.kind {
+            Kind::Map(_) => {
+                cx.keys(it, &["from", "filters"], "a `from` alternative");
+                let Some(f) = it.get("from").and_then(|f| cx.string(f, "`from`")) else {
+                    cx.err(
+                        it.pos,
+                        "an alternative written as a mapping needs `from:`",
+                        "e.g. `- {from: appointment.doctorName, filters: [{name: family}]}`",
+                    );
+                    continue;
+                };
+                (vec![f], it.get("filters"))
+            }
+            _ => match it.scalar_text() {
+                Some(t) => (vec![t], None),
+                None => {
+                    cx.err(
+                        it.pos,
+                        "a `from` alternative must be a path or a mapping",
+                        "",
+                    );
+                    continue;
+                }
+            },
+        };
+        let chain = chain_of(cx, &alts, it.pos, scope);
+        let mut m = chain.iter().any(Alt::is_many);
+        let filters = filters_of(cx, filters_node, &mut m);
+        many |= m;
+        stages.push(Stage { chain, filters });
+    }
+    (Source::Stages(stages), many)
+}
+
+/// Remembers rules that write a coding's code or system, for [`check_codes`].
+fn note_coded_target(
+    cx: &mut Cx,
+    n: &Node,
+    target: &Target,
+    source: &Source,
+    filters: &[Filter],
+    scope: &Scope<'_>,
+) {
+    let last_table = || {
+        filters.iter().rev().find_map(|f| match f {
+            Filter::Table(i) => Some(*i),
+            _ => None,
+        })
+    };
+    let stage_table = || match source {
+        Source::Stages(st) => st.iter().find_map(|s| {
+            s.filters.iter().rev().find_map(|f| match f {
+                Filter::Table(i) => Some(*i),
+                _ => None,
+            })
+        }),
+        _ => None,
+    };
+    let constant = match source {
+        Source::Const(c) if filters.is_empty() => {
+            Some((c.clone(), n.get("value").map_or(n.pos, |v| v.pos)))
+        }
+        _ => None,
+    };
+    let (coding, is_system) = match target {
+        Target::Fhir(t) => {
+            let full = format!("{}{}", scope.ns, shown_target(scope, &t.text));
+            match full.rsplit_once('.') {
+                Some((c, "code")) => (c.to_string(), false),
+                Some((c, "system")) => (c.to_string(), true),
+                _ => return,
+            }
+        }
+        Target::Hl7(t) => {
+            // CE/CWE triplets: identifier at components 1 and 4, coding system at 3 and 6.
+            let at = scope.each_id.map(|p| p.to_string()).unwrap_or_default();
+            let (first, is_system) = match t.component % 3 {
+                1 => (t.component, false),
+                0 => (t.component - 2, true),
+                _ => return,
+            };
+            (
+                format!(
+                    "{}-{}[{:?}]@{at}#{first}.{}",
+                    t.segment, t.field, t.rep, t.subcomponent
+                ),
+                is_system,
+            )
+        }
+        _ => return,
+    };
+    cx.coded.push(CodedTarget {
+        coding,
+        table: last_table().or_else(stage_table),
+        constant,
+        is_system,
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 fn each_rule(
     cx: &mut Cx,
@@ -1121,6 +1749,16 @@ fn each_rule(
     let key = check_json(cx, &over, over_node.pos, &scope.aliases).unwrap_or_default();
     // Iterating a list reads its items, not every field of them.
     cx.reads.retain(|r| *r != key);
+    cx.uses.push(FieldUse {
+        field: key.clone(),
+        target: shown_target(
+            scope,
+            target_text
+                .as_deref()
+                .unwrap_or("(one repetition per item)"),
+        ),
+        kind: UseKind::Iterates,
+    });
     if !over.is_many() {
         cx.err(over_node.pos, "`for_each` needs a list: end the path with `[*]` or a filter like `[commentType in (AA, PA)]`", "");
     }
@@ -1141,6 +1779,14 @@ fn each_rule(
     inner.aliases.push((alias.clone(), key));
     inner.each_id = Some(n.pos);
     inner.rep_each = true;
+    let reads_at = cx.reads.len();
+    let filter = n.get("where").and_then(|w| cond(cx, w, &inner));
+    attribute(
+        cx,
+        reads_at,
+        &shown_target(scope, target_text.as_deref().unwrap_or("")),
+        UseKind::Decides,
+    );
     let mut array = None;
     match scope.output {
         OutputKind::Fhir => {
@@ -1202,6 +1848,7 @@ fn each_rule(
             over,
             alias,
             array,
+            filter,
             rules,
         })),
     })
@@ -1444,15 +2091,16 @@ fn check_alt(cx: &mut Cx, a: &Alt, pos: Pos, aliases: &[(String, String)]) {
             {
                 cx.err(pos, format!("{seg}-{} does not exist in any supported HL7 version ({seg} has at most {max} fields)", h.path.field), format!("use {seg}-1 to {seg}-{max}"));
             }
-            if let Some((f, _, _)) = &h.filter
-                && let Some(max) = hl7::max_field_count(seg)
-                && *f > max
-            {
-                cx.err(
-                    pos,
-                    format!("{seg}-{f} in the segment filter does not exist"),
-                    "",
-                );
+            for (f, _, _) in &h.filter {
+                if let Some(max) = hl7::max_field_count(seg)
+                    && *f > max
+                {
+                    cx.err(
+                        pos,
+                        format!("{seg}-{f} in the segment filter does not exist"),
+                        "",
+                    );
+                }
             }
             cx.reads.push(h.path.to_string());
         }
@@ -1470,15 +2118,77 @@ fn check_alt(cx: &mut Cx, a: &Alt, pos: Pos, aliases: &[(String, String)]) {
                 cx.err(pos, "`$index` is only available inside `for_each`", "");
             }
         }
+        Alt::SetId => {
+            if cx.output != OutputKind::Hl7 {
+                cx.err(
+                    pos,
+                    "`$set_id` is only available in hl7 mappings",
+                    "it numbers consecutive segments of the same kind, e.g. NTE-1",
+                );
+            }
+        }
     }
 }
 
 fn cond(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Cond> {
     cx.keys(
         n,
-        &["from", "equals", "in", "not_in", "present", "in_table"],
+        &[
+            "from",
+            "equals",
+            "in",
+            "not_in",
+            "present",
+            "in_table",
+            "ignore_case",
+            "any",
+            "all",
+            "not",
+        ],
         "`when`",
     );
+    let composite: Vec<&str> = ["any", "all", "not"]
+        .into_iter()
+        .filter(|k| n.get(k).is_some())
+        .collect();
+    if !composite.is_empty() {
+        if composite.len() > 1 || n.get("from").is_some() {
+            cx.err(
+                n.pos,
+                "a condition is either one test (`from:` and a test) or one of `any`, `all`, `not`",
+                "nest them: `{any: [{from: c.isAlert, equals: true}, {from: c.commentType, in: [AA, PA]}]}`",
+            );
+            return None;
+        }
+        let k = composite[0];
+        let v = n.get(k).expect("present");
+        let test = if k == "not" {
+            Test::Not(Box::new(cond(cx, v, scope)?))
+        } else {
+            let Kind::Seq(items) = &v.kind else {
+                cx.err(v.pos, format!("`{k}` needs a list of conditions"), "");
+                return None;
+            };
+            if items.is_empty() {
+                cx.err(v.pos, format!("`{k}` needs at least one condition"), "");
+                return None;
+            }
+            let inner: Vec<Cond> = items.iter().filter_map(|i| cond(cx, i, scope)).collect();
+            if inner.len() != items.len() {
+                return None;
+            }
+            if k == "any" {
+                Test::Any(inner)
+            } else {
+                Test::All(inner)
+            }
+        };
+        return Some(Cond {
+            chain: Vec::new(),
+            test,
+            ignore_case: false,
+        });
+    }
     let from = n.get("from").and_then(|f| cx.string(f, "`when.from`"));
     let Some(from) = from else {
         cx.err(
@@ -1542,9 +2252,22 @@ fn cond(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Cond> {
         );
         return None;
     }
+    let ignore_case = matches!(
+        n.get("ignore_case").map(|v| &v.kind),
+        Some(Kind::Bool(true))
+    );
+    let test = tests.into_iter().next().expect("one");
+    if ignore_case && !matches!(test, Test::In(_) | Test::NotIn(_)) {
+        cx.err(
+            n.pos,
+            "`ignore_case` applies to `equals`, `in` and `not_in`",
+            "code tables compare ignoring case with their own `ignore_case: true`",
+        );
+    }
     Some(Cond {
         chain,
-        test: tests.into_iter().next().expect("one"),
+        test,
+        ignore_case,
     })
 }
 
@@ -1619,6 +2342,25 @@ fn filters_of(cx: &mut Cx, n: Option<&Node>, many: &mut bool) -> Vec<Filter> {
                 no_arg(cx, Filter::First)
             }
             "base64_decode" => no_arg(cx, Filter::Base64Decode),
+            "rank" => {
+                *many = false;
+                let order: Vec<String> = match arg.map(|a| &a.kind) {
+                    Some(Kind::Seq(items)) => {
+                        items.iter().filter_map(|i| i.scalar_text()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                if order.is_empty() {
+                    cx.err(
+                        pos,
+                        "filter `rank` needs a list of values, first ranked first",
+                        "e.g. `{rank: [preliminary, final]}`",
+                    );
+                    None
+                } else {
+                    Some(Filter::Rank(order))
+                }
+            }
             "default" => text_arg(cx).map(Filter::Default),
             "prefix" => text_arg(cx).map(Filter::Prefix),
             "suffix" => text_arg(cx).map(Filter::Suffix),
@@ -1647,17 +2389,31 @@ fn filters_of(cx: &mut Cx, n: Option<&Node>, many: &mut bool) -> Vec<Filter> {
             "instant" => time(cx).map(Filter::Instant),
             "hl7_time" => time(cx).map(Filter::Hl7Time),
             "date" => time(cx).map(Filter::Date),
+            "site_time_end" => time(cx).map(Filter::SiteTimeEnd),
+            "single_line" => no_arg(cx, Filter::SingleLine),
+            "hl7_max_length" => text_arg(cx).and_then(|a| match a.parse::<usize>() {
+                Ok(n) if n >= 2 => Some(Filter::Hl7MaxLength(n)),
+                _ => {
+                    cx.err(
+                        pos,
+                        "filter `hl7_max_length` needs a number of characters (2 or more)",
+                        "e.g. `{hl7_max_length: 300}` for an ST field of 300",
+                    );
+                    None
+                }
+            }),
             "name" => text_arg(cx).and_then(|a| {
                 let p = match a.as_str() {
                     "family" => NamePart::Family,
                     "given" => NamePart::Given,
                     "middle" => NamePart::Middle,
                     "prefix" => NamePart::Prefix,
+                    "suffix" => NamePart::Suffix,
                     "text" => NamePart::Text,
                     _ => {
                         cx.err(
                             pos,
-                            "filter `name`: part must be family, given, middle, prefix or text",
+                            "filter `name`: part must be family, given, middle, prefix, suffix or text",
                             "",
                         );
                         return None;
@@ -1733,10 +2489,11 @@ fn check_value_type(
         }
         if let Some(i) = last_table {
             let t = cx.tables[i].clone();
+            // An empty value means "no value" (the rule writes nothing), not a code.
             let mut bad: Vec<String> = t
                 .map
                 .values()
-                .filter(|v| !codes.contains(&v.as_str()))
+                .filter(|v| !v.is_empty() && !codes.contains(&v.as_str()))
                 .cloned()
                 .collect();
             if let Some(d) = &t.default

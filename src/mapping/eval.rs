@@ -5,7 +5,7 @@ use jiff::tz::TimeZone;
 use serde_json::Value;
 
 use super::MapError;
-use super::compile::{Cond, Rule, Source, Target, Test};
+use super::compile::{Cond, Rule, Source, Stage, Target, Test};
 use super::fhir::{self, Prim, Ty};
 use super::filters::{self, FilterEnv, FilterError, Table, Val};
 use super::hl7::Rep;
@@ -29,6 +29,8 @@ pub struct Env<'a> {
     pub tables: &'a [Table],
     /// Unmapped values seen (table, value).
     pub unmapped: Vec<(String, String)>,
+    /// `$set_id` of the HL7 segment being written.
+    pub set_id: usize,
     bindings: Vec<(&'a str, &'a Value, usize)>,
 }
 
@@ -72,6 +74,7 @@ impl<'a> Env<'a> {
             delims: Delimiters::default(),
             tables,
             unmapped: Vec::new(),
+            set_id: 1,
             bindings: Vec::new(),
         }
     }
@@ -159,6 +162,7 @@ impl<'a> Env<'a> {
                 .bindings
                 .last()
                 .map_or(Val::None, |b| Val::One(b.2.to_string())),
+            Alt::SetId => Val::One(self.set_id.to_string()),
             Alt::Hl7(h) => {
                 let Some(scope) = self.hl7 else {
                     return Val::None;
@@ -168,14 +172,17 @@ impl<'a> Env<'a> {
                 let segs = scope.segments_with_id(&h.path.segment);
                 let mut n = 0u16;
                 for seg in segs {
-                    if let Some((f, op, values)) = &h.filter {
-                        // Compared without copying: escapes are rare in coded fields.
-                        let v = seg.field(*f).map(|raw| {
-                            let first = raw.split(d.repetition as char).next().unwrap_or("");
-                            let comp = first.split(d.component as char).next().unwrap_or("");
-                            unescape(comp, &d)
+                    if !h.filter.is_empty() {
+                        let pass = h.filter.iter().all(|(f, op, values)| {
+                            // Compared without copying: escapes are rare in coded fields.
+                            let v = seg.field(*f).map(|raw| {
+                                let first = raw.split(d.repetition as char).next().unwrap_or("");
+                                let comp = first.split(d.component as char).next().unwrap_or("");
+                                unescape(comp.trim(), &d)
+                            });
+                            op.test(v.as_deref(), values)
                         });
-                        if !op.test(v.as_deref(), values) {
+                        if !pass {
                             continue;
                         }
                     } else {
@@ -187,9 +194,14 @@ impl<'a> Env<'a> {
                         }
                     }
                     let field_level = h.path.component.is_none();
+                    let coded = field_level && is_coded_obx5(&seg, h.path.field, &d);
                     let mut found = false;
                     seg.visit(&h.path, &mut |raw| {
                         found = true;
+                        if coded {
+                            out.push(coded_text(raw, &d));
+                            return;
+                        }
                         let has_reps = raw.as_bytes().contains(&d.repetition);
                         out.push(if field_level && h.path.repetition.is_none() && has_reps {
                             // Repetitions of a text field are lines.
@@ -264,8 +276,9 @@ impl<'a> Env<'a> {
         alts.iter().any(|a| match a {
             // Objects count as present for `present: true` (e.g. an assigned radiologist).
             Alt::Json(p) => {
+                // A blank string is no value: "present" means there is something to send.
                 let present = |v: &Value| match v {
-                    Value::String(s) => !s.is_empty(),
+                    Value::String(s) => !s.trim().is_empty(),
                     Value::Array(a) => !a.is_empty(),
                     _ => true,
                 };
@@ -288,14 +301,61 @@ impl<'a> Env<'a> {
                 _ => false,
             },
             Test::In(vals) | Test::NotIn(vals) => {
+                let same = |a: &str, b: &str| {
+                    if c.ignore_case {
+                        a.trim().to_lowercase() == b.trim().to_lowercase()
+                    } else {
+                        a == b
+                    }
+                };
                 let hit = match self.chain(&c.chain) {
-                    Val::One(s) => vals.iter().any(|v| v == &s),
-                    Val::Many(items) => items.iter().any(|s| vals.iter().any(|v| v == s)),
+                    Val::One(s) => vals.iter().any(|v| same(v, &s)),
+                    Val::Many(items) => items.iter().any(|s| vals.iter().any(|v| same(v, s))),
                     Val::None => false,
                 };
                 hit == matches!(c.test, Test::In(_))
             }
+            Test::Any(conds) => conds.iter().any(|x| self.test(x)),
+            Test::All(conds) => conds.iter().all(|x| self.test(x)),
+            Test::Not(x) => !self.test(x),
         }
+    }
+
+    /// The first stage whose value, after its own filters, is present.
+    fn stages(&mut self, rule: &'a Rule, stages: &'a [Stage]) -> Result<Val, MapError> {
+        for st in stages {
+            let mut v = self.chain(&st.chain);
+            for f in &st.filters {
+                v = self.filter(rule, f, v)?;
+            }
+            if v.is_present() {
+                return Ok(v);
+            }
+        }
+        Ok(Val::None)
+    }
+
+    fn filter(&mut self, rule: &Rule, f: &filters::Filter, v: Val) -> Result<Val, MapError> {
+        let mut env = FilterEnv {
+            tables: self.tables,
+            zone: self.zone.as_ref(),
+            delimiters: self.delims,
+            unmapped: &mut self.unmapped,
+        };
+        filters::apply(f, v, &mut env).map_err(|e| match e {
+            FilterError::Required => MapError::Required {
+                rule: rule.at.to_string(),
+                sources: rule_sources(rule),
+            },
+            FilterError::Unmapped(table) => MapError::Unmapped {
+                rule: rule.at.to_string(),
+                table,
+            },
+            FilterError::Invalid(reason) => MapError::Value {
+                rule: rule.at.to_string(),
+                reason,
+            },
+        })
     }
 
     /// Source value of a rule after its filters.
@@ -303,28 +363,11 @@ impl<'a> Env<'a> {
         let mut v = match &rule.source {
             Some(Source::Const(c)) => Val::One(c.clone()),
             Some(Source::Chain(alts)) => self.chain(alts),
+            Some(Source::Stages(st)) => self.stages(rule, st)?,
             None => Val::None,
         };
-        let mut env = FilterEnv {
-            tables: self.tables,
-            zone: self.zone.as_ref(),
-            delimiters: self.delims,
-            unmapped: &mut self.unmapped,
-        };
         for f in &rule.filters {
-            v = filters::apply(f, v, &mut env).map_err(|e| match e {
-                FilterError::Required => MapError::Required {
-                    rule: rule.at.to_string(),
-                },
-                FilterError::Unmapped(table) => MapError::Unmapped {
-                    rule: rule.at.to_string(),
-                    table,
-                },
-                FilterError::Invalid(reason) => MapError::Value {
-                    rule: rule.at.to_string(),
-                    reason,
-                },
-            })?;
+            v = self.filter(rule, f, v)?;
         }
         Ok(v)
     }
@@ -345,8 +388,16 @@ impl<'a> Env<'a> {
                     None => 0,
                 };
                 let mut k = 0;
-                for (i, item) in items.into_iter().enumerate() {
-                    self.bind(&each.alias, item, i + 1);
+                let mut passed = 0;
+                for item in items {
+                    self.bind(&each.alias, item, passed + 1);
+                    if let Some(w) = &each.filter
+                        && !self.test(w)
+                    {
+                        self.unbind();
+                        continue;
+                    }
+                    passed += 1;
                     out.each.push(base + k);
                     let r = self.run(&each.rules, out);
                     out.each.pop();
@@ -429,6 +480,100 @@ fn type_err(rule: &Rule, what: &str) -> MapError {
     }
 }
 
+/// A source chain as an analyst would write it (`OBR-25 | OBX[OBX-11 not in (W, D)]-11`),
+/// for error messages: paths only, never values.
+pub fn describe_chain(alts: &[Alt]) -> String {
+    let values = |v: &[String]| v.join(", ");
+    let op_text = |op: &super::spec::Op, v: &[String]| match op {
+        super::spec::Op::Eq => format!("= {}", values(v)),
+        super::spec::Op::Ne => format!("!= {}", values(v)),
+        super::spec::Op::In => format!("in ({})", values(v)),
+        super::spec::Op::NotIn => format!("not in ({})", values(v)),
+    };
+    let one = |a: &Alt| -> String {
+        match a {
+            Alt::Json(p) => {
+                let mut s = p.root.clone();
+                for st in &p.steps {
+                    match st {
+                        Step::Key(k) => {
+                            s.push('.');
+                            s.push_str(k);
+                        }
+                        Step::Index(i) => s.push_str(&format!("[{i}]")),
+                        Step::All => s.push_str("[*]"),
+                        Step::Filter { field, op, values } => {
+                            s.push_str(&format!("[{field} {}]", op_text(op, values)))
+                        }
+                    }
+                }
+                s
+            }
+            Alt::Hl7(h) if h.filter.is_empty() => h.path.to_string(),
+            Alt::Hl7(h) => {
+                let seg = h.path.segment_id();
+                let tests: Vec<String> = h
+                    .filter
+                    .iter()
+                    .map(|(f, op, v)| format!("{seg}-{f} {}", op_text(op, v)))
+                    .collect();
+                let mut at = h.path.clone();
+                at.occurrence = er7::Index::Nth(1);
+                let at = at.to_string();
+                format!("{seg}[{}]{}", tests.join(" and "), &at[3..])
+            }
+            Alt::Template(parts) => {
+                // The placeholders are what was looked for; the literal text is not.
+                let inner: Vec<String> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Value(alts) => Some(format!("{{{}}}", describe_chain(alts))),
+                        Part::Text(_) => None,
+                    })
+                    .collect();
+                format!("template {}", inner.join(" "))
+            }
+            Alt::Index => "$index".to_string(),
+            Alt::SetId => "$set_id".to_string(),
+        }
+    };
+    alts.iter().map(one).collect::<Vec<_>>().join(" | ")
+}
+
+/// Whether `field` of `seg` is an OBX-5 holding a coded value (OBX-2 CE, CWE, CNE or CF):
+/// such a value is read as its text, not as `code^text^system`.
+fn is_coded_obx5(seg: &er7::Segment<'_>, field: u16, d: &Delimiters) -> bool {
+    if seg.id() != "OBX" || field != 5 {
+        return false;
+    }
+    let value_type = seg
+        .field(2)
+        .and_then(|t| t.split(d.component as char).next())
+        .unwrap_or("")
+        .trim();
+    ["CE", "CWE", "CNE", "CF"]
+        .iter()
+        .any(|t| value_type.eq_ignore_ascii_case(t))
+}
+
+/// The text of a coded value (CE/CWE/CNE), one line per repetition: the text (component
+/// 2), else the alternate text (5), else the original text (CWE-9), else the code (1).
+fn coded_text(raw: &str, d: &Delimiters) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for rep in raw.split(d.repetition as char) {
+        let parts: Vec<&str> = rep.split(d.component as char).collect();
+        let text = [2, 5, 9, 1]
+            .iter()
+            .filter_map(|&c| parts.get(c - 1))
+            .map(|p| unescape(p.trim(), d))
+            .find(|t| !t.is_empty());
+        if let Some(t) = text {
+            lines.push(t.into_owned());
+        }
+    }
+    lines.join("\n")
+}
+
 /// Text of a scalar JSON value; `None` for null, objects and arrays.
 pub fn scalar(v: &Value) -> Option<String> {
     match v {
@@ -436,5 +581,20 @@ pub fn scalar(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+/// Where a rule looks for its value, as written (`OBR-25 | OBX[…]-11`,
+/// `appointment.patientId`), for the "required value is missing" message: positions and
+/// field names, never values. Empty for constants.
+fn rule_sources(rule: &Rule) -> String {
+    match &rule.source {
+        Some(Source::Chain(alts)) => describe_chain(alts),
+        Some(Source::Stages(stages)) => stages
+            .iter()
+            .map(|s| describe_chain(&s.chain))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        _ => String::new(),
     }
 }

@@ -99,8 +99,69 @@ const DIAGNOSTIC_REPORT: Elements = &[
     ("presentedForm", "Attachment", true),
 ];
 
+/// Resource types a FHIR mapping may contain (`contained:`).
+pub const CONTAINED: &[&str] = &["Patient", "Practitioner", "Location"];
+
+const PATIENT: Elements = &[
+    ("identifier", "Identifier", true),
+    ("active", "boolean", false),
+    ("name", "HumanName", true),
+    ("telecom", "ContactPoint", true),
+    ("gender", "code", false),
+    ("birthDate", "date", false),
+    ("address", "Address", true),
+];
+
+const PRACTITIONER: Elements = &[
+    ("identifier", "Identifier", true),
+    ("active", "boolean", false),
+    ("name", "HumanName", true),
+    ("telecom", "ContactPoint", true),
+    ("gender", "code", false),
+    ("address", "Address", true),
+];
+
+const LOCATION: Elements = &[
+    ("identifier", "Identifier", true),
+    ("status", "code", false),
+    ("name", "string", false),
+    ("alias", "string", true),
+    ("description", "string", false),
+    ("mode", "code", false),
+    ("telecom", "ContactPoint", true),
+    ("address", "Address", false),
+];
+
 fn datatype(name: &str) -> Option<Elements> {
     Some(match name {
+        "HumanName" => &[
+            ("use", "code", false),
+            ("text", "string", false),
+            ("family", "string", false),
+            ("given", "string", true),
+            ("prefix", "string", true),
+            ("suffix", "string", true),
+            ("period", "Period", false),
+        ],
+        "ContactPoint" => &[
+            ("system", "code", false),
+            ("value", "string", false),
+            ("use", "code", false),
+            ("rank", "positiveInt", false),
+            ("period", "Period", false),
+        ],
+        "Address" => &[
+            ("use", "code", false),
+            ("type", "code", false),
+            ("text", "string", false),
+            ("line", "string", true),
+            ("city", "string", false),
+            ("district", "string", false),
+            ("state", "string", false),
+            ("postalCode", "string", false),
+            ("country", "string", false),
+            ("period", "Period", false),
+        ],
         "Identifier" => &[
             ("use", "code", false),
             ("type", "CodeableConcept", false),
@@ -170,13 +231,23 @@ fn datatype(name: &str) -> Option<Elements> {
     })
 }
 
-/// The top-level element list of a supported resource type.
+/// The top-level element list of a resource type a mapping can produce.
 pub fn resource_elements(resource: &str) -> Option<Elements> {
     match resource {
         "ServiceRequest" => Some(SERVICE_REQUEST),
         "DiagnosticReport" => Some(DIAGNOSTIC_REPORT),
         _ => None,
     }
+}
+
+/// The element list of an output resource or of a resource it may contain.
+fn elements_of(resource: &str) -> Option<Elements> {
+    resource_elements(resource).or(match resource {
+        "Patient" => Some(PATIENT),
+        "Practitioner" => Some(PRACTITIONER),
+        "Location" => Some(LOCATION),
+        _ => None,
+    })
 }
 
 /// Elements a resource must have, for the "required never set" check.
@@ -212,6 +283,9 @@ pub fn required_binding(resource: &str, element: &str) -> Option<&'static [&'sta
             "option",
         ],
         ("ServiceRequest", "priority") => &["routine", "urgent", "asap", "stat"],
+        ("Patient" | "Practitioner", "gender") => &["male", "female", "other", "unknown"],
+        ("Location", "status") => &["active", "suspended", "inactive"],
+        ("Location", "mode") => &["instance", "kind"],
         ("DiagnosticReport", "status") => &[
             "registered",
             "partial",
@@ -265,7 +339,7 @@ pub struct FhirTarget {
 /// `partial` allows the path to end on a complex element (a `for_each` prefix).
 /// The error is `(message, hint)`.
 pub fn resolve(resource: &str, path: &str, partial: bool) -> Result<FhirTarget, (String, String)> {
-    let mut elements = resource_elements(resource).ok_or_else(|| {
+    let mut elements = elements_of(resource).ok_or_else(|| {
         (
             format!("resource `{resource}` is not supported"),
             "use ServiceRequest or DiagnosticReport".to_string(),
@@ -527,6 +601,48 @@ pub fn check(resource: &str, v: &Value) -> Result<(), String> {
 }
 
 use serde::Deserialize;
+
+/// Checks the local references of a resource: every `#id` reference names a contained
+/// resource, and every contained resource is referenced (FHIR's dom-3). Messages name
+/// ids, which come from the mapping file, never values.
+pub fn check_local_references(v: &Value) -> Result<(), String> {
+    fn refs<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("reference", Value::String(r)) if r.starts_with('#') => out.push(&r[1..]),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let ids: Vec<&str> = v
+        .get("contained")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.get("id").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    refs(v, &mut found);
+    if let Some(r) = found.iter().find(|r| !ids.contains(r)) {
+        return Err(format!(
+            "reference `#{r}` names no contained resource (its rules wrote nothing, or its `when` did not hold)"
+        ));
+    }
+    if let Some(id) = ids.iter().find(|id| !found.contains(id)) {
+        return Err(format!(
+            "contained resource `#{id}` is not referenced (FHIR requires every contained resource to be referenced)"
+        ));
+    }
+    Ok(())
+}
 
 /// serde's message, keeping only what cannot hold a value: field names and the list of
 /// expected codes. Anything else (a date-time parse error, say) becomes a generic message,

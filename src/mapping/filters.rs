@@ -77,7 +77,9 @@ pub enum NamePart {
     Middle,
     /// Title such as Dr.
     Prefix,
-    /// The whole name, normalised: `Prefix Given Middle Family`.
+    /// Generational suffix such as Jr.
+    Suffix,
+    /// The whole name, normalised: `Prefix Given Middle Family Suffix`.
     Text,
 }
 
@@ -151,8 +153,11 @@ pub enum Filter {
     Join(String),
     /// Split one value on a separator.
     Split(String),
-    /// Keep the first of several values.
+    /// Keep the first present (non-empty) of several values.
     First,
+    /// Of several values, keep the one listed earliest here (`{rank: [preliminary, final]}`:
+    /// preliminary if any is); values not listed rank after all listed ones.
+    Rank(Vec<String>),
     /// Site-local `yyyy-MM-dd[ T]HH:mm[:ss]` (or a date) → the given form.
     SiteTime(TimeOut),
     /// An ISO instant or offset date-time (no offset = UTC) → the given form.
@@ -168,6 +173,14 @@ pub enum Filter {
     /// A calendar date (`yyyy-MM-dd`, or HL7 `YYYYMMDD`) → `date` or `hl7_date`, no zone
     /// involved (dates of birth must not move across midnight).
     Date(TimeOut),
+    /// The end of a site-local interval written `yyyy-MM-ddTstart/end`, never before its
+    /// start (see [`site_interval_end`]).
+    SiteTimeEnd(TimeOut),
+    /// Line breaks (and the blanks around them) become one space: for HL7 fields whose
+    /// type (ST, XPN, ...) allows no line break.
+    SingleLine,
+    /// At most this many characters once HL7-escaped, cut with `…` (see [`fit_hl7_length`]).
+    Hl7MaxLength(usize),
 }
 
 /// Names of all filters, for "unknown filter" hints.
@@ -183,6 +196,7 @@ pub const NAMES: &[&str] = &[
     "join",
     "split",
     "first",
+    "rank",
     "site_time",
     "instant",
     "hl7_time",
@@ -190,6 +204,9 @@ pub const NAMES: &[&str] = &[
     "hl7_name",
     "base64_decode",
     "date",
+    "site_time_end",
+    "single_line",
+    "hl7_max_length",
 ];
 
 /// Why a filter failed; the rule adds where. Never holds the value.
@@ -245,7 +262,19 @@ pub fn apply(f: &Filter, v: Val, env: &mut FilterEnv<'_>) -> Result<Val, FilterE
             other => other,
         },
         Filter::First => match v {
-            Val::Many(items) => items.into_iter().next().map_or(Val::None, Val::One),
+            Val::Many(items) => items
+                .into_iter()
+                .find(|s| !s.is_empty())
+                .map_or(Val::None, Val::One),
+            other => other,
+        },
+        Filter::Rank(order) => match v {
+            Val::Many(items) => items
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .enumerate()
+                .min_by_key(|(i, s)| (order.iter().position(|o| o == s).unwrap_or(order.len()), *i))
+                .map_or(Val::None, |(_, s)| Val::One(s)),
             other => other,
         },
         _ => match v {
@@ -338,6 +367,18 @@ fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterE
             }
         }
         Filter::Name(part) => name_part(&s, *part),
+        Filter::SiteTimeEnd(out) => {
+            if s.is_empty() {
+                return Ok(s);
+            }
+            let zone = env.zone.ok_or_else(no_zone)?;
+            match site_interval_end(&s, zone)? {
+                Some(z) => format_time(&z, *out),
+                None => String::new(),
+            }
+        }
+        Filter::SingleLine => single_line(&s),
+        Filter::Hl7MaxLength(max) => fit_hl7_length(&s, *max),
         Filter::Hl7Name(kind) => hl7_name(&s, *kind, &env.delimiters),
         Filter::Base64Decode => {
             use base64::Engine;
@@ -351,7 +392,8 @@ fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterE
         | Filter::Default(_)
         | Filter::Join(_)
         | Filter::Split(_)
-        | Filter::First => unreachable!("list-level filters are handled in apply"),
+        | Filter::First
+        | Filter::Rank(_) => unreachable!("list-level filters are handled in apply"),
     })
 }
 
@@ -465,63 +507,122 @@ fn format_time(z: &ZonedDateTime, out: TimeOut) -> String {
     }
 }
 
-const TITLES: &[&str] = &[
-    "dr", "dr.", "prof", "prof.", "mr", "mr.", "mrs", "mrs.", "ms", "ms.", "miss", "a/prof",
-    "assoc", "sir", "dame",
-];
-
-/// Splits a free-text name: `Family, Given Middle` when there is a comma, `Family^Given^Middle`
-/// when it was stored HL7-style, else `[Title] Given [Middle…] Family`.
-pub fn split_name(s: &str) -> (Vec<&str>, Vec<&str>, Option<&str>) {
-    let (family, rest): (Option<&str>, &str) = match s.split_once(',').or_else(|| s.split_once('^'))
-    {
-        Some((f, r)) => (Some(f.trim()).filter(|f| !f.is_empty()), r),
-        None => (None, s),
-    };
-    let mut words: Vec<&str> = rest
-        .split(|c: char| c.is_whitespace() || c == '^')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let mut prefix = Vec::new();
-    while let Some(w) = words.first() {
-        if TITLES.contains(&w.to_lowercase().as_str()) {
-            prefix.push(*w);
-            words.remove(0);
-        } else {
-            break;
-        }
+fn name_part(s: &str, part: NamePart) -> String {
+    let n = super::names::parse(s);
+    match part {
+        NamePart::Family => n.family.unwrap_or_default(),
+        NamePart::Given => n.given.first().cloned().unwrap_or_default(),
+        NamePart::Middle => n.given.get(1..).map(|m| m.join(" ")).unwrap_or_default(),
+        NamePart::Prefix => n.prefix.join(" "),
+        NamePart::Suffix => n.suffix.unwrap_or_default(),
+        NamePart::Text => n.text(),
     }
-    let family = match family {
-        Some(f) => Some(f),
-        None => words.pop(),
-    };
-    (prefix, words, family)
 }
 
-fn name_part(s: &str, part: NamePart) -> String {
-    let (prefix, given, family) = split_name(s);
-    match part {
-        NamePart::Family => family.unwrap_or("").to_string(),
-        NamePart::Given => given.first().copied().unwrap_or("").to_string(),
-        NamePart::Middle => given.get(1..).map(|m| m.join(" ")).unwrap_or_default(),
-        NamePart::Prefix => prefix.join(" "),
-        NamePart::Text => prefix
-            .iter()
-            .chain(given.iter())
-            .chain(family.iter())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" "),
+/// The end instant of a site-local interval `yyyy-MM-ddTHH:mm[:ss]/HH:mm[:ss]` (start
+/// `/` end on the same date; the start may be empty). `None` when the end is empty.
+///
+/// An end is never before its start: an end clock time earlier than the start's is on
+/// the next day (an appointment across midnight), and when a start in a DST gap was
+/// shifted forward to or past the end, the end keeps the booked length (wall-clock end
+/// minus wall-clock start) rather than landing on or before the shifted start.
+pub fn site_interval_end(s: &str, zone: &TimeZone) -> Result<Option<ZonedDateTime>, FilterError> {
+    let bad = || {
+        FilterError::Invalid(
+            "expected a site-local interval yyyy-MM-ddTstart/end (HH:mm[:ss] each)".into(),
+        )
+    };
+    let (start_text, end_time) = s.trim().split_once('/').ok_or_else(bad)?;
+    let end_time = end_time.trim();
+    if end_time.is_empty() {
+        return Ok(None);
     }
+    let start_text = start_text.trim().replacen(' ', "T", 1);
+    let (date, start_time) = start_text.split_once('T').unwrap_or((&start_text, ""));
+    let date: jiff::civil::Date = date.trim().parse().map_err(|_| bad())?;
+    let end_clock: jiff::civil::Time = end_time.parse().map_err(|_| bad())?;
+    let start_clock = match start_time.trim() {
+        "" => None,
+        t => Some(t.parse::<jiff::civil::Time>().map_err(|_| bad())?),
+    };
+    let zoned = |dt: DateTime| {
+        zone.to_ambiguous_zoned_datetime(dt)
+            .compatible()
+            .map_err(|_| FilterError::Invalid("local time out of range".into()))
+    };
+    let Some(start_clock) = start_clock else {
+        return zoned(date.to_datetime(end_clock)).map(Some);
+    };
+    let local_start = date.to_datetime(start_clock);
+    let mut local_end = date.to_datetime(end_clock);
+    if local_end < local_start {
+        local_end = local_end
+            .checked_add(jiff::Span::new().days(1))
+            .map_err(|_| bad())?;
+    }
+    let start = zoned(local_start)?;
+    let end = zoned(local_end)?;
+    if end.timestamp() > start.timestamp() || local_end == local_start {
+        return Ok(Some(end));
+    }
+    // The start fell in a gap and moved forward to or past the end: keep the booked length.
+    let booked = local_start.until(local_end).map_err(|_| bad())?;
+    start
+        .checked_add(booked)
+        .map(Some)
+        .map_err(|_| FilterError::Invalid("local time out of range".into()))
+}
+
+/// One line: every run of line breaks, with the blanks around it, becomes one space.
+pub fn single_line(s: &str) -> String {
+    if !s.contains(['\r', '\n', '\u{2028}', '\u{2029}', '\u{85}']) {
+        return s.to_string();
+    }
+    s.split(['\r', '\n', '\u{2028}', '\u{2029}', '\u{85}'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `s` cut so that, HL7-escaped with the default delimiters, it takes at most `max`
+/// characters; a cut text ends with `…`. HL7 v2 field lengths count the characters of the
+/// field as sent, escapes included.
+pub fn fit_hl7_length(s: &str, max: usize) -> String {
+    let d = crate::hl7::Delimiters::default();
+    let len = |t: &str| crate::hl7::escape::escape(t, &d).chars().count();
+    if len(s) <= max {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 1; // the `…`
+    for c in s.chars() {
+        let mut buf = [0u8; 4];
+        let w = len(c.encode_utf8(&mut buf));
+        if used + w > max {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    let mut out = out.trim_end().to_string();
+    out.push('…');
+    out
 }
 
 fn hl7_name(s: &str, kind: Hl7NameKind, d: &Delimiters) -> String {
-    let sep = if s.contains(d.component as char) {
-        d.component as char
+    let (component, sub) = (d.component as char, d.subcomponent as char);
+    let first = s.split(component).next().unwrap_or("");
+    let mut parts: Vec<&str> = if kind == Hl7NameKind::Xcn && first.contains(sub) {
+        // NDL / CNN (OBR-32 to OBR-35): `id&family&given&…` in the first component.
+        first.split(sub).map(str::trim).collect()
     } else {
-        d.subcomponent as char
+        // XCN / XPN: one component per part; a family name's own sub-components (FN:
+        // surname&prefix&…) give the surname.
+        s.split(component)
+            .map(|c| c.split(sub).next().unwrap_or("").trim())
+            .collect()
     };
-    let mut parts: Vec<&str> = s.split(sep).map(str::trim).collect();
     if kind == Hl7NameKind::Xcn && !parts.is_empty() {
         parts.remove(0);
     }
@@ -538,22 +639,6 @@ fn hl7_name(s: &str, kind: Hl7NameKind, d: &Delimiters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_stored_hl7_style_split_on_the_component_separator() {
-        assert_eq!(
-            split_name("Nguyễn^Văn An"),
-            (vec![], vec!["Văn", "An"], Some("Nguyễn"))
-        );
-        assert_eq!(
-            split_name("CITIZEN, Jane Mary"),
-            (vec![], vec!["Jane", "Mary"], Some("CITIZEN"))
-        );
-        assert_eq!(
-            split_name("Dr Priya Raman"),
-            (vec!["Dr"], vec!["Priya"], Some("Raman"))
-        );
-    }
 
     fn env<'a>(
         zone: Option<&'a TimeZone>,
@@ -610,6 +695,72 @@ mod tests {
     }
 
     #[test]
+    fn interval_ends_never_precede_their_start() {
+        let syd = jiff::tz::db().get("Australia/Sydney").unwrap();
+        let end = |s: &str| {
+            run(Filter::SiteTimeEnd(TimeOut::Hl7), s, Some(&syd)).map(|v| match v {
+                Val::One(x) => x,
+                other => format!("{other:?}"),
+            })
+        };
+        assert_eq!(
+            end("2026-11-20T09:15:00/09:45:00").unwrap(),
+            "20261120094500+1100"
+        );
+        // Start in the gap (02:30 → 03:30+11:00): the end keeps the booked 40 minutes.
+        assert_eq!(
+            end("2026-10-04T02:30:00/03:10:00").unwrap(),
+            "20261004041000+1100"
+        );
+        // Start in the gap, end at the shifted start: the booked hour, not zero minutes.
+        assert_eq!(
+            end("2026-10-04T02:30:00/03:30:00").unwrap(),
+            "20261004043000+1100"
+        );
+        // Start in the gap, end well after it: converted as it is.
+        assert_eq!(
+            end("2026-10-04T02:30:00/04:00:00").unwrap(),
+            "20261004040000+1100"
+        );
+        // Overlap: both take the first occurrence.
+        assert_eq!(
+            end("2026-04-05T02:30:00/02:50:00").unwrap(),
+            "20260405025000+1100"
+        );
+        // An end clock time before the start: the next day.
+        assert_eq!(
+            end("2026-11-20T23:30:00/00:15:00").unwrap(),
+            "20261121001500+1100"
+        );
+        // No start: the end alone; no end: nothing.
+        assert_eq!(end("2026-11-20T/09:45:00").unwrap(), "20261120094500+1100");
+        assert_eq!(end("2026-11-20T09:15:00/").unwrap(), "");
+        assert!(end("2026-11-20T09:15:00").is_err());
+    }
+
+    #[test]
+    fn single_line_and_hl7_length() {
+        assert_eq!(
+            single_line("Line one\r\nLine two \n\n three"),
+            "Line one Line two three"
+        );
+        assert_eq!(single_line("no breaks"), "no breaks");
+        assert_eq!(fit_hl7_length("short", 300), "short");
+        let long = "a|b".repeat(200);
+        let cut = fit_hl7_length(&long, 300);
+        let escaped = crate::hl7::escape::escape(&cut, &Delimiters::default());
+        assert!(
+            escaped.chars().count() <= 300,
+            "{}",
+            escaped.chars().count()
+        );
+        assert!(escaped.chars().count() >= 295);
+        assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+        let unicode = "é".repeat(400);
+        assert_eq!(fit_hl7_length(&unicode, 300).chars().count(), 300);
+    }
+
+    #[test]
     fn hl7_timestamps() {
         let syd = jiff::tz::db().get("Australia/Sydney").unwrap();
         assert_eq!(
@@ -646,12 +797,12 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(
-            split_name("Dr Jane Mary Smith"),
-            (vec!["Dr"], vec!["Jane", "Mary"], Some("Smith"))
+            run(Filter::Name(NamePart::Family), "Māui Te Rangi", None).unwrap(),
+            Val::One("Te Rangi".into())
         );
         assert_eq!(
-            split_name("SMITH, John"),
-            (vec![], vec!["John"], Some("SMITH"))
+            run(Filter::Name(NamePart::Given), "SMITH, John", None).unwrap(),
+            Val::One("John".into())
         );
         assert_eq!(
             run(Filter::Name(NamePart::Text), "  Smith ,  Dr John ", None).unwrap(),
@@ -669,6 +820,26 @@ mod tests {
         assert_eq!(
             run(Filter::Hl7Name(Hl7NameKind::Xpn), "Doe^Jane^T", None).unwrap(),
             Val::One("Jane T Doe".into())
+        );
+        // OBR-32 in both layouts: NDL (sub-components, with more components after) and
+        // XCN-style components.
+        assert_eq!(
+            run(
+                Filter::Hl7Name(Hl7NameKind::Xcn),
+                "3312874B&Súilleabháin&Tomás&&&Dr^20260101^^^RAD",
+                None
+            )
+            .unwrap(),
+            Val::One("Dr Tomás Súilleabháin".into())
+        );
+        assert_eq!(
+            run(
+                Filter::Hl7Name(Hl7NameKind::Xcn),
+                "1730152098^WILLIAMS^SARAH^K^^DR^MD^^NPI",
+                None
+            )
+            .unwrap(),
+            Val::One("DR SARAH K WILLIAMS".into())
         );
     }
 
@@ -720,6 +891,25 @@ mod tests {
         assert_eq!(
             apply(&Filter::First, v, &mut e).unwrap(),
             Val::One("a".into())
+        );
+        let gaps = Val::Many(vec!["".into(), "b".into()]);
+        assert_eq!(
+            apply(&Filter::First, gaps, &mut e).unwrap(),
+            Val::One("b".into())
+        );
+        let rank = Filter::Rank(vec!["preliminary".into(), "final".into()]);
+        let statuses = |v: &[&str]| Val::Many(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            apply(&rank, statuses(&["final", "", "preliminary"]), &mut e).unwrap(),
+            Val::One("preliminary".into())
+        );
+        assert_eq!(
+            apply(&rank, statuses(&["final", "final"]), &mut e).unwrap(),
+            Val::One("final".into())
+        );
+        assert_eq!(
+            apply(&rank, statuses(&["", ""]), &mut e).unwrap(),
+            Val::None
         );
         assert_eq!(
             apply(&Filter::Required, Val::One(String::new()), &mut e),

@@ -4,7 +4,7 @@
 //!
 //! `case.yaml`:
 //! ```yaml
-//! input: order.json            # an Order (JSON), an ORU (.hl7) or a DiagnosticReport (JSON)
+//! input: order.json            # an Order (JSON), an ORU (.hl7, any charset) or a DiagnosticReport (JSON)
 //! kind: order                  # order | oru | diagnostic_report
 //! site: {timeZone: Australia/Sydney}   # inbound only: the site context
 //! now: "2026-11-20T10:00:00+11:00[Australia/Sydney]"   # MSH-7, for reproducible HL7
@@ -132,11 +132,17 @@ fn run_case(set: &MappingSet, dir: &Path, update: bool, out: &mut Vec<CaseResult
     let Some(input_file) = s("input") else {
         return out.push(fail(cname, "case.yaml: missing `input`".into()));
     };
-    let input_text = match std::fs::read_to_string(dir.join(&input_file)) {
-        Ok(t) => t,
+    let input_bytes = match std::fs::read(dir.join(&input_file)) {
+        Ok(b) => b,
         Err(e) => return out.push(fail(cname, format!("{input_file}: {e}"))),
     };
     let kind = s("kind").unwrap_or_else(|| "order".into());
+    // HL7 input is read as the bridge reads the wire (any charset); JSON must be UTF-8.
+    let input_text = match (kind.as_str(), String::from_utf8(input_bytes.clone())) {
+        (_, Ok(t)) => t,
+        ("oru", Err(_)) => String::new(),
+        (_, Err(e)) => return out.push(fail(cname, format!("{input_file}: {e}"))),
+    };
     let options = MapOptions {
         now: s("now").and_then(|t| t.parse().ok()),
         control_id: s("control_id"),
@@ -171,7 +177,7 @@ fn run_case(set: &MappingSet, dir: &Path, update: bool, out: &mut Vec<CaseResult
                 Err(e) => Err(format!("{input_file}: not JSON: {e}")),
             },
             "oru" => set
-                .map_oru_with(&mapping, &input_text, &ctx)
+                .map_oru_bytes_with(&mapping, &input_bytes, &ctx)
                 .map(|i| render_inbound(&i))
                 .map_err(|e| e.to_string()),
             "diagnostic_report" => match serde_json::from_str::<Value>(&input_text) {

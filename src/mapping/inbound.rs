@@ -26,7 +26,9 @@ pub fn build(fields: &[Option<String>]) -> Result<ReportSubmission, (ReportField
             ));
         }
     };
-    let report_text = need(ReportField::ReportText)?;
+    // One line ending throughout: `\X0D\\X0A\`, a wrapped CR or a CRLF text/plain form
+    // must not leave CRs among the LFs.
+    let report_text = one_line_ending(need(ReportField::ReportText)?);
     if report_text.len() > MAX_REPORT_BYTES {
         return Err((
             ReportField::ReportText,
@@ -60,6 +62,14 @@ pub fn build(fields: &[Option<String>]) -> Result<ReportSubmission, (ReportField
     })
 }
 
+/// `text` with CRLF and lone CR as LF.
+fn one_line_ending(text: String) -> String {
+    if !text.contains('\r') {
+        return text;
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +87,8 @@ mod tests {
             serde_json::json!({"appointmentId": "A1", "reportText": "text",
                 "reportStatus": "final", "reportedAtUtc": "2026-01-02T03:04:05Z"})
         );
+        f[ReportField::ReportText as usize] = Some("a\r\nb\rc\nd".into());
+        assert_eq!(build(&f).unwrap().report_text, "a\nb\nc\nd");
         f[ReportField::ReportStatus as usize] = Some("C".into());
         assert_eq!(build(&f).unwrap_err().0, ReportField::ReportStatus);
     }

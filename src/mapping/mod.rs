@@ -16,13 +16,17 @@
 //! values code tables did not map. Errors name the rule (file:line:column and target),
 //! never the value: values are PHI.
 
+pub mod codes;
 pub mod compile;
 pub mod eval;
 pub mod fhir;
+pub mod fhir_report;
 pub mod filters;
 pub mod golden;
 pub mod hl7;
+pub mod html_text;
 pub mod inbound;
+pub mod names;
 pub mod spec;
 pub mod yaml;
 
@@ -74,6 +78,22 @@ impl fmt::Display for Diagnostic {
             write!(f, "\n  hint: {h}")?;
         }
         Ok(())
+    }
+}
+
+impl Diagnostic {
+    /// The diagnostic as a warning line: `file:line:col: warning: message` and its hint.
+    pub fn as_warning(&self) -> String {
+        let mut s = format!(
+            "{}:{}: warning: {}",
+            self.file.display(),
+            self.pos,
+            self.message
+        );
+        if let Some(h) = &self.hint {
+            s.push_str(&format!("\n  hint: {h}"));
+        }
+        s
     }
 }
 
@@ -160,10 +180,13 @@ pub enum MapError {
     #[error("mapping `{0}` does not read this kind of input")]
     WrongInput(String),
     /// A `required` filter found nothing.
-    #[error("{rule}: required value is missing")]
+    #[error("{rule}: required value is missing{}", looked_at(.sources))]
     Required {
         /// The rule.
         rule: String,
+        /// The rule's source as written (`OBR-25 | OBX[…]-11`), empty for constants: where
+        /// the value was looked for.
+        sources: String,
     },
     /// A code table with `unmapped: error` did not have the value.
     #[error("{rule}: value not in code table `{table}` (its policy is `unmapped: error`)")]
@@ -206,6 +229,14 @@ pub enum MapError {
         /// Rules that wrote the offending part, when they can be told.
         rules: String,
     },
+}
+
+fn looked_at(sources: &str) -> String {
+    if sources.is_empty() {
+        String::new()
+    } else {
+        format!(" (looked at: {sources})")
+    }
 }
 
 /// Options for one outbound mapping run.
@@ -279,7 +310,8 @@ pub struct Inbound {
     pub groups: Vec<Vec<usize>>,
     /// Values code tables did not map.
     pub unmapped: Vec<Unmapped>,
-    /// What the HL7 reader tolerated (wrapped lines, empty segments).
+    /// What the reader tolerated or noticed: for HL7 the character set it fell back to,
+    /// wrapped lines and empty segments; for FHIR presentedForms it could not use. No PHI.
     pub warnings: Vec<String>,
 }
 
@@ -299,7 +331,7 @@ pub struct InboundContext {
 pub struct DryRun {
     /// The output.
     pub output: Output,
-    /// Input fields (as `comments[].guid`) that no rule read.
+    /// Input fields (as `comments[].guid`) that no rule read and `not_sent` does not list.
     pub unread_fields: Vec<String>,
 }
 
@@ -323,6 +355,19 @@ fn not_utf8(file: PathBuf, bytes: &[u8], e: std::str::Utf8Error) -> Diagnostic {
 pub struct MappingSet {
     version: String,
     mappings: BTreeMap<String, Arc<Compiled>>,
+}
+
+/// What a mapping does with one input field: `qubs-bridge mappings fields`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldFate {
+    /// Written to these targets (an alternative of a fallback chain counts).
+    Sent(Vec<String>),
+    /// Only used to decide (conditions) or iterated, at these targets.
+    Used(Vec<String>),
+    /// Deliberately not sent, for this reason (`not_sent:` in the mapping file).
+    NotSent(String),
+    /// Neither read nor listed under `not_sent`.
+    Unaccounted,
 }
 
 impl MappingSet {
@@ -437,6 +482,63 @@ impl MappingSet {
     /// Content hash of the files (`sha256:` + 16 hex digits).
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Load-time warnings of every mapping (problems that do not stop it).
+    pub fn warnings(&self) -> Vec<&Diagnostic> {
+        self.mappings.values().flat_map(|m| &m.warnings).collect()
+    }
+
+    /// For an order mapping, each input field (the known Order fields, the fields its rules
+    /// read and those it lists under `not_sent`) with what the mapping does with it.
+    pub fn field_fates(&self, name: &str) -> Option<Vec<(String, FieldFate)>> {
+        let m = self.get(name)?;
+        let mut fields: Vec<String> = Vec::new();
+        if m.input == InputKind::Order {
+            let (known, _) = spec::order_shape();
+            fields.extend(known.into_iter().filter(|k| {
+                // Containers are not fields; their leaves are.
+                !matches!(
+                    k.as_str(),
+                    "appointment"
+                        | "comments"
+                        | "comments[]"
+                        | "attachments"
+                        | "attachments[]"
+                        | "site"
+                        | "config"
+                        | "event"
+                        | "appointment.examCodes"
+                ) && !k.ends_with("assignedRadiologist")
+                    && !k.ends_with("radiologist")
+            }));
+        }
+        // Lists are shown by their items' fields.
+        fields.extend(
+            m.uses
+                .iter()
+                .map(|u| u.field.clone())
+                .filter(|f| !f.ends_with("[]")),
+        );
+        fields.extend(m.not_sent.iter().map(|(f, _)| f.clone()));
+        fields.retain(|f| !f.ends_with("[]") || m.not_sent.iter().any(|(n, _)| n == f));
+        fields.sort();
+        fields.dedup();
+        Some(
+            fields
+                .into_iter()
+                .map(|f| {
+                    let fate = m.field_fate(&f);
+                    (f, fate)
+                })
+                .collect(),
+        )
+    }
+
+    /// What `name` does with the input field `field` (a shape key such as
+    /// `comments[].commentText`); see [`MappingSet::field_fates`].
+    pub fn field_fate(&self, name: &str, field: &str) -> Option<FieldFate> {
+        self.get(name).map(|m| m.field_fate(field))
     }
 
     /// Names of the mappings.
@@ -570,19 +672,31 @@ impl MappingSet {
         let zone = site_zone(order.get("site"))?;
         let mut env = eval::Env::new(order, zone.clone(), &m.tables);
         let body = match &m.plan {
-            Plan::Fhir { resource, rules } => {
+            Plan::Fhir {
+                resource,
+                rules,
+                contained,
+            } => {
                 let mut out = eval::Out::new();
                 out.fhir = fhir::Tree::resource(resource);
+                let inner = run_contained(&mut env, contained)?;
+                if !inner.is_empty()
+                    && let fhir::Tree::Obj(entries) = &mut out.fhir
+                {
+                    entries.push(("contained".into(), fhir::Tree::Arr(inner)));
+                }
                 env.run(rules, &mut out)?;
                 let json = std::mem::take(&mut out.fhir)
                     .into_value()
                     .unwrap_or(Value::Null);
-                fhir::check(resource, &json).map_err(|reason| MapError::InvalidOutput {
-                    mapping: m.name.clone(),
-                    what: resource.clone(),
-                    rules: rules_hint(rules, &reason),
-                    reason,
-                })?;
+                fhir::check(resource, &json)
+                    .and_then(|()| fhir::check_local_references(&json))
+                    .map_err(|reason| MapError::InvalidOutput {
+                        mapping: m.name.clone(),
+                        what: resource.clone(),
+                        rules: rules_hint(rules, &reason),
+                        reason,
+                    })?;
                 Body::Fhir(json)
             }
             Plan::Hl7 { .. } => Body::Hl7(run_hl7(m, &mut env, options, zone.as_ref())?),
@@ -605,9 +719,12 @@ impl MappingSet {
     ) -> Result<DryRun, MapError> {
         let output = self.map_order_with(name, order, options)?;
         let m = self.mapping(name, InputKind::Order)?;
+        // Fields the file lists under `not_sent` are accounted for.
+        let mut accounted = m.reads.clone();
+        accounted.extend(m.not_sent.iter().map(|(f, _)| f.clone()));
         Ok(DryRun {
             output,
-            unread_fields: unread_fields(order, &m.reads),
+            unread_fields: unread_fields(order, &accounted),
         })
     }
 
@@ -615,6 +732,22 @@ impl MappingSet {
     pub fn map_oru(&self, text: &str, ctx: &InboundContext) -> Result<Inbound, MapError> {
         let m = self.only(InputKind::Oru, "oru")?;
         self.map_oru_with(&m.name.clone(), text, ctx)
+    }
+
+    /// Maps an ORU^R01 given as the bytes received, decoded as [`crate::hl7::charset`] says;
+    /// a character-set fallback is the first of the result's warnings.
+    pub fn map_oru_bytes_with(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        ctx: &InboundContext,
+    ) -> Result<Inbound, MapError> {
+        let decoded = crate::hl7::charset::decode(bytes);
+        let mut inbound = self.map_oru_with(name, &decoded.text, ctx)?;
+        if let Some(w) = decoded.warning {
+            inbound.warnings.insert(0, w);
+        }
+        Ok(inbound)
     }
 
     /// Maps an ORU^R01 with mapping `name`: one submission per ORDER_OBSERVATION group.
@@ -685,7 +818,9 @@ impl MappingSet {
         let Plan::Report { rules } = &m.plan else {
             return Err(MapError::WrongInput(m.name.clone()));
         };
-        let input = context_value(ctx, Some(report));
+        let (read, warnings) = fhir_report::read(report, &ctx.config)?;
+        let mut input = context_value(ctx, Some(report));
+        input["read"] = read;
         let zone = site_zone(input.get("site"))?;
         let mut env = eval::Env::new(&input, zone, &m.tables);
         let mut out = eval::Out::new();
@@ -702,7 +837,7 @@ impl MappingSet {
             submissions: vec![sub],
             groups: vec![vec![0]],
             unmapped: count(env.unmapped),
-            warnings: Vec::new(),
+            warnings,
         })
     }
 }
@@ -832,6 +967,33 @@ fn rules_for_field(rules: &[compile::Rule], f: ReportField) -> String {
     }
 }
 
+/// The contained resources whose rules wrote something, each with its type and id.
+fn run_contained<'a>(
+    env: &mut eval::Env<'a>,
+    plans: &'a [compile::ContainedPlan],
+) -> Result<Vec<fhir::Tree>, MapError> {
+    let mut out = Vec::new();
+    for c in plans {
+        if let Some(w) = &c.when
+            && !env.test(w)
+        {
+            continue;
+        }
+        let mut o = eval::Out::new();
+        o.fhir = fhir::Tree::Obj(vec![
+            (
+                "resourceType".into(),
+                fhir::Tree::Leaf(Value::String(c.resource.clone())),
+            ),
+            ("id".into(), fhir::Tree::Leaf(Value::String(c.id.clone()))),
+        ]);
+        if env.run(&c.rules, &mut o)? {
+            out.push(o.fhir);
+        }
+    }
+    Ok(out)
+}
+
 fn run_hl7<'a>(
     m: &'a Compiled,
     env: &mut eval::Env<'a>,
@@ -893,6 +1055,13 @@ fn run_hl7<'a>(
                 let mut n = 0;
                 for item in items {
                     env.bind(alias, item, n + 1);
+                    if let Some(w) = &sp.filter
+                        && !env.test(w)
+                    {
+                        env.unbind();
+                        continue;
+                    }
+                    env.set_id = set_id(&mb.segments, &sp.id);
                     let mut out = eval::Out::new();
                     out.seg = fresh();
                     let r = env.run(&sp.rules, &mut out);
@@ -904,6 +1073,7 @@ fn run_hl7<'a>(
                 }
             }
             None => {
+                env.set_id = set_id(&mb.segments, &sp.id);
                 let mut out = eval::Out::new();
                 out.seg = fresh();
                 env.run(&sp.rules, &mut out)?;
@@ -923,6 +1093,11 @@ fn run_hl7<'a>(
         rules: "MSH rules and segment list".into(),
     })?;
     Ok(text)
+}
+
+/// 1 + the number of `id` segments at the end of `written`: the Set ID of the next one.
+fn set_id(written: &[SegmentBuilder], id: &str) -> usize {
+    1 + written.iter().rev().take_while(|s| s.id() == id).count()
 }
 
 /// Leaves of `input` (as shape keys) not covered by any read.

@@ -216,21 +216,21 @@ fn parse_values(rest: &str, list: bool) -> Result<Vec<String>, String> {
     }
 }
 
-/// An HL7 source: a position, optionally restricted to segments whose field passes a test,
-/// e.g. `OBX[OBX-2 in (TX, FT)]-5`.
+/// An HL7 source: a position, optionally restricted to segments whose fields pass tests,
+/// e.g. `OBX[OBX-2 in (TX, FT)]-5` or `OBX[OBX-2 in (TX, FT) and OBX-11 not in (W, D)]-5`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hl7Source {
     /// The position read.
     pub path: er7::Path,
-    /// `(field, op, values)` tested on each candidate segment.
-    pub filter: Option<(u16, Op, Vec<String>)>,
+    /// `(field, op, values)` tests a candidate segment must all pass (empty: no filter).
+    pub filter: Vec<(u16, Op, Vec<String>)>,
 }
 
 impl Hl7Source {
     /// Parses an HL7 source.
     pub fn parse(s: &str) -> Result<Hl7Source, String> {
         let s = s.trim();
-        // A segment filter sits in the occurrence brackets and names a field of the segment.
+        // A segment filter sits in the occurrence brackets and names fields of the segment.
         if s.len() > 4 && s.as_bytes()[3] == b'[' {
             let close = s.find(']').ok_or("`[` without `]`")?;
             let inner = &s[4..close];
@@ -238,31 +238,38 @@ impl Hl7Source {
                 let seg = &s[..3];
                 let p = er7::Path::parse(&format!("{seg}{}", &s[close + 1..]))
                     .map_err(|e| e.to_string())?;
-                // `OBX-2 in (...)`: the field number, then the shared selector grammar.
-                let after = inner[3..].trim_start_matches(['-', '.']);
-                let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-                let n: u16 = digits
-                    .parse()
-                    .map_err(|_| "segment filter must name a field such as `OBX-2`")?;
-                let Step::Filter { op, values, .. } =
-                    parse_selector(&format!("f{}", &after[digits.len()..]))?
-                else {
-                    return Err(
-                        "segment filter must compare a field, e.g. `OBX[OBX-2 in (TX, FT)]-5`"
-                            .into(),
-                    );
-                };
+                let mut filter = Vec::new();
+                for test in inner.split(" and ") {
+                    let test = test.trim();
+                    let Some(after) = test.strip_prefix(seg) else {
+                        return Err(format!(
+                            "each test of a segment filter names a field of {seg}, e.g. `{seg}-2 in (TX, FT)`"
+                        ));
+                    };
+                    // `OBX-2 in (...)`: the field number, then the shared selector grammar.
+                    let after = after.trim_start_matches(['-', '.']);
+                    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+                    let n: u16 = digits
+                        .parse()
+                        .map_err(|_| "segment filter must name a field such as `OBX-2`")?;
+                    let Step::Filter { op, values, .. } =
+                        parse_selector(&format!("f{}", &after[digits.len()..]))?
+                    else {
+                        return Err(
+                            "segment filter must compare a field, e.g. `OBX[OBX-2 in (TX, FT)]-5`"
+                                .into(),
+                        );
+                    };
+                    filter.push((n, op, values));
+                }
                 let mut path = p;
                 path.occurrence = er7::Index::All;
-                return Ok(Hl7Source {
-                    path,
-                    filter: Some((n, op, values)),
-                });
+                return Ok(Hl7Source { path, filter });
             }
         }
         Ok(Hl7Source {
             path: er7::Path::parse(s).map_err(|e| e.to_string())?,
-            filter: None,
+            filter: Vec::new(),
         })
     }
 
@@ -270,7 +277,7 @@ impl Hl7Source {
     pub fn is_many(&self) -> bool {
         self.path.occurrence == er7::Index::All
             || self.path.repetition == Some(er7::Index::All)
-            || self.filter.is_some()
+            || !self.filter.is_empty()
     }
 }
 
@@ -296,6 +303,9 @@ pub enum Alt {
     Template(Vec<Part>),
     /// `$index`: 1-based number of the current `for_each` item.
     Index,
+    /// `$set_id`: in an HL7 output, 1 + the number of segments with the same id written
+    /// just before this one (the Set ID of NTE, OBX, ... in a group).
+    SetId,
 }
 
 impl Alt {
@@ -304,7 +314,7 @@ impl Alt {
         match self {
             Alt::Json(p) => p.is_many(),
             Alt::Hl7(h) => h.is_many(),
-            Alt::Template(_) | Alt::Index => false,
+            Alt::Template(_) | Alt::Index | Alt::SetId => false,
         }
     }
 }
@@ -323,6 +333,9 @@ pub fn parse_alt(s: &str, hl7: bool) -> Result<Alt, String> {
     let s = s.trim();
     if s == "$index" {
         return Ok(Alt::Index);
+    }
+    if s == "$set_id" {
+        return Ok(Alt::SetId);
     }
     if hl7 && looks_like_hl7(s) {
         return Ok(Alt::Hl7(Hl7Source::parse(s)?));
@@ -557,10 +570,20 @@ mod tests {
         assert_eq!(h.path.to_string(), "OBX[*]-5");
         assert_eq!(
             h.filter,
-            Some((2, Op::In, vec!["TX".into(), "FT".into(), "ST".into()]))
+            [(2, Op::In, vec!["TX".into(), "FT".into(), "ST".into()])]
         );
+        let h = Hl7Source::parse("OBX[OBX-2 in (TX, CE) and OBX-11 not in (W, D)]-16[1]").unwrap();
+        assert_eq!(h.path.to_string(), "OBX[*]-16[1]");
+        assert_eq!(
+            h.filter,
+            [
+                (2, Op::In, vec!["TX".into(), "CE".into()]),
+                (11, Op::NotIn, vec!["W".into(), "D".into()])
+            ]
+        );
+        assert!(Hl7Source::parse("OBX[OBX-2 in (TX) and PID-3 = x]-5").is_err());
         assert!(h.is_many());
         let h = Hl7Source::parse("OBR-32.1.2").unwrap();
-        assert!(h.filter.is_none() && !h.is_many());
+        assert!(h.filter.is_empty() && !h.is_many());
     }
 }

@@ -209,8 +209,19 @@ impl Results {
     /// Takes an ORU^R01: checks, maps and stores it, and answers as the ack mode and the
     /// message's MSH-15/16 say.
     pub async fn submit_oru(&self, domain: &str, bytes: &[u8]) -> OruOutcome {
-        let text = er7::decode_bytes(bytes);
+        let decoded = crate::hl7::charset::decode(bytes);
+        let text = decoded.text;
         let header = IncomingHeader::recover(&text);
+        if let Some(w) = &decoded.warning {
+            // The warning names offsets and charsets only: no PHI.
+            tracing::warn!(
+                domain,
+                msh10 = header.control_id.as_deref().unwrap_or("-"),
+                charset = decoded.charset,
+                warning = %w,
+                "ORU^R01 character set"
+            );
+        }
         let enhanced = header.enhanced_mode();
         let intake = self.intake_oru(domain, &text, &header).await;
         let outcome = match intake {
@@ -422,11 +433,18 @@ impl Results {
             .and_then(Value::as_str)
             .unwrap_or("fhir")
             .to_string();
-        let results = inbound
-            .submissions
-            .iter()
-            .enumerate()
-            .map(|(i, sub)| NewResult {
+        for w in &inbound.warnings {
+            // Reader warnings name elements and content types, never values.
+            tracing::warn!(domain, warning = %w, "DiagnosticReport read with a warning");
+        }
+        let mut results = Vec::with_capacity(inbound.submissions.len());
+        for (i, sub) in inbound.submissions.iter().enumerate() {
+            let attachments = pdf::from_diagnostic_report(
+                &value,
+                &sub.appointment_id,
+                self.settings.max_attachment_bytes,
+            )?;
+            results.push(NewResult {
                 key: match key {
                     Some(k) if inbound.submissions.len() == 1 => k.to_string(),
                     Some(k) => format!("{k}-{i}"),
@@ -436,9 +454,9 @@ impl Results {
                 appointment_id: sub.appointment_id.clone(),
                 group: i as u32,
                 report_status: sub.report_status.as_str().to_string(),
-                attachments: Vec::new(),
-            })
-            .collect();
+                attachments,
+            });
+        }
         let message = NewMessage {
             source: Source::Fhir,
             source_id,

@@ -1,7 +1,11 @@
-//! PDF reports carried inside an ORU^R01: OBX segments of value type ED (encapsulated
-//! data) whose OBX-5 is `source^Application^PDF^Base64^data`. Each becomes a QUBS report
-//! attachment. RP (reference pointer) values point elsewhere and are not fetched: the
-//! bridge reaches no host but QUBS.
+//! PDF reports carried inside a result, each becoming a QUBS report attachment:
+//! - in an ORU^R01, OBX segments of value type ED (encapsulated data) whose OBX-5 is
+//!   `source^Application^PDF^Base64^data`;
+//! - in a FHIR DiagnosticReport, `presentedForm` attachments of type `application/pdf`
+//!   with `data`.
+//!
+//! RP (reference pointer) values and attachments given only by `url` point elsewhere and
+//! are not fetched: the bridge reaches no host but QUBS.
 
 use base64::Engine;
 
@@ -116,6 +120,84 @@ pub fn extract(
     Ok(found)
 }
 
+/// The PDFs in a DiagnosticReport's `presentedForm`, in order. A PDF that is not base64,
+/// not a PDF or too large refuses the report, naming the element.
+pub fn from_diagnostic_report(
+    report: &serde_json::Value,
+    appointment_id: &str,
+    max_bytes: usize,
+) -> Result<Vec<Attachment>, Refusal> {
+    let forms = match report.get("presentedForm") {
+        Some(serde_json::Value::Array(a)) => a.as_slice(),
+        _ => &[],
+    };
+    let mut found = Vec::new();
+    for (i, form) in forms.iter().enumerate() {
+        let content_type = form
+            .get("contentType")
+            .and_then(|c| c.as_str())
+            .unwrap_or("");
+        let (mime, _) = crate::mapping::fhir_report::media_type(content_type);
+        let Some(data) = form.get("data").and_then(|d| d.as_str()) else {
+            continue;
+        };
+        if mime != "application/pdf" || data.trim().is_empty() {
+            continue;
+        }
+        let refuse = |code, text: String| Refusal {
+            ack_code: AckCode::AE,
+            error: AckError {
+                code,
+                location: None,
+                text,
+            },
+            kind: "attachment",
+            qubs_request_id: None,
+        };
+        let data: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if data.len() / 4 * 3 > max_bytes + 3 {
+            return Err(refuse(
+                ErrorCode::ApplicationInternalError,
+                format!(
+                    "presentedForm[{i}]: the PDF is about {} bytes; attachments are limited to {max_bytes}",
+                    data.len() / 4 * 3
+                ),
+            ));
+        }
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(&data)
+            .map_err(|e| {
+                refuse(
+                    ErrorCode::DataTypeError,
+                    format!("presentedForm[{i}].data is not valid base64 ({e})"),
+                )
+            })?;
+        if content.len() > max_bytes {
+            return Err(refuse(
+                ErrorCode::ApplicationInternalError,
+                format!(
+                    "presentedForm[{i}]: the PDF is {} bytes; attachments are limited to {max_bytes}",
+                    content.len()
+                ),
+            ));
+        }
+        if !content.starts_with(b"%PDF-") {
+            return Err(refuse(
+                ErrorCode::DataTypeError,
+                format!(
+                    "presentedForm[{i}] says application/pdf but the data does not start with %PDF-"
+                ),
+            ));
+        }
+        found.push(Attachment {
+            file_name: format!("{appointment_id}-report-{}.pdf", found.len() + 1),
+            content_type: "application/pdf".into(),
+            content,
+        });
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +219,25 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].content, b"%PDF-1.4 hello");
         assert_eq!(found[0].content_type, "application/pdf");
+    }
+
+    #[test]
+    fn diagnostic_report_pdfs() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.3 report");
+        let report = serde_json::json!({"presentedForm": [
+            {"contentType": "text/plain", "data": "aGk="},
+            {"contentType": "application/pdf", "url": "http://example.org/r.pdf"},
+            {"contentType": "application/pdf", "data": b64}
+        ]});
+        let found = from_diagnostic_report(&report, "A7", 1000).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].content, b"%PDF-1.3 report");
+        assert_eq!(found[0].file_name, "A7-report-1.pdf");
+        let bad = serde_json::json!({"presentedForm": [{"contentType": "application/pdf", "data": "aGVsbG8="}]});
+        let e = from_diagnostic_report(&bad, "A7", 1000).unwrap_err();
+        assert!(e.error.text.contains("presentedForm[0]") && e.error.text.contains("%PDF-"));
+        let e = from_diagnostic_report(&report, "A7", 4).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::ApplicationInternalError);
     }
 
     #[test]

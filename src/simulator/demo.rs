@@ -1,6 +1,9 @@
 //! Seeded, realistic demo data: what a tele-reporting practice's QUBS holds, oddities
-//! included (blank fields, lower-case priorities, unicode names, HL7 delimiters inside
-//! clinical text, very long clinical text, appointments at daylight-saving edges).
+//! included (blank fields, lower-case priorities and comment types, unicode names, family
+//! names with particles (Te Rangi, Ó Súilleabháin, van der Berg) and hyphenated given
+//! names, names in one field or in first/last fields, HL7 delimiters inside clinical text,
+//! a very long clinical note, appointments at daylight-saving edges). Every appointment
+//! carries the exam code of the study it describes.
 //!
 //! Every run produces the same data (fixed seed), except the demo client's secret, which is
 //! random so that no credential is ever committed or reused.
@@ -55,18 +58,68 @@ const PATIENTS: &[(&str, &str)] = &[
     ("Fitzgerald", "Aoife"),
 ];
 
-/// (description, modality, exam code)
-const STUDIES: &[(&str, &str, &str)] = &[
-    ("CT Brain non-contrast", "CT", "CTBRN"),
-    ("MRI Knee Left", "MR", "MRKNL"),
-    ("XR Chest PA/Lateral", "CR", "XRCHE"),
-    ("US Abdomen complete", "US", "USABD"),
-    ("CT Pulmonary Angiogram", "CT", "CTPA"),
-    ("MRI Lumbar Spine", "MR", "MRLSP"),
-    ("Mammogram Bilateral Screening", "MG", "MGBIL"),
-    ("XR Ankle Right 3 views", "CR", "XRANR"),
-    ("CT Abdomen/Pelvis with contrast", "CT", "CTABP"),
-    ("US Thyroid", "US", "USTHY"),
+/// (description, modality, exam code, the clinical question the referrer writes for it)
+const STUDIES: &[(&str, &str, &str, &str)] = &[
+    (
+        "CT Brain non-contrast",
+        "CT",
+        "CTBRN",
+        "Persistent headache 3/52, r/o SOL",
+    ),
+    (
+        "MRI Knee Left",
+        "MR",
+        "MRKNL",
+        "Pain |L| knee ^ swelling ~ hx \\ twisting injury & locking",
+    ),
+    (
+        "XR Chest PA/Lateral",
+        "CR",
+        "XRCHE",
+        "Cough 4/52, ?consolidation",
+    ),
+    (
+        "US Abdomen complete",
+        "US",
+        "USABD",
+        "Deranged LFTs, ?gallstones",
+    ),
+    (
+        "CT Pulmonary Angiogram",
+        "CT",
+        "CTPA",
+        "SOB on exertion. D-dimer raised.",
+    ),
+    (
+        "MRI Lumbar Spine",
+        "MR",
+        "MRLSP",
+        "Lower back pain radiating to L leg; numbness L5 dermatome",
+    ),
+    (
+        "Mammogram Bilateral Screening",
+        "MG",
+        "MGBIL",
+        "Screening. FHx breast Ca (mother, 52).",
+    ),
+    (
+        "XR Ankle Right 3 views",
+        "CR",
+        "XRANR",
+        "Fall from ladder, ?fracture",
+    ),
+    (
+        "CT Abdomen/Pelvis with contrast",
+        "CT",
+        "CTABP",
+        "Abdo pain RIF, fever 38.4 °C, WCC 14",
+    ),
+    (
+        "US Thyroid",
+        "US",
+        "USTHY",
+        "Palpable thyroid nodule — ?MNG",
+    ),
 ];
 
 /// Free-text priorities as QUBS stores them.
@@ -83,56 +136,79 @@ const PRIORITIES: &[&str] = &[
     " routine ",
 ];
 
-const CLINICAL: &[&str] = &[
-    "Fall from ladder, ?fracture",
-    "Persistent headache 3/52, r/o SOL",
-    "SOB on exertion. D-dimer raised.",
-    "Pain |L| knee ^ swelling ~ hx \\ twisting injury & locking",
-    "Follow-up of 8 mm nodule RUL (prev. CT 2025-03-01)",
-    "Lower back pain radiating to L leg; numbness L5 dermatome",
-    "",
-    "Screening. FHx breast Ca (mother, 52).",
-    "Abdo pain RIF, fever 38.4 °C, WCC 14",
-    "Palpable thyroid nodule — ?MNG",
+/// A radiologist: user id, (title, given, family), e-mail, provider number. Family names
+/// with particles and hyphenated given names are the ones a name parser gets wrong.
+struct Radiologist {
+    user_id: &'static str,
+    title: &'static str,
+    given: &'static str,
+    family: &'static str,
+    email: &'static str,
+    provider_number: &'static str,
+}
+
+const RADIOLOGISTS: &[Radiologist] = &[
+    Radiologist {
+        user_id: "u-1001",
+        title: "Dr",
+        given: "Priya",
+        family: "Raman",
+        email: "praman@harbour-imaging.example",
+        provider_number: "2045671A",
+    },
+    Radiologist {
+        user_id: "u-1002",
+        title: "Dr",
+        given: "Tomás",
+        family: "Ó Súilleabháin",
+        email: "tos@harbour-imaging.example",
+        provider_number: "3312874B",
+    },
+    Radiologist {
+        user_id: "u-1003",
+        title: "Dr",
+        given: "Mei-Ling",
+        family: "Chen",
+        email: "mchen@northgate.example",
+        provider_number: "4478120C",
+    },
 ];
 
-const RADIOLOGISTS: &[(&str, &str, &str, &str)] = &[
-    (
-        "u-1001",
-        "Dr Priya Raman",
-        "praman@harbour-imaging.example",
-        "2045671A",
-    ),
-    (
-        "u-1002",
-        "Dr Tomás Ó Súilleabháin",
-        "tos@harbour-imaging.example",
-        "3312874B",
-    ),
-    (
-        "u-1003",
-        "Dr Mei-Ling Chen",
-        "mchen@northgate.example",
-        "4478120C",
-    ),
+/// Referring doctors: (title, given, family). QUBS has them as `doctorName` and as
+/// `doctorFirstName`/`doctorLastName`; the demo uses both, either, or one of them.
+const REFERRERS: &[(&str, &str, &str)] = &[
+    ("Dr", "Alan", "Referrer"),
+    ("Dr", "Aroha", "Te Rangi"),
+    ("Dr", "Siobhán", "Ó Súilleabháin"),
+    ("Prof", "Pieter", "van der Berg"),
+    ("Dr", "Mei-Ling", "Chen"),
 ];
 
-const COMMENTS: &[(&str, &str)] = &[
-    ("AA", "Allergic to iodinated contrast — premedicate"),
+/// (commentType as QUBS stores it, text, isAlert). Types come in any case; an alert is
+/// flagged by isAlert, which QUBS also sets on an appointment comment now and then.
+const COMMENTS: &[(&str, &str, bool)] = &[
+    ("AA", "Allergic to iodinated contrast — premedicate", true),
     (
-        "PA",
+        "pa",
         "Patient has a cardiac pacemaker (MR conditional: check)",
+        true,
     ),
-    ("AC", "Prior imaging at outside facility, CD supplied"),
+    (
+        "AC",
+        "Prior imaging at outside facility, CD supplied",
+        false,
+    ),
     (
         "PC",
         "Prefers morning appointments; interpreter required (Mandarin)",
+        false,
     ),
     (
         "AC",
         "Compare with 2025 study | see ^ report ~ & addendum \\ attached",
+        false,
     ),
-    ("AA", "Claustrophobic: may need sedation"),
+    ("AC", "Claustrophobic: may need sedation", true),
 ];
 
 /// Registers the demo client and seeds the demo domains.
@@ -208,7 +284,7 @@ pub fn seed_bulk(sim: &Simulator, count: u32) {
 fn appointment(rng: &mut StdRng, n: u32) -> Value {
     let id = format!("A{:06}", 100_000 + n);
     let (family, given) = PATIENTS[n as usize % PATIENTS.len()];
-    let (study, modality, code) = *STUDIES.choose(rng).expect("studies");
+    let (study, modality, code, question) = *STUDIES.choose(rng).expect("studies");
     let (site, _) = SITES[n as usize % SITES.len()];
     // Most are pending reporting; a few are elsewhere in the workflow.
     let status = match n % 12 {
@@ -236,13 +312,19 @@ fn appointment(rng: &mut StdRng, n: u32) -> Value {
         let h: u32 = start[..2].parse().unwrap_or(8);
         format!("{:02}{}", (h + 1) % 24, &start[2..])
     };
-    let mut clinical = CLINICAL[n as usize % CLINICAL.len()].to_string();
+    // The clinical question fits the study; some referrers leave it blank, some type the
+    // HL7 delimiters into it.
+    let mut clinical = match n % 10 {
+        6 => String::new(),
+        3 => format!("{question} | hx ^ prev ~ see \\ & compare"),
+        _ => question.to_string(),
+    };
     if n == 7 {
-        // A very long referral letter pasted into the clinical notes.
+        // A very long referral letter pasted into the clinical notes, line by line.
         clinical = (0..160)
             .map(|i| format!("Line {i}: history reviewed, prior imaging compared; no change since last visit."))
             .collect::<Vec<_>>()
-            .join(" ");
+            .join("\n");
     }
     let name = match n % 4 {
         0 => format!("{}, {}", family.to_uppercase(), given),
@@ -265,10 +347,20 @@ fn appointment(rng: &mut StdRng, n: u32) -> Value {
         "clinicalInfo": clinical,
         "priority": PRIORITIES[n as usize % PRIORITIES.len()],
         "examCodes": [{"code": code, "description": study}],
-        "doctorName": "Dr Alan Referrer",
-        "doctorFirstName": "Alan",
-        "doctorLastName": "Referrer",
     });
+    let (title, first, last) = REFERRERS[(n as usize / 2) % REFERRERS.len()];
+    match n % 3 {
+        0 => {
+            a["doctorName"] = json!(format!("{title} {first} {last}"));
+            a["doctorFirstName"] = json!(first);
+            a["doctorLastName"] = json!(last);
+        }
+        1 => a["doctorName"] = json!(format!("{title} {first} {last}")),
+        _ => {
+            a["doctorFirstName"] = json!(first);
+            a["doctorLastName"] = json!(last);
+        }
+    }
     // Field names vary between QUBS views: both spellings occur.
     let dob = format!(
         "19{:02}-{:02}-{:02}",
@@ -288,19 +380,23 @@ fn appointment(rng: &mut StdRng, n: u32) -> Value {
         2 => a["patientSex"] = json!("female"),
         _ => a["gender"] = json!(""),
     }
-    let (uid, full, email, provider) = RADIOLOGISTS[n as usize % RADIOLOGISTS.len()];
+    let r = &RADIOLOGISTS[n as usize % RADIOLOGISTS.len()];
     match n % 6 {
         0 | 1 | 3 => {
-            a["assignedRadiologist"] =
-                json!({"userId": uid, "fullName": full, "email": email, "providerNumber": provider})
+            a["assignedRadiologist"] = json!({
+                "userId": r.user_id,
+                "fullName": format!("{} {} {}", r.title, r.given, r.family),
+                "email": r.email,
+                "providerNumber": r.provider_number,
+            })
         }
         2 => {
-            let (first, last) = full
-                .trim_start_matches("Dr ")
-                .split_once(' ')
-                .unwrap_or((full, ""));
-            a["radiologist"] =
-                json!({"userId": uid, "firstName": first, "lastName": last, "email": email})
+            a["radiologist"] = json!({
+                "userId": r.user_id,
+                "firstName": r.given,
+                "lastName": r.family,
+                "email": r.email,
+            })
         }
         _ => a["assignedRadiologist"] = Value::Null,
     }
@@ -316,15 +412,15 @@ fn comments(rng: &mut StdRng, appointment_id: &str, patient_id: &str) -> Vec<Val
     let count = rng.random_range(0..4);
     (0..count)
         .map(|_| {
-            let (kind, text) = *COMMENTS.choose(rng).expect("comments");
-            let patient_level = kind.starts_with('P');
+            let (kind, text, alert) = *COMMENTS.choose(rng).expect("comments");
+            let patient_level = kind.to_ascii_uppercase().starts_with('P');
             json!({
                 "commentType": kind,
                 "appointmentId": if patient_level { "" } else { appointment_id },
                 "patientId": patient_id,
                 "commentText": text,
                 "commentDateTime": "2026-11-19T21:40:00Z",
-                "isAlert": kind.ends_with('A'),
+                "isAlert": alert,
                 "commentBy": {"userId": "u-3001"},
                 "lastModifiedDateTime": "2026-11-19T21:40:00Z",
             })
@@ -362,6 +458,22 @@ fn referral_pdf(appointment_id: &str) -> Bytes {
         objects.len() + 1
     ));
     Bytes::from(pdf)
+}
+
+/// The demo patients as (family, given), for tests that check how their single-field
+/// names were read.
+pub fn demo_patients() -> &'static [(&'static str, &'static str)] {
+    PATIENTS
+}
+
+/// The demo's referring doctors and radiologists as (title, given, family), for tests that
+/// check how names were read.
+pub fn demo_clinicians() -> Vec<(&'static str, &'static str, &'static str)> {
+    REFERRERS
+        .iter()
+        .copied()
+        .chain(RADIOLOGISTS.iter().map(|r| (r.title, r.given, r.family)))
+        .collect()
 }
 
 /// Every patient name the demo data holds, in every spelling it uses, for tests that

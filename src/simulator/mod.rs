@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-pub use demo::{DEMO_CLIENT_ID, DEMO_DOMAIN, demo_patient_names};
+pub use demo::{DEMO_CLIENT_ID, DEMO_DOMAIN, demo_clinicians, demo_patient_names, demo_patients};
 pub use faults::{Fault, FaultRule};
 pub use state::{
     AttachmentRecord, DomainData, PENDING_REPORTING, ReportAttachmentRecord, StoredReport,

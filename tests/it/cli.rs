@@ -215,14 +215,24 @@ pub(crate) fn sigterm(child: &Child) {
 }
 
 pub(crate) fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    wait_exit_within(child, within)
+        .unwrap_or_else(|| panic!("process did not exit within {within:?}"))
+}
+
+/// The child's exit status, or `None` (and the child killed) when it runs past `within`.
+pub(crate) fn wait_exit_within(
+    child: &mut Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            return Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("process did not exit within {within:?}");
+            let _ = child.wait();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -266,9 +276,18 @@ fn serve_demo_becomes_ready_shuts_down_cleanly_and_logs_no_phi() {
     assert_eq!(ready["domains"]["acme"]["sites"], 4);
 
     sigterm(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
+    let exited = wait_exit_within(&mut child, Duration::from_secs(20));
     let logs = logs.join().unwrap();
+    let Some(status) = exited else {
+        // What it was still doing: the last lines of its (trace) log.
+        let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "process did not exit within 20 s of SIGTERM; its last log lines:\n{}",
+            tail.join("\n")
+        );
+    };
+    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
     assert!(logs.contains("QUBS domain ready"), "logs were captured");
     assert!(logs.contains("SIGTERM"));
     assert!(
@@ -586,10 +605,15 @@ fn mapping_tools_check_test_and_map() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .position(|l| l.contains("target: intent"))
+        .unwrap()
+        + 1;
     assert!(
-        err.contains(
-            "service_request.yaml:17:13: error: `intnet` is not an element of ServiceRequest"
-        ),
+        err.contains(&format!(
+            "service_request.yaml:{line}:13: error: `intnet` is not an element of ServiceRequest"
+        )),
         "{err}"
     );
     assert!(err.contains("hint: did you mean `priority`?"), "{err}");
@@ -619,7 +643,8 @@ fn mapping_tools_check_test_and_map() {
     assert!(segments.iter().any(|s| s.starts_with("OBR|")), "{stdout:?}");
     assert!(stderr.contains("mapping orm_o01 (sha256:"), "{stderr}");
     assert!(stderr.contains("unmapped values: none"), "{stderr}");
-    assert!(stderr.contains("input fields no rule read:"), "{stderr}");
+    // The shipped mapping reads every field of this order or lists it under `not_sent`.
+    assert!(!stderr.contains("input fields no rule read:"), "{stderr}");
 
     // `--lf` for reading; `--format json` one envelope with the same message.
     let map_json = bridge()
@@ -650,8 +675,40 @@ fn mapping_tools_check_test_and_map() {
         "{er7:?}"
     );
     assert_eq!(envelope["unmapped"], serde_json::json!([]));
-    assert!(
-        envelope["unreadFields"].as_array().unwrap().len() > 3,
+    // Every field of this order is read or listed under `not_sent`.
+    assert_eq!(
+        envelope["unreadFields"],
+        serde_json::json!([]),
+        "{envelope}"
+    );
+
+    // A field QUBS sends that no rule reads is listed, on stderr and in the envelope.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("order.json");
+    let mut order: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("mappings/tests/order-routine-ct/order.json").unwrap(),
+    )
+    .unwrap();
+    order["appointment"]["referralSource"] = "GP letter".into();
+    std::fs::write(&extra, order.to_string()).unwrap();
+    let out = bridge()
+        .args(["map", "--mapping", "orm_o01", "--input"])
+        .arg(&extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("input fields no rule read:"), "{stderr}");
+    assert!(stderr.contains("appointment.referralSource"), "{stderr}");
+    let out = bridge()
+        .args(["map", "--mapping", "orm_o01", "--format", "json", "--input"])
+        .arg(&extra)
+        .output()
+        .unwrap();
+    let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        envelope["unreadFields"],
+        serde_json::json!(["appointment.referralSource"]),
         "{envelope}"
     );
     assert_eq!(envelope["errors"], serde_json::json!([]));

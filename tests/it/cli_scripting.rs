@@ -478,6 +478,15 @@ fn mappings_check_names_every_problem_in_json_too() {
     }
     let sr = dir.path().join("service_request.yaml");
     let text = std::fs::read_to_string(&sr).unwrap();
+    // Where the misspelt target will be (1-based line; the column of `intnet`).
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| {
+            l.find("target: intent")
+                .map(|c| (i as u64 + 1, c as u64 + 9))
+        })
+        .expect("service_request.yaml has an intent rule");
     std::fs::write(&sr, text.replace("target: intent", "target: intnet")).unwrap();
     let (code, out, err) = run(bridge()
         .args(["mappings", "check", "--format", "json"])
@@ -498,7 +507,7 @@ fn mappings_check_names_every_problem_in_json_too() {
     );
     assert_eq!(
         (problem["line"].as_u64(), problem["column"].as_u64()),
-        (Some(17), Some(13))
+        (Some(line), Some(column))
     );
     assert!(
         err.contains(&format!("{} problem(s) in", problems.len())),
@@ -509,7 +518,8 @@ fn mappings_check_names_every_problem_in_json_too() {
     let (code, _, err) = run(bridge().args(["mappings", "check"]).arg(dir.path()));
     assert_eq!(code, 1);
     assert_eq!(
-        err.matches("service_request.yaml:17:13: error:").count(),
+        err.matches(&format!("service_request.yaml:{line}:{column}: error:"))
+            .count(),
         1,
         "{err}"
     );

@@ -309,7 +309,7 @@ async fn preview_mapping_shows_output_unmapped_values_and_unread_fields() {
     assert!(answer.errors.is_empty(), "{:?}", answer.errors);
     let sr: serde_json::Value = serde_json::from_str(&answer.output).unwrap();
     assert_eq!(sr["resourceType"], "ServiceRequest");
-    assert_eq!(sr["occurrenceDateTime"], "2026-11-27T09:30:00+11:00");
+    assert_eq!(sr["occurrencePeriod"]["start"], "2026-11-27T09:30:00+11:00");
     assert!(
         answer
             .warnings

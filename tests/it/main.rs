@@ -1,17 +1,17 @@
 //! The integration tests, one binary (each file under `tests/` would link the whole crate
 //! again): real servers on 127.0.0.1:0, the real tonic client, real MLLP sockets, the
-//! embedded QUBS simulator over HTTP. Tests that install a process-wide log subscriber
-//! live in `tests/logs/`, their own binary.
+//! embedded QUBS simulator over HTTP. Tests that need the process to themselves (a
+//! process-wide log subscriber, panic counting, peak memory) live in `tests/exclusive/`.
 
 mod common;
 
 mod ack_conformance;
 mod ack_versions;
-mod bad_input;
 mod cli;
 mod cli_scripting;
 mod crash_recovery;
 mod feed;
+mod fidelity;
 mod fuzz_regressions;
 mod grpc_discovery;
 mod grpc_orders;
@@ -19,6 +19,7 @@ mod grpc_results;
 mod grpc_tls;
 mod hl7_roundtrip;
 mod hl7_samples;
+mod inbound_fidelity;
 mod mapping_checks;
 mod mapping_engine;
 mod mapping_golden;

@@ -243,3 +243,285 @@ fn all_files_are_reported_together() {
         "{text}"
     );
 }
+
+fn warnings(name: &str, text: &str) -> Vec<String> {
+    load(name, text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .warnings()
+        .iter()
+        .map(|d| d.as_warning())
+        .collect()
+}
+
+#[test]
+fn loinc_codes_need_their_check_digit_in_tables_and_constants() {
+    // A table that says it holds LOINC codes, one inferred from the coding it feeds (OBR-4.4
+    // with OBR-4.6 = LN), and a constant in a LOINC coding: every code is checked.
+    let text = r#"mapping: codes
+input: order
+output: hl7
+message: ORM^O01
+tables:
+  declared:
+    system: LN
+    unmapped: default
+    default: ""
+    values:
+      US: 24532-1
+      XR: 43468-8
+  inferred:
+    unmapped: pass_through
+    values:
+      CT: 25045-5
+      PART: LP29684-5
+segments:
+  - segment: MSH
+  - segment: PID
+    rules:
+      - target: PID-3.1
+        from: appointment.patientId
+        filters: [{table: declared}]
+  - segment: ORC
+    rules:
+      - target: ORC-1
+        value: NW
+  - segment: OBR
+    rules:
+      - target: OBR-4.4
+        from: appointment.modality
+        filters: [{table: inferred}]
+      - target: OBR-4.6
+        value: LN
+      - target: OBR-4.1
+        value: 36643-4
+      - target: OBR-4.3
+        value: LN
+"#;
+    let e = errors("codes.yaml", text);
+    let f = "/virtual/codes.yaml";
+    has(
+        &e,
+        &format!("{f}:11:7"),
+        "`24532-1` (for `US`) is not a valid LOINC code",
+    );
+    has(
+        &e,
+        "`24532-4` would be the code with a valid check digit",
+        "",
+    );
+    has(
+        &e,
+        &format!("{f}:16:7"),
+        "`25045-5` (for `CT`) is not a valid LOINC code",
+    );
+    has(
+        &e,
+        &format!("{f}:37:16"),
+        "`36643-4` is not a valid LOINC code",
+    );
+    // Part codes (LP...) have no check digit of this kind; a valid code is fine.
+    assert!(
+        !e.iter()
+            .any(|x| x.contains("LP29684-5") || x.contains("43468-8")),
+        "{e:?}"
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+}
+
+#[test]
+fn a_loinc_code_shared_by_keys_is_a_warning_unless_they_are_synonyms() {
+    let text = |synonyms: &str| {
+        format!(
+            r#"mapping: shared
+input: order
+output: fhir
+resource: ServiceRequest
+tables:
+  modality:
+    system: http://loinc.org
+    ignore_case: true
+    unmapped: default
+    default: ""
+{synonyms}    values:
+      MR: 25056-3
+      MRI: 25056-3
+      CT: 25056-3
+rules:
+  - target: status
+    value: active
+  - target: intent
+    value: order
+  - target: subject.display
+    from: appointment.patientName
+  - target: code.coding[0].system
+    value: http://loinc.org
+  - target: code.coding[0].code
+    from: appointment.modality
+    filters: [{{table: modality}}]
+"#
+        )
+    };
+    let w = warnings("shared.yaml", &text(""));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("/virtual/shared.yaml:13:7: warning: table `modality`: LOINC code `25056-3` is the value of 3 keys (MR, MRI, CT)"),
+        "{w:?}"
+    );
+    // MR and MRI are the same modality; CT is not: still a warning, naming all three.
+    let w = warnings("shared.yaml", &text("    synonyms: [[MR, mri]]\n"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    let only_mr = text("    synonyms: [[MR, MRI]]\n").replace("      CT: 25056-3\n", "");
+    assert!(warnings("shared.yaml", &only_mr).is_empty());
+}
+
+#[test]
+fn not_sent_fields_are_checked() {
+    let text = r#"mapping: ns
+input: order
+output: fhir
+resource: ServiceRequest
+not_sent:
+  appointment.attendedBy: QUBS user object
+  appointment.atendedBy: typo
+  appointment.patientName: it is read below
+  comments[].guid: ""
+rules:
+  - target: status
+    value: active
+  - target: intent
+    value: order
+  - target: subject.display
+    from: appointment.patientName
+"#;
+    let e = errors("ns.yaml", text);
+    let f = "/virtual/ns.yaml";
+    has(
+        &e,
+        &format!("{f}:7:3"),
+        "`appointment.atendedBy`, which is not an input field",
+    );
+    has(
+        &e,
+        &format!("{f}:8:3"),
+        "`appointment.patientName` is listed under `not_sent` but a rule reads",
+    );
+    has(&e, &format!("{f}:9:20"), "needs a reason");
+    assert_eq!(e.len(), 3, "{e:?}");
+
+    let ok = text
+        .replace("  appointment.atendedBy: typo\n", "")
+        .replace("  appointment.patientName: it is read below\n", "")
+        .replace("comments[].guid: \"\"", "comments[].guid: QUBS id");
+    let set = load("ns.yaml", &ok).unwrap_or_else(|e| panic!("{e}"));
+    use qubs_bridge::mapping::FieldFate;
+    assert_eq!(
+        set.field_fate("ns", "appointment.attendedBy"),
+        Some(FieldFate::NotSent("QUBS user object".into()))
+    );
+    assert_eq!(
+        set.field_fate("ns", "appointment.patientName"),
+        Some(FieldFate::Sent(vec!["subject.display".into()]))
+    );
+    assert_eq!(
+        set.field_fate("ns", "appointment.clinicalInfo"),
+        Some(FieldFate::Unaccounted)
+    );
+}
+
+#[test]
+fn contained_resources_are_checked_at_load_and_run_time() {
+    let text = r##"mapping: c
+input: order
+output: fhir
+resource: ServiceRequest
+contained:
+  - resource: Patient
+    id: patient
+    rules:
+      - target: birthDate
+        from: appointment.dateOfBirth
+        filters: [{date: date}]
+      - target: gender
+        value: femal
+  - resource: Organization
+    id: org
+    rules: []
+  - resource: Practitioner
+    id: "no spaces"
+    rules: []
+rules:
+  - target: status
+    value: active
+  - target: intent
+    value: order
+  - target: subject.reference
+    value: "#patient"
+"##;
+    let e = errors("c.yaml", text);
+    let f = "/virtual/c.yaml";
+    has(
+        &e,
+        &format!("{f}:13:16"),
+        "`femal` is not a valid Patient.gender code",
+    );
+    has(
+        &e,
+        &format!("{f}:14:15"),
+        "`Organization` cannot be a contained resource here",
+    );
+    has(
+        &e,
+        &format!("{f}:18:9"),
+        "a contained resource needs an `id`",
+    );
+
+    // A reference to a contained resource whose rules wrote nothing is refused at run
+    // time, naming the reference; so is a contained resource nothing references.
+    let ok = r##"mapping: c
+input: order
+output: fhir
+resource: ServiceRequest
+contained:
+  - resource: Patient
+    id: patient
+    rules:
+      - target: birthDate
+        from: appointment.dateOfBirth
+        filters: [{date: date}]
+  - resource: Location
+    id: site
+    rules:
+      - target: name
+        from: site.siteName
+rules:
+  - target: status
+    value: active
+  - target: intent
+    value: order
+  - target: subject.reference
+    value: "#patient"
+"##;
+    let set = load("c.yaml", ok).unwrap_or_else(|e| panic!("{e}"));
+    let order = |dob: &str, site: &str| serde_json::json!({"appointment": {"dateOfBirth": dob}, "site": {"siteName": site}});
+    let e = set.map_order("c", &order("", "")).unwrap_err().to_string();
+    assert!(
+        e.contains("reference `#patient` names no contained resource"),
+        "{e}"
+    );
+    let e = set
+        .map_order("c", &order("1961-03-14", "Main"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("contained resource `#site` is not referenced"),
+        "{e}"
+    );
+    let out = set.map_order("c", &order("1961-03-14", "")).unwrap();
+    let qubs_bridge::mapping::Body::Fhir(v) = out.body else {
+        panic!()
+    };
+    assert_eq!(
+        v["contained"],
+        serde_json::json!([{"resourceType": "Patient", "id": "patient", "birthDate": "1961-03-14"}])
+    );
+}

@@ -57,18 +57,24 @@ fn order_to_service_request() {
     println!("{}", serde_json::to_string_pretty(v).unwrap());
     assert_eq!(v["status"], "active");
     assert_eq!(v["priority"], "asap");
-    assert_eq!(v["occurrenceDateTime"], "2026-11-20T09:15:00+11:00");
+    assert_eq!(v["occurrencePeriod"]["start"], "2026-11-20T09:15:00+11:00");
+    assert_eq!(v["occurrencePeriod"]["end"], "2026-11-20T09:45:00+11:00");
     assert_eq!(v["identifier"][0]["value"], "APT-1001");
     assert_eq!(v["subject"]["display"], "Mrs Jane Mary O'Brien");
+    assert_eq!(v["subject"]["reference"], "#patient");
+    // The patient-level alert first, then the order-level comment (as in the ORM).
     assert_eq!(
         v["note"][0]["text"],
-        "Prior CT 2024 at another site ^ compare"
+        "ALERT: Contrast allergy (iodine) - premedicate"
     );
     assert_eq!(
         v["note"][1]["text"],
-        "ALERT: Contrast allergy (iodine) - premedicate"
+        "Prior CT 2024 at another site ^ compare"
     );
-    assert_eq!(v["code"]["coding"][0]["code"], "24627-2");
+    // The exam code first, its LOINC code second.
+    assert_eq!(v["code"]["coding"][0]["code"], "CTCHC");
+    assert_eq!(v["code"]["coding"][1]["code"], "24628-0");
+    assert_eq!(v["contained"][0]["birthDate"], "1961-03-14");
     assert_eq!(out.version, s.version());
 }
 
@@ -83,10 +89,17 @@ fn order_to_orm() {
     assert!(t.starts_with("MSH|^~\\&|QUBS-BRIDGE|North Shore Imaging|RIS||20261120100000+1100||ORM^O01^ORM_O01|TEST0001|P|2.5.1||||||UNICODE UTF-8\r"));
     assert!(t.contains("\rPID|1||P-55021^^^acme^MR||O'Brien^Jane^Mary^^Mrs||19610314|F\r"));
     assert!(
-        t.contains("\rORC|NW|APT-1001^QUBS|||SC||^^^20261120091500+1100^20261120094500+1100^A|")
+        t.contains("\rORC|NW|APT-1001^QUBS|||IP||^^^20261120091500+1100^20261120094500+1100^A|")
     );
     assert!(t.contains("Persistent cough 6 weeks. ?mass \\F\\ r/o PE"));
-    assert!(t.contains("\rNTE|2|O|ALERT: Contrast allergy (iodine) - premedicate|RE\r"));
+    // The patient alert after PID, the order comment after OBR (and the clinical history).
+    assert!(t.contains(
+        "\rNTE|1|P|ALERT: Contrast allergy (iodine) - premedicate|AI^Ancillary Instructions^HL70364\rPV1|"
+    ));
+    assert!(
+        t.contains("\rNTE|2|P|Prior CT 2024 at another site \\S\\ compare|RE^Remark^HL70364\r")
+    );
+    assert!(t.contains("|CTCHC^CT Chest with contrast^L^24628-0^CT Chest W contrast IV^LN|"));
 }
 
 #[test]
@@ -133,7 +146,8 @@ fn dry_run_lists_unread_fields_and_unmapped_values() {
         "{:?}",
         d.unread_fields
     );
-    assert!(d.unread_fields.contains(&"comments[].guid".to_string()));
+    // A field the file lists under `not_sent` is accounted for.
+    assert!(!d.unread_fields.contains(&"comments[].guid".to_string()));
     assert!(
         !d.unread_fields
             .contains(&"comments[].commentText".to_string())
@@ -203,7 +217,7 @@ fn invalid_output_is_an_error_naming_the_mapping() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("service_request.yaml:") && e.contains("occurrenceDateTime"),
+        e.contains("service_request.yaml:") && e.contains("occurrencePeriod.start"),
         "{e}"
     );
     assert!(!e.contains("9.15am"), "PHI-free: {e}");
@@ -225,7 +239,14 @@ fn diagnostic_report_input() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("appointmentId") && e.contains("required"), "{e}");
-    dr["identifier"] = serde_json::json!([{"value": "APT-9"}]);
+    // An identifier in another system is not an appointment id; with the placer system it is.
+    dr["identifier"] = serde_json::json!([{"system": "urn:hospital:reports", "value": "R-9"}]);
+    let e = s
+        .map_diagnostic_report(&dr, &InboundContext::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("looked at: read.appointment"), "{e}");
+    dr["identifier"] = serde_json::json!([{"system": "urn:qubs:appointment", "value": "APT-9"}]);
     let r = s
         .map_diagnostic_report(&dr, &InboundContext::default())
         .unwrap();
@@ -299,7 +320,11 @@ fn orm_version_is_configurable() {
         let Body::Hl7(msg) = out.body else { panic!() };
         assert!(msg.contains(&format!("|TEST0001|P|{v}|")), "{v}");
         // NTE-4 (comment type) only exists from v2.4.
-        assert_eq!(msg.contains("|RE\r"), v != "2.3" && v != "2.3.1", "{v}");
+        assert_eq!(
+            msg.contains("|RE^Remark^HL70364\r"),
+            v != "2.3" && v != "2.3.1",
+            "{v}"
+        );
         // MSH-9.3 (structure) is written from v2.3.1.
         assert_eq!(msg.contains("ORM^O01^ORM_O01"), v != "2.3", "{v}");
     }
@@ -347,23 +372,53 @@ fn oru_mapping_never_panics_on_mangled_input() {
 
 #[test]
 fn hl7_line_breaks_are_configurable() {
-    let text = std::fs::read_to_string(root().join("mappings/orm_o01.yaml")).unwrap();
+    let text = |setting: &str| {
+        format!(
+            r#"mapping: t
+input: order
+output: hl7
+message: ORM^O01
+{setting}segments:
+  - segment: MSH
+  - segment: PID
+    rules:
+      - target: PID-3.1
+        from: appointment.patientId
+  - segment: ORC
+    rules:
+      - target: ORC-1
+        value: NW
+  - segment: OBR
+    rules:
+      - target: OBR-13
+        from: appointment.clinicalInfo
+        filters: [single_line]
+  - segment: NTE
+    rules:
+      - target: NTE-3
+        from: appointment.clinicalInfo
+"#
+        )
+    };
     let mut o = order("routine-ct.json");
     o["appointment"]["clinicalInfo"] = "Line one\r\nLine two\nthree".into();
     for (setting, want) in [
         ("", "Line one\\X0D\\\\X0A\\Line two\\X0A\\three"),
         ("line_breaks: br\n", "Line one\\.br\\Line two\\.br\\three"),
     ] {
-        let t = text.replace("segments:\n", &format!("{setting}segments:\n"));
-        let set = MappingSet::from_texts(&[(root().join("mappings/orm_o01.yaml"), t)])
+        let set = MappingSet::from_texts(&[(PathBuf::from("t.yaml"), text(setting))])
             .unwrap_or_else(|e| panic!("{e}"));
-        let Body::Hl7(msg) = set.map_order_with("orm_o01", &o, &opts()).unwrap().body else {
+        let Body::Hl7(msg) = set.map_order_with("t", &o, &opts()).unwrap().body else {
             panic!()
         };
-        assert!(msg.contains(want), "{setting:?}: {msg}");
+        assert!(
+            msg.contains(&format!("\rNTE|||{want}\r")),
+            "{setting:?}: {msg}"
+        );
+        // `single_line` keeps line breaks out of an ST field, whatever the setting.
+        assert!(msg.contains("|Line one Line two three\r"), "{msg}");
     }
-    let bad = text.replace("segments:\n", "line_breaks: crlf\nsegments:\n");
-    let e = MappingSet::from_texts(&[(root().join("mappings/orm_o01.yaml"), bad)])
+    let e = MappingSet::from_texts(&[(PathBuf::from("t.yaml"), text("line_breaks: crlf\n"))])
         .unwrap_err()
         .to_string();
     assert!(e.contains("`line_breaks` must be `hex` or `br`"), "{e}");
@@ -422,4 +477,97 @@ fn the_orm_order_control_comes_from_the_feed_event() {
     assert_eq!(control(Some("new")), "NW");
     assert_eq!(control(Some("changed")), "XO");
     assert_eq!(control(Some("removed")), "CA");
+}
+
+#[test]
+fn where_conditions_alternatives_with_filters_and_set_ids() {
+    let yaml = r#"mapping: t
+input: order
+output: hl7
+message: ORM^O01
+segments:
+  - segment: MSH
+  - segment: PID
+    rules:
+      - target: PID-3.1
+        from: appointment.patientId
+  - segment: NTE
+    for_each: comments[*]
+    as: c
+    where: {all: [{from: c.commentType, in: [pc, pa], ignore_case: true}, {from: c.commentText, present: true}]}
+    rules:
+      - target: NTE-1
+        from: $set_id
+      - target: NTE-3
+        from: c.commentText
+      - target: NTE-4
+        when: {any: [{from: c.isAlert, equals: true}, {from: c.commentType, in: [AA, PA], ignore_case: true}]}
+        value: ALERT
+  - segment: ORC
+    rules:
+      - target: ORC-1
+        value: NW
+      # The structured field as it is; the single-field name parsed only without it.
+      - target: ORC-12.2
+        from:
+          - appointment.doctorLastName
+          - {from: appointment.doctorName, filters: [{name: family}]}
+      - target: ORC-12.3
+        from:
+          - appointment.doctorFirstName
+          - {from: appointment.doctorName, filters: [{name: given}]}
+  - segment: OBR
+    rules:
+      - target: OBR-4.2
+        value: x
+  - segment: NTE
+    when: {not: {from: appointment.clinicalInfo, present: false}}
+    rules:
+      - target: NTE-1
+        from: $set_id
+      - target: NTE-3
+        value: first
+  - segment: NTE
+    for_each: comments[*]
+    as: c
+    where: {not: {from: c.commentType, in: [PC, PA], ignore_case: true}}
+    rules:
+      - target: NTE-1
+        from: $set_id
+      - target: NTE-3
+        from: c.commentText
+"#;
+    let set = MappingSet::from_texts(&[(PathBuf::from("t.yaml"), yaml.to_string())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut o = order("routine-ct.json");
+    o["comments"] = serde_json::json!([
+        {"commentType": "ac", "commentText": "order one"},
+        {"commentType": "pa", "commentText": "patient alert", "isAlert": false},
+        {"commentType": "PC", "commentText": "   "},
+        {"commentType": "Pc", "commentText": "patient comment"},
+        {"commentType": "AC", "commentText": "order two", "isAlert": true},
+    ]);
+    o["appointment"]["doctorName"] = "Dr Aroha Te Rangi".into();
+    o["appointment"]["doctorFirstName"] = "Aroha".into();
+    let run = |o: &Value| {
+        let Body::Hl7(t) = set.map_order_with("t", o, &opts()).unwrap().body else {
+            panic!()
+        };
+        t
+    };
+    let t = run(&o);
+    // Patient-level items only (a blank text is no comment), numbered 1, 2 after PID.
+    assert!(
+        t.contains("\rNTE|1||patient alert|ALERT\rNTE|2||patient comment\rORC|"),
+        "{t}"
+    );
+    // Structured first name as it is, family name parsed from doctorName (particle kept).
+    assert!(t.contains("\rORC|NW|||||||||||^Te Rangi^Aroha\r"), "{t}");
+    // After OBR the set ids continue across the two NTE segment plans.
+    assert!(
+        t.contains("\rNTE|1||first\rNTE|2||order one\rNTE|3||order two\r"),
+        "{t}"
+    );
+    o["appointment"]["doctorLastName"] = "Te Rangi-Smith".into();
+    assert!(run(&o).contains("^Te Rangi-Smith^Aroha\r"));
 }

@@ -3,7 +3,7 @@
 //! every RPC of every bridge service (enumerated from the API's descriptors, checked against
 //! what the server lists through reflection) refuses a call without credentials or with an
 //! unknown token (UNAUTHENTICATED), and a caller asking for a domain it may not use
-//! (PERMISSION_DENIED). The error paths' logs are checked in `tests/logs/security_logs.rs`.
+//! (PERMISSION_DENIED). The error paths' logs are checked in `tests/exclusive/security_logs.rs`.
 
 use crate::common;
 

@@ -83,6 +83,7 @@ pub fn pending(id: &str) -> Value {
         "appointmentId": id,
         "status": "PENDING REPORTING",
         "scheduledSite": "Main",
+        "patientId": format!("P-{id}"),
         "patientName": format!("Patient {id}"),
     })
 }

@@ -29,6 +29,7 @@ async fn the_feed_logs_no_phi() {
             "acme",
             json!({
                 "appointmentId": id, "status": "PENDING REPORTING", "scheduledSite": "Main",
+                "patientId": format!("P-{id}"),
                 "patientName": PATIENT, "dateOfBirth": "1944-02-29", "clinicalInfo": CLINICAL,
             }),
         );

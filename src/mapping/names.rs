@@ -1,0 +1,224 @@
+//! Reading a personal name that QUBS stores in one text field (`patientName`,
+//! `doctorName`, a user's `fullName`) into its parts, for the `name` filter.
+//!
+//! Mapping files take structured first/last fields as they are; only a single-field name
+//! is parsed, and parsing must never invent a wrong split. So:
+//! - `Family^Given^Middle^Suffix^Prefix` (stored HL7-style) is read by component, words
+//!   inside a component are never split;
+//! - `Family, [Title] Given Middle…` keeps everything before the comma as the family name;
+//! - `[Title] Given [Middle…] Family [Suffix]` takes the last word as the family name
+//!   together with the family-name particles just before it (`Te Rangi`, `Ó Súilleabháin`,
+//!   `van der Berg`, `de la Cruz`, `Mac Mathúna`); the first word is always a given name.
+//!   Apostrophes and hyphens belong to their word (`O'Brien`, `d'Arcy`, `Mei-Ling`).
+//!
+//! Titles (Dr, Prof, …) become the prefix, generational suffixes (Jr, III) the suffix.
+
+/// Words that open a name as a title (compared ignoring case).
+const TITLES: &[&str] = &[
+    "dr", "dr.", "prof", "prof.", "mr", "mr.", "mrs", "mrs.", "ms", "ms.", "miss", "mx", "a/prof",
+    "assoc", "assoc.", "sir", "dame",
+];
+
+/// Words that close a name as a generational suffix (compared ignoring case).
+const SUFFIXES: &[&str] = &["jr", "jr.", "sr", "sr.", "ii", "iii", "iv"];
+
+/// Family-name particles: a word from this list directly before the last word (or before
+/// another particle) is part of the family name. Compared ignoring case. `al`, `el` and
+/// `do` are left out: they are given names or whole family names as often as particles.
+const PARTICLES: &[&str] = &[
+    // Dutch, German, Flemish
+    "van", "von", "der", "den", "ter", "ten", "zu", "zum", "zur", "vander",
+    // Romance languages
+    "de", "del", "della", "dei", "degli", "di", "da", "das", "dos", "du", "des", "la", "le", "lo",
+    "san", "santa", "st", "st.", "saint", // Irish and Scottish Gaelic, Welsh
+    "ó", "o", "ní", "nic", "ua", "uí", "mac", "mc", "ap", // Māori
+    "te", // Arabic, Malay patronymics
+    "bin", "binti", "bint", "ibn", "abu",
+];
+
+/// The parts of a name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParsedName {
+    /// Titles, in order (`Dr`).
+    pub prefix: Vec<String>,
+    /// Given names: the first is the given name, the rest middle names.
+    pub given: Vec<String>,
+    /// The family name, particles included.
+    pub family: Option<String>,
+    /// Generational suffix (`Jr`).
+    pub suffix: Option<String>,
+}
+
+fn is_in(list: &[&str], word: &str) -> bool {
+    let w = word.to_lowercase();
+    list.contains(&w.as_str())
+}
+
+/// Parses a single-field name (see the module doc).
+pub fn parse(s: &str) -> ParsedName {
+    let s = s.trim();
+    if s.contains('^') {
+        return parse_xpn(s);
+    }
+    let (family, rest) = match s.split_once(',') {
+        Some((f, r)) => {
+            let f = squash(f);
+            (Some(f).filter(|f| !f.is_empty()), r)
+        }
+        None => (None, s),
+    };
+    let mut words: Vec<&str> = rest.split_whitespace().collect();
+    let mut prefix = Vec::new();
+    while words.len() > 1 || (family.is_some() && !words.is_empty()) {
+        if is_in(TITLES, words[0]) {
+            prefix.push(words.remove(0).to_string());
+        } else {
+            break;
+        }
+    }
+    // A lone title ("Dr") is not a name.
+    if words.len() == 1 && family.is_none() && is_in(TITLES, words[0]) {
+        prefix.push(words.remove(0).to_string());
+    }
+    let mut suffix = None;
+    if (words.len() > 2 || (family.is_some() && words.len() > 1))
+        && let Some(last) = words.last()
+        && is_in(SUFFIXES, last)
+    {
+        suffix = words.pop().map(str::to_string);
+    }
+    let family = match family {
+        Some(f) => Some(f),
+        None if words.is_empty() => None,
+        None => {
+            // The last word, with the particles before it; the first word stays given.
+            let mut start = words.len() - 1;
+            while start > 1 && is_in(PARTICLES, words[start - 1]) {
+                start -= 1;
+            }
+            let f = words[start..].join(" ");
+            words.truncate(start);
+            Some(f)
+        }
+    };
+    ParsedName {
+        prefix,
+        given: words.into_iter().map(str::to_string).collect(),
+        family,
+        suffix,
+    }
+}
+
+/// `Family^Given^Middle^Suffix^Prefix`: each component as written.
+fn parse_xpn(s: &str) -> ParsedName {
+    let comps: Vec<String> = s.split('^').map(squash).collect();
+    let c = |i: usize| comps.get(i).cloned().filter(|x| !x.is_empty());
+    let given: Vec<String> = [c(1), c(2)].into_iter().flatten().collect();
+    ParsedName {
+        prefix: c(4).into_iter().collect(),
+        given,
+        family: c(0),
+        suffix: c(3),
+    }
+}
+
+/// Trimmed, inner runs of white space made one space.
+fn squash(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl ParsedName {
+    /// `Prefix Given Middle Family Suffix`.
+    pub fn text(&self) -> String {
+        self.prefix
+            .iter()
+            .chain(self.given.iter())
+            .chain(self.family.iter())
+            .chain(self.suffix.iter())
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fgm(s: &str) -> (String, String, String, String) {
+        let n = parse(s);
+        (
+            n.prefix.join(" "),
+            n.given.first().cloned().unwrap_or_default(),
+            n.given.get(1..).map(|m| m.join(" ")).unwrap_or_default(),
+            n.family.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn particles_stay_with_the_family_name() {
+        assert_eq!(
+            fgm("Māui Te Rangi"),
+            ("".into(), "Māui".into(), "".into(), "Te Rangi".into())
+        );
+        assert_eq!(
+            fgm("Dr Tomás Ó Súilleabháin"),
+            (
+                "Dr".into(),
+                "Tomás".into(),
+                "".into(),
+                "Ó Súilleabháin".into()
+            )
+        );
+        assert_eq!(fgm("Pieter van der Berg").3, "van der Berg");
+        assert_eq!(fgm("María de la Cruz").3, "de la Cruz");
+        assert_eq!(fgm("Seán Mac Mathúna").3, "Mac Mathúna");
+        // The first word is always a given name, even when it looks like a particle.
+        assert_eq!(
+            fgm("De Shawn Brown"),
+            ("".into(), "De".into(), "Shawn".into(), "Brown".into())
+        );
+        assert_eq!(
+            fgm("Te Rangi"),
+            ("".into(), "Te".into(), "".into(), "Rangi".into())
+        );
+    }
+
+    #[test]
+    fn apostrophes_hyphens_titles_and_middle_names() {
+        assert_eq!(
+            fgm("Mrs Jane Mary O'Brien"),
+            ("Mrs".into(), "Jane".into(), "Mary".into(), "O'Brien".into())
+        );
+        assert_eq!(fgm("Noël d'Arcy").3, "d'Arcy");
+        assert_eq!(
+            fgm("Dr Mei-Ling Chen"),
+            ("Dr".into(), "Mei-Ling".into(), "".into(), "Chen".into())
+        );
+        assert_eq!(fgm("Dr Alan Referrer").1, "Alan");
+        assert_eq!(parse("John Smith Jr").suffix.as_deref(), Some("Jr"));
+        assert_eq!(fgm("Dr"), ("Dr".into(), "".into(), "".into(), "".into()));
+    }
+
+    #[test]
+    fn comma_and_hl7_forms_keep_their_parts() {
+        assert_eq!(
+            fgm("  TE RANGI,  Māui "),
+            ("".into(), "Māui".into(), "".into(), "TE RANGI".into())
+        );
+        assert_eq!(
+            fgm("CITIZEN, Dr Jane Mary"),
+            ("Dr".into(), "Jane".into(), "Mary".into(), "CITIZEN".into())
+        );
+        // HL7-style: the given-name component is not split into words.
+        let n = parse("Nguyễn^Văn An");
+        assert_eq!(n.family.as_deref(), Some("Nguyễn"));
+        assert_eq!(n.given, ["Văn An"]);
+        let n = parse("Smith^John^Paul^Jr^Dr");
+        assert_eq!(
+            (n.given.len(), n.suffix.as_deref(), n.prefix.len()),
+            (2, Some("Jr"), 1)
+        );
+        assert_eq!(parse("王^芳").text(), "芳 王");
+    }
+}
