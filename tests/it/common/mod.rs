@@ -8,6 +8,7 @@ pub mod logs;
 pub mod pki;
 pub mod postgres;
 pub mod python;
+pub mod replicas;
 
 use qubs_bridge::config::{QubsSettings, Settings};
 use qubs_bridge::qubs::Client;
