@@ -983,6 +983,109 @@ mod tests {
         );
     }
 
+    /// Settings from a config file with `text`, the secret from the environment.
+    fn from_file(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load_with_env(
+            Some(&path),
+            env(&[("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x")]),
+        )
+    }
+
+    #[test]
+    fn what_qubs_does_not_document_has_safe_defaults() {
+        let s = from_file("").unwrap();
+        let q = &s.qubs;
+        assert!(!q.endpoints.appointment, "the undocumented GET is off");
+        assert!(q.sites.endpoint);
+        assert_eq!(q.auth.method, ClientAuthMethod::ClientSecretPost);
+        assert_eq!(
+            (q.auth.scope.as_deref(), q.auth.audience.as_deref()),
+            (None, None)
+        );
+        assert!(q.site_time_zones.is_empty());
+        assert_eq!(q.default_time_zone("acme"), None);
+        assert_eq!(s.results.attachments, AttachmentHandling::Upload);
+    }
+
+    #[test]
+    fn site_time_zones_keep_their_names_and_default_zones_go_per_domain() {
+        let s = from_file(
+            r#"
+[qubs]
+domains = ["acme", "globex"]
+default_time_zone = "Australia/Sydney"
+[qubs.site_time_zones]
+"Harbour Imaging" = "Australia/Sydney"
+"KOWHAI Medical" = "Pacific/Auckland"
+[qubs.auth]
+method = "client_secret_basic"
+scope = "integrations"
+[mllp]
+domain = "acme"
+[results]
+attachments = "inline_note"
+"#,
+        )
+        .unwrap();
+        let q = &s.qubs;
+        assert_eq!(
+            q.configured_site_time_zone("Harbour Imaging"),
+            Some("Australia/Sydney")
+        );
+        assert_eq!(
+            q.configured_site_time_zone("KOWHAI Medical"),
+            Some("Pacific/Auckland")
+        );
+        assert_eq!(q.configured_site_time_zone("kowhai medical"), None);
+        assert_eq!(q.default_time_zone("globex"), Some("Australia/Sydney"));
+        assert_eq!(q.auth.method, ClientAuthMethod::ClientSecretBasic);
+        assert_eq!(s.results.attachments, AttachmentHandling::InlineNote);
+
+        let s = from_file(
+            "[qubs]\ndomains = [\"acme\", \"globex\"]\n[qubs.default_time_zone]\nacme = \"Europe/London\"\n[mllp]\ndomain = \"acme\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.qubs.default_time_zone("acme"), Some("Europe/London"));
+        assert_eq!(s.qubs.default_time_zone("globex"), None);
+    }
+
+    #[test]
+    fn a_zone_that_is_not_iana_or_a_foreign_domain_names_its_key() {
+        let e = from_file("[qubs.site_time_zones]\n\"Harbour Imaging\" = \"Sydney\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "configuration key `qubs.site_time_zones.\"Harbour Imaging\"`: `Sydney` is not an IANA time zone (e.g. Australia/Sydney)"
+        );
+        let e = from_file("[qubs]\ndefault_time_zone = \"Mars/Olympus_Mons\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`qubs.default_time_zone`"), "{e}");
+        let e = from_file("[qubs.default_time_zone]\nglobex = \"UTC\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "configuration key `qubs.default_time_zone.globex`: `globex` is not one of qubs.domains"
+        );
+        let e = from_file("[qubs.auth]\nscope = \" \"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`qubs.auth.scope`"), "{e}");
+        let e = from_file("[qubs.auth]\nmethod = \"private_key_jwt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("method"), "{e}");
+        let e = from_file("[results]\nattachments = \"email\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attachments"), "{e}");
+    }
+
     #[test]
     fn secret_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();

@@ -197,8 +197,9 @@ impl Watcher {
             .filter(|id| !seen.contains(*id))
             .cloned()
             .collect();
-        let gone = self.left_the_list(domain, &pass, unseen).await?;
+        let gone = self.left_the_list(domain, &pass, unseen).await;
         self.pending.complete(pass).await;
+        let gone = gone?;
         summary.removed = gone.len();
         if !gone.is_empty() {
             let mut events = Vec::new();

@@ -127,3 +127,66 @@ impl PendingStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn appointment(id: &str, site: Option<&str>, name: &str) -> Appointment {
+        Appointment::from_json(
+            json!({"appointmentId": id, "scheduledSite": site, "patientName": name, "x": [1]}),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn appointments_round_trip_by_domain_and_are_forgotten_when_unseen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::new(Store::open(&dir.path().join("bridge.db")).unwrap());
+        store
+            .save(
+                "acme",
+                vec![
+                    appointment("A1", Some("Harbour Imaging"), "One"),
+                    appointment("A2", None, "Two"),
+                ],
+            )
+            .await
+            .unwrap();
+        let a1 = store.appointment("acme", "A1").await.unwrap().unwrap();
+        assert_eq!(a1, appointment("A1", Some("Harbour Imaging"), "One"));
+        assert_eq!(
+            store.site_name("acme", "A1").await.unwrap(),
+            Some(Some("Harbour Imaging".into()))
+        );
+        assert_eq!(store.site_name("acme", "A2").await.unwrap(), Some(None));
+        assert_eq!(store.site_name("acme", "A3").await.unwrap(), None);
+        assert_eq!(store.appointment("globex", "A1").await.unwrap(), None);
+        // A later listing replaces the earlier one.
+        store
+            .save("acme", vec![appointment("A1", Some("Lakeside MRI"), "Uno")])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.appointment("acme", "A1").await.unwrap().unwrap(),
+            appointment("A1", Some("Lakeside MRI"), "Uno")
+        );
+        assert_eq!(
+            store
+                .forget_unseen_for("acme", std::time::Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            store
+                .forget_unseen_for("acme", std::time::Duration::from_millis(10))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.appointment("acme", "A1").await.unwrap(), None);
+    }
+}

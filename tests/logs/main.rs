@@ -8,4 +8,5 @@ mod common;
 mod no_phi_in_feed_logs;
 mod no_phi_in_logs;
 mod no_phi_in_result_logs;
+mod qubs_fallback_logs;
 mod security_logs;
