@@ -272,8 +272,10 @@ impl Watcher {
             .buffered(self.settings.fetch_concurrency)
             .try_collect()
             .await?;
+        // Orders listed again start counting from nothing.
+        let still_missed: HashSet<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
         let mut missed = self.missed.lock().expect("missed orders");
-        missed.retain(|(d, id), _| d != domain || checked.iter().any(|(c, _)| c == id));
+        missed.retain(|(d, id), _| d != domain || still_missed.contains(id.as_str()));
         let mut gone = Vec::new();
         let mut kept = 0;
         for (id, answered_gone) in checked {

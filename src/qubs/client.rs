@@ -30,6 +30,8 @@ use crate::domain::{ReportStatus, ReportSubmission};
 pub use crate::domain::MAX_REPORT_TEXT_BYTES;
 /// QUBS documents at most 2 MB per presigned PUT.
 pub const MAX_UPLOAD_BYTES: usize = 2 * 1024 * 1024;
+/// The operation name of the report-attachment registration, as errors carry it.
+pub const REGISTER_REPORT_ATTACHMENTS: &str = "POST report attachments";
 /// At most this many files per report-attachment registration.
 pub const MAX_REPORT_ATTACHMENTS: usize = 20;
 /// JSON bodies larger than this are refused rather than buffered.
@@ -545,7 +547,7 @@ impl Client {
         files: &[ReportAttachmentFile],
         idempotency_key: Option<&str>,
     ) -> Result<Vec<ReportAttachmentUpload>, Error> {
-        const OP: &str = "POST report attachments";
+        const OP: &str = REGISTER_REPORT_ATTACHMENTS;
         if files.is_empty() || files.len() > MAX_REPORT_ATTACHMENTS {
             return Err(invalid_request(
                 OP,

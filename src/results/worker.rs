@@ -430,10 +430,6 @@ async fn site_of(
     domain: &str,
     appointment_id: &str,
 ) -> Result<(Value, bool), Step> {
-    let retry = |what: &str, e: &dyn std::fmt::Display| Step::Retry {
-        reason: format!("{what} for appointment {appointment_id} failed: {e}"),
-        qubs_request_id: None,
-    };
     let listed = match state.pending.site_of(domain, appointment_id).await {
         Ok(listed) => listed,
         Err(PendingListError::Qubs(e)) => {
@@ -444,7 +440,14 @@ async fn site_of(
                 qubs_request_id: e.problem().and_then(|p| p.request_id.clone()),
             });
         }
-        Err(PendingListError::Store(e)) => return Err(retry("reading the pending list", &e)),
+        Err(PendingListError::Store(e)) => {
+            return Err(Step::Retry {
+                reason: format!(
+                    "reading the stored pending list for appointment {appointment_id} failed: {e}"
+                ),
+                qubs_request_id: None,
+            });
+        }
     };
     let (site, listed) = match listed {
         Some(site) => (site, true),
@@ -501,8 +504,11 @@ async fn upload_or_note(
     if !known_missing {
         match upload(results, due).await {
             Ok(()) => return Ok(None),
-            Err(e) if !endpoint_missing(&e) => return Err(classify(&entry.appointment_id, &e)),
-            Err(_) => {}
+            // The registration is the endpoint in question; a refused upload is not.
+            Err(e)
+                if e.operation == qubs::client::REGISTER_REPORT_ATTACHMENTS
+                    && endpoint_missing(&e) => {}
+            Err(e) => return Err(classify(&entry.appointment_id, &e)),
         }
     }
     let key = Uuid::new_v5(
