@@ -45,7 +45,8 @@
 //! 10. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!     never patient data, report text or secrets.
 //! 11. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
-//!     rules, idempotency, fault injection, request log, demo data). Only the CLI
+//!     rules, idempotency, fault injection, request log, demo data), with a strict mode
+//!     that serves only what QUBS's documentation describes. Only the CLI
 //!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!     exactly as it reaches QUBS.
 //! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it.
