@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::client::Client;
 use super::model::SiteSettings;
-use super::problem::Error;
+use super::problem::{Error, ErrorKind};
 use crate::config::{DefaultTimeZone, QubsSettings};
 
 /// Whether a failed sites call says the endpoint is not there at all.
@@ -125,8 +125,10 @@ fn usable_zone(settings: &SiteSettings) -> bool {
 
 impl Client {
     /// The settings of a site with its time zone, from the first source that knows it (see
-    /// the module doc); `None` when none does. Errors only when the sites endpoint fails in
-    /// a way that may pass (5xx, timeouts): guessing then could stamp a wrong time.
+    /// the module doc); `None` when none does. An answer in another shape than assumed counts
+    /// as no zone from QUBS (said once). Errors only when the sites endpoint fails in a way
+    /// that may pass (5xx, timeouts, refused credentials): guessing then could stamp a wrong
+    /// time.
     pub async fn site_for(
         &self,
         domain: &str,
@@ -188,12 +190,25 @@ impl Client {
                 }
                 Ok(Some(settings))
             }
+            Err(e) if matches!(e.kind, ErrorKind::Decode(_)) => {
+                // Another shape than assumed: as good as no zone from QUBS.
+                zones.warn_once(format!("shape\0{domain}"), || {
+                    tracing::warn!(
+                        domain,
+                        error = %e,
+                        "QUBS's site settings are not in the assumed shape; site time zones come from qubs.site_time_zones and qubs.default_time_zone"
+                    )
+                });
+                Ok(None)
+            }
             Err(e) if endpoint_missing(&e) => {
                 // The site unknown, or the endpoint missing? The list tells.
                 let listed = match zones.endpoint_state(domain) {
                     Some(found) => found,
                     None => match self.sites(domain).await {
+                        // A list in another shape is still a list.
                         Ok(_) => true,
+                        Err(e) if matches!(e.kind, ErrorKind::Decode(_)) => true,
                         Err(e) if endpoint_missing(&e) => false,
                         Err(e) => return Err(e),
                     },

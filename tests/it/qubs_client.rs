@@ -1205,6 +1205,25 @@ async fn site_time_zones_come_from_configuration_the_endpoint_and_the_default() 
         client.time_zone_source("acme"),
         qubs_bridge::qubs::TimeZoneSource::ConfigurationEndpointMissing
     );
+    // Another shape than assumed: configuration stands in, nothing fails.
+    f.sim.set_strict_docs(false);
+    f.sim.add_fault(
+        FaultRule::new(Fault::Raw {
+            status: 200,
+            content_type: "application/json".into(),
+            body: r#"{"siteName": "Kowhai Medical Imaging", "timeZone": {"iana": "Pacific/Auckland"}}"#.into(),
+        })
+        .path("/sites/Kowhai"),
+    );
+    let client = client_with(&f.sim, &[], |s| {
+        s.default_time_zone = Some(qubs_bridge::config::DefaultTimeZone::All("UTC".into()));
+    });
+    let s = client
+        .site_for("acme", Some("Kowhai Medical Imaging"))
+        .await
+        .unwrap();
+    assert_eq!(zone(s).as_deref(), Some("UTC"));
+    f.sim.clear_faults();
     // Off by configuration: never asked.
     f.sim.clear_requests();
     let client = client_with(
