@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file (rusqlite, SQLite compiled in, nothing to install)
 //! that holds everything the bridge must not forget across a restart or a `kill -9` — the
 //! results [`crate::outbox`] and the order [`crate::feed`]'s watch state and delivery
-//! queues.
+//! queues, and the [`crate::pending_list`] (appointments as QUBS last listed them).
 //!
 //! **Durability.** WAL with `synchronous = FULL`: a commit is on disk before it returns.
 //! The file (and its `-wal`/`-shm` companions) is for the service's user only (mode 0600):
@@ -101,7 +101,11 @@ impl Store {
                 "written by a newer qubs-bridge (schema {version}; this one knows up to {SCHEMA_VERSION})"
             )));
         }
-        for schema in [crate::outbox::SCHEMA, crate::feed::SCHEMA] {
+        for schema in [
+            crate::outbox::SCHEMA,
+            crate::feed::SCHEMA,
+            crate::pending_list::store::SCHEMA,
+        ] {
             conn.execute_batch(schema)
                 .map_err(|e| open_error(e.to_string()))?;
         }
