@@ -26,8 +26,14 @@ pub struct DomainHealth {
     pub checked_at: String,
     /// Appointments pending reporting at that time.
     pub pending: Option<usize>,
-    /// Sites whose time zone was read.
+    /// Sites whose time zone was read from the sites endpoint.
     pub sites: Option<usize>,
+    /// Where site time zones come from: `sites endpoint`, or `configuration` and why.
+    pub time_zones: String,
+    /// What needs an operator's eye without stopping the domain (no PHI): a sites
+    /// endpoint that fails, sites without a usable time zone, pages without appointment ids.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Why the domain is not ready (no PHI: QUBS problem types, statuses, ids).
     pub error: Option<String>,
     /// QUBS refused the bridge's credentials (the token endpoint refused, or the API said 401).

@@ -135,6 +135,19 @@ pub struct ResultsSettings {
     pub retry_horizon_secs: u64,
     /// Largest PDF (decoded) taken from an OBX ED; QUBS takes at most 2 MiB per upload.
     pub max_attachment_bytes: usize,
+    /// What becomes of a result's PDFs: `upload` (report attachments, falling back to
+    /// `inline_note` where QUBS has no such endpoint), `inline_note` (a line in the report
+    /// text names them) or `off`.
+    pub attachments: AttachmentHandling,
+}
+
+/// `results.attachments`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentHandling {
+    Upload,
+    InlineNote,
+    Off,
 }
 
 impl ResultsSettings {
@@ -201,6 +214,80 @@ pub struct QubsSettings {
     /// `urlTtlSeconds` asked for presigned attachment URLs.
     pub attachment_url_ttl_secs: u32,
     pub retry: RetrySettings,
+    /// How the token request authenticates (QUBS documents only the bearer token).
+    pub auth: AuthSettings,
+    /// Endpoints QUBS's documentation does not describe, used only when said to exist.
+    pub endpoints: EndpointSettings,
+    /// Where site time zones come from.
+    pub sites: SitesSettings,
+    /// Site name → IANA time zone; wins over the sites endpoint.
+    #[serde(default)]
+    pub site_time_zones: std::collections::BTreeMap<String, String>,
+    /// The time zone of a site no other source knows: one zone, or one per domain.
+    #[serde(default)]
+    pub default_time_zone: Option<DefaultTimeZone>,
+    /// An appointment as last seen in the pending list serves `GetOrder` while its list
+    /// pass is at most this old; older, the list is read again first.
+    pub pending_list_max_age_secs: u64,
+}
+
+/// The OAuth2 client-credentials token request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `client_secret_post` (id and secret in the form body) or `client_secret_basic`
+    /// (HTTP Basic, RFC 6749 §2.3.1).
+    pub method: ClientAuthMethod,
+    /// `scope` form parameter, when the token endpoint wants one.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `audience` form parameter, when the token endpoint wants one.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    ClientSecretPost,
+    ClientSecretBasic,
+}
+
+/// Assumed QUBS endpoints that may be switched on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSettings {
+    /// `GET {domain}/reporting/appointments/{id}` exists. Off by default: QUBS documents
+    /// only the pending list, and every flow works from it.
+    pub appointment: bool,
+}
+
+/// The assumed sites endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitesSettings {
+    /// Ask `GET {domain}/sites/{siteName}` for time zones; when it is missing the bridge
+    /// falls back to configuration with one warning.
+    pub endpoint: bool,
+}
+
+/// `qubs.default_time_zone`: one zone for every domain, or a table domain → zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DefaultTimeZone {
+    All(String),
+    PerDomain(std::collections::BTreeMap<String, String>),
+}
+
+impl DefaultTimeZone {
+    /// The zone for `domain`, if one is set.
+    pub fn for_domain(&self, domain: &str) -> Option<&str> {
+        match self {
+            DefaultTimeZone::All(zone) => Some(zone.trim()),
+            DefaultTimeZone::PerDomain(zones) => zones.get(domain).map(|z| z.trim()),
+        }
+    }
 }
 
 /// Back-off policy for transient QUBS failures (429, 502/503/504, connect errors, timeouts).
@@ -443,6 +530,7 @@ impl Settings {
                 "must be at least 1 (1 = no retries)",
             ));
         }
+        self.validate_qubs_assumptions()?;
         for (key, addr) in [
             ("server.admin_listen", &self.server.admin_listen),
             ("server.grpc_listen", &self.server.grpc_listen),
@@ -482,6 +570,43 @@ impl Settings {
         }
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The settings for what QUBS does not document: token request, time zones.
+    fn validate_qubs_assumptions(&self) -> Result<(), ConfigError> {
+        let q = &self.qubs;
+        for (key, value) in [
+            ("qubs.auth.scope", &q.auth.scope),
+            ("qubs.auth.audience", &q.auth.audience),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(invalid(key, "must not be empty when set (leave it out)"));
+            }
+        }
+        positive(
+            "qubs.pending_list_max_age_secs",
+            q.pending_list_max_age_secs,
+        )?;
+        for (site, zone) in &q.site_time_zones {
+            check_time_zone(&format!("qubs.site_time_zones.\"{site}\""), zone)?;
+        }
+        match &q.default_time_zone {
+            None => {}
+            Some(DefaultTimeZone::All(zone)) => check_time_zone("qubs.default_time_zone", zone)?,
+            Some(DefaultTimeZone::PerDomain(zones)) => {
+                for (domain, zone) in zones {
+                    let key = format!("qubs.default_time_zone.{domain}");
+                    if !q.domains.contains(domain) {
+                        return Err(invalid(
+                            &key,
+                            format!("`{domain}` is not one of qubs.domains"),
+                        ));
+                    }
+                    check_time_zone(&key, zone)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -642,6 +767,20 @@ impl QubsSettings {
         self.token_url.as_deref().unwrap_or_default()
     }
 
+    /// The configured time zone of a site (`qubs.site_time_zones`), by exact name.
+    pub fn configured_site_time_zone(&self, site_name: &str) -> Option<&str> {
+        self.site_time_zones.get(site_name).map(|z| z.trim())
+    }
+
+    /// `qubs.default_time_zone` for `domain`, if any.
+    pub fn default_time_zone(&self, domain: &str) -> Option<&str> {
+        self.default_time_zone.as_ref()?.for_domain(domain)
+    }
+
+    pub fn pending_list_max_age(&self) -> Duration {
+        Duration::from_secs(self.pending_list_max_age_secs)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -657,6 +796,17 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     } else {
         Ok(())
     }
+}
+
+fn check_time_zone(key: &str, zone: &str) -> Result<(), ConfigError> {
+    jiff::tz::TimeZone::get(zone.trim())
+        .map(|_| ())
+        .map_err(|_| {
+            invalid(
+                key,
+                format!("`{zone}` is not an IANA time zone (e.g. Australia/Sydney)"),
+            )
+        })
 }
 
 fn check_http_url(key: &str, value: Option<&str>) -> Result<(), ConfigError> {
@@ -828,6 +978,109 @@ mod tests {
             s.mappings.values["placerIdentifierSystem"],
             "urn:qubs:appointment"
         );
+    }
+
+    /// Settings from a config file with `text`, the secret from the environment.
+    fn from_file(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load_with_env(
+            Some(&path),
+            env(&[("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x")]),
+        )
+    }
+
+    #[test]
+    fn what_qubs_does_not_document_has_safe_defaults() {
+        let s = from_file("").unwrap();
+        let q = &s.qubs;
+        assert!(!q.endpoints.appointment, "the undocumented GET is off");
+        assert!(q.sites.endpoint);
+        assert_eq!(q.auth.method, ClientAuthMethod::ClientSecretPost);
+        assert_eq!(
+            (q.auth.scope.as_deref(), q.auth.audience.as_deref()),
+            (None, None)
+        );
+        assert!(q.site_time_zones.is_empty());
+        assert_eq!(q.default_time_zone("acme"), None);
+        assert_eq!(s.results.attachments, AttachmentHandling::Upload);
+    }
+
+    #[test]
+    fn site_time_zones_keep_their_names_and_default_zones_go_per_domain() {
+        let s = from_file(
+            r#"
+[qubs]
+domains = ["acme", "globex"]
+default_time_zone = "Australia/Sydney"
+[qubs.site_time_zones]
+"Harbour Imaging" = "Australia/Sydney"
+"KOWHAI Medical" = "Pacific/Auckland"
+[qubs.auth]
+method = "client_secret_basic"
+scope = "integrations"
+[mllp]
+domain = "acme"
+[results]
+attachments = "inline_note"
+"#,
+        )
+        .unwrap();
+        let q = &s.qubs;
+        assert_eq!(
+            q.configured_site_time_zone("Harbour Imaging"),
+            Some("Australia/Sydney")
+        );
+        assert_eq!(
+            q.configured_site_time_zone("KOWHAI Medical"),
+            Some("Pacific/Auckland")
+        );
+        assert_eq!(q.configured_site_time_zone("kowhai medical"), None);
+        assert_eq!(q.default_time_zone("globex"), Some("Australia/Sydney"));
+        assert_eq!(q.auth.method, ClientAuthMethod::ClientSecretBasic);
+        assert_eq!(s.results.attachments, AttachmentHandling::InlineNote);
+
+        let s = from_file(
+            "[qubs]\ndomains = [\"acme\", \"globex\"]\n[qubs.default_time_zone]\nacme = \"Europe/London\"\n[mllp]\ndomain = \"acme\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.qubs.default_time_zone("acme"), Some("Europe/London"));
+        assert_eq!(s.qubs.default_time_zone("globex"), None);
+    }
+
+    #[test]
+    fn a_zone_that_is_not_iana_or_a_foreign_domain_names_its_key() {
+        let e = from_file("[qubs.site_time_zones]\n\"Harbour Imaging\" = \"Sydney\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "configuration key `qubs.site_time_zones.\"Harbour Imaging\"`: `Sydney` is not an IANA time zone (e.g. Australia/Sydney)"
+        );
+        let e = from_file("[qubs]\ndefault_time_zone = \"Mars/Olympus_Mons\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`qubs.default_time_zone`"), "{e}");
+        let e = from_file("[qubs.default_time_zone]\nglobex = \"UTC\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "configuration key `qubs.default_time_zone.globex`: `globex` is not one of qubs.domains"
+        );
+        let e = from_file("[qubs.auth]\nscope = \" \"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`qubs.auth.scope`"), "{e}");
+        let e = from_file("[qubs.auth]\nmethod = \"private_key_jwt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("method"), "{e}");
+        let e = from_file("[results]\nattachments = \"email\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attachments"), "{e}");
     }
 
     #[test]

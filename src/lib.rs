@@ -18,7 +18,9 @@
 //!    sent, so mapping files can reach any field.
 //! 3. [`domain`] holds the types the rest of the bridge speaks in, such as
 //!    [`domain::ReportSubmission`]; [`orders`] assembles an order (appointment, comments,
-//!    attachments, site settings) into the JSON document mappings read.
+//!    attachments, site settings) into the JSON document mappings read. [`pending_list`]
+//!    keeps every appointment as QUBS last listed it, by id: QUBS documents no other way
+//!    to read one appointment, so `GetOrder`, the result worker and the feed look there.
 //! 4. [`hl7`] reads and writes HL7 v2 ER7: the character set of received bytes (UTF-8,
 //!    MSH-18, else Windows-1252), escaping and formatted text, a lazy zero-copy reader for
 //!    the hot path, a writer that escapes automatically and builds a correct MSH. [`mllp`] carries
@@ -40,15 +42,16 @@
 //!    and keeping dead letters for what never will.
 //! 8. [`feed`] watches QUBS for new, changed and removed orders and pushes them as
 //!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
-//!    queue, and to gRPC `WatchOrders` streams. The outbox and the feed share the embedded
-//!    [`store`] (one SQLite file).
+//!    queue, and to gRPC `WatchOrders` streams. The outbox, the feed and the pending list
+//!    share the embedded [`store`] (one SQLite file).
 //! 9. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
 //!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
 //!    in-flight work finishes before the process exits.
 //! 10. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!     never patient data, report text or secrets.
 //! 11. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
-//!     rules, idempotency, fault injection, request log, demo data). Only the CLI
+//!     rules, idempotency, fault injection, request log, demo data), with a strict mode
+//!     that serves only what QUBS's documentation describes. Only the CLI
 //!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!     exactly as it reaches QUBS.
 //! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
@@ -72,6 +75,7 @@ pub mod metrics;
 pub mod mllp;
 pub mod orders;
 pub mod outbox;
+pub mod pending_list;
 pub mod qubs;
 pub mod results;
 pub mod service;

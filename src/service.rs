@@ -20,6 +20,7 @@ use crate::feed::Feed;
 use crate::live_mappings::LiveMappings;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::pending_list::{PendingList, PendingStore};
 use crate::results::Results;
 use crate::store::leader::{self, Role};
 use crate::store::migrate::Component;
@@ -27,10 +28,11 @@ use crate::store::{Database, StoreError};
 use crate::{grpc, qubs};
 
 /// Every component's tables: what `store migrate` creates and `serve` expects.
-pub static SCHEMA: [&Component; 3] = [
+pub static SCHEMA: [&Component; 4] = [
     &crate::store::postgres::SCHEMA,
     &crate::outbox::SCHEMA,
     &crate::feed::SCHEMA,
+    &crate::pending_list::SCHEMA,
 ];
 
 /// Replicas silent this long are dropped from `store check`.
@@ -86,6 +88,11 @@ pub async fn start(
     };
     mappings.spawn_reloaders(settings.mappings.watch, shutdown.clone());
     let db = Database::open(&settings.store, &SCHEMA, metrics.store.clone()).await?;
+    let pending = Arc::new(PendingList::new(
+        client.clone(),
+        PendingStore::new(&db),
+        settings.qubs.pending_list_max_age(),
+    ));
     let outbox = Outbox::new(&db, metrics.store.clone());
     let stats = outbox.stats(false).await?;
     tracing::info!(
@@ -130,6 +137,7 @@ pub async fn start(
     };
     let worker = tokio::spawn(crate::results::worker::run(
         results.clone(),
+        pending.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -139,10 +147,12 @@ pub async fn start(
         let watcher = Arc::new(crate::feed::watcher::Watcher {
             feed: feed.clone(),
             client: client.clone(),
+            pending: pending.clone(),
             mappings: mappings.clone(),
             config_values: settings.mappings.values.clone(),
             settings: settings.feed.clone(),
             metrics: metrics.feed.clone(),
+            missed: Default::default(),
         });
         for domain in settings.feed.watched(&settings.qubs.domains) {
             let (watcher, polled) = (watcher.clone(), domain.clone());
@@ -198,6 +208,7 @@ pub async fn start(
         metrics: metrics.clone(),
         mappings: mappings.clone(),
         results,
+        pending: pending.clone(),
         feed: settings.feed.enabled.then(|| feed.clone()),
         feed_destinations: settings.feed.destinations.clone(),
         domains: settings.qubs.domains.clone(),
@@ -239,7 +250,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     let probe = tokio::spawn(watch_qubs(
-        client,
+        pending,
         settings.qubs.domains.clone(),
         Duration::from_secs(settings.server.qubs_probe_interval_secs),
         readiness.clone(),
@@ -397,7 +408,7 @@ impl Serving {
 
 /// Checks every domain now and then on an interval, until shutdown.
 async fn watch_qubs(
-    client: qubs::Client,
+    pending: Arc<PendingList>,
     domains: Vec<String>,
     interval: Duration,
     readiness: Readiness,
@@ -408,7 +419,7 @@ async fn watch_qubs(
         let mut refused = false;
         for domain in &domains {
             let health = tokio::select! {
-                h = check_domain(&client, domain) => h,
+                h = check_domain(&pending, domain) => h,
                 _ = shutdown.cancelled() => return,
             };
             if health.ready {
@@ -416,6 +427,8 @@ async fn watch_qubs(
                     domain,
                     pending = health.pending,
                     sites = health.sites,
+                    time_zones = %health.time_zones,
+                    warnings = health.warnings.len(),
                     "QUBS domain ready"
                 );
             } else {
@@ -452,31 +465,81 @@ fn release_free_memory() {
     }
 }
 
-/// One round trip through what the bridge needs from a domain: a token, the pending list
-/// (all pages) and every site's time zone.
-pub async fn check_domain(client: &qubs::Client, domain: &str) -> DomainHealth {
-    let result: Result<(usize, usize), qubs::Error> = async {
-        let pending = client
-            .pending_pages(domain)
-            .try_fold(
-                0usize,
-                |n, page| async move { Ok(n + page.appointments.len()) },
-            )
-            .await?;
-        let sites = client.sites(domain).await?;
-        for site in &sites {
-            client.site_time_zone(domain, &site.site_name).await?;
+/// One round trip through what the bridge needs from a domain: a token and the pending
+/// list (all pages, which also refreshes the [`PendingList`]). Ready means those answered.
+/// Site time zones are looked at too, but never make a domain not ready: configuration
+/// stands in for the (assumed) sites endpoint, and what is amiss is a warning.
+pub async fn check_domain(pending: &PendingList, domain: &str) -> DomainHealth {
+    let client = pending.client();
+    let mut warnings = Vec::new();
+    let listed: Result<usize, qubs::Error> = async {
+        let pass = pending.begin(domain);
+        let mut pages = std::pin::pin!(client.pending_pages(domain));
+        let (mut count, mut without_ids) = (0usize, 0usize);
+        while let Some(page) = pages.try_next().await? {
+            count += page.appointments.len();
+            if page.appointments.is_empty()
+                && !page.skipped.is_empty()
+                && page.skipped.iter().all(|s| s.id.is_none())
+            {
+                without_ids += page.skipped.len();
+            }
+            if let Err(e) = pending.record(&pass, &page.appointments).await {
+                tracing::warn!(domain, error = %e, "could not store the pending list");
+            }
         }
-        Ok((pending, sites.len()))
+        pending.complete(pass).await;
+        if without_ids > 0 {
+            warnings.push(format!(
+                "{without_ids} pending item(s) on pages where no item had an appointmentId: QUBS may name the appointment id differently, and those appointments cannot be read"
+            ));
+        }
+        Ok(count)
     }
     .await;
+    let sites = if client.uses_sites_endpoint() {
+        match client.sites(domain).await {
+            Ok(sites) => {
+                for site in &sites {
+                    let zone = client.site_for(domain, Some(&site.site_name)).await;
+                    let usable = zone.as_ref().is_ok_and(|s| {
+                        s.as_ref()
+                            .and_then(|s| s.time_zone.as_deref())
+                            .is_some_and(|z| jiff::tz::TimeZone::get(z).is_ok())
+                    });
+                    if !usable {
+                        let why = match zone {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "none from QUBS or configuration".to_string(),
+                        };
+                        warnings.push(format!(
+                            "site `{}`: no usable time zone ({why})",
+                            site.site_name
+                        ));
+                    }
+                }
+                Some(sites.len())
+            }
+            // Said once by the client; configuration stands in.
+            Err(e) if qubs::sites::endpoint_missing(&e) => None,
+            Err(e) => {
+                warnings.push(format!("the sites endpoint failed: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let checked_at = jiff::Timestamp::now().to_string();
-    match result {
-        Ok((pending, sites)) => DomainHealth {
+    let time_zones = client.time_zone_source(domain).describe().to_string();
+    match listed {
+        Ok(pending) => DomainHealth {
             ready: true,
             checked_at,
             pending: Some(pending),
-            sites: Some(sites),
+            sites,
+            time_zones,
+            warnings,
             error: None,
             credentials_refused: false,
         },
@@ -484,7 +547,9 @@ pub async fn check_domain(client: &qubs::Client, domain: &str) -> DomainHealth {
             ready: false,
             checked_at,
             pending: None,
-            sites: None,
+            sites,
+            time_zones,
+            warnings,
             // 401 (after one re-authentication) or a refused token request; a 403 is one
             // domain missing from the token, which the other domains do not suffer from.
             credentials_refused: e.status().is_some_and(|s| s.as_u16() == 401)

@@ -28,6 +28,7 @@ mod mllp_results;
 mod mllp_transport;
 mod properties;
 mod qubs_client;
+mod qubs_contract;
 mod replicas;
 mod results_outbox;
 mod security;
