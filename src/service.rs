@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
@@ -37,6 +38,31 @@ pub static SCHEMA: [&Component; 4] = [
 
 /// Replicas silent this long are dropped from `store check`.
 const FORGET_REPLICAS_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Listen addresses of the service's own endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Admin HTTP endpoint: `/healthz`, `/readyz`.
+    pub admin_listen: String,
+    /// gRPC endpoint for interface engines.
+    pub grpc_listen: String,
+    /// How long in-flight work may take to finish after SIGINT/SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// How often the service re-checks that QUBS answers for every domain.
+    pub qubs_probe_interval_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            admin_listen: "127.0.0.1:9090".into(),
+            grpc_listen: "127.0.0.1:50051".into(),
+            shutdown_grace_secs: 30,
+            qubs_probe_interval_secs: 60,
+        }
+    }
+}
 
 /// A started service; [`RunningService::wait`] returns once it has shut down.
 pub struct RunningService {

@@ -1,4 +1,5 @@
-//! `qubs-bridge config check [FILE]`: validate without starting anything.
+//! `qubs-bridge config check [FILE]`: validate without starting anything;
+//! `qubs-bridge config defaults`: every setting's built-in default, as TOML.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,5 +56,16 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
             "off".to_string()
         }
     )?;
+    Ok(())
+}
+
+/// Prints the built-in defaults as TOML.
+pub fn defaults() -> anyhow::Result<()> {
+    let mut out = output::stdout();
+    writeln!(
+        out,
+        "# qubs-bridge's built-in defaults. Required: qubs.base_url, qubs.token_url and the client\n# secret (QUBS_BRIDGE__QUBS__CLIENT_SECRET). See README.md, \"Configuration reference\".\n"
+    )?;
+    write!(out, "{}", crate::config::defaults_toml())?;
     Ok(())
 }

@@ -108,6 +108,8 @@ enum ConfigCommand {
         /// The TOML file; only defaults and the environment when omitted.
         file: Option<PathBuf>,
     },
+    /// Print the built-in defaults of every setting, as TOML (a starting point for a file).
+    Defaults,
 }
 
 /// The command-line definition, for the completion scripts and manual pages built from it.
@@ -136,6 +138,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Simulator(args) => simulator::run(args).await,
             Command::Config(ConfigCommand::Check { file }) => config_check::run(file),
+            Command::Config(ConfigCommand::Defaults) => config_check::defaults(),
             Command::Orders {
                 connection,
                 command,

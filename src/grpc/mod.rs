@@ -14,6 +14,7 @@ mod orders;
 mod outbox;
 mod preview;
 mod results;
+pub mod settings;
 pub mod status;
 
 use std::net::SocketAddr;

@@ -25,6 +25,7 @@
 
 pub mod mllp;
 pub mod pdf;
+pub mod settings;
 pub mod worker;
 
 use std::sync::Arc;
