@@ -42,19 +42,23 @@
 //!    and keeping dead letters for what never will.
 //! 8. [`feed`] watches QUBS for new, changed and removed orders and pushes them as
 //!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
-//!    queue, and to gRPC `WatchOrders` streams. The outbox, the feed and the pending list
-//!    share the embedded [`store`] (one SQLite file).
-//! 9. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//!    queue, and to gRPC `WatchOrders` streams.
+//! 9. The outbox, the feed and the pending list keep their state in the [`store`], each
+//!    through its own storage interface, on one of two backends: the embedded SQLite file
+//!    (the default, one process) or PostgreSQL, shared by several replicas that claim work
+//!    with leases and elect one leader per domain poll, destination and retention
+//!    ([`store::leader`]). Retry loops share one [`backoff`] rule.
+//! 10. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
 //!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
 //!    in-flight work finishes before the process exits.
-//! 10. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
+//! 11. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!     never patient data, report text or secrets.
-//! 11. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
+//! 12. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
 //!     rules, idempotency, fault injection, request log, demo data), with a strict mode
 //!     that serves only what QUBS's documentation describes. Only the CLI
 //!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!     exactly as it reaches QUBS.
-//! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
+//! 13. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
 //!     prints records on stdout (text, or JSON lines), notes and errors on stderr, and ends
 //!     with a documented exit status ([`cli::exit`]).
 //!
