@@ -82,17 +82,18 @@ pub async fn run(command: StoreCommand) -> anyhow::Result<()> {
             let db = reached(Database::open_for_tools(&settings, &SCHEMA).await)?;
             let done = reached(db.migrate(&SCHEMA).await)?;
             let mut out = output::stdout();
-            for (was, now) in &done {
+            // Components without tables on this backend (the store's own on SQLite) say nothing.
+            for (was, now) in done.iter().filter(|(was, now)| was.stored + now > 0) {
                 match format {
                     Format::Json => output::json_line(
                         &mut out,
                         &json!({"component": was.name, "from": was.stored, "to": now}),
                     )?,
                     Format::Text if was.stored == *now => {
-                        writeln!(out, "{:<8} version {now} (up to date)", was.name)?
+                        writeln!(out, "{:<13} version {now} (up to date)", was.name)?
                     }
                     Format::Text => {
-                        writeln!(out, "{:<8} version {} -> {now}", was.name, was.stored)?
+                        writeln!(out, "{:<13} version {} -> {now}", was.name, was.stored)?
                     }
                 }
             }
@@ -222,6 +223,7 @@ fn print_status(
     let schema: Vec<String> = s
         .schema
         .iter()
+        .filter(|v| v.stored + v.known > 0)
         .map(|v| format!("{} {}", v.name, v.stored))
         .collect();
     let verdict = match migrate::require_current(&s.schema) {

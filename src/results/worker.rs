@@ -95,6 +95,7 @@ pub async fn run(
     // Outbox ids being submitted, by task: a finished (or panicked) task frees its id.
     let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(60);
+    let mut store_down = false;
     loop {
         if last_stats.elapsed() >= Duration::from_secs(2) {
             if let Ok(stats) = results.outbox.stats(false).await {
@@ -106,6 +107,10 @@ pub async fn run(
         if free > 0 && !shutdown.is_cancelled() {
             match results.outbox.claim(free).await {
                 Ok(due) => {
+                    if store_down {
+                        tracing::info!("the outbox answers the worker again");
+                        store_down = false;
+                    }
                     for d in due {
                         let id = d.entry.id;
                         let (results, metrics, state) =
@@ -116,7 +121,12 @@ pub async fn run(
                         busy.insert(task.id(), id);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "outbox unavailable to the worker"),
+                // Said once per outage, not every round.
+                Err(e) if !store_down => {
+                    tracing::error!(error = %e, "outbox unavailable to the worker");
+                    store_down = true;
+                }
+                Err(_) => {}
             }
         }
         tokio::select! {
