@@ -18,7 +18,9 @@
 //!    sent, so mapping files can reach any field.
 //! 3. [`domain`] holds the types the rest of the bridge speaks in, such as
 //!    [`domain::ReportSubmission`]; [`orders`] assembles an order (appointment, comments,
-//!    attachments, site settings) into the JSON document mappings read.
+//!    attachments, site settings) into the JSON document mappings read. [`pending_list`]
+//!    keeps every appointment as QUBS last listed it, by id: QUBS documents no other way
+//!    to read one appointment, so `GetOrder`, the result worker and the feed look there.
 //! 4. [`hl7`] reads and writes HL7 v2 ER7: the character set of received bytes (UTF-8,
 //!    MSH-18, else Windows-1252), escaping and formatted text, a lazy zero-copy reader for
 //!    the hot path, a writer that escapes automatically and builds a correct MSH. [`mllp`] carries
@@ -40,18 +42,23 @@
 //!    and keeping dead letters for what never will.
 //! 8. [`feed`] watches QUBS for new, changed and removed orders and pushes them as
 //!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
-//!    queue, and to gRPC `WatchOrders` streams. The outbox and the feed share the embedded
-//!    [`store`] (one SQLite file).
-//! 9. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
-//!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
-//!    in-flight work finishes before the process exits.
-//! 10. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
+//!    queue, and to gRPC `WatchOrders` streams.
+//! 9. The outbox, the feed and the pending list keep their state in the [`store`], each
+//!    through its own storage interface, on one of two backends: the embedded SQLite file
+//!    (the default, one process) or PostgreSQL, shared by several replicas that claim work
+//!    with leases and elect one leader per domain poll, destination and retention
+//!    ([`store::leader`]). Retry loops share one [`backoff`] rule.
+//! 10. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//!     [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
+//!     in-flight work finishes before the process exits.
+//! 11. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!     never patient data, report text or secrets.
-//! 11. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
-//!     rules, idempotency, fault injection, request log, demo data). Only the CLI
+//! 12. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
+//!     rules, idempotency, fault injection, request log, demo data), with a strict mode
+//!     that serves only what QUBS's documentation describes. Only the CLI
 //!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!     exactly as it reaches QUBS.
-//! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
+//! 13. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
 //!     prints records on stdout (text, or JSON lines), notes and errors on stderr, and ends
 //!     with a documented exit status ([`cli::exit`]).
 //!
@@ -59,6 +66,7 @@
 //! (domain types), never the other way round.
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -71,6 +79,7 @@ pub mod metrics;
 pub mod mllp;
 pub mod orders;
 pub mod outbox;
+pub mod pending_list;
 pub mod qubs;
 pub mod results;
 pub mod service;

@@ -42,6 +42,11 @@ pub struct TableLabels {
     pub table: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DomainLabels {
+    pub domain: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -55,6 +60,8 @@ pub struct Metrics {
     pub qubs_requests: Family<QubsLabels, Counter>,
     pub qubs_seconds: Family<QubsLabels, Histogram, fn() -> Histogram>,
     pub qubs_token_refreshes: Counter,
+    /// Pending pages none of whose items had an appointment id, by domain.
+    pub qubs_pages_without_ids: Family<DomainLabels, Counter>,
     pub mapping_reloads: Family<OutcomeLabels, Counter>,
     /// 1 while the loaded mapping set is the last good one but a newer edit failed to load.
     pub mapping_reload_failing: Gauge,
@@ -69,6 +76,8 @@ pub struct Metrics {
     pub mllp: std::sync::Arc<crate::mllp::MllpMetrics>,
     /// The order feed's events, deliveries and queues.
     pub feed: std::sync::Arc<crate::feed::deliver::FeedMetrics>,
+    /// The store's leaders, takeovers, claims, errors and pool.
+    pub store: std::sync::Arc<crate::store::StoreMetrics>,
 }
 
 impl Default for Metrics {
@@ -89,6 +98,7 @@ impl Metrics {
             latency_histogram,
         );
         let qubs_token_refreshes = Counter::default();
+        let qubs_pages_without_ids = Family::<DomainLabels, Counter>::default();
         let mapping_reloads = Family::<OutcomeLabels, Counter>::default();
         let mapping_reload_failing = Gauge::default();
         let unmapped_values = Family::<TableLabels, Counter>::default();
@@ -142,6 +152,11 @@ impl Metrics {
             qubs_token_refreshes.clone(),
         );
         registry.register(
+            "qubs_pending_pages_without_ids",
+            "Non-empty pages of the pending list in which no item had an appointmentId (QUBS may name the id differently; nothing can be read)",
+            qubs_pages_without_ids.clone(),
+        );
+        registry.register(
             "mapping_reloads",
             "Mapping set (re)loads by outcome",
             mapping_reloads.clone(),
@@ -160,15 +175,19 @@ impl Metrics {
         mllp.register(&mut registry);
         let feed = std::sync::Arc::new(crate::feed::deliver::FeedMetrics::default());
         feed.register(&mut registry);
+        let store = std::sync::Arc::new(crate::store::StoreMetrics::default());
+        store.register(&mut registry);
         Metrics {
             registry,
             mllp,
             feed,
+            store,
             rpc_requests,
             rpc_seconds,
             qubs_requests,
             qubs_seconds,
             qubs_token_refreshes,
+            qubs_pages_without_ids,
             mapping_reloads,
             mapping_reload_failing,
             unmapped_values,
@@ -242,5 +261,13 @@ impl CallObserver for Metrics {
 
     fn token_fetched(&self) {
         self.qubs_token_refreshes.inc();
+    }
+
+    fn pending_page_without_ids(&self, domain: &str) {
+        self.qubs_pages_without_ids
+            .get_or_create(&DomainLabels {
+                domain: domain.to_string(),
+            })
+            .inc();
     }
 }

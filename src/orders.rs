@@ -22,7 +22,7 @@ pub struct Order {
     pub appointment: Appointment,
     pub comments: Vec<Comment>,
     pub attachments: Vec<Attachment>,
-    /// `None` when the appointment names no site or QUBS does not know it.
+    /// `None` when no source knows the site's time zone (see [`qubs::Client::site_for`]).
     pub site: Option<SiteSettings>,
 }
 
@@ -49,23 +49,9 @@ impl Order {
                 Ok(Vec::new())
             }
         };
-        let site = async {
-            match appointment
-                .scheduled_site()
-                .filter(|s| !s.trim().is_empty())
-            {
-                None => Ok(None),
-                Some(name) => match client.site_settings(domain, name).await {
-                    Ok(s) => Ok(Some(s)),
-                    // An unknown site leaves the time zone to the mapping's default.
-                    Err(e) if e.is_not_found() => {
-                        tracing::warn!(domain, appointment_id = %id, "scheduled site not found in QUBS");
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                },
-            }
-        };
+        // Configuration, the sites endpoint or the domain's default zone; `None` leaves
+        // local times unreadable, which the mappings report.
+        let site = client.site_for(domain, appointment.scheduled_site());
         let (comments, attachments, site) = futures::try_join!(comments, attachments, site)?;
         Ok(Order {
             domain: domain.to_string(),

@@ -9,7 +9,7 @@ use clap::Args;
 use super::output;
 
 use crate::config::LogFormat;
-use crate::simulator::{DEMO_CLIENT_ID, DEMO_DOMAIN, Simulator};
+use crate::simulator::{ClientAuth, DEMO_CLIENT_ID, DEMO_DOMAIN, Simulator};
 
 #[derive(Args)]
 pub struct SimulatorArgs {
@@ -25,12 +25,34 @@ pub struct SimulatorArgs {
     /// Extra generated pending appointments (ids B0000000…), for load tests.
     #[arg(long, default_value_t = 0)]
     appointments: u32,
+    /// Serve only what QUBS's documentation describes: no single-appointment GET, no sites
+    /// or report-attachment endpoints, comments and attachments of pending appointments
+    /// only, DynamoDB-style paging, token answers without expires_in.
+    #[arg(long)]
+    strict_docs: bool,
+    /// How the token endpoint takes client credentials: `basic` (HTTP Basic only), `post`
+    /// (form body only) or `either`.
+    #[arg(long, value_enum, default_value = "either")]
+    token_auth: TokenAuthArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TokenAuthArg {
+    Either,
+    Basic,
+    Post,
 }
 
 pub async fn run(args: SimulatorArgs) -> anyhow::Result<()> {
     crate::telemetry::init(LogFormat::Pretty, "info");
     let sim = Simulator::demo();
     sim.add_bulk_appointments(args.appointments);
+    sim.set_strict_docs(args.strict_docs);
+    sim.set_client_auth(match args.token_auth {
+        TokenAuthArg::Either => ClientAuth::Either,
+        TokenAuthArg::Basic => ClientAuth::Basic,
+        TokenAuthArg::Post => ClientAuth::Post,
+    });
     if let Some(secret) = &args.client_secret {
         sim.add_client(DEMO_CLIENT_ID, secret, &[DEMO_DOMAIN]);
     }
@@ -56,6 +78,17 @@ pub async fn run(args: SimulatorArgs) -> anyhow::Result<()> {
             "  request log    http://{}/_simulator/requests",
             running.addr
         )?;
+        if args.strict_docs {
+            // No sites endpoint: the bridge needs the zones from its configuration.
+            writeln!(
+                out,
+                "  strict mode    only what QUBS documents; configure the site time zones:"
+            )?;
+            writeln!(out, "                 [qubs.site_time_zones]")?;
+            for (site, zone) in running.site_time_zones(DEMO_DOMAIN) {
+                writeln!(out, "                 \"{site}\" = \"{zone}\"")?;
+            }
+        }
         writeln!(
             out,
             "Point the bridge at it with QUBS_BRIDGE__QUBS__BASE_URL, __TOKEN_URL, __CLIENT_ID, __CLIENT_SECRET. Ctrl-C stops."

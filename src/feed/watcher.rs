@@ -1,7 +1,15 @@
 //! Polls each watched domain's pending list and turns what changed into feed events.
+//!
+//! An order a complete poll did not return may still be pending: QUBS does not promise a
+//! stable order across pages. It counts as removed only once QUBS says so: with the
+//! single-appointment GET (`qubs.endpoints.appointment`), by a 404 or a status other than
+//! PENDING REPORTING; without it — QUBS documents none — by a 404 for its comments, which
+//! QUBS serves for pending reporting appointments only. Should comments answer regardless,
+//! an order missing from [`MISSED_POLLS_BEFORE_REMOVAL`] complete polls in a row is taken as
+//! removed all the same. One listed by a later pass (the readiness probe's) is kept.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -13,16 +21,25 @@ use super::{Baseline, EventKind, Feed, FeedSettings, FirstRun, NewEvent, OnRemov
 use crate::live_mappings::LiveMappings;
 use crate::mapping::{Body, MapOptions, MappingSet};
 use crate::orders::{Include, Order};
+use crate::pending_list::{Pass, PendingList};
 use crate::qubs;
+
+/// A known order missing from this many complete polls in a row, whose comments QUBS still
+/// serves, is taken as removed.
+pub const MISSED_POLLS_BEFORE_REMOVAL: u32 = 5;
 
 /// What the watcher needs; one per service, shared by the per-domain loops.
 pub struct Watcher {
     pub feed: Arc<Feed>,
     pub client: qubs::Client,
+    /// Every pass is recorded there; a later pass's listing keeps an order.
+    pub pending: Arc<PendingList>,
     pub mappings: Arc<LiveMappings>,
     pub config_values: Map<String, Value>,
     pub settings: FeedSettings,
     pub metrics: Arc<super::deliver::FeedMetrics>,
+    /// Complete polls in a row each known order was missing from, by (domain, id).
+    pub missed: Mutex<HashMap<(String, String), u32>>,
 }
 
 /// What one poll found.
@@ -50,8 +67,10 @@ impl Watcher {
     /// back-off after a failed one. A failed poll keeps the events it already stored, and
     /// decides nothing about removals.
     pub async fn run(self: Arc<Self>, domain: String, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(self.settings.retry_initial_ms);
-        let max_backoff = Duration::from_millis(self.settings.retry_max_ms);
+        let mut backoff = crate::backoff::Backoff::from_millis(
+            self.settings.retry_initial_ms,
+            self.settings.retry_max_ms,
+        );
         loop {
             let outcome = tokio::select! {
                 o = self.poll(&domain) => o,
@@ -59,7 +78,7 @@ impl Watcher {
             };
             let wait = match outcome {
                 Ok(summary) => {
-                    backoff = Duration::from_millis(self.settings.retry_initial_ms);
+                    backoff.reset();
                     if summary.new + summary.changed + summary.removed > 0 {
                         tracing::info!(
                             domain,
@@ -81,10 +100,9 @@ impl Watcher {
                 }
                 Err(e) => {
                     self.metrics.poll_failures.inc();
-                    tracing::warn!(domain, error = %e, retry_in_ms = backoff.as_millis() as u64, "feed poll failed; will retry");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(domain, error = %e, retry_in_ms = wait.as_millis() as u64, "feed poll failed; will retry");
                     let _ = self.feed.polled(&domain, Some(e.to_string())).await;
-                    let wait = jittered(backoff, 0.2);
-                    backoff = (backoff * 2).min(max_backoff);
                     wait
                 }
             };
@@ -106,11 +124,15 @@ impl Watcher {
         };
         let mut summary = PollSummary::default();
         let mut seen: HashSet<String> = HashSet::with_capacity(known.len());
+        let pass = self.pending.begin(domain);
         let mut pages = std::pin::pin!(self.client.pending_pages(domain));
         while let Some(page) = pages.try_next().await? {
             // An unreadable item may be a known order: it has not left the list.
             seen.extend(page.skipped.iter().filter_map(|s| s.id.clone()));
             summary.pending += page.appointments.len();
+            if let Err(e) = self.pending.record(&pass, &page.appointments).await {
+                tracing::warn!(domain, error = %e, "could not store the pending list");
+            }
             let orders: Vec<Order> = futures::stream::iter(page.appointments)
                 .map(|a| Order::assemble(&self.client, domain, a, include))
                 .buffered(self.settings.fetch_concurrency)
@@ -170,13 +192,15 @@ impl Watcher {
                 .await?;
         }
         // The whole list was read. QUBS does not promise a stable order across pages, so a
-        // known order this pass did not see may still be pending: its own record decides.
+        // known order this pass did not see may still be pending: QUBS decides (module doc).
         let unseen: Vec<String> = known
             .keys()
             .filter(|id| !seen.contains(*id))
             .cloned()
             .collect();
-        let gone = self.left_the_list(domain, unseen).await?;
+        let gone = self.left_the_list(domain, &pass, unseen).await;
+        self.pending.complete(pass).await;
+        let gone = gone?;
         summary.removed = gone.len();
         if !gone.is_empty() {
             let mut events = Vec::new();
@@ -216,18 +240,32 @@ impl Watcher {
         Ok(summary)
     }
 
-    /// Of the known orders a pass did not see, those that have really left the pending list:
-    /// QUBS no longer has them (404) or they are no longer pending reporting. One the pass
-    /// merely missed is kept, so it is neither cancelled nor sent again as new.
+    /// Of the known orders a pass did not see, those that have really left the pending list
+    /// (see the module doc). One the pass merely missed is kept, so it is neither cancelled
+    /// nor sent again as new.
     async fn left_the_list(
         &self,
         domain: &str,
+        pass: &Pass,
         unseen: Vec<String>,
     ) -> Result<Vec<String>, PollError> {
+        let unseen: Vec<String> = unseen
+            .into_iter()
+            .filter(|id| !self.pending.listed_since(pass, id))
+            .collect();
+        let by_get = self.client.has_appointment_endpoint();
         let checked: Vec<(String, bool)> = futures::stream::iter(unseen)
             .map(|id| async move {
-                match self.client.appointment(domain, &id).await {
-                    Ok(a) => Ok((id, !a.is_pending_reporting())),
+                let answer = if by_get {
+                    self.client
+                        .appointment(domain, &id)
+                        .await
+                        .map(|a| !a.is_pending_reporting())
+                } else {
+                    self.client.comments(domain, &id).await.map(|_| false)
+                };
+                match answer {
+                    Ok(gone) => Ok((id, gone)),
                     Err(e) if e.is_not_found() => Ok((id, true)),
                     Err(e) => Err(e),
                 }
@@ -235,18 +273,40 @@ impl Watcher {
             .buffered(self.settings.fetch_concurrency)
             .try_collect()
             .await?;
-        let missed = checked.iter().filter(|(_, gone)| !gone).count();
-        if missed > 0 {
+        // Orders listed again start counting from nothing.
+        let still_missed: HashSet<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
+        let mut missed = self.missed.lock().expect("missed orders");
+        missed.retain(|(d, id), _| d != domain || still_missed.contains(id.as_str()));
+        let mut gone = Vec::new();
+        let mut kept = 0;
+        for (id, answered_gone) in checked {
+            let key = (domain.to_string(), id);
+            let n = missed.entry(key.clone()).or_insert(0);
+            *n += 1;
+            let too_long = !by_get && *n >= MISSED_POLLS_BEFORE_REMOVAL;
+            if answered_gone || too_long {
+                if too_long && !answered_gone {
+                    tracing::info!(
+                        domain,
+                        appointment_id = %key.1,
+                        polls = *n,
+                        "an order missing from the pending list this many polls in a row is taken as removed"
+                    );
+                }
+                missed.remove(&key);
+                gone.push(key.1);
+            } else {
+                kept += 1;
+            }
+        }
+        if kept > 0 {
             tracing::debug!(
                 domain,
-                missed,
+                missed = kept,
                 "pending orders the list pass did not return; kept"
             );
         }
-        Ok(checked
-            .into_iter()
-            .filter_map(|(id, gone)| gone.then_some(id))
-            .collect())
+        Ok(gone)
     }
 
     /// Sets `event.kind` in the document and renders the feed's message. `None` when the
@@ -304,7 +364,9 @@ impl Watcher {
     }
 }
 
-/// `base` spread by up to `fraction` either way.
+/// The poll interval spread by up to `fraction` either way, so that polls of several
+/// domains (or bridges) do not fall in step. (Back-off after failures is
+/// [`crate::backoff::Backoff`].)
 fn jittered(base: Duration, fraction: f64) -> Duration {
     if fraction <= 0.0 {
         return base;

@@ -102,6 +102,8 @@ impl health_server::Health for EndingWatches {
 
 /// `statuses` until `end`, whose last message is NOT_SERVING: the status set before `end`
 /// is sent first (the stream is polled before `end`), and one is added if it was not.
+/// A status equal to the one last sent is not sent again: the readiness probe sets the
+/// status every round, and `Watch` reports changes.
 fn until_shutdown(
     statuses: impl Stream<Item = Result<HealthCheckResponse, Status>> + Send + Unpin + 'static,
     end: CancellationToken,
@@ -109,24 +111,63 @@ fn until_shutdown(
     let not_serving = WireStatus::NotServing as i32;
     futures::stream::unfold(
         (statuses, end, None::<i32>, false),
-        move |(mut statuses, end, last, ended)| async move {
+        move |(mut statuses, end, mut last, ended)| async move {
             if ended {
                 return None;
             }
-            tokio::select! {
-                biased;
-                item = statuses.next() => {
-                    let item = item?;
-                    let last = item.as_ref().map(|r| r.status).ok().or(last);
-                    Some((item, (statuses, end, last, false)))
-                }
-                _ = end.cancelled() => {
-                    (last != Some(not_serving)).then(|| {
-                        let last_word = HealthCheckResponse { status: not_serving };
-                        (Ok(last_word), (statuses, end, last, true))
-                    })
+            loop {
+                tokio::select! {
+                    biased;
+                    item = statuses.next() => {
+                        let item = item?;
+                        if let Ok(r) = &item {
+                            if last == Some(r.status) {
+                                continue;
+                            }
+                            last = Some(r.status);
+                        }
+                        return Some((item, (statuses, end, last, false)));
+                    }
+                    _ = end.cancelled() => {
+                        return (last != Some(not_serving)).then(|| {
+                            let last_word = HealthCheckResponse { status: not_serving };
+                            (Ok(last_word), (statuses, end, last, true))
+                        });
+                    }
                 }
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: WireStatus) -> Result<HealthCheckResponse, Status> {
+        Ok(HealthCheckResponse { status: s as i32 })
+    }
+
+    #[tokio::test]
+    async fn a_watch_reports_changes_only_and_ends_not_serving() {
+        let sent = futures::stream::iter([
+            status(WireStatus::Serving),
+            status(WireStatus::Serving),
+            status(WireStatus::NotServing),
+            status(WireStatus::NotServing),
+            status(WireStatus::Serving),
+        ])
+        .chain(futures::stream::pending());
+        let end = CancellationToken::new();
+        let mut watch = Box::pin(until_shutdown(Box::pin(sent), end.clone()));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(watch.next().await.unwrap().unwrap().status);
+        }
+        end.cancel();
+        seen.push(watch.next().await.unwrap().unwrap().status);
+        assert!(watch.next().await.is_none(), "the watch ends at shutdown");
+        let (serving, not) = (WireStatus::Serving as i32, WireStatus::NotServing as i32);
+        assert_eq!(seen, [serving, not, serving, not]);
+    }
 }

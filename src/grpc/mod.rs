@@ -14,6 +14,7 @@ mod orders;
 mod outbox;
 mod preview;
 mod results;
+pub mod settings;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -52,6 +53,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub mappings: Arc<LiveMappings>,
     pub results: Arc<crate::results::Results>,
+    /// The pending list as last read, where `GetOrder` finds its appointment.
+    pub pending: Arc<crate::pending_list::PendingList>,
     /// The order feed, when enabled (for `WatchOrders` and `feed status`).
     pub feed: Option<Arc<crate::feed::Feed>>,
     pub feed_destinations: Vec<crate::feed::DestinationSettings>,

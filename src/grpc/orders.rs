@@ -1,5 +1,7 @@
 //! `OrderService`: orders pending reporting, read from QUBS and rendered in the formats the
-//! caller asks for.
+//! caller asks for. `GetOrder` finds its appointment in the [`PendingList`](crate::pending_list::PendingList) (the pending
+//! list as last read, read again when too old), or with the single-appointment GET where
+//! `qubs.endpoints.appointment` says QUBS has one.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,10 +14,15 @@ use tonic::{Request, Response, Status};
 use super::pb::{self, OutputFormat, order_service_server::OrderService};
 use super::{Context, status};
 use crate::orders::{Include, Order};
+use crate::pending_list::{Found, PendingListError};
 use crate::qubs::{self, Disposition};
 
 /// Orders sent ahead of the caller before the stream waits for it to read (flow control).
 const STREAM_BUFFER: usize = 64;
+
+/// Longest appointment id `GetOrder` takes: QUBS's are short (`A123456`), and an answer
+/// naming a huge one would not fit a gRPC status.
+const MAX_APPOINTMENT_ID_CHARS: usize = 256;
 
 pub struct Orders {
     ctx: Arc<Context>,
@@ -65,6 +72,37 @@ fn skipped(s: &qubs::SkippedItem) -> pb::SkippedItem {
 }
 
 impl Context {
+    /// The appointment `GetOrder` asks for, and whether QUBS listed it in its latest pass
+    /// (`false`: it may have left the list since).
+    async fn appointment(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+    ) -> Result<(qubs::Appointment, bool), Status> {
+        if self.client.has_appointment_endpoint() {
+            let a = self
+                .client
+                .appointment(domain, appointment_id)
+                .await
+                .map_err(|e| status::from_qubs(&e))?;
+            return Ok((a, true));
+        }
+        match self.pending.find(domain, appointment_id).await {
+            Ok(Some(Found::Listed(a))) => Ok((a, true)),
+            Ok(Some(Found::NotListedLately(a))) => Ok((a, false)),
+            Ok(None) => Err(Status::not_found(format!(
+                "appointment {appointment_id} is not in QUBS's pending reporting list for domain {domain}"
+            ))),
+            Err(PendingListError::Qubs(e)) => Err(status::from_qubs(&e)),
+            Err(PendingListError::Store(e)) => {
+                tracing::error!(error = %e, "pending list unavailable");
+                Err(Status::unavailable(
+                    "the bridge's store is unavailable; try again",
+                ))
+            }
+        }
+    }
+
     /// Fetches an order's companions and renders it.
     async fn order(
         &self,
@@ -161,13 +199,17 @@ impl OrderService for Orders {
                 if req.appointment_id.is_empty() {
                     return Err(Status::invalid_argument("appointment_id is required"));
                 }
+                let length = req.appointment_id.chars().count();
+                if length > MAX_APPOINTMENT_ID_CHARS {
+                    return Err(Status::invalid_argument(format!(
+                        "appointment_id is {length} characters long; at most {MAX_APPOINTMENT_ID_CHARS} are taken"
+                    )));
+                }
                 let formats = formats(&req.formats, OutputFormat::FhirServiceRequest)?;
-                let appointment = self
+                let (appointment, listed) = self
                     .ctx
-                    .client
                     .appointment(&req.domain, &req.appointment_id)
-                    .await
-                    .map_err(|e| status::from_qubs(&e))?;
+                    .await?;
                 let include = Include {
                     comments: true,
                     attachments: true,
@@ -175,7 +217,20 @@ impl OrderService for Orders {
                 let order = self
                     .ctx
                     .order(&req.domain, appointment, include, &formats)
-                    .await?;
+                    .await
+                    .map_err(|s| match s.code() {
+                        // QUBS serves comments of pending reporting appointments only.
+                        tonic::Code::NotFound if !listed => tonic::Status::with_metadata(
+                            tonic::Code::NotFound,
+                            format!(
+                                "appointment {} is no longer in QUBS's pending reporting list: {}",
+                                req.appointment_id,
+                                s.message()
+                            ),
+                            s.metadata().clone(),
+                        ),
+                        _ => s,
+                    })?;
                 Ok(Response::new(pb::GetOrderResponse { order: Some(order) }))
             })
             .await

@@ -1,5 +1,10 @@
 //! OAuth2 client-credentials tokens for QUBS: cached, renewed before expiry, single-flight.
 //!
+//! QUBS documents only the bearer JWT, not how to get one, so the request is configurable:
+//! credentials in the form body (`client_secret_post`) or as HTTP Basic
+//! (`client_secret_basic`), with optional `scope` and `audience`. The lifetime comes from
+//! `expires_in`, else from the JWT's own `exp` claim, else one hour.
+//!
 //! One mutex guards the cached token and is held while a new one is fetched, so a hundred
 //! calls arriving with no valid token cause exactly one token request; the others wait and
 //! then reuse it. After a 401 the caller invalidates the token *it used* (by generation), so
@@ -16,6 +21,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::problem::{Error, ErrorKind};
+use crate::config::{AuthSettings, ClientAuthMethod};
+
+/// Assumed when neither `expires_in` nor the token's `exp` says (QUBS's one hour).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// A bearer token and when to stop using it.
 #[derive(Clone)]
@@ -32,6 +41,7 @@ pub struct TokenSource {
     token_url: String,
     client_id: String,
     client_secret: SecretString,
+    auth: AuthSettings,
     refresh_margin: Duration,
     cached: Mutex<Option<AccessToken>>,
     fetched: AtomicU64,
@@ -59,6 +69,7 @@ impl TokenSource {
         token_url: String,
         client_id: String,
         client_secret: SecretString,
+        auth: AuthSettings,
         refresh_margin: Duration,
     ) -> TokenSource {
         TokenSource {
@@ -66,6 +77,7 @@ impl TokenSource {
             token_url,
             client_id,
             client_secret,
+            auth,
             refresh_margin,
             cached: Mutex::new(None),
             fetched: AtomicU64::new(0),
@@ -124,22 +136,38 @@ impl TokenSource {
             retry_after: None,
         };
         let started = Instant::now();
-        let response = self
+        let mut form = vec![("grant_type", "client_credentials")];
+        let mut request = self
             .http
             .post(&self.token_url)
-            .header("X-Correlation-Id", correlation_id.to_string())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", self.client_id.as_str()),
-                ("client_secret", self.client_secret.expose_secret()),
-            ])
-            .send()
-            .await
-            .map_err(|e| {
-                let mut err = super::client::transport_error(&e, "POST oauth2 token");
-                err.correlation_id = correlation_id;
-                err
-            })?;
+            .header("X-Correlation-Id", correlation_id.to_string());
+        match self.auth.method {
+            ClientAuthMethod::ClientSecretPost => {
+                form.push(("client_id", self.client_id.as_str()));
+                form.push(("client_secret", self.client_secret.expose_secret()));
+            }
+            ClientAuthMethod::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: each part form-encoded before the Basic encoding.
+                let encode = |s: &str| serde_urlencoded::to_string([("", s)]).unwrap_or_default();
+                let id = encode(&self.client_id);
+                let secret = encode(self.client_secret.expose_secret());
+                request = request.basic_auth(
+                    id.trim_start_matches('='),
+                    Some(secret.trim_start_matches('=')),
+                );
+            }
+        }
+        if let Some(scope) = &self.auth.scope {
+            form.push(("scope", scope));
+        }
+        if let Some(audience) = &self.auth.audience {
+            form.push(("audience", audience));
+        }
+        let response = request.form(&form).send().await.map_err(|e| {
+            let mut err = super::client::transport_error(&e, "POST oauth2 token");
+            err.correlation_id = correlation_id;
+            err
+        })?;
         let status = response.status();
         let retry_after = super::retry::parse_retry_after(response.headers());
         let body = response.bytes().await.map_err(|e| {
@@ -178,14 +206,20 @@ impl TokenSource {
                 format!("token_type `{t}` is not Bearer"),
             ));
         }
-        // QUBS documents one hour; assume that when expires_in is missing.
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600));
+        let (lifetime, lifetime_from) = match parsed.expires_in {
+            Some(secs) => (Duration::from_secs(secs), "expires_in"),
+            None => match jwt_expiry(&parsed.access_token) {
+                Some(exp) => (exp, "the token's exp claim"),
+                None => (DEFAULT_LIFETIME, "the one-hour default"),
+            },
+        };
         let margin = self.refresh_margin.min(lifetime / 2);
         let generation = self.fetched.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(
             %correlation_id,
             generation,
             lifetime_secs = lifetime.as_secs(),
+            lifetime_from,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "QUBS access token obtained"
         );
@@ -194,5 +228,46 @@ impl TokenSource {
             generation,
             renew_at: started + lifetime - margin,
         })
+    }
+}
+
+/// The time left until a JWT's `exp` claim, read without verifying the token (the bridge
+/// only needs to know when to renew it; QUBS checks it). `None` when the token is not a
+/// JWT, has no `exp`, or is already expired.
+fn jwt_expiry(token: &str) -> Option<Duration> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_f64()? as i64;
+    let left = exp - jiff::Timestamp::now().as_second();
+    (left > 0).then(|| Duration::from_secs(left as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            b64.encode(br#"{"alg":"HS256"}"#),
+            b64.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn jwt_expiry_reads_exp_and_refuses_what_it_cannot_read() {
+        let now = jiff::Timestamp::now().as_second();
+        let left = jwt_expiry(&jwt(serde_json::json!({"exp": now + 600}))).unwrap();
+        assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
+        assert_eq!(jwt_expiry(&jwt(serde_json::json!({"exp": now - 5}))), None);
+        assert_eq!(jwt_expiry(&jwt(serde_json::json!({"sub": "x"}))), None);
+        assert_eq!(jwt_expiry("opaque-token"), None);
+        assert_eq!(jwt_expiry("a.%%%.c"), None);
     }
 }

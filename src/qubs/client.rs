@@ -23,12 +23,15 @@ use super::model::{
 };
 use super::problem::{Error, ErrorKind, Problem, excerpt};
 use super::retry::{RetryPolicy, parse_retry_after};
+use super::sites::SiteZones;
 use crate::config::{ConfigError, QubsSettings};
 use crate::domain::{ReportStatus, ReportSubmission};
 
 pub use crate::domain::MAX_REPORT_TEXT_BYTES;
 /// QUBS documents at most 2 MB per presigned PUT.
 pub const MAX_UPLOAD_BYTES: usize = 2 * 1024 * 1024;
+/// The operation name of the report-attachment registration, as errors carry it.
+pub const REGISTER_REPORT_ATTACHMENTS: &str = "POST report attachments";
 /// At most this many files per report-attachment registration.
 pub const MAX_REPORT_ATTACHMENTS: usize = 20;
 /// JSON bodies larger than this are refused rather than buffered.
@@ -40,6 +43,9 @@ pub trait CallObserver: Send + Sync {
     fn qubs_response(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
     /// A new access token was fetched.
     fn token_fetched(&self);
+    /// A non-empty page of the pending list had no item with an appointment id: QUBS may
+    /// name the id differently, and nothing of the domain can be read.
+    fn pending_page_without_ids(&self, _domain: &str) {}
 }
 
 /// A cheap-to-clone handle on the QUBS API.
@@ -48,7 +54,7 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     http: reqwest::Client,
     base: Url,
     auth: TokenSource,
@@ -58,6 +64,10 @@ struct Inner {
     attachment_url_ttl_secs: u32,
     site_ttl: Duration,
     site_cache: Mutex<HashMap<(String, String), (Instant, SiteSettings)>>,
+    /// Time zones from configuration, and what is known of the sites endpoint.
+    pub(super) sites: SiteZones,
+    /// `qubs.endpoints.appointment`: the single-appointment GET may be used.
+    appointment_endpoint: bool,
     observer: Option<Arc<dyn CallObserver>>,
 }
 
@@ -116,6 +126,7 @@ impl Client {
             settings.token_url().to_string(),
             settings.client_id.clone(),
             secret,
+            settings.auth.clone(),
             Duration::from_secs(settings.token_refresh_margin_secs),
         );
         Ok(Client {
@@ -129,9 +140,15 @@ impl Client {
                 attachment_url_ttl_secs: settings.attachment_url_ttl_secs,
                 site_ttl: Duration::from_secs(settings.site_cache_ttl_secs),
                 site_cache: Mutex::new(HashMap::new()),
+                sites: SiteZones::new(settings),
+                appointment_endpoint: settings.endpoints.appointment,
                 observer,
             }),
         })
+    }
+
+    pub(super) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// Tokens fetched from the token endpoint since start.
@@ -146,6 +163,12 @@ impl Client {
 
     pub fn page_size(&self) -> u32 {
         self.inner.page_size
+    }
+
+    /// Whether `GET {domain}/reporting/appointments/{id}` may be used
+    /// (`qubs.endpoints.appointment`); QUBS does not document it.
+    pub fn has_appointment_endpoint(&self) -> bool {
+        self.inner.appointment_endpoint
     }
 
     // ---- pending appointments -------------------------------------------------------------
@@ -196,15 +219,29 @@ impl Client {
                 )));
             }
         };
+        let listed = items.len();
         let (appointments, skipped) = read_items(items, "appointmentId", Appointment::from_json);
-        for s in &skipped {
+        if listed > 0 && skipped.len() == listed && skipped.iter().all(|s| s.id.is_none()) {
+            // One line, not one per item: the id field itself is what is wrong.
             tracing::warn!(
                 domain,
-                index = s.index,
-                appointment_id = s.id.as_deref().unwrap_or("-"),
-                reason = %s.reason,
-                "skipped a malformed pending appointment"
+                items = listed,
+                reason = %skipped[0].reason,
+                "no item of a pending page has an appointmentId; QUBS may name the id differently"
             );
+            if let Some(o) = &self.inner.observer {
+                o.pending_page_without_ids(domain);
+            }
+        } else {
+            for s in &skipped {
+                tracing::warn!(
+                    domain,
+                    index = s.index,
+                    appointment_id = s.id.as_deref().unwrap_or("-"),
+                    reason = %s.reason,
+                    "skipped a malformed pending appointment"
+                );
+            }
         }
         Ok(PendingPage {
             appointments,
@@ -257,7 +294,8 @@ impl Client {
             .try_flatten()
     }
 
-    /// One appointment, whatever its status.
+    /// One appointment, whatever its status. Not documented by QUBS: callers use it only
+    /// when [`Client::has_appointment_endpoint`] says so.
     pub async fn appointment(
         &self,
         domain: &str,
@@ -400,10 +438,19 @@ impl Client {
 
     // ---- sites ----------------------------------------------------------------------------
 
-    /// The domain's sites.
+    /// The domain's sites. The answer also tells [`Client::site_for`] whether the (assumed)
+    /// sites endpoint exists.
     pub async fn sites(&self, domain: &str) -> Result<Vec<Site>, Error> {
         let url = self.url(&[domain, "sites"]);
-        self.list("GET sites", url, "siteName").await
+        let listed = self.list("GET sites", url, "siteName").await;
+        match &listed {
+            Ok(_) => self.inner.sites.endpoint_found(domain, true),
+            Err(e) if super::sites::endpoint_missing(e) => {
+                self.inner.sites.endpoint_found(domain, false)
+            }
+            Err(_) => {}
+        }
+        listed
     }
 
     /// A site's settings, served from a cache for `site_cache_ttl_secs`.
@@ -500,7 +547,7 @@ impl Client {
         files: &[ReportAttachmentFile],
         idempotency_key: Option<&str>,
     ) -> Result<Vec<ReportAttachmentUpload>, Error> {
-        const OP: &str = "POST report attachments";
+        const OP: &str = REGISTER_REPORT_ATTACHMENTS;
         if files.is_empty() || files.len() > MAX_REPORT_ATTACHMENTS {
             return Err(invalid_request(
                 OP,
@@ -628,7 +675,7 @@ impl Client {
     }
 
     /// Runs a call to completion: bearer token, correlation id, one re-authentication after
-    /// a 401, and retries with back-off for transient failures while the budget lasts.
+    /// a 401 or 403, and retries with back-off for transient failures while the budget lasts.
     async fn execute(&self, call: Call<'_>) -> Result<Reply, Error> {
         let correlation_id = Uuid::new_v4();
         let span = tracing::debug_span!("qubs_call", operation = call.operation, %correlation_id);
@@ -685,13 +732,21 @@ impl Client {
             let mut error = match outcome {
                 Ok(Attempt::Done(value)) => return Ok(value),
                 Ok(Attempt::Failed(reply, generation)) => {
-                    if reply.status == StatusCode::UNAUTHORIZED && call.bearer && !reauthenticated {
-                        // The token was refused (revoked, key rotated): get a new one, once.
+                    let refused = matches!(
+                        reply.status,
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                    );
+                    if refused && call.bearer && !reauthenticated {
+                        // The token was refused (revoked, key rotated) or lacks a domain it
+                        // may have gained since (403 after a rotation): a new one, once.
                         reauthenticated = true;
                         if let Some(generation) = generation {
                             self.inner.auth.invalidate(generation).await;
                         }
-                        tracing::info!(status = 401, "QUBS refused the token; re-authenticating");
+                        tracing::info!(
+                            status = reply.status.as_u16(),
+                            "QUBS refused the token; re-authenticating"
+                        );
                         continue;
                     }
                     error_from_reply(call.operation, &reply)

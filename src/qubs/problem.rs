@@ -137,7 +137,8 @@ impl Error {
             .unwrap_or_else(|| self.correlation_id.to_string())
     }
 
-    /// Whether trying again later may succeed (429, 502/503/504, timeouts, connection faults).
+    /// Whether trying again later may succeed (429, 500/502/503/504, timeouts, connection
+    /// faults).
     pub fn is_transient(&self) -> bool {
         match &self.kind {
             ErrorKind::Timeout | ErrorKind::Connect(_) | ErrorKind::Transport(_) => true,
@@ -150,9 +151,10 @@ impl Error {
     }
 }
 
-/// 429 and the gateway-side 5xx codes that say "try again".
+/// 429 and the 5xx codes that say "try again": QUBS's documented `server-error` (500) is a
+/// transient error its docs say to retry, like the gateway-side 502/503/504.
 pub fn is_transient_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
 }
 
 impl fmt::Display for Error {

@@ -25,6 +25,7 @@
 
 pub mod mllp;
 pub mod pdf;
+pub mod settings;
 pub mod worker;
 
 use std::sync::Arc;
@@ -359,7 +360,10 @@ impl Results {
             self.settings.max_attachment_bytes,
         )?;
         let groups = prepared.groups;
-        self.store(prepared.message, |index| {
+        let mut message = prepared.message;
+        // The application ACK of enhanced mode waits for the outcome too.
+        message.awaited |= header.enhanced_mode();
+        self.store(message, |index| {
             groups
                 .get(index)
                 .and_then(|g| g.first())
@@ -372,9 +376,10 @@ impl Results {
     /// Commits a message to the outbox; refuses a preliminary that would follow a final.
     async fn store(
         &self,
-        message: NewMessage,
+        mut message: NewMessage,
         group_of: impl Fn(usize) -> usize,
     ) -> Result<Vec<i64>, Refusal> {
+        message.awaited |= self.settings.ack_mode == AckMode::AfterSubmit;
         let appointments: Vec<String> = message
             .results
             .iter()
@@ -458,6 +463,7 @@ impl Results {
             source_id,
             body: json_text.as_bytes().to_vec(),
             results,
+            awaited: false,
         };
         let ids = self.store(message, |i| i).await?;
         self.answer(&ids).await
@@ -483,6 +489,7 @@ impl Results {
                 report_status: report.report_status.as_str().to_string(),
                 attachments: Vec::new(),
             }],
+            awaited: false,
         };
         let ids = self.store(message, |i| i).await?;
         let mut accepted = self.answer(&ids).await?;
@@ -574,6 +581,7 @@ pub fn prepare_oru(
             source_id: msh10,
             body: text.as_bytes().to_vec(),
             results,
+            awaited: false,
         },
         groups: inbound.groups,
     })

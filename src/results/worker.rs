@@ -1,15 +1,24 @@
 //! The outbox worker: submits stored reports to QUBS and settles them.
 //!
 //! Each due report is mapped again, now in its appointment's site time zone, and POSTed
-//! with its stored `Idempotency-Key`; its PDFs are then registered and uploaded. Failures
-//! fall in three classes:
+//! with its stored `Idempotency-Key`. The site comes from the appointment as QUBS last
+//! listed it as pending ([`PendingList`]); there is no read of the appointment before the
+//! POST unless `qubs.endpoints.appointment` says that undocumented GET exists — the POST's
+//! own 404 ("not found or not PENDING REPORTING") is the signal that it cannot be reported.
+//! PDFs then follow `results.attachments`: registered and uploaded (`upload`, falling back
+//! to a note in the report where QUBS has no report-attachment endpoint), named in a note
+//! at the end of the report text (`inline_note`), or left out (`off`).
+//!
+//! Failures fall in three classes:
 //! - **transient** (429, 5xx, 401/403 while credentials are being fixed, connection
-//!   errors): tried again with exponential back-off and jitter;
+//!   errors, a failed read of the pending list): tried again with exponential back-off and
+//!   jitter;
 //! - **ambiguous** (a timeout or broken connection after the request went out, an
-//!   unreadable answer): tried again the same way — the same key makes QUBS answer with the
-//!   original report if the first attempt did land;
-//! - **permanent** (400, 404, 409, a report too large, a mapping that no longer maps): the
-//!   report goes to the dead letters with the reason.
+//!   unreadable answer, a 409 soon after — the first attempt still in progress): tried again
+//!   the same way — the same key makes QUBS answer with the original report if the first
+//!   attempt did land;
+//! - **permanent** (400, 404, a 409 that persists, a report too large, a mapping that no
+//!   longer maps): the report goes to the dead letters with the reason.
 //!
 //! Retries stop at the retry horizon, counted from when the report was received; it must
 //! stay under the 24 hours QUBS keeps idempotency keys, so a late retry can never store a
@@ -17,22 +26,23 @@
 //! (the outbox only hands out the oldest unsettled one); different appointments go in
 //! parallel, up to `results.workers`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Results;
-use crate::domain::ReportSubmission;
+use crate::config::AttachmentHandling;
+use crate::domain::{MAX_REPORT_TEXT_BYTES, ReportSubmission};
 use crate::metrics::Metrics;
-use crate::outbox::{Due, Receipt, Settled, Source, now_ms};
-use crate::qubs::{self, ErrorKind, ReportAttachmentFile};
+use crate::outbox::{Attachment, Due, Receipt, Settled, Source, now_ms};
+use crate::pending_list::{PendingList, PendingListError};
+use crate::qubs::{self, ErrorKind, ReportAttachmentFile, ReportReceipt};
 
 /// How often the worker looks for due reports when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
@@ -52,47 +62,40 @@ enum Step {
     },
 }
 
-/// Each appointment's site (by name; `None`: it has none), learnt when its first result was
-/// submitted, so that a burst of results for the same appointments does not cost an
-/// appointment read each. The site's settings come from the QUBS client's own cache, per
-/// site: keeping them here per appointment held up to ~75 MB at 50,000 appointments.
-#[derive(Default)]
-struct SiteCache {
-    sites: Mutex<HashMap<AppointmentKey, (Instant, Option<String>)>>,
-}
+/// A 409 to a report whose earlier attempt went unanswered is that attempt still in
+/// progress at QUBS; one that persists this long (from the first of a row of 409s) is a
+/// real conflict: the key reused with another payload.
+const CONFLICT_GRACE: Duration = Duration::from_secs(120);
 
-/// (domain, appointment id)
-type AppointmentKey = (String, String);
-
-const SITE_CACHE_MAX: usize = 50_000;
-
-impl SiteCache {
-    fn get(&self, key: &AppointmentKey, ttl: Duration) -> Option<Option<String>> {
-        let sites = self.sites.lock().expect("site cache");
-        sites
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < ttl)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn put(&self, key: AppointmentKey, site: Option<String>) {
-        let mut sites = self.sites.lock().expect("site cache");
-        if sites.len() >= SITE_CACHE_MAX {
-            sites.clear();
-        }
-        sites.insert(key, (Instant::now(), site));
-    }
+/// What the worker remembers between attempts (in memory: a restart only costs a warning
+/// or a retry again).
+struct WorkerState {
+    pending: Arc<PendingList>,
+    /// When the current row of 409s began, by outbox id.
+    conflicts: Mutex<HashMap<i64, Instant>>,
+    /// Domains whose QUBS has no report-attachment endpoint.
+    no_attachment_endpoint: Mutex<HashSet<String>>,
 }
 
 /// Runs until `shutdown`; in-flight submissions are finished first (their reports stay
 /// pending if cut short, and are retried with the same key on the next start).
-pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(
+    results: Arc<Results>,
+    pending: Arc<PendingList>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let workers = results.settings.workers.max(1);
-    let cache = Arc::new(SiteCache::default());
+    let state = Arc::new(WorkerState {
+        pending,
+        conflicts: Mutex::default(),
+        no_attachment_endpoint: Mutex::default(),
+    });
     let mut running: JoinSet<()> = JoinSet::new();
     // Outbox ids being submitted, by task: a finished (or panicked) task frees its id.
     let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(60);
+    let mut store_down = false;
     loop {
         if last_stats.elapsed() >= Duration::from_secs(2) {
             if let Ok(stats) = results.outbox.stats(false).await {
@@ -102,36 +105,44 @@ pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: Cancell
         }
         let free = workers.saturating_sub(busy.len());
         if free > 0 && !shutdown.is_cancelled() {
-            match results
-                .outbox
-                .due(free, busy.values().copied().collect())
-                .await
-            {
+            match results.outbox.claim(free).await {
                 Ok(due) => {
+                    if store_down {
+                        tracing::info!("the outbox answers the worker again");
+                        store_down = false;
+                    }
                     for d in due {
                         let id = d.entry.id;
-                        let (results, metrics, cache) =
-                            (results.clone(), metrics.clone(), cache.clone());
+                        let (results, metrics, state) =
+                            (results.clone(), metrics.clone(), state.clone());
                         let task = running.spawn(async move {
-                            attempt(&results, &metrics, &cache, d).await;
+                            attempt(&results, &metrics, &state, d).await;
                         });
                         busy.insert(task.id(), id);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "outbox unavailable to the worker"),
+                // Said once per outage, not every round.
+                Err(e) if !store_down => {
+                    tracing::error!(error = %e, "outbox unavailable to the worker");
+                    store_down = true;
+                }
+                Err(_) => {}
             }
         }
         tokio::select! {
             Some(done) = running.join_next_with_id() => {
-                let task = match done {
-                    Ok((task, ())) => task,
+                match done {
+                    Ok((task, ())) => {
+                        busy.remove(&task);
+                    }
                     Err(e) => {
                         // The report stays pending and is tried again with the same key.
                         tracing::error!(error = %e, "a submission attempt failed unexpectedly");
-                        e.id()
+                        if let Some(id) = busy.remove(&e.id()) {
+                            results.outbox.release(id).await;
+                        }
                     }
-                };
-                busy.remove(&task);
+                }
             }
             _ = results.outbox.wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
@@ -144,10 +155,12 @@ pub async fn run(results: Arc<Results>, metrics: Arc<Metrics>, shutdown: Cancell
 }
 
 /// One attempt at one report, and its bookkeeping.
-async fn attempt(results: &Results, metrics: &Metrics, cache: &SiteCache, due: Due) {
+async fn attempt(results: &Results, metrics: &Metrics, state: &WorkerState, due: Due) {
     let entry = due.entry.clone();
+    let claimed_at_ms = due.claimed_at_ms;
     let started = Instant::now();
-    let step = submit(results, cache, due).await;
+    let step = submit(results, state, due).await;
+    let step = judge_conflict(state, entry.id, step);
     let outcome = match &step {
         Step::Submitted(_) => "submitted",
         Step::Retry { .. } => "retry",
@@ -172,14 +185,12 @@ async fn attempt(results: &Results, metrics: &Metrics, cache: &SiteCache, due: D
             reason,
             qubs_request_id,
         } => {
-            let now = now_ms();
+            // The store's clock, as the horizon was counted from its receipt time.
+            let now = claimed_at_ms + started.elapsed().as_millis() as i64;
             let s = &results.settings;
-            let exp = s
-                .retry_initial_ms
-                .saturating_mul(1u64 << entry.attempts.min(20))
-                .min(s.retry_max_ms);
-            // Full jitter in the upper half: spreads a burst of retries out.
-            let delay = rand::rng().random_range(exp / 2..=exp.max(1)) as i64;
+            let delay = crate::backoff::Backoff::from_millis(s.retry_initial_ms, s.retry_max_ms)
+                .delay(entry.attempts)
+                .as_millis() as i64;
             let horizon = entry.received_at_ms + (s.retry_horizon_secs * 1000) as i64;
             if now + delay > horizon {
                 tracing::warn!(
@@ -216,7 +227,12 @@ async fn attempt(results: &Results, metrics: &Metrics, cache: &SiteCache, due: D
                 );
                 results
                     .outbox
-                    .retry_later(entry.id, now + delay, reason, qubs_request_id)
+                    .retry_later(
+                        entry.id,
+                        Duration::from_millis(delay as u64),
+                        reason,
+                        qubs_request_id,
+                    )
                     .await
             }
         }
@@ -252,25 +268,79 @@ async fn attempt(results: &Results, metrics: &Metrics, cache: &SiteCache, due: D
     }
 }
 
-async fn submit(results: &Results, cache: &SiteCache, due: Due) -> Step {
+/// A 409 is retried while it may be an earlier attempt still in progress (see
+/// [`CONFLICT_GRACE`]); any other answer ends the row.
+fn judge_conflict(state: &WorkerState, id: i64, step: Step) -> Step {
+    let mut conflicts = state.conflicts.lock().expect("conflicts");
+    match step {
+        Step::Dead {
+            kind: "conflict",
+            reason,
+            qubs_request_id,
+        } => {
+            let since = *conflicts.entry(id).or_insert_with(Instant::now);
+            if since.elapsed() < CONFLICT_GRACE {
+                Step::Retry {
+                    reason: format!("{reason} (an earlier attempt may still be in progress)"),
+                    qubs_request_id,
+                }
+            } else {
+                conflicts.remove(&id);
+                Step::Dead {
+                    kind: "rejected",
+                    reason,
+                    qubs_request_id,
+                }
+            }
+        }
+        other => {
+            conflicts.remove(&id);
+            other
+        }
+    }
+}
+
+async fn submit(results: &Results, state: &WorkerState, due: Due) -> Step {
     let entry = &due.entry;
-    let report = match build(results, cache, &due).await {
+    let report = match build(results, state, &due).await {
         Ok(r) => r,
         Err(step) => return step,
     };
+    let handling = results.settings.attachments;
+    let pdfs = &due.attachments;
+    let noted;
+    let first = if handling == AttachmentHandling::InlineNote && !pdfs.is_empty() {
+        noted = with_note(&report, pdfs);
+        &noted
+    } else {
+        &report
+    };
     let receipt = match results
         .client
-        .submit_report(&entry.domain, &report, Some(&entry.idempotency_key))
+        .submit_report(&entry.domain, first, Some(&entry.idempotency_key))
         .await
     {
         Ok(r) => r,
         Err(e) => return classify(&entry.appointment_id, &e),
     };
-    if !due.attachments.is_empty()
-        && let Err(step) = upload(results, &due).await
-    {
-        return step;
-    }
+    let receipt = match handling {
+        _ if pdfs.is_empty() => receipt,
+        AttachmentHandling::InlineNote => receipt,
+        AttachmentHandling::Off => {
+            tracing::info!(
+                outbox_id = entry.id,
+                appointment_id = %entry.appointment_id,
+                pdfs = pdfs.len(),
+                "the result's PDFs were not sent (results.attachments = off)"
+            );
+            receipt
+        }
+        AttachmentHandling::Upload => match upload_or_note(results, state, &due, &report).await {
+            Ok(Some(noted)) => noted,
+            Ok(None) => receipt,
+            Err(step) => return step,
+        },
+    };
     Step::Submitted(Receipt {
         report_guid: receipt.report_guid,
         report_status: receipt.report_status,
@@ -278,8 +348,40 @@ async fn submit(results: &Results, cache: &SiteCache, due: Due) -> Step {
     })
 }
 
+/// `report` with a last paragraph naming the PDFs that did not go to QUBS as files, so the
+/// report's reader knows they exist. Always the same text for the same PDFs (the
+/// submission's key depends on it); left out if the report would grow past QUBS's limit.
+fn with_note(report: &ReportSubmission, pdfs: &[Attachment]) -> ReportSubmission {
+    let names: Vec<String> = pdfs
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ({}, {} bytes)",
+                a.file_name,
+                a.content_type,
+                a.content.len()
+            )
+        })
+        .collect();
+    let note = format!("\n\n[Not attached in QUBS: {}]", names.join("; "));
+    let mut noted = report.clone();
+    if report.report_text.len() + note.len() <= MAX_REPORT_TEXT_BYTES {
+        noted.report_text.push_str(&note);
+    } else {
+        tracing::warn!(
+            appointment_id = %report.appointment_id,
+            "no room in the report text to name its PDFs; sent without the note"
+        );
+    }
+    noted
+}
+
 /// The submission, mapped from the stored input in the appointment's site time zone.
-async fn build(results: &Results, cache: &SiteCache, due: &Due) -> Result<ReportSubmission, Step> {
+async fn build(
+    results: &Results,
+    state: &WorkerState,
+    due: &Due,
+) -> Result<ReportSubmission, Step> {
     let entry = &due.entry;
     let mapping_dead = |reason: String| Step::Dead {
         kind: "mapping",
@@ -290,7 +392,8 @@ async fn build(results: &Results, cache: &SiteCache, due: &Due) -> Result<Report
         Source::Report => serde_json::from_slice(&due.body)
             .map_err(|e| mapping_dead(format!("stored report is unreadable: {e}"))),
         Source::Hl7 | Source::Fhir => {
-            let site = site_of(results, cache, &entry.domain, &entry.appointment_id).await?;
+            let (site, listed) =
+                site_of(results, state, &entry.domain, &entry.appointment_id).await?;
             let ctx = results.context(&entry.domain, site);
             let set = results.mappings.current();
             let inbound = if due.source == Source::Hl7 {
@@ -300,11 +403,22 @@ async fn build(results: &Results, cache: &SiteCache, due: &Due) -> Result<Report
                     .map_err(|e| mapping_dead(format!("stored report is unreadable: {e}")))?;
                 set.map_diagnostic_report(&value, &ctx)
             }
-            .map_err(|e| {
-                mapping_dead(format!(
+            .map_err(|e| match listed {
+                // Not listed, so most likely not pending reporting (QUBS would answer 404),
+                // and its site is unknown. Intake mapped the result already (in UTC): what
+                // fails now is a local time without a zone.
+                false => Step::Dead {
+                    kind: "not_found",
+                    reason: format!(
+                        "appointment {} is unknown to QUBS or not pending reporting: it is not in QUBS's pending reporting list, whose listing gives the site time zone the result's local times need (qubs.default_time_zone would stand in)",
+                        entry.appointment_id
+                    ),
+                    qubs_request_id: None,
+                },
+                true => mapping_dead(format!(
                     "the stored result no longer maps with mapping set {}: {e}",
                     set.version()
-                ))
+                )),
             })?;
             inbound
                 .submissions
@@ -320,18 +434,37 @@ async fn build(results: &Results, cache: &SiteCache, due: &Due) -> Result<Report
     }
 }
 
-/// The site settings of an appointment (`null` when it has no site QUBS knows).
+/// The site settings of an appointment (`null` when no source knows its time zone), and
+/// whether QUBS lists the appointment as pending.
 async fn site_of(
     results: &Results,
-    cache: &SiteCache,
+    state: &WorkerState,
     domain: &str,
     appointment_id: &str,
-) -> Result<Value, Step> {
-    let key = (domain.to_string(), appointment_id.to_string());
-    let ttl = results.client.site_cache_ttl();
-    let site = match cache.get(&key, ttl) {
-        Some(site) => site,
-        None => {
+) -> Result<(Value, bool), Step> {
+    let listed = match state.pending.site_of(domain, appointment_id).await {
+        Ok(listed) => listed,
+        Err(PendingListError::Qubs(e)) => {
+            return Err(Step::Retry {
+                reason: format!(
+                    "reading QUBS's pending list for appointment {appointment_id} failed: {e}"
+                ),
+                qubs_request_id: e.problem().and_then(|p| p.request_id.clone()),
+            });
+        }
+        Err(PendingListError::Store(e)) => {
+            return Err(Step::Retry {
+                reason: format!(
+                    "reading the stored pending list for appointment {appointment_id} failed: {e}"
+                ),
+                qubs_request_id: None,
+            });
+        }
+    };
+    let (site, listed) = match listed {
+        Some(site) => (site, true),
+        None if results.client.has_appointment_endpoint() => {
+            // Not listed; the (configured) single-appointment GET says why.
             let appointment = results
                 .client
                 .appointment(domain, appointment_id)
@@ -347,27 +480,97 @@ async fn site_of(
                     qubs_request_id: None,
                 });
             }
-            let site = appointment
-                .scheduled_site()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string);
-            cache.put(key, site.clone());
-            site
+            (appointment.scheduled_site().map(str::to_string), true)
         }
+        // Not listed as pending: QUBS will most likely refuse the report (404), which
+        // settles it. Until then the domain's default time zone, if any, stands in.
+        None => (None, false),
     };
-    match site {
-        None => Ok(Value::Null),
-        Some(site) => match results.client.site_settings(domain, &site).await {
-            Ok(s) => Ok(serde_json::to_value(s).unwrap_or(Value::Null)),
-            Err(e) if e.is_not_found() => Ok(Value::Null),
-            Err(e) => Err(classify(appointment_id, &e)),
-        },
+    match results.client.site_for(domain, site.as_deref()).await {
+        Ok(Some(s)) => Ok((serde_json::to_value(s).unwrap_or(Value::Null), listed)),
+        Ok(None) => Ok((Value::Null, listed)),
+        Err(e) => Err(Step::Retry {
+            reason: format!(
+                "reading the site of appointment {appointment_id} from QUBS failed: {e}"
+            ),
+            qubs_request_id: e.problem().and_then(|p| p.request_id.clone()),
+        }),
     }
+}
+
+/// `upload`: registers and uploads the report's PDFs. Where QUBS has no report-attachment
+/// endpoint, the report is submitted again with a note naming them, under a key of its own
+/// (the first submission's key stays tied to its payload); that noted receipt is answered.
+async fn upload_or_note(
+    results: &Results,
+    state: &WorkerState,
+    due: &Due,
+    report: &ReportSubmission,
+) -> Result<Option<ReportReceipt>, Step> {
+    let entry = &due.entry;
+    let known_missing = state
+        .no_attachment_endpoint
+        .lock()
+        .expect("attachment endpoints")
+        .contains(&entry.domain);
+    if !known_missing {
+        match upload(results, due).await {
+            Ok(()) => return Ok(None),
+            // The registration is the endpoint in question; a refused upload is not.
+            Err(e)
+                if e.operation == qubs::client::REGISTER_REPORT_ATTACHMENTS
+                    && endpoint_missing(&e) => {}
+            Err(e) => return Err(classify(&entry.appointment_id, &e)),
+        }
+    }
+    let key = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{}/inline-note", entry.idempotency_key).as_bytes(),
+    )
+    .to_string();
+    let noted = with_note(report, &due.attachments);
+    match results
+        .client
+        .submit_report(&entry.domain, &noted, Some(&key))
+        .await
+    {
+        Ok(receipt) => {
+            // The report was just accepted, so the 404 was the endpoint's, not the
+            // appointment's.
+            if state
+                .no_attachment_endpoint
+                .lock()
+                .expect("attachment endpoints")
+                .insert(entry.domain.clone())
+            {
+                tracing::warn!(
+                    domain = %entry.domain,
+                    "QUBS has no report-attachment endpoint here; PDFs are named in the report text instead (results.attachments = inline_note says so up front)"
+                );
+            }
+            Ok(Some(receipt))
+        }
+        Err(e) if e.is_not_found() => {
+            // The appointment left PENDING REPORTING after the report went in.
+            tracing::warn!(
+                outbox_id = entry.id,
+                appointment_id = %entry.appointment_id,
+                "the report is in QUBS, but neither its PDFs nor a note naming them could follow"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(classify(&entry.appointment_id, &e)),
+    }
+}
+
+/// Whether a report-attachment call says the endpoint is not there.
+fn endpoint_missing(e: &qubs::Error) -> bool {
+    matches!(e.status().map(|s| s.as_u16()), Some(404 | 405 | 501))
 }
 
 /// Registers and uploads the report's PDFs. Registration carries a key derived from the
 /// report's, so a repeated attempt gets the same upload URLs back from QUBS.
-async fn upload(results: &Results, due: &Due) -> Result<(), Step> {
+async fn upload(results: &Results, due: &Due) -> Result<(), qubs::Error> {
     let entry = &due.entry;
     let files: Vec<ReportAttachmentFile> = due
         .attachments
@@ -386,8 +589,7 @@ async fn upload(results: &Results, due: &Due) -> Result<(), Step> {
     let uploads = results
         .client
         .register_report_attachments(&entry.domain, &entry.appointment_id, &files, Some(&key))
-        .await
-        .map_err(|e| classify(&entry.appointment_id, &e))?;
+        .await?;
     for (upload, attachment) in uploads.iter().zip(&due.attachments) {
         results
             .client
@@ -396,8 +598,7 @@ async fn upload(results: &Results, due: &Due) -> Result<(), Step> {
                 &attachment.content_type,
                 Bytes::from(attachment.content.clone()),
             )
-            .await
-            .map_err(|e| classify(&entry.appointment_id, &e))?;
+            .await?;
     }
     Ok(())
 }
@@ -417,7 +618,12 @@ fn classify(appointment_id: &str, e: &qubs::Error) -> Step {
                 "appointment {appointment_id} is unknown to QUBS or not pending reporting: {e}"
             ),
         ),
-        Some(400 | 409 | 413 | 415 | 422) => dead(
+        // Judged by `judge_conflict`: in progress, or a real conflict.
+        Some(409) => dead(
+            "conflict",
+            format!("QUBS refused the report for appointment {appointment_id}: {e}"),
+        ),
+        Some(400 | 413 | 415 | 422) => dead(
             "rejected",
             format!("QUBS refused the report for appointment {appointment_id}: {e}"),
         ),

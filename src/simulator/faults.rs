@@ -32,6 +32,9 @@ pub enum Fault {
     },
     /// Handle the request, then send the body `chunk_bytes` at a time, `delay_ms` apart.
     SlowBody { chunk_bytes: usize, delay_ms: u64 },
+    /// A report POST that takes `ms` to process, its `Idempotency-Key` in progress
+    /// meanwhile (a duplicate then gets 409); elsewhere, latency before handling.
+    SlowProcessing { ms: u64 },
 }
 
 impl Fault {
@@ -44,6 +47,7 @@ impl Fault {
             Fault::MalformedJson => "malformed_json",
             Fault::Raw { .. } => "raw",
             Fault::SlowBody { .. } => "slow_body",
+            Fault::SlowProcessing { .. } => "slow_processing",
         }
     }
 }

@@ -6,7 +6,20 @@
 //! `X-Correlation-Id`, pages with opaque cursors, serves presigned attachment URLs that
 //! expire, and enforces the report rules (required fields, case-insensitive status, the
 //! 2,097,152-byte limit, 404 unless PENDING REPORTING, overwrite, `Idempotency-Key` kept 24 h
-//! with replay and 409). Tests inject faults ([`FaultRule`]) and read the request log.
+//! with replay and 409, and 409 for a duplicate while the first is still being processed).
+//! Tests inject faults ([`FaultRule`]) and read the request log.
+//!
+//! By default it also serves what the bridge may be configured to assume (the
+//! single-appointment GET, the sites endpoints, report attachments). **Strict mode**
+//! ([`Simulator::set_strict_docs`], `qubs-bridge simulator --strict-docs`) serves only what
+//! QUBS's own documentation pages describe, as the strictest reading of them:
+//! - no `GET .../appointments/{id}`, no `/sites` endpoints, no report attachments (404);
+//! - comments and attachments (and their downloads) only for appointments pending
+//!   reporting ("for the requested pending reporting appointment"), 404 otherwise;
+//! - DynamoDB-style paging (the docs' `DDB_NEXT_TOKEN`): short pages and empty pages that
+//!   still carry a `nextToken` (see `DomainData::strict_pending_page`);
+//! - token answers without `expires_in` (the JWT's `exp` says it); which way the client
+//!   credentials may come is [`Simulator::set_client_auth`], for either mode.
 //!
 //! Nothing outside `cli/` and the tests uses this module: the bridge talks to it over HTTP
 //! exactly as it talks to QUBS.
@@ -37,6 +50,26 @@ pub use state::{
 
 use state::SiteRecord;
 use tokens::SigningKey;
+
+/// How the token endpoint accepts client credentials (QUBS documents none of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// In the form body or as HTTP Basic.
+    #[default]
+    Either,
+    /// HTTP Basic only (`client_secret_basic`).
+    Basic,
+    /// In the form body only (`client_secret_post`).
+    Post,
+}
+
+/// What the token endpoint insists on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenRules {
+    pub client_auth: ClientAuth,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+}
 
 /// An API client the simulator accepts at its token endpoint.
 #[derive(Clone)]
@@ -80,6 +113,9 @@ pub(crate) struct SimState {
     seq: AtomicU64,
     token_requests: AtomicU64,
     token_lifetime: RwLock<Duration>,
+    token_rules: RwLock<TokenRules>,
+    /// Serve only what QUBS's documentation describes (module doc).
+    strict: std::sync::atomic::AtomicBool,
     idempotency_retention: RwLock<Duration>,
     /// `http://host:port` once listening: presigned URLs point here.
     origin: RwLock<String>,
@@ -111,6 +147,8 @@ impl Simulator {
                 seq: AtomicU64::new(0),
                 token_requests: AtomicU64::new(0),
                 token_lifetime: RwLock::new(Duration::from_secs(3600)),
+                token_rules: RwLock::new(TokenRules::default()),
+                strict: Default::default(),
                 idempotency_retention: RwLock::new(Duration::from_secs(24 * 3600)),
                 origin: RwLock::new(String::new()),
             }),
@@ -278,6 +316,42 @@ impl Simulator {
     /// Lifetime of tokens issued from now on (QUBS: 60 minutes).
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         *self.state.token_lifetime.write().expect("lifetime") = lifetime;
+    }
+
+    /// Serve only what QUBS's documentation describes (see the module doc), or everything.
+    pub fn set_strict_docs(&self, strict: bool) {
+        self.state.strict.store(strict, Ordering::Relaxed);
+    }
+
+    pub fn is_strict_docs(&self) -> bool {
+        self.state.strict.load(Ordering::Relaxed)
+    }
+
+    /// Which way the token endpoint takes client credentials.
+    pub fn set_client_auth(&self, client_auth: ClientAuth) {
+        self.state
+            .token_rules
+            .write()
+            .expect("token rules")
+            .client_auth = client_auth;
+    }
+
+    /// A `scope` and an `audience` the token request must carry (`None`: any or none).
+    pub fn require_token_params(&self, scope: Option<&str>, audience: Option<&str>) {
+        let mut rules = self.state.token_rules.write().expect("token rules");
+        rules.scope = scope.map(str::to_string);
+        rules.audience = audience.map(str::to_string);
+    }
+
+    /// The demo sites and their time zones, as `qubs.site_time_zones` lines would name them
+    /// (for a strict simulator, which has no sites endpoint).
+    pub fn site_time_zones(&self, domain: &str) -> Vec<(String, String)> {
+        self.with_domain(domain, |d| {
+            d.sites
+                .iter()
+                .map(|s| (s.name.clone(), s.time_zone.clone()))
+                .collect()
+        })
     }
 
     /// How long idempotency keys are kept (QUBS: 24 hours).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,13 +23,29 @@ use serde_json::{Value, json};
 use super::faults::{Fault, FaultRule, take_fault};
 use super::state::{MAX_UPLOAD_BYTES, SimProblem, problem};
 use super::tokens::{AccessClaims, ISSUER, PresignClaims};
-use super::{RequestRecord, SimState};
+use super::{ClientAuth, RequestRecord, SimState};
 
 type Shared = Arc<SimState>;
 
 /// Set on responses a fault shaped, for the request log.
 #[derive(Clone)]
 struct FaultApplied(&'static str);
+
+/// How long a report POST takes to process ([`Fault::SlowProcessing`]).
+#[derive(Clone, Copy)]
+struct ProcessingTime(u64);
+
+/// In strict mode, an endpoint QUBS's documentation does not describe is not there.
+fn documented_only(state: &SimState) -> Result<(), SimProblem> {
+    if state.strict.load(Ordering::Relaxed) {
+        Err(problem(
+            404,
+            "no such endpoint (strict mode serves only what QUBS documents)",
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// A problem a handler raised; [`observe`] renders it with the correlation id and path.
 #[derive(Clone)]
@@ -211,7 +227,7 @@ fn problem_response(p: &SimProblem, correlation_id: &str, instance: &str) -> Res
 }
 
 /// Applies the first matching fault rule.
-async fn inject_faults(State(state): State<Shared>, request: Request, next: Next) -> Response {
+async fn inject_faults(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
     let fault = {
         let mut rules = state.faults.lock().expect("faults");
         take_fault(&mut rules, request.method().as_str(), request.uri().path())
@@ -223,6 +239,14 @@ async fn inject_faults(State(state): State<Shared>, request: Request, next: Next
     let mut response = match fault {
         Fault::Latency { ms } => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            next.run(request).await
+        }
+        Fault::SlowProcessing { ms } => {
+            if request.method() == Method::POST && request.uri().path().ends_with("/report") {
+                request.extensions_mut().insert(ProcessingTime(ms));
+            } else {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             next.run(request).await
         }
         Fault::Status {
@@ -348,7 +372,24 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             "grant_type must be client_credentials",
         );
     }
-    // Credentials in the form body, or HTTP Basic.
+    let rules = state.token_rules.read().expect("token rules").clone();
+    for (name, wanted) in [("scope", &rules.scope), ("audience", &rules.audience)] {
+        if let Some(wanted) = wanted
+            && form.get(name) != Some(wanted)
+        {
+            let error = if name == "scope" {
+                "invalid_scope"
+            } else {
+                "invalid_request"
+            };
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                error,
+                &format!("{name} must be `{wanted}`"),
+            );
+        }
+    }
+    // Credentials in the form body, or HTTP Basic (RFC 6749 §2.3.1: form-encoded parts).
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -356,12 +397,34 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         .and_then(|b| STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| {
-            s.split_once(':')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+            let (id, secret) = s.split_once(':')?;
+            let decode = |p: &str| {
+                percent_encoding::percent_decode_str(&p.replace('+', " "))
+                    .decode_utf8()
+                    .ok()
+                    .map(|c| c.into_owned())
+            };
+            Some((decode(id)?, decode(secret)?))
         });
-    let (id, secret) = match (form.get("client_id"), form.get("client_secret"), basic) {
-        (Some(id), Some(secret), _) => (id.clone(), secret.clone()),
-        (_, _, Some(pair)) => pair,
+    let in_body = match (form.get("client_id"), form.get("client_secret")) {
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        _ => None,
+    };
+    let wrong_way = match rules.client_auth {
+        ClientAuth::Either => None,
+        ClientAuth::Basic if in_body.is_some() => {
+            Some("client credentials must come as HTTP Basic, not in the body")
+        }
+        ClientAuth::Post if basic.is_some() => {
+            Some("client credentials must come in the form body, not as HTTP Basic")
+        }
+        _ => None,
+    };
+    if let Some(reason) = wrong_way {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", reason);
+    }
+    let (id, secret) = match (in_body, basic) {
+        (Some(pair), _) | (None, Some(pair)) => pair,
         _ => {
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
@@ -395,12 +458,11 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         jti: uuid::Uuid::new_v4().to_string(),
     };
     let token = state.access_key.read().expect("key").sign(&claims);
-    axum::Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": lifetime.as_secs(),
-    }))
-    .into_response()
+    let mut answer = json!({"access_token": token, "token_type": "Bearer"});
+    if !state.strict.load(Ordering::Relaxed) {
+        answer["expires_in"] = json!(lifetime.as_secs());
+    }
+    axum::Json(answer).into_response()
 }
 
 // ---- appointments -------------------------------------------------------------------------
@@ -414,6 +476,8 @@ struct PendingQuery {
 }
 
 const CURSOR_PREFIX: &str = "c1:";
+/// Strict mode's cursors: `c2:<page of the pass>:<key read last>`.
+const STRICT_CURSOR_PREFIX: &str = "c2:";
 
 async fn pending(
     State(state): State<Shared>,
@@ -427,15 +491,46 @@ async fn pending(
             _ => return Err(problem(400, "pageSize must be an integer from 1 to 500")),
         },
     };
-    let after = match q.next_token.as_deref().filter(|t| !t.is_empty()) {
+    let cursor = match q.next_token.as_deref().filter(|t| !t.is_empty()) {
         None => None,
         Some(t) => Some(
             URL_SAFE_NO_PAD
                 .decode(t)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix(CURSOR_PREFIX).map(str::to_string))
                 .ok_or_else(|| problem(400, "nextToken is not valid"))?,
+        ),
+    };
+    let invalid = || problem(400, "nextToken is not valid");
+    if state.strict.load(Ordering::Relaxed) {
+        // `c2:<page>:` then the key, empty before the first one.
+        let (page, after) = match &cursor {
+            None => (0, None),
+            Some(c) => {
+                let rest = c.strip_prefix(STRICT_CURSOR_PREFIX).ok_or_else(invalid)?;
+                let (page, key) = rest.split_once(':').ok_or_else(invalid)?;
+                let page: u32 = page.parse().map_err(|_| invalid())?;
+                (page, (!key.is_empty()).then(|| key.to_string()))
+            }
+        };
+        let (items, next) = with_existing_domain(&state, &domain, |d| {
+            Ok(d.strict_pending_page(after.as_deref(), page, size))
+        })?;
+        let next = next.map(|key| {
+            URL_SAFE_NO_PAD.encode(format!(
+                "{STRICT_CURSOR_PREFIX}{}:{}",
+                page + 1,
+                key.unwrap_or_default()
+            ))
+        });
+        return Ok(axum::Json(json!({"items": items, "nextToken": next})).into_response());
+    }
+    let after = match cursor {
+        None => None,
+        Some(c) => Some(
+            c.strip_prefix(CURSOR_PREFIX)
+                .map(str::to_string)
+                .ok_or_else(invalid)?,
         ),
     };
     let (items, last) = with_existing_domain(&state, &domain, |d| {
@@ -449,6 +544,7 @@ async fn appointment(
     State(state): State<Shared>,
     Path((domain, id)): Path<(String, String)>,
 ) -> Result<Response, SimProblem> {
+    documented_only(&state)?;
     with_existing_domain(&state, &domain, |d| {
         d.appointments
             .get(&id)
@@ -687,12 +783,33 @@ fn created(outcome: super::state::PostOutcome) -> Response {
 async fn submit_report(
     State(state): State<Shared>,
     Path((domain, id)): Path<(String, String)>,
+    processing: Option<Extension<ProcessingTime>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, SimProblem> {
     let key = idempotency_key(&headers)?;
     let retention = *state.idempotency_retention.read().expect("retention");
+    if let (Some(Extension(ProcessingTime(ms))), Some(key)) = (processing, key.clone()) {
+        // A slow submission: its key is in progress until it is stored. Like a real server
+        // it finishes even when the client stops waiting (its own task).
+        with_existing_domain(&state, &domain, |d| d.begin_processing(&key))?;
+        let processing = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            with_existing_domain(&state, &domain, |d| {
+                d.end_processing(&key);
+                d.submit_report(&id, Some(&key), &body, retention, jiff::Timestamp::now())
+                    .map(created)
+            })
+        });
+        return processing
+            .await
+            .unwrap_or_else(|_| Err(problem(500, "the submission failed")));
+    }
     with_existing_domain(&state, &domain, |d| {
+        if let Some(key) = key.as_deref() {
+            d.begin_processing(key)?;
+            d.end_processing(key);
+        }
         d.submit_report(
             &id,
             key.as_deref(),
@@ -710,6 +827,7 @@ async fn register_report_attachments(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, SimProblem> {
+    documented_only(&state)?;
     let key = idempotency_key(&headers)?;
     // Report-attachment keys are kept 15 minutes.
     let retention = Duration::from_secs(15 * 60);
@@ -742,6 +860,7 @@ async fn upload(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Result<Response, SimProblem> {
+    documented_only(&state)?;
     let claims: PresignClaims = state
         .presign_key
         .verify(&token)
@@ -774,6 +893,7 @@ async fn sites(
     State(state): State<Shared>,
     Path(domain): Path<String>,
 ) -> Result<Response, SimProblem> {
+    documented_only(&state)?;
     with_existing_domain(&state, &domain, |d| {
         let list: Vec<Value> = d
             .sites
@@ -788,6 +908,7 @@ async fn site(
     State(state): State<Shared>,
     Path((domain, name)): Path<(String, String)>,
 ) -> Result<Response, SimProblem> {
+    documented_only(&state)?;
     with_existing_domain(&state, &domain, |d| {
         d.sites
             .iter()
@@ -899,6 +1020,8 @@ fn with_existing_domain<R>(
     f(d)
 }
 
+/// Runs `f` for an existing appointment (comments, attachments); in strict mode only for
+/// one pending reporting, as QUBS's documentation describes these endpoints.
 fn with_appointment<R>(
     state: &SimState,
     domain: &str,
@@ -908,6 +1031,9 @@ fn with_appointment<R>(
     with_existing_domain(state, domain, |d| {
         if !d.appointments.contains_key(id) {
             return Err(problem(404, format!("appointment {id} was not found")));
+        }
+        if state.strict.load(Ordering::Relaxed) {
+            d.pending(id)?;
         }
         f(d)
     })

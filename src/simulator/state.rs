@@ -107,6 +107,8 @@ pub struct DomainData {
     pub submissions: Vec<Submission>,
     pub report_attachments: HashMap<String, ReportAttachmentRecord>,
     idempotency: HashMap<String, IdempotentReply>,
+    /// Keys of idempotent POSTs being processed now: a duplicate meanwhile gets 409.
+    in_progress: HashSet<String>,
     /// When expired idempotency keys were last swept out (at most once a second, so a
     /// large key set does not make every POST slow).
     idempotency_swept: Option<Instant>,
@@ -121,7 +123,9 @@ pub(crate) struct PostOutcome {
 }
 
 impl DomainData {
-    fn pending(&self, id: &str) -> Result<&Value, SimProblem> {
+    /// The appointment if it is pending reporting; 404 otherwise (the report POST's rule,
+    /// and in strict mode that of comments and attachments too).
+    pub(crate) fn pending(&self, id: &str) -> Result<&Value, SimProblem> {
         match self.appointments.get(id) {
             Some(a) if is_pending(a) => Ok(a),
             Some(_) => Err(problem(
@@ -157,6 +161,71 @@ impl DomainData {
             last = Some(id.clone());
         }
         (items, if more { last } else { None })
+    }
+
+    /// The strict mode's DynamoDB-style page `page` of a pass (0 first) after `after`: the
+    /// limit applies to the items read *before* the filter (all appointments, pending or
+    /// not, listed or not), as in a DynamoDB query with a filter expression; every third
+    /// page reads none (an empty page that carries a token) and the next reads half; and a
+    /// page that read exactly its limit carries a token even at the end (an empty last
+    /// page follows). Answers the items and, when more may follow, the key read last.
+    pub(crate) fn strict_pending_page(
+        &self,
+        after: Option<&str>,
+        page: u32,
+        size: usize,
+    ) -> (Vec<Value>, Option<Option<String>>) {
+        let limit = match page % 3 {
+            1 => 0,
+            2 => (size / 2).max(1),
+            _ => size,
+        };
+        let mut range = match after {
+            Some(a) => self
+                .appointments
+                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.appointments.range::<str, _>(..),
+        }
+        .peekable();
+        if limit == 0 {
+            let more = range.peek().is_some();
+            return (Vec::new(), more.then(|| after.map(str::to_string)));
+        }
+        let mut items = Vec::new();
+        let mut read = 0;
+        let mut last = None;
+        for (id, appt) in range.by_ref().take(limit) {
+            read += 1;
+            last = Some(id.clone());
+            if is_pending(appt) && !self.unlisted.contains(id) {
+                items.push(appt.clone());
+            }
+        }
+        (items, (read == limit).then_some(last))
+    }
+
+    /// Marks an idempotent POST as being processed; 409 when one with the same key is.
+    pub(crate) fn begin_processing(&mut self, key: &str) -> Result<(), SimProblem> {
+        if self.replay_known(key) {
+            return Ok(());
+        }
+        if !self.in_progress.insert(key.to_string()) {
+            return Err(problem(
+                409,
+                "a request with this Idempotency-Key is still being processed",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn end_processing(&mut self, key: &str) {
+        self.in_progress.remove(key);
+    }
+
+    fn replay_known(&self, key: &str) -> bool {
+        self.idempotency
+            .get(key)
+            .is_some_and(|r| r.stored_at.elapsed() < r.retention)
     }
 
     /// Looks up a stored reply for `key`; 409 when the payload differs.

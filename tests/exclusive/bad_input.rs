@@ -1241,29 +1241,31 @@ fn grpc_cases() -> Vec<GrpcCase> {
             Code::InvalidArgument,
             "appointment_id is required",
         ),
+        // GetOrder looks its appointment up in the pending list as last read (QUBS
+        // documents no single-appointment GET).
         status(
             "GetOrder: unknown id",
             get("A404"),
             Code::NotFound,
-            "QUBS GET appointment failed: 404",
+            "appointment A404 is not in QUBS's pending reporting list",
         ),
         status(
             "GetOrder: path traversal in the id",
             get("../../acme/reporting/appointments/pending"),
             Code::NotFound,
-            "QUBS GET appointment failed: 404",
+            "is not in QUBS's pending reporting list",
         ),
         status(
             "GetOrder: control characters in the id",
             get("A0001\r\nX-Injected: 1\0"),
             Code::NotFound,
-            "QUBS GET appointment failed: 404",
+            "is not in QUBS's pending reporting list",
         ),
         status(
             "GetOrder: 100k character id",
             get(&"A".repeat(100_000)),
             Code::InvalidArgument,
-            "QUBS GET appointment failed: invalid request: the request cannot be built",
+            "appointment_id is 100000 characters long; at most 256 are taken",
         ),
         status(
             "GetOrder: another domain",

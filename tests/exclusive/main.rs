@@ -11,4 +11,5 @@ mod no_phi_in_feed_logs;
 mod no_phi_in_inbound_reader_logs;
 mod no_phi_in_logs;
 mod no_phi_in_result_logs;
+mod qubs_fallback_logs;
 mod security_logs;

@@ -283,10 +283,12 @@ async fn each_error_class_gets_its_code_location_and_text() {
                 err: "ERR||OBR^1^2|204^Unknown key identifier^HL70357|E||||appointment A404 is unknown to QUBS or not pending reporting: …",
             },
             Case {
+                // Without the (undocumented) single-appointment GET, QUBS's documented
+                // answer does not tell "not pending" from "unknown".
                 name: "appointment not pending reporting",
                 message: oru("E5", "A3", "F", "t"),
                 msa: "MSA|AE|E5",
-                err: "ERR||OBR^1^2|204^Unknown key identifier^HL70357|E||||appointment A3 is not pending reporting (status REPORTED)",
+                err: "ERR||OBR^1^2|204^Unknown key identifier^HL70357|E||||appointment A3 is unknown to QUBS or not pending reporting: …",
             },
             Case {
                 name: "report text over 2,097,152 bytes",

@@ -1,13 +1,14 @@
 //! The HL7 order feed end to end: the service polls the simulator over HTTP and pushes
 //! ORM^O01 over real MLLP sockets to scriptable test consumers (tests/common/consumer.rs),
-//! or drops files; `WatchOrders` and `GetFeedStatus` over the real tonic client.
+//! or drops files; `WatchOrders` and `GetFeedStatus` over the real tonic client. Each
+//! scenario runs against today's simulator and the strict one.
 
 use crate::common;
 
 use std::time::Duration;
 
 use common::consumer::{Consumer, Reply};
-use common::{GRPC_TOKEN, authed, eventually, pending, with_pending};
+use common::{GRPC_TOKEN, Mode, authed, eventually, in_both_modes, pending, with_pending};
 use qubs_bridge::config::Settings;
 use qubs_bridge::feed::{DestinationKind, DestinationSettings, OnRemoved, Ordering};
 use qubs_bridge::grpc::pb::{self, feed_service_client::FeedServiceClient};
@@ -15,6 +16,18 @@ use qubs_bridge::simulator::{Fault, FaultRule};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
+
+in_both_modes!(
+    #[tokio::test(flavor = "multi_thread")]
+    new_changed_and_removed_orders_reach_the_consumer_and_watch_orders,
+    every_consumer_answer_is_handled_by_policy_and_nothing_is_lost,
+    one_stuck_order_holds_back_only_its_own_key_unless_strict,
+    two_destinations_one_down_the_other_keeps_flowing,
+    a_restart_resumes_without_resending_and_a_baseline_sends_only_what_follows,
+    a_file_destination_gets_one_complete_file_per_message,
+    qubs_errors_back_off_without_losing_the_watch,
+    an_mllp_destination_over_mutual_tls,
+);
 
 /// An MLLP destination with test timings: quick retries, a short ACK timeout.
 fn mllp(name: &str, addr: std::net::SocketAddr) -> DestinationSettings {
@@ -67,15 +80,15 @@ async fn wait_polls(bridge: &common::Bridge, n: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn new_changed_and_removed_orders_reach_the_consumer_and_watch_orders() {
+async fn new_changed_and_removed_orders_reach_the_consumer_and_watch_orders(mode: Mode) {
     let consumer = Consumer::start().await;
     let addr = consumer.addr;
-    let bridge = common::start_bridge_with(with_pending(3), &[], |s| {
-        feed(s, vec![mllp("ris", addr)]);
-        s.feed.on_removed = OnRemoved::Send;
-    })
-    .await;
+    let bridge = mode
+        .start_bridge_with(with_pending(3), &[], |s| {
+            feed(s, vec![mllp("ris", addr)]);
+            s.feed.on_removed = OnRemoved::Send;
+        })
+        .await;
     let first = consumer.wait_accepted(3, WAIT).await;
     let mut got = ids(&first);
     got.sort();
@@ -231,8 +244,7 @@ async fn new_changed_and_removed_orders_reach_the_consumer_and_watch_orders() {
     assert_eq!(bad_cursor.code(), tonic::Code::InvalidArgument);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_consumer_answer_is_handled_by_policy_and_nothing_is_lost() {
+async fn every_consumer_answer_is_handled_by_policy_and_nothing_is_lost(mode: Mode) {
     let consumer = Consumer::start().await;
     consumer.script("A0001", &[Reply::Ack("AE")]);
     consumer.script("A0002", &[Reply::Ack("AR"), Reply::Ack("AR")]);
@@ -243,8 +255,9 @@ async fn every_consumer_answer_is_handled_by_policy_and_nothing_is_lost() {
     consumer.script("A0007", &[Reply::Ack("CA")]);
     let addr = consumer.addr;
     // Defaults: AE is a dead letter, AR is retried.
-    let bridge =
-        common::start_bridge_with(with_pending(8), &[], |s| feed(s, vec![mllp("ris", addr)])).await;
+    let bridge = mode
+        .start_bridge_with(with_pending(8), &[], |s| feed(s, vec![mllp("ris", addr)]))
+        .await;
     consumer.wait_accepted(6, WAIT).await;
     eventually("every message settled", WAIT, || {
         let r = consumer.received();
@@ -330,18 +343,18 @@ async fn every_consumer_answer_is_handled_by_policy_and_nothing_is_lost() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn one_stuck_order_holds_back_only_its_own_key_unless_strict() {
+async fn one_stuck_order_holds_back_only_its_own_key_unless_strict(mode: Mode) {
     for (ordering, others_flow) in [(Ordering::PerPatient, true), (Ordering::Strict, false)] {
         let consumer = Consumer::start().await;
         consumer.script("A0001", &[Reply::Ack("AR"); 40]);
         let addr = consumer.addr;
-        let bridge = common::start_bridge_with(with_pending(4), &[], |s| {
-            let mut d = mllp("ris", addr);
-            d.ordering = ordering;
-            feed(s, vec![d]);
-        })
-        .await;
+        let bridge = mode
+            .start_bridge_with(with_pending(4), &[], |s| {
+                let mut d = mllp("ris", addr);
+                d.ordering = ordering;
+                feed(s, vec![d]);
+            })
+            .await;
         eventually("the stuck order was tried", WAIT, || {
             consumer
                 .received()
@@ -364,8 +377,7 @@ async fn one_stuck_order_holds_back_only_its_own_key_unless_strict() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_destinations_one_down_the_other_keeps_flowing() {
+async fn two_destinations_one_down_the_other_keeps_flowing(mode: Mode) {
     let up = Consumer::start().await;
     // A port with nothing behind it (yet).
     let down_addr = {
@@ -373,10 +385,11 @@ async fn two_destinations_one_down_the_other_keeps_flowing() {
         l.local_addr().unwrap()
     };
     let up_addr = up.addr;
-    let bridge = common::start_bridge_with(with_pending(5), &[], |s| {
-        feed(s, vec![mllp("pacs", up_addr), mllp("ris", down_addr)]);
-    })
-    .await;
+    let bridge = mode
+        .start_bridge_with(with_pending(5), &[], |s| {
+            feed(s, vec![mllp("pacs", up_addr), mllp("ris", down_addr)]);
+        })
+        .await;
     up.wait_accepted(5, WAIT).await;
     let ris = loop {
         let s = status(&bridge).await;
@@ -409,16 +422,16 @@ async fn two_destinations_one_down_the_other_keeps_flowing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_restart_resumes_without_resending_and_a_baseline_sends_only_what_follows() {
+async fn a_restart_resumes_without_resending_and_a_baseline_sends_only_what_follows(mode: Mode) {
     let consumer = Consumer::start().await;
     let addr = consumer.addr;
     let sim = with_pending(3);
+    mode.prepare(&sim);
     sim.add_client(common::CLIENT_ID, common::CLIENT_SECRET, &["acme"]);
     let running = sim.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let settings = {
-        let mut s = common::service_settings(&running, &[], dir.path());
+        let mut s = mode.service_settings(&running, &[], dir.path());
         feed(&mut s, vec![mllp("ris", addr)]);
         s
     };
@@ -448,7 +461,7 @@ async fn a_restart_resumes_without_resending_and_a_baseline_sends_only_what_foll
     let consumer = Consumer::start().await;
     let addr = consumer.addr;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = common::service_settings(&running, &[], dir.path());
+    let mut settings = mode.service_settings(&running, &[], dir.path());
     feed(&mut settings, vec![mllp("ris", addr)]);
     settings.feed.first_run = qubs_bridge::feed::FirstRun::Baseline;
     let (service, stop) = run(settings).await;
@@ -461,23 +474,23 @@ async fn a_restart_resumes_without_resending_and_a_baseline_sends_only_what_foll
     service.wait().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_file_destination_gets_one_complete_file_per_message() {
+async fn a_file_destination_gets_one_complete_file_per_message(mode: Mode) {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("drop");
     let drop_dir = dir.clone();
-    let bridge = common::start_bridge_with(with_pending(3), &[], |s| {
-        feed(
-            s,
-            vec![DestinationSettings {
-                name: "dictation".into(),
-                kind: DestinationKind::File,
-                directory: Some(drop_dir),
-                ..Default::default()
-            }],
-        );
-    })
-    .await;
+    let bridge = mode
+        .start_bridge_with(with_pending(3), &[], |s| {
+            feed(
+                s,
+                vec![DestinationSettings {
+                    name: "dictation".into(),
+                    kind: DestinationKind::File,
+                    directory: Some(drop_dir),
+                    ..Default::default()
+                }],
+            );
+        })
+        .await;
     let files = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(&dir)
             .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
@@ -514,8 +527,7 @@ async fn a_file_destination_gets_one_complete_file_per_message() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn qubs_errors_back_off_without_losing_the_watch() {
+async fn qubs_errors_back_off_without_losing_the_watch(mode: Mode) {
     let sim = with_pending(3);
     // The first polls fail; then QUBS recovers.
     sim.add_fault(
@@ -528,7 +540,9 @@ async fn qubs_errors_back_off_without_losing_the_watch() {
     );
     let consumer = Consumer::start().await;
     let addr = consumer.addr;
-    let bridge = common::start_bridge_with(sim, &[], |s| feed(s, vec![mllp("ris", addr)])).await;
+    let bridge = mode
+        .start_bridge_with(sim, &[], |s| feed(s, vec![mllp("ris", addr)]))
+        .await;
     eventually("a failed poll is reported", WAIT, || {
         bridge.service.metrics.feed.poll_failures.get() > 0
     })
@@ -567,8 +581,7 @@ impl qubs_bridge::mllp::Handler for TlsConsumer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_mllp_destination_over_mutual_tls() {
+async fn an_mllp_destination_over_mutual_tls(mode: Mode) {
     let pki = common::pki::Pki::new();
     let consumer = std::sync::Arc::new(TlsConsumer {
         seen: Default::default(),
@@ -588,18 +601,19 @@ async fn an_mllp_destination_over_mutual_tls() {
     let (cert, key) = pki.issue_files("bridge", "qubs-bridge-feed", &[]);
     let ca = pki.ca_file();
     let addr = server.addr;
-    let bridge = common::start_bridge_with(with_pending(2), &[], |s| {
-        let mut d = mllp("pacs", addr);
-        d.address = Some(format!("localhost:{}", addr.port()));
-        d.tls = Some(qubs_bridge::feed::DestinationTls {
-            ca_file: ca,
-            server_name: None,
-            cert_file: Some(cert),
-            key_file: Some(key),
-        });
-        feed(s, vec![d]);
-    })
-    .await;
+    let bridge = mode
+        .start_bridge_with(with_pending(2), &[], |s| {
+            let mut d = mllp("pacs", addr);
+            d.address = Some(format!("localhost:{}", addr.port()));
+            d.tls = Some(qubs_bridge::feed::DestinationTls {
+                ca_file: ca,
+                server_name: None,
+                cert_file: Some(cert),
+                key_file: Some(key),
+            });
+            feed(s, vec![d]);
+        })
+        .await;
     eventually("two messages over TLS", WAIT, || {
         consumer.seen.lock().unwrap().len() >= 2
     })

@@ -1,13 +1,20 @@
 //! ORU^R01 over the service's MLLP listener: sloppy framing and separators, oversize
-//! frames, and enhanced-mode acknowledgements on the same connection.
+//! frames, and enhanced-mode acknowledgements on the same connection — against today's
+//! simulator and the strict one.
 
 use crate::common;
 
 use std::time::Duration;
 
-use common::{start_bridge, with_pending};
+use common::{Mode, in_both_modes, with_pending};
 use qubs_bridge::mllp::MllpClient;
 use tokio::io::AsyncWriteExt;
+
+in_both_modes!(
+    lf_separators_a_bom_and_garbage_before_the_frame_are_tolerated,
+    an_oversize_frame_is_rejected_with_its_control_id_and_the_connection_goes_on,
+    enhanced_mode_sends_the_commit_ack_then_the_application_ack,
+);
 
 fn oru(control_id: &str, appointment: &str, msh_tail: &str, sep: &str) -> String {
     [
@@ -28,9 +35,8 @@ fn msa(ack: &[u8]) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn lf_separators_a_bom_and_garbage_before_the_frame_are_tolerated() {
-    let bridge = start_bridge(with_pending(2), &[]).await;
+async fn lf_separators_a_bom_and_garbage_before_the_frame_are_tolerated(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(2), &[]).await;
     let addr = bridge.service.mllp_addr.unwrap();
     let mut client = MllpClient::connect(addr, None, Duration::from_secs(5))
         .await
@@ -68,13 +74,13 @@ async fn lf_separators_a_bom_and_garbage_before_the_frame_are_tolerated() {
     assert_eq!(bridge.sim.submissions("acme").len(), 2);
 }
 
-#[tokio::test]
-async fn an_oversize_frame_is_rejected_with_its_control_id_and_the_connection_goes_on() {
-    let bridge = start_bridge(
-        with_pending(1),
-        &[("QUBS_BRIDGE__MLLP__MAX_FRAME_BYTES", "65536")],
-    )
-    .await;
+async fn an_oversize_frame_is_rejected_with_its_control_id_and_the_connection_goes_on(mode: Mode) {
+    let bridge = mode
+        .start_bridge(
+            with_pending(1),
+            &[("QUBS_BRIDGE__MLLP__MAX_FRAME_BYTES", "65536")],
+        )
+        .await;
     let addr = bridge.service.mllp_addr.unwrap();
     let mut client = MllpClient::connect(addr, None, Duration::from_secs(5))
         .await
@@ -99,9 +105,8 @@ async fn an_oversize_frame_is_rejected_with_its_control_id_and_the_connection_go
     assert_eq!(msa(&ack), "MSA|AA|OK1");
 }
 
-#[tokio::test]
-async fn enhanced_mode_sends_the_commit_ack_then_the_application_ack() {
-    let bridge = start_bridge(with_pending(1), &[]).await;
+async fn enhanced_mode_sends_the_commit_ack_then_the_application_ack(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(1), &[]).await;
     let addr = bridge.service.mllp_addr.unwrap();
     let mut client = MllpClient::connect(addr, None, Duration::from_secs(5))
         .await

@@ -163,7 +163,9 @@ async fn a_foreign_domain_is_forbidden_with_request_id() {
         Some(e.correlation_id.to_string().as_str()),
         "requestId is the correlation id we sent"
     );
-    assert_eq!(e.attempts, 1, "403 is not retried");
+    // A fresh token first (it may carry the domain the old one lacked), then final.
+    assert_eq!(e.attempts, 2, "a 403 is tried once more, with a new token");
+    assert_eq!(f.sim.token_requests(), 2);
     assert!(e.to_string().contains("403 Forbidden"), "{e}");
 }
 
@@ -923,4 +925,315 @@ async fn demo_data_has_the_promised_shape() {
             .len();
     }
     assert!(alerts > 0 && attachments > 0);
+}
+
+// ---- what QUBS does not document: settings and fallbacks ------------------------------------
+
+/// A client for `sim` (already started) with its settings changed by `tweak`.
+fn client_with(
+    sim: &qubs_bridge::simulator::RunningSimulator,
+    env: &[(&str, &str)],
+    tweak: impl FnOnce(&mut qubs_bridge::config::QubsSettings),
+) -> qubs_bridge::qubs::Client {
+    let mut settings = common::settings_for(sim, env);
+    tweak(&mut settings);
+    qubs_bridge::qubs::Client::new(&settings).unwrap()
+}
+
+#[tokio::test]
+async fn the_token_request_follows_qubs_auth_settings() {
+    let sim = with_pending(1);
+    sim.set_client_auth(qubs_bridge::simulator::ClientAuth::Basic);
+    sim.require_token_params(Some("integrations.read"), Some("https://api.qubs.test"));
+    let f = start(
+        sim,
+        &[
+            ("QUBS_BRIDGE__QUBS__AUTH__METHOD", "client_secret_basic"),
+            ("QUBS_BRIDGE__QUBS__AUTH__SCOPE", "integrations.read"),
+            ("QUBS_BRIDGE__QUBS__AUTH__AUDIENCE", "https://api.qubs.test"),
+        ],
+    )
+    .await;
+    f.client.pending_page("acme", None, None).await.unwrap();
+    // Credentials in the body, where the token endpoint wants HTTP Basic: refused, said so.
+    let in_body = client_with(&f.sim, &[], |s| {
+        s.auth.scope = Some("integrations.read".into());
+        s.auth.audience = Some("https://api.qubs.test".into());
+    });
+    let e = in_body.pending_page("acme", None, None).await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Token { .. }), "{e:?}");
+    assert!(e.to_string().contains("must come as HTTP Basic"), "{e}");
+    // No scope where one is required.
+    let no_scope = client_with(
+        &f.sim,
+        &[("QUBS_BRIDGE__QUBS__AUTH__METHOD", "client_secret_basic")],
+        |_| {},
+    );
+    let e = no_scope.pending_page("acme", None, None).await.unwrap_err();
+    assert!(e.to_string().contains("invalid_scope"), "{e}");
+    // Body only, as a server that refuses Basic wants it.
+    f.sim
+        .set_client_auth(qubs_bridge::simulator::ClientAuth::Post);
+    f.sim.require_token_params(None, None);
+    let basic = client_with(
+        &f.sim,
+        &[("QUBS_BRIDGE__QUBS__AUTH__METHOD", "client_secret_basic")],
+        |_| {},
+    );
+    let e = basic.pending_page("acme", None, None).await.unwrap_err();
+    assert!(e.to_string().contains("must come in the form body"), "{e}");
+    let post = client_with(&f.sim, &[], |_| {});
+    post.pending_page("acme", None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_expires_in_the_token_lives_until_its_exp() {
+    let sim = with_pending(1);
+    sim.set_strict_docs(true);
+    sim.set_token_lifetime(Duration::from_secs(2));
+    let f = start(sim, &[]).await;
+    let http = reqwest::Client::new();
+    let answer = sim_token(&http, &f.sim.token_url()).await;
+    assert!(answer.get("expires_in").is_none(), "{answer}");
+    assert_eq!(f.sim.token_requests(), 1);
+    f.client.pending_page("acme", None, None).await.unwrap();
+    f.client.pending_page("acme", None, None).await.unwrap();
+    assert_eq!(f.sim.token_requests(), 2, "one token, reused");
+    // Renewed at half of what `exp` says (2 s), not after the one-hour default.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    f.client.pending_page("acme", None, None).await.unwrap();
+    assert_eq!(f.sim.token_requests(), 3, "renewed before exp");
+    assert!(f.sim.requests().iter().all(|r| r.status != 401));
+}
+
+#[tokio::test]
+async fn a_500_is_transient_for_a_get() {
+    let sim = with_pending(1);
+    sim.add_fault(
+        FaultRule::new(Fault::Status {
+            status: 500,
+            retry_after: None,
+        })
+        .path("/pending")
+        .times(2),
+    );
+    let f = start(sim, &[]).await;
+    let page = f.client.pending_page("acme", None, None).await.unwrap();
+    assert_eq!(page.appointments.len(), 1);
+    let statuses: Vec<u16> = f
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/pending"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [500, 500, 200]);
+}
+
+#[tokio::test]
+async fn a_403_gets_one_fresh_token_and_the_call_goes_on() {
+    let sim = with_pending(1);
+    sim.add_fault(
+        FaultRule::new(Fault::Status {
+            status: 403,
+            retry_after: None,
+        })
+        .path("/pending")
+        .times(1),
+    );
+    let f = start(sim, &[]).await;
+    f.client.pending_page("acme", None, None).await.unwrap();
+    assert_eq!(f.sim.token_requests(), 2, "a new token after the 403");
+    let log: Vec<_> = f
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/pending"))
+        .collect();
+    assert_eq!(log.iter().map(|r| r.status).collect::<Vec<_>>(), [403, 200]);
+    assert_eq!(log[0].correlation_id, log[1].correlation_id);
+}
+
+#[tokio::test]
+async fn the_strict_simulator_serves_only_what_qubs_documents() {
+    let sim = with_pending(23);
+    sim.set_appointment_status("acme", "A0005", "FINALISED");
+    sim.add_comment("acme", "A0005", json!({"guid": "c1", "commentType": "AC"}));
+    sim.add_comment("acme", "A0006", json!({"guid": "c2", "commentType": "AC"}));
+    sim.set_strict_docs(true);
+    let f = start(sim, &[("QUBS_BRIDGE__QUBS__PAGE_SIZE", "6")]).await;
+    let status = |e: qubs_bridge::qubs::Error| e.status().map(|s| s.as_u16());
+    // Nothing the documentation does not describe.
+    assert_eq!(
+        status(f.client.appointment("acme", "A0001").await.unwrap_err()),
+        Some(404)
+    );
+    assert_eq!(status(f.client.sites("acme").await.unwrap_err()), Some(404));
+    let file = ReportAttachmentFile {
+        file_name: "r.pdf".into(),
+        content_type: "application/pdf".into(),
+        size_bytes: 3,
+    };
+    let e = f
+        .client
+        .register_report_attachments("acme", "A0001", &[file], Some("k"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), Some(404));
+    // Comments "for the requested pending reporting appointment" only.
+    assert_eq!(f.client.comments("acme", "A0006").await.unwrap().len(), 1);
+    let e = f.client.comments("acme", "A0005").await.unwrap_err();
+    assert_eq!(status(e), Some(404));
+    let e = f
+        .client
+        .attachments("acme", "A0005", Disposition::Inline)
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), Some(404));
+    // DynamoDB-style pages: the limit counts what was read before the filter (A0005 is
+    // read, not listed), an empty page carries a token, and every pending one comes once.
+    let pages: Vec<_> = f.client.pending_pages("acme").try_collect().await.unwrap();
+    let sizes: Vec<usize> = pages.iter().map(|p| p.appointments.len()).collect();
+    assert_eq!(sizes, [5, 0, 3, 6, 0, 3, 5], "{sizes:?}");
+    assert!(
+        pages[1].next_token.is_some(),
+        "an empty page that carries a token"
+    );
+    let ids: HashSet<String> = pages
+        .iter()
+        .flat_map(|p| p.appointments.iter().map(|a| a.id().to_string()))
+        .collect();
+    assert_eq!(ids.len(), 22);
+    assert!(!ids.contains("A0005"));
+}
+
+#[tokio::test]
+async fn a_duplicate_still_in_progress_is_a_conflict_and_its_replay_comes_later() {
+    let sim = with_pending(1);
+    sim.add_fault(
+        FaultRule::new(Fault::SlowProcessing { ms: 1500 })
+            .method("POST")
+            .path("/report")
+            .times(1),
+    );
+    let f = start(
+        sim,
+        &[
+            ("QUBS_BRIDGE__QUBS__REQUEST_TIMEOUT_MS", "300"),
+            ("QUBS_BRIDGE__QUBS__RETRY__MAX_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    let key = "k-in-progress";
+    let submission = report("A0001", "x", ReportStatus::Final);
+    let e = f
+        .client
+        .submit_report("acme", &submission, Some(key))
+        .await
+        .unwrap_err();
+    // The first attempt timed out while QUBS was still at it; the retry met it.
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(409), "{e}");
+    assert!(e.to_string().contains("still being processed"), "{e}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let receipt = f
+        .client
+        .submit_report("acme", &submission, Some(key))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.report_guid,
+        f.sim.report("acme", "A0001").unwrap().report_guid
+    );
+    assert_eq!(f.sim.submissions("acme").len(), 1, "stored once");
+}
+
+#[tokio::test]
+async fn site_time_zones_come_from_configuration_the_endpoint_and_the_default() {
+    let sim = with_pending(0);
+    sim.add_site("acme", "Kowhai Medical Imaging", "Pacific/Auckland");
+    sim.add_site("acme", "Harbour Imaging", "Australia/Sydney");
+    let f = start(sim, &[]).await;
+    let zone = |s: Option<qubs_bridge::qubs::SiteSettings>| s.and_then(|s| s.time_zone);
+    let client = client_with(&f.sim, &[], |s| {
+        s.site_time_zones
+            .insert("Harbour Imaging".into(), "Australia/Perth".into());
+        s.default_time_zone = Some(qubs_bridge::config::DefaultTimeZone::All("UTC".into()));
+    });
+    // Configuration wins; the endpoint knows the rest; the default covers unknown sites.
+    let site = |name: &'static str| client.site_for("acme", Some(name));
+    assert_eq!(
+        zone(site("Harbour Imaging").await.unwrap()).as_deref(),
+        Some("Australia/Perth")
+    );
+    assert_eq!(
+        zone(site("Kowhai Medical Imaging").await.unwrap()).as_deref(),
+        Some("Pacific/Auckland")
+    );
+    assert_eq!(zone(site("Nowhere").await.unwrap()).as_deref(), Some("UTC"));
+    assert_eq!(
+        zone(client.site_for("acme", None).await.unwrap()).as_deref(),
+        Some("UTC")
+    );
+    assert_eq!(
+        client.time_zone_source("acme"),
+        qubs_bridge::qubs::TimeZoneSource::SitesEndpoint
+    );
+    // Without a sites endpoint: one look at the list, then configuration alone.
+    f.sim.set_strict_docs(true);
+    f.sim.clear_requests();
+    let client = client_with(&f.sim, &[], |s| {
+        s.default_time_zone = Some(qubs_bridge::config::DefaultTimeZone::PerDomain(
+            [("acme".to_string(), "Australia/Sydney".to_string())].into(),
+        ));
+    });
+    for _ in 0..3 {
+        let s = client
+            .site_for("acme", Some("Kowhai Medical Imaging"))
+            .await
+            .unwrap();
+        assert_eq!(zone(s).as_deref(), Some("Australia/Sydney"));
+    }
+    let asked: Vec<String> = f
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/sites"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(
+        client.time_zone_source("acme"),
+        qubs_bridge::qubs::TimeZoneSource::ConfigurationEndpointMissing
+    );
+    // Another shape than assumed: configuration stands in, nothing fails.
+    f.sim.set_strict_docs(false);
+    f.sim.add_fault(
+        FaultRule::new(Fault::Raw {
+            status: 200,
+            content_type: "application/json".into(),
+            body: r#"{"siteName": "Kowhai Medical Imaging", "timeZone": {"iana": "Pacific/Auckland"}}"#.into(),
+        })
+        .path("/sites/Kowhai"),
+    );
+    let client = client_with(&f.sim, &[], |s| {
+        s.default_time_zone = Some(qubs_bridge::config::DefaultTimeZone::All("UTC".into()));
+    });
+    let s = client
+        .site_for("acme", Some("Kowhai Medical Imaging"))
+        .await
+        .unwrap();
+    assert_eq!(zone(s).as_deref(), Some("UTC"));
+    f.sim.clear_faults();
+    // Off by configuration: never asked.
+    f.sim.clear_requests();
+    let client = client_with(
+        &f.sim,
+        &[("QUBS_BRIDGE__QUBS__SITES__ENDPOINT", "false")],
+        |_| {},
+    );
+    assert_eq!(
+        zone(client.site_for("acme", Some("Main")).await.unwrap()),
+        None
+    );
+    assert!(f.sim.requests().is_empty());
 }

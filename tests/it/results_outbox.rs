@@ -1,12 +1,13 @@
 //! Results through the durable outbox, over gRPC against the simulator: ack modes, retry
-//! classes, dead letters and their operations, enhanced-mode ACKs, PDF attachments.
+//! classes, dead letters and their operations, enhanced-mode ACKs, PDF attachments — against
+//! today's simulator and the strict one.
 
 use crate::common;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{GRPC_TOKEN, authed, start_bridge, with_pending};
+use common::{GRPC_TOKEN, Mode, authed, in_both_modes, with_pending};
 use qubs_bridge::grpc::pb::outbox_service_client::OutboxServiceClient;
 use qubs_bridge::grpc::pb::result_service_client::ResultServiceClient;
 use qubs_bridge::grpc::pb::{
@@ -15,6 +16,19 @@ use qubs_bridge::grpc::pb::{
 };
 use qubs_bridge::simulator::{Fault, FaultRule};
 use tonic::Code;
+
+in_both_modes!(
+    after_submit_waits_through_transient_failures_then_answers_aa,
+    not_confirmed_in_time_is_ae_then_submitted_and_a_resend_is_aa_without_a_duplicate,
+    after_store_answers_aa_at_once_and_submits_later,
+    an_ambiguous_failure_is_retried_with_the_same_key_and_stores_one_report,
+    permanent_refusals_become_dead_letters_that_operators_can_retry_and_purge,
+    a_preliminary_after_the_final_is_refused,
+    enhanced_mode_gets_a_commit_ack_and_an_application_ack,
+    a_base64_pdf_in_obx_becomes_a_report_attachment,
+    past_the_retry_horizon_a_result_becomes_a_dead_letter,
+    several_order_groups_give_one_report_per_appointment,
+);
 
 fn oru_with(
     control_id: &str,
@@ -103,9 +117,8 @@ const FAST_RETRY: [(&str, &str); 2] = [
     ("QUBS_BRIDGE__RESULTS__RETRY_MAX_MS", "200"),
 ];
 
-#[tokio::test]
-async fn after_submit_waits_through_transient_failures_then_answers_aa() {
-    let bridge = start_bridge(with_pending(1), &FAST_RETRY).await;
+async fn after_submit_waits_through_transient_failures_then_answers_aa(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(1), &FAST_RETRY).await;
     // Twelve 503s, more than one QUBS call retries: the outbox tries again, then QUBS
     // takes it.
     bridge.sim.add_fault(report_posts_fail().times(12));
@@ -127,11 +140,12 @@ async fn after_submit_waits_through_transient_failures_then_answers_aa() {
     assert_eq!(bridge.sim.submissions("acme").len(), 1);
 }
 
-#[tokio::test]
-async fn not_confirmed_in_time_is_ae_then_submitted_and_a_resend_is_aa_without_a_duplicate() {
+async fn not_confirmed_in_time_is_ae_then_submitted_and_a_resend_is_aa_without_a_duplicate(
+    mode: Mode,
+) {
     let mut env = FAST_RETRY.to_vec();
     env.push(("QUBS_BRIDGE__RESULTS__ACK_WAIT_SECS", "1"));
-    let bridge = start_bridge(with_pending(1), &env).await;
+    let bridge = mode.start_bridge(with_pending(1), &env).await;
     bridge.sim.add_fault(report_posts_fail());
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let message = oru("T2", "A0001", "F");
@@ -155,11 +169,10 @@ async fn not_confirmed_in_time_is_ae_then_submitted_and_a_resend_is_aa_without_a
     assert_eq!(bridge.sim.submissions("acme").len(), 1);
 }
 
-#[tokio::test]
-async fn after_store_answers_aa_at_once_and_submits_later() {
+async fn after_store_answers_aa_at_once_and_submits_later(mode: Mode) {
     let mut env = FAST_RETRY.to_vec();
     env.push(("QUBS_BRIDGE__RESULTS__ACK_MODE", "after_store"));
-    let bridge = start_bridge(with_pending(1), &env).await;
+    let bridge = mode.start_bridge(with_pending(1), &env).await;
     bridge.sim.add_fault(report_posts_fail());
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let answer = send(&mut client, &oru("T3", "A0001", "F")).await;
@@ -174,9 +187,8 @@ async fn after_store_answers_aa_at_once_and_submits_later() {
     .await;
 }
 
-#[tokio::test]
-async fn an_ambiguous_failure_is_retried_with_the_same_key_and_stores_one_report() {
-    let bridge = start_bridge(with_pending(1), &FAST_RETRY).await;
+async fn an_ambiguous_failure_is_retried_with_the_same_key_and_stores_one_report(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(1), &FAST_RETRY).await;
     // QUBS stores the report, and the connection drops before the answer.
     bridge.sim.add_fault(
         FaultRule::new(Fault::DropAfterProcessing)
@@ -192,11 +204,10 @@ async fn an_ambiguous_failure_is_retried_with_the_same_key_and_stores_one_report
     assert_eq!(bridge.sim.report("acme", "A0001").unwrap().revision, 1);
 }
 
-#[tokio::test]
-async fn permanent_refusals_become_dead_letters_that_operators_can_retry_and_purge() {
+async fn permanent_refusals_become_dead_letters_that_operators_can_retry_and_purge(mode: Mode) {
     let mut env = FAST_RETRY.to_vec();
     env.push(("QUBS_BRIDGE__RESULTS__ACK_MODE", "after_store"));
-    let bridge = start_bridge(with_pending(1), &env).await;
+    let bridge = mode.start_bridge(with_pending(1), &env).await;
     let mut client = ResultServiceClient::new(bridge.channel().await);
     // Unknown to QUBS: accepted on storing (after_store), then a dead letter.
     let answer = send(&mut client, &oru("T5", "A0404", "F")).await;
@@ -292,9 +303,8 @@ async fn permanent_refusals_become_dead_letters_that_operators_can_retry_and_pur
     assert_eq!(status.code(), Code::PermissionDenied);
 }
 
-#[tokio::test]
-async fn a_preliminary_after_the_final_is_refused() {
-    let bridge = start_bridge(with_pending(1), &[]).await;
+async fn a_preliminary_after_the_final_is_refused(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(1), &[]).await;
     let mut client = ResultServiceClient::new(bridge.channel().await);
     assert_eq!(
         send(&mut client, &oru("F1", "A0001", "F")).await.ack_code,
@@ -317,9 +327,8 @@ async fn a_preliminary_after_the_final_is_refused() {
     assert_eq!(bridge.sim.report("acme", "A0001").unwrap().revision, 2);
 }
 
-#[tokio::test]
-async fn enhanced_mode_gets_a_commit_ack_and_an_application_ack() {
-    let bridge = start_bridge(with_pending(1), &[]).await;
+async fn enhanced_mode_gets_a_commit_ack_and_an_application_ack(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(1), &[]).await;
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let answer = send(&mut client, &oru_with("E1", "A0001", "F", "|||AL|AL", "")).await;
     assert_eq!(answer.ack_code, "CA");
@@ -333,9 +342,8 @@ async fn enhanced_mode_gets_a_commit_ack_and_an_application_ack() {
     assert!(answer.application_ack.is_empty());
 }
 
-#[tokio::test]
-async fn a_base64_pdf_in_obx_becomes_a_report_attachment() {
-    let bridge = start_bridge(with_pending(1), &[]).await;
+async fn a_base64_pdf_in_obx_becomes_a_report_attachment(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(1), &[]).await;
     let pdf = b"%PDF-1.4\n% a tiny test document\n%%EOF\n";
     let b64 = base64::engine::general_purpose::STANDARD.encode(pdf);
     let obx = format!(
@@ -344,6 +352,9 @@ async fn a_base64_pdf_in_obx_becomes_a_report_attachment() {
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let answer = send(&mut client, &oru_with("D1", "A0001", "F", "", &obx)).await;
     assert_eq!(answer.ack_code, "AA", "{:?}", answer.error);
+    let report = bridge.sim.report("acme", "A0001").unwrap();
+    // The base64 is not in the report text.
+    assert!(!report.report_text.contains(&b64[..20]));
     let uploaded = bridge.sim.with_domain("acme", |d| {
         d.report_attachments
             .values()
@@ -356,13 +367,26 @@ async fn a_base64_pdf_in_obx_becomes_a_report_attachment() {
             })
             .collect::<Vec<_>>()
     });
-    assert_eq!(uploaded.len(), 1);
-    assert_eq!(uploaded[0].0, "A0001");
-    assert_eq!(uploaded[0].1, "application/pdf");
-    assert_eq!(uploaded[0].2.as_deref(), Some(&pdf[..]));
-    // The base64 is not in the report text.
-    let text = bridge.sim.report("acme", "A0001").unwrap().report_text;
-    assert!(!text.contains(&b64[..20]));
+    if mode.is_strict() {
+        // No report-attachment endpoint: the report names its PDF instead.
+        assert!(uploaded.is_empty());
+        assert!(
+            report.report_text.starts_with("IMPRESSION: Normal study.")
+                && report.report_text.ends_with(&format!(
+                    "\n\n[Not attached in QUBS: A0001-report-1.pdf (application/pdf, {} bytes)]",
+                    pdf.len()
+                )),
+            "{}",
+            report.report_text
+        );
+        assert_eq!(answer.reports[0].report_guid, report.report_guid);
+    } else {
+        assert_eq!(uploaded.len(), 1);
+        assert_eq!(uploaded[0].0, "A0001");
+        assert_eq!(uploaded[0].1, "application/pdf");
+        assert_eq!(uploaded[0].2.as_deref(), Some(&pdf[..]));
+        assert_eq!(report.report_text, "IMPRESSION: Normal study.");
+    }
 
     // Too large for QUBS: AE naming the OBX, nothing stored.
     let big = base64::engine::general_purpose::STANDARD.encode(vec![b'%'; 3 * 1024 * 1024]);
@@ -375,12 +399,11 @@ async fn a_base64_pdf_in_obx_becomes_a_report_attachment() {
     );
 }
 
-#[tokio::test]
-async fn past_the_retry_horizon_a_result_becomes_a_dead_letter() {
+async fn past_the_retry_horizon_a_result_becomes_a_dead_letter(mode: Mode) {
     let mut env = FAST_RETRY.to_vec();
     env.push(("QUBS_BRIDGE__RESULTS__RETRY_HORIZON_SECS", "1"));
     env.push(("QUBS_BRIDGE__RESULTS__ACK_WAIT_SECS", "10"));
-    let bridge = start_bridge(with_pending(1), &env).await;
+    let bridge = mode.start_bridge(with_pending(1), &env).await;
     bridge.sim.add_fault(report_posts_fail());
     let mut client = ResultServiceClient::new(bridge.channel().await);
     let answer = send(&mut client, &oru("H1", "A0001", "F")).await;
@@ -391,9 +414,8 @@ async fn past_the_retry_horizon_a_result_becomes_a_dead_letter() {
     assert_eq!(answer.reports[0].state, "dead");
 }
 
-#[tokio::test]
-async fn several_order_groups_give_one_report_per_appointment() {
-    let bridge = start_bridge(with_pending(2), &[]).await;
+async fn several_order_groups_give_one_report_per_appointment(mode: Mode) {
+    let bridge = mode.start_bridge(with_pending(2), &[]).await;
     let two = [
         oru("G2", "A0001", "F"),
         "ORC|RE|A0002".to_string(),

@@ -6,12 +6,110 @@
 pub mod consumer;
 pub mod logs;
 pub mod pki;
+pub mod postgres;
 pub mod python;
+pub mod replicas;
 
-use qubs_bridge::config::{QubsSettings, Settings};
+use qubs_bridge::config::{ClientAuthMethod, QubsSettings, Settings};
 use qubs_bridge::qubs::Client;
-use qubs_bridge::simulator::{RunningSimulator, Simulator};
+use qubs_bridge::simulator::{ClientAuth, RunningSimulator, Simulator};
 use serde_json::{Value, json};
+
+/// Which QUBS an end-to-end scenario runs against; [`in_both_modes!`] runs it against each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The simulator serves everything the bridge may assume, and the bridge is told the
+    /// single-appointment GET exists (`qubs.endpoints.appointment = true`).
+    Full,
+    /// The simulator serves only what QUBS's documentation describes (strict mode, HTTP
+    /// Basic only at the token endpoint); the bridge runs on its defaults, with
+    /// `client_secret_basic` and the test site's time zone configured, as an operator would.
+    Strict,
+}
+
+impl Mode {
+    pub fn is_strict(self) -> bool {
+        self == Mode::Strict
+    }
+
+    /// Makes `sim` serve as this mode says.
+    pub fn prepare(self, sim: &Simulator) {
+        if self.is_strict() {
+            sim.set_strict_docs(true);
+            sim.set_client_auth(ClientAuth::Basic);
+        }
+    }
+
+    /// The bridge's settings for this mode.
+    pub fn configure(self, settings: &mut Settings) {
+        match self {
+            Mode::Full => settings.qubs.endpoints.appointment = true,
+            Mode::Strict => {
+                settings.qubs.auth.method = ClientAuthMethod::ClientSecretBasic;
+                settings
+                    .qubs
+                    .site_time_zones
+                    .insert("Main".into(), "Australia/Sydney".into());
+            }
+        }
+    }
+
+    /// [`service_settings`] for this mode.
+    pub fn service_settings(
+        self,
+        sim: &RunningSimulator,
+        extra_env: &[(&str, &str)],
+        outbox_dir: &std::path::Path,
+    ) -> Settings {
+        let mut settings = service_settings(sim, extra_env, outbox_dir);
+        self.configure(&mut settings);
+        settings
+    }
+
+    /// [`start_bridge`] in this mode.
+    pub async fn start_bridge(self, sim: Simulator, extra_env: &[(&str, &str)]) -> Bridge {
+        self.start_bridge_with(sim, extra_env, |_| {}).await
+    }
+
+    /// [`start_bridge_with`] in this mode; `tweak` has the last say.
+    pub async fn start_bridge_with(
+        self,
+        sim: Simulator,
+        extra_env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Bridge {
+        self.prepare(&sim);
+        start_bridge_with(sim, extra_env, |s| {
+            self.configure(s);
+            tweak(s)
+        })
+        .await
+    }
+}
+
+/// Runs each scenario `async fn name(mode: Mode)` once per [`Mode`], as the tests
+/// `name::full` and `name::strict`; a test attribute may come first (default
+/// `#[tokio::test]`). (Unused by the log tests, which share this module.)
+#[allow(unused_macros)]
+macro_rules! in_both_modes {
+    (#[$test:meta] $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[$test]
+            async fn full() {
+                super::$name($crate::common::Mode::Full).await
+            }
+            #[$test]
+            async fn strict() {
+                super::$name($crate::common::Mode::Strict).await
+            }
+        }
+    )+};
+    ($($name:ident),+ $(,)?) => {
+        $crate::common::in_both_modes!(#[tokio::test] $($name),+);
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use in_both_modes;
 
 pub const CLIENT_ID: &str = "test-client";
 pub const CLIENT_SECRET: &str = "test-secret-8d1f0c";
