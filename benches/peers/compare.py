@@ -5,9 +5,12 @@
 Checks, on the items each implementation saved (the first --check of the corpus):
 - ORU: accession, status, interpreter and report text equal to what the generator wrote
   before escaping (expected_oru.json), for every implementation;
+- report: every implementation's report submission equals the one the generator expects
+  (expected_oru.json `report`: the retracted rows left out, coded rows as their text,
+  the report time in UTC);
 - ORM^O01: every peer's message equals qubs-bridge's field by field once values are
   unescaped (MSH-7 time and MSH-10 control id excepted), and qubs-bridge's carries the
-  order's appointment id, clinical text and comments;
+  order's appointment id, clinical history and comments with text;
 - ServiceRequest: every peer's resource equals qubs-bridge's as JSON, and it carries the
   order's appointment id.
 Any difference is printed and the exit status is 1: the table is only printed for
@@ -91,17 +94,36 @@ def check(work):
                     errors.append("%s: ORU %d: %s is %r, expected %r"
                                   % (impl, i, k, g.get(k, "")[:120], v[:120]))
 
+    def lines(t):
+        return t.replace("\r\n", "\n").replace("\r", "\n")
+
+    for impl in impls:
+        path = os.path.join(out, impl, "report.json")
+        if not os.path.exists(path):
+            continue
+        got = load(path)
+        if not got:
+            errors.append("%s: no report outputs saved" % impl)
+        for i, g in enumerate(got):
+            if g != expected[i]["report"]:
+                keys = sorted(k for k in set(g) | set(expected[i]["report"])
+                              if g.get(k) != expected[i]["report"].get(k))
+                errors.append("%s: report %d differs in %s: %r, expected %r"
+                              % (impl, i, keys, [str(g.get(k))[:80] for k in keys],
+                                 [str(expected[i]["report"].get(k))[:80] for k in keys]))
+
     ref_orm = [er7_tree(m) for m in load(os.path.join(out, PRIMARY, "orm.json"))]
     for i, t in enumerate(ref_orm):
         o = orders[i]
         a = o["appointment"]
-        comments = o.get("comments") or []
-        ntes = [s for s in t if s[0] == "NTE"]
+        notes = sorted(lines(n[3][0][0][0]) for n in t if n[0] == "NTE")
+        wanted = [lines(c["commentText"].strip()) for c in o.get("comments") or []
+                  if c["commentText"].strip()]
+        if (a.get("clinicalInfo") or "").strip():
+            wanted.append(lines(a["clinicalInfo"].strip()))
+        carried = all(any(n in (w, "ALERT: " + w) for n in notes) for w in wanted)
         if (leaf(t, "MSH", 9) != "ORM" or leaf(t, "ORC", 2) != a["appointmentId"]
-                or leaf(t, "OBR", 13) != a["clinicalInfo"].strip() or len(ntes) != len(comments)
-                or any(n[3][0][0][0] not in (c["commentText"].strip(),
-                                             "ALERT: " + c["commentText"].strip())
-                       for n, c in zip(ntes, comments))):
+                or len(notes) != len(wanted) or not carried):
             errors.append("%s: ORM %d does not carry the order's values" % (PRIMARY, i))
     for impl in impls:
         path = os.path.join(out, impl, "orm.json")
@@ -143,6 +165,7 @@ def check(work):
 
 JOBS = [
     ("oru", "ORU^R01 parse + extract 4 values (unescaped)"),
+    ("report", "ORU^R01 -> QUBS report submission (oru_to_report.yaml)"),
     ("orm", "appointment -> ORM^O01 ER7"),
     ("sr", "appointment -> FHIR ServiceRequest, validated"),
 ]

@@ -11,12 +11,13 @@
 //! Jobs (the same work the peers do):
 //! - `oru`: read an ORU^R01 with the hot-path reader and extract accession (OBR-18), result
 //!   status (OBR-25), interpreter (OBR-32.1, as "Prefix Given Middle Family Suffix") and the
-//!   report text (TX observations, unescaped, one line each). Also, for reference, the full
-//!   inbound mapping (`MappingSet::map_oru`, what the service runs per message).
-//! - `orm`: order document → ORM^O01 ER7 with `mappings/orm_o01.yaml`, re-parsed by the
-//!   default check before it is returned, as in the service.
+//!   report text (TX observations, unescaped, one line each).
+//! - `report`: the whole inbound mapping (`MappingSet::map_oru` with
+//!   `mappings/oru_to_report.yaml`), what the service runs per received ORU^R01.
+//! - `orm`: order document → ORM^O01 ER7 with `mappings/orm_o01.yaml`, with the default
+//!   output check, as in the service (and, for reference, with the full check).
 //! - `sr`: order document → FHIR R4 ServiceRequest JSON with `mappings/service_request.yaml`,
-//!   checked against fhir-sdk's types.
+//!   with the default output check (and with fhir-sdk's typed parse, for reference).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use std::time::Instant;
 use qubs_bridge::hl7::er7::{self, Message};
 use qubs_bridge::hl7::escape::{unescape, unescape_into};
 use qubs_bridge::hl7::{Delimiters, er7::Scope};
-use qubs_bridge::mapping::{Body, Hl7Check, InboundContext, MapOptions, MappingSet, ReportStatus};
+use qubs_bridge::mapping::{Body, InboundContext, MapOptions, MappingSet, OutputCheck};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -159,7 +160,7 @@ fn write_json(path: &Path, v: &(impl Serialize + ?Sized)) {
 struct Bench {
     orus: Vec<String>,
     orders: Vec<Value>,
-    expected: Vec<Extracted>,
+    expected_reports: Vec<Value>,
     set: MappingSet,
     out: PathBuf,
     runs: usize,
@@ -172,8 +173,7 @@ impl Bench {
     }
 }
 
-/// Job 1: ORU^R01 → four values, with the reader and escape module directly; then the
-/// same messages through the whole inbound mapping, for reference.
+/// Job 1: ORU^R01 → four values, with the reader and escape module directly.
 fn oru_job(b: &Bench) {
     let paths = OruPaths::new();
     let (secs, got) = best_of(b.runs, &b.orus, |m| {
@@ -183,7 +183,11 @@ fn oru_job(b: &Bench) {
     let detail = "er7::Message + Path queries + unescape";
     report("oru", "qubs-bridge", detail, n, b.runs, secs);
     b.save("oru.json", &got);
+}
 
+/// Job 2: ORU^R01 → QUBS report submission with the whole inbound mapping, as the service
+/// runs it per message (`MappingSet::map_oru` with `mappings/oru_to_report.yaml`).
+fn report_job(b: &Bench) {
     let ctx = InboundContext {
         domain: Some("acme".into()),
         site: json!({"timeZone": "Australia/Sydney"}),
@@ -192,26 +196,23 @@ fn oru_job(b: &Bench) {
     let (secs, got) = best_of(b.runs, &b.orus, |m| {
         b.set.map_oru(m, &ctx).expect("corpus ORU maps")
     });
-    let detail = "full inbound mapping (oru_to_report.yaml) to a report submission";
-    report("oru", "qubs-bridge map_oru", detail, n, b.runs, secs);
-    // The mapping must agree with the generator on what it reads.
-    for (i, (inbound, exp)) in got.iter().zip(&b.expected).enumerate() {
-        let s = &inbound.submissions[0];
-        let status = match exp.status.as_str() {
-            "P" => ReportStatus::Preliminary,
-            _ => ReportStatus::Final,
-        };
+    let detail = "map_oru (oru_to_report.yaml) to a report submission";
+    report("report", "qubs-bridge", detail, b.orus.len(), b.runs, secs);
+    // The mapping must agree with the generator on every message, not only the checked ones.
+    for (i, (inbound, exp)) in got.iter().zip(&b.expected_reports).enumerate() {
+        let s = serde_json::to_value(&inbound.submissions[0]).expect("serialisable");
         assert!(
-            s.report_text == exp.text
-                && s.report_status == status
-                && s.interpreting_clinician_name.as_deref() == Some(exp.interpreter.as_str()),
-            "map_oru result {i} differs from the generator's"
+            inbound.submissions.len() == 1 && &s == exp,
+            "map_oru result {i} differs from the generator's:\n{s:#}\n{exp:#}"
         );
     }
+    let subs: Vec<&qubs_bridge::mapping::ReportSubmission> =
+        got.iter().map(|i| &i.submissions[0]).collect();
+    b.save("report.json", &subs);
 }
 
-/// Job 2: order → ORM^O01 as the service maps it (hl7-parser re-parse check), and with
-/// the cheaper check by the crate's own reader.
+/// Job 3: order → ORM^O01 as the service maps it (the default, basic output check), and
+/// with the full check (hl7-parser re-reads every message) for reference.
 fn orm_job(b: &Bench) {
     let map = |o: &Value, opts: &MapOptions| match b
         .set
@@ -225,36 +226,53 @@ fn orm_job(b: &Bench) {
     let n = b.orders.len();
     let opts = MapOptions::default();
     let (secs, got) = best_of(b.runs, &b.orders, |o| map(o, &opts));
-    let detail = "map_order(orm_o01), output re-parsed by hl7-parser";
+    let detail = "map_order(orm_o01), default output check";
     report("orm", "qubs-bridge", detail, n, b.runs, secs);
     b.save("orm.json", &got);
 
     let opts = MapOptions {
-        hl7_check: Hl7Check::Reader,
+        check: Some(OutputCheck::Full),
         ..MapOptions::default()
     };
     let (secs, _) = best_of(b.runs, &b.orders, |o| map(o, &opts));
-    let detail = "map_order(orm_o01), output re-read by the crate's own reader";
-    report("orm", "qubs-bridge (reader check)", detail, n, b.runs, secs);
+    let detail = "map_order(orm_o01), full check: re-parsed by hl7-parser";
+    report("orm", "qubs-bridge (full check)", detail, n, b.runs, secs);
 }
 
-/// Job 3: order → FHIR ServiceRequest, validated against fhir-sdk's R4B types.
+/// Job 4: order → FHIR ServiceRequest as the service maps it (default check: JSON, elements,
+/// types, formats, bindings, references), and with the full check (fhir-sdk's typed R4B
+/// parse) for reference.
 fn sr_job(b: &Bench) {
+    let map = |o: &Value, opts: &MapOptions| match b
+        .set
+        .map_order_with("service_request", o, opts)
+        .expect("corpus order maps")
+        .body
+    {
+        Body::Fhir(v) => v,
+        Body::Hl7(_) => unreachable!("service_request emits FHIR"),
+    };
     let opts = MapOptions::default();
-    let (secs, got) = best_of(b.runs, &b.orders, |o| {
-        match b
-            .set
-            .map_order_with("service_request", o, &opts)
-            .expect("corpus order maps")
-            .body
-        {
-            Body::Fhir(v) => v,
-            Body::Hl7(_) => unreachable!("service_request emits FHIR"),
-        }
-    });
-    let detail = "map_order(service_request), checked with fhir-sdk";
+    let (secs, got) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let detail = "map_order(service_request), default output check";
     report("sr", "qubs-bridge", detail, b.orders.len(), b.runs, secs);
-    b.save("sr.json", &got);
+    let values: Vec<Value> = got.iter().map(|j| j.to_value()).collect();
+    b.save("sr.json", &values);
+
+    let opts = MapOptions {
+        check: Some(OutputCheck::Full),
+        ..MapOptions::default()
+    };
+    let (secs, _) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let detail = "map_order(service_request), full check: fhir-sdk typed parse";
+    report(
+        "sr",
+        "qubs-bridge (full check)",
+        detail,
+        b.orders.len(),
+        b.runs,
+        secs,
+    );
 }
 
 fn main() {
@@ -262,28 +280,18 @@ fn main() {
     let corpus = PathBuf::from(arg(&args, "--corpus").expect("--corpus DIR"));
     let out = PathBuf::from(arg(&args, "--out").expect("--out DIR")).join("qubs-bridge");
     std::fs::create_dir_all(&out).expect("output directory");
-    let expected = serde_json::from_str::<Vec<Value>>(
+    let expected_all = serde_json::from_str::<Vec<Value>>(
         &std::fs::read_to_string(corpus.join("expected_oru.json")).expect("expected_oru.json"),
     )
-    .expect("expected JSON")
-    .into_iter()
-    .map(|v| {
-        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-        Extracted {
-            accession: s("accession"),
-            status: s("status"),
-            interpreter: s("interpreter"),
-            text: s("text"),
-        }
-    })
-    .collect();
+    .expect("expected JSON");
+    let expected_reports = expected_all.iter().map(|v| v["report"].clone()).collect();
     let b = Bench {
         orus: read_sorted(&corpus.join("oru"), "hl7"),
         orders: read_sorted(&corpus.join("orders"), "json")
             .iter()
             .map(|t| serde_json::from_str(t).expect("order JSON"))
             .collect(),
-        expected,
+        expected_reports,
         set: MappingSet::load_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings"))
             .expect("mapping set loads"),
         out,
@@ -291,13 +299,14 @@ fn main() {
         check: arg(&args, "--check").map_or(50, |s| s.parse().expect("--check N")),
     };
     // `--jobs orm` runs one job alone (for profiling).
-    let jobs = arg(&args, "--jobs").unwrap_or_else(|| "oru,orm,sr".into());
+    let jobs = arg(&args, "--jobs").unwrap_or_else(|| "oru,report,orm,sr".into());
     for job in jobs.split(',') {
         match job {
             "oru" => oru_job(&b),
+            "report" => report_job(&b),
             "orm" => orm_job(&b),
             "sr" => sr_job(&b),
-            other => panic!("unknown job {other}: oru, orm or sr"),
+            other => panic!("unknown job {other}: oru, report, orm or sr"),
         }
     }
 }

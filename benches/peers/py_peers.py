@@ -19,7 +19,12 @@ import sys
 import time
 from importlib.metadata import version
 
-from order_rules import orm_values, service_request
+from zoneinfo import ZoneInfo
+
+from order_rules import orm_segments, report_submission, service_request
+
+# The report job's site (run.sh and the Rust side use the same).
+SYDNEY = ZoneInfo("Australia/Sydney")
 
 
 def best_of(runs, items, fn, budget):
@@ -62,64 +67,41 @@ def hl7_oru(text):
 
 def hl7_orm(order):
     import hl7
-    v = orm_values(order)
     msg = hl7.Message(separator="\r", sequence=[])
-    esc = msg.escape
 
-    def segment(name, values):
-        """values: (field, repetition, component, sub-component, text) with 1-based parts."""
+    def esc(text):
+        # The ORM is FT-style (`line_breaks: br`): one \.br\ per line break. python-hl7's
+        # escape has no such mode (and writes LF as a malformed hex escape), so each line is
+        # escaped on its own.
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        return "\\.br\\".join(msg.escape(line) for line in lines)
+
+    for name, values in orm_segments(order):
         seg = msg.create_segment([msg.create_field([name])])
         if name == "MSH":
             seg.append(msg.create_field(["|"]))
             seg.append(msg.create_field(["^~\\&"]))
-        for f, r, c, s, text in values:
-            if text:
-                seg.assign_field(esc(text), f, r, c, s)
+        for f, r, c, sc, text in values:
+            seg.assign_field(esc(text), f, r, c, sc)
         msg.append(seg)
-
-    segment("MSH", [
-        (3, 1, 1, None, v["sending_app"]), (4, 1, 1, None, v["facility"]),
-        (5, 1, 1, None, v["receiving_app"]), (6, 1, 1, None, v["receiving_facility"]),
-        (7, None, None, None, v["now"]),
-        (9, 1, 1, None, "ORM"), (9, 1, 2, None, "O01"), (9, 1, 3, None, "ORM_O01"),
-        (10, None, None, None, v["control_id"]), (11, 1, 1, None, v["processing_id"]),
-        (12, 1, 1, None, "2.5.1"), (18, None, None, None, "UNICODE UTF-8"),
-    ])
-    segment("PID", [
-        (1, None, None, None, "1"),
-        (3, 1, 1, None, v["patient_id"]), (3, 1, 4, None, v["authority"]), (3, 1, 5, None, "MR"),
-        (5, 1, 1, None, v["family"]), (5, 1, 2, None, v["given"]), (5, 1, 3, None, v["middle"]),
-        (5, 1, 5, None, v["prefix"]),
-        (7, None, None, None, v["dob"]), (8, None, None, None, v["sex"]),
-    ])
-    segment("PV1", [
-        (1, None, None, None, "1"), (2, None, None, None, "O"),
-        (8, 1, 2, None, v["doctor_family"]), (8, 1, 3, None, v["doctor_given"]),
-    ])
-    segment("ORC", [
-        (1, None, None, None, "NW"),
-        (2, 1, 1, None, v["appointment_id"]), (2, 1, 2, None, v["placer_ns"]),
-        (5, None, None, None, "SC"),
-        (7, 1, 4, None, v["start"]), (7, 1, 5, None, v["end"]), (7, 1, 6, None, v["hl7_priority"]),
-        (12, 1, 2, None, v["doctor_family"]), (12, 1, 3, None, v["doctor_given"]),
-    ])
-    segment("OBR", [
-        (1, None, None, None, "1"),
-        (2, 1, 1, None, v["appointment_id"]), (2, 1, 2, None, v["placer_ns"]),
-        (4, 1, 1, None, v["procedure"]), (4, 1, 2, None, v["study"]),
-        (4, 1, 3, None, "LN" if v["procedure"] else None),
-        (7, None, None, None, v["start"]), (13, None, None, None, v["clinical"]),
-        (16, 1, 2, None, v["doctor_family"]), (16, 1, 3, None, v["doctor_given"]),
-        (24, None, None, None, v["modality"]),
-        (27, 1, 4, None, v["start"]), (27, 1, 6, None, v["hl7_priority"]),
-        (32, 1, 1, 1, v["provider_number"]), (32, 1, 1, 2, v["rad_family"]),
-        (32, 1, 1, 3, v["rad_given"]),
-        (36, None, None, None, v["start"]),
-    ])
-    for i, note in enumerate(v["notes"], 1):
-        segment("NTE", [(1, None, None, None, str(i)), (2, None, None, None, "O"),
-                        (3, None, None, None, note), (4, None, None, None, "RE")])
     return str(msg)
+
+
+def hl7_report(text):
+    import hl7
+    msg = hl7.parse(text)
+    obr = msg.segment("OBR")
+    orc = msg.segments("ORC")[0] if any(str(s[0]) == "ORC" for s in msg) else None
+
+    def raw(seg, n):
+        try:
+            return str(seg[n])
+        except IndexError:
+            return ""
+    obxs = [(lambda o: lambda n: raw(o, n))(o) for o in msg if str(o[0]) == "OBX"]
+    orc_2_1 = raw(orc, 2).split("~")[0].split("^")[0] if orc else ""
+    return report_submission(lambda n: raw(obr, n), obxs, orc_2_1, msg.unescape, "acme",
+                             SYDNEY)
 
 
 # --- hl7apy -----------------------------------------------------------------------------
@@ -185,86 +167,56 @@ def _hl7apy_setup():
 def hl7apy_orm(order):
     h = _hl7apy_setup()
     base, tol = h["base"], h["T"]
-    v = orm_values(order)
 
-    def put(parent, name, text):
-        """Sets a leaf through its HL7 datatype, whose to_er7 escapes the text; a composite
-        datatype is descended to its first component."""
-        if not text:
-            return
-        el = getattr(parent, name)
+    def put(seg, name, f, c, sc, text):
+        """Sets SEG-f.c.sc: text leaves through their HL7 datatype, whose to_er7 escapes the
+        text; dates, times and numbers as ER7 strings (they hold no delimiter)."""
+        parent, child = seg, "%s_%d" % (name.lower(), f)
+        for part in (c, sc):
+            el = getattr(parent, child)
+            if el.datatype in base and part == 1:
+                break
+            parent, child = el, "%s_%d" % (el.datatype.lower(), part)
+        el = getattr(parent, child)
         while el.datatype not in base:
-            el = getattr(el, el.datatype.lower() + "_1")
-        el.value = base[el.datatype](text, validation_level=tol)
+            parent, child = el, el.datatype.lower() + "_1"
+            el = getattr(parent, child)
+        if el.datatype in ("DTM", "DT", "TM", "SI", "NM"):
+            setattr(parent, child, text)
+        else:
+            el.value = base[el.datatype](text, validation_level=tol)
 
     m = h["Message"]("ORM_O01", version="2.5.1", validation_level=tol)
-    msh = m.msh
-    put(msh, "msh_3", v["sending_app"])
-    put(msh, "msh_4", v["facility"])
-    put(msh, "msh_5", v["receiving_app"])
-    put(msh, "msh_6", v["receiving_facility"])
-    msh.msh_7 = v["now"]
-    msh.msh_9 = "ORM^O01^ORM_O01"
-    msh.msh_10 = v["control_id"]
-    put(msh, "msh_11", v["processing_id"])
-    msh.msh_12 = "2.5.1"
-    put(msh, "msh_18", "UNICODE UTF-8")
     patient = m.orm_o01_patient
-    pid = patient.pid
-    pid.pid_1 = "1"
-    put(pid.pid_3, "cx_1", v["patient_id"])
-    put(pid.pid_3, "cx_4", v["authority"])
-    put(pid.pid_3, "cx_5", "MR")
-    put(pid.pid_5, "xpn_1", v["family"])
-    put(pid.pid_5, "xpn_2", v["given"])
-    put(pid.pid_5, "xpn_3", v["middle"])
-    put(pid.pid_5, "xpn_5", v["prefix"])
-    pid.pid_7 = v["dob"]
-    put(pid, "pid_8", v["sex"])
-    pv1 = patient.orm_o01_patient_visit.pv1
-    pv1.pv1_1 = "1"
-    put(pv1, "pv1_2", "O")
-    put(pv1.pv1_8, "xcn_2", v["doctor_family"])
-    put(pv1.pv1_8, "xcn_3", v["doctor_given"])
-    order_group = m.orm_o01_order
-    orc = order_group.orc
-    put(orc, "orc_1", "NW")
-    put(orc.orc_2, "ei_1", v["appointment_id"])
-    put(orc.orc_2, "ei_2", v["placer_ns"])
-    put(orc, "orc_5", "SC")
-    orc.orc_7.tq_4 = v["start"]
-    if v["end"]:
-        orc.orc_7.tq_5 = v["end"]
-    put(orc.orc_7, "tq_6", v["hl7_priority"])
-    put(orc.orc_12, "xcn_2", v["doctor_family"])
-    put(orc.orc_12, "xcn_3", v["doctor_given"])
-    detail = order_group.orm_o01_order_detail
-    obr = detail.obr
-    obr.obr_1 = "1"
-    put(obr.obr_2, "ei_1", v["appointment_id"])
-    put(obr.obr_2, "ei_2", v["placer_ns"])
-    put(obr.obr_4, "ce_1", v["procedure"])
-    put(obr.obr_4, "ce_2", v["study"])
-    put(obr.obr_4, "ce_3", "LN" if v["procedure"] else None)
-    obr.obr_7 = v["start"]
-    put(obr, "obr_13", v["clinical"])
-    put(obr.obr_16, "xcn_2", v["doctor_family"])
-    put(obr.obr_16, "xcn_3", v["doctor_given"])
-    put(obr, "obr_24", v["modality"])
-    obr.obr_27.tq_4 = v["start"]
-    put(obr.obr_27, "tq_6", v["hl7_priority"])
-    cnn = obr.obr_32.ndl_1
-    put(cnn, "cnn_1", v["provider_number"])
-    put(cnn, "cnn_2", v["rad_family"])
-    put(cnn, "cnn_3", v["rad_given"])
-    obr.obr_36 = v["start"]
-    for i, note in enumerate(v["notes"], 1):
-        nte = detail.add_segment("NTE")
-        nte.nte_1 = str(i)
-        put(nte, "nte_2", "O")
-        put(nte, "nte_3", note)
-        put(nte.nte_4, "ce_1", "RE")
-    return m.to_er7()
+    group = m.orm_o01_order
+    detail = group.orm_o01_order_detail
+    seen_obr = False
+    for name, values in orm_segments(order):
+        if name == "MSH":
+            seg = m.msh
+        elif name == "PID":
+            seg = patient.pid
+        elif name == "PV1":
+            seg = patient.orm_o01_patient_visit.pv1
+        elif name == "ORC":
+            seg = group.orc
+        elif name == "OBR":
+            seg = detail.obr
+            seen_obr = True
+        else:
+            seg = (detail if seen_obr else patient).add_segment("NTE")
+        for f, r, c, sc, text in values:
+            if name == "MSH" and f in (7, 9, 10, 12):
+                continue
+            put(seg, name, f, c, sc, text.replace("\r\n", "\n").replace("\r", "\n"))
+        if name == "MSH":
+            get = {(f, c): t for f, r, c, sc, t in values}
+            m.msh.msh_7 = get[(7, 1)]
+            m.msh.msh_9 = "ORM^O01^ORM_O01"
+            m.msh.msh_10 = get[(10, 1)]
+            m.msh.msh_12 = "2.5.1"
+    # hl7apy writes a line break in a value as it is; the ORM is FT-style: \.br\.
+    return m.to_er7().replace("\n", "\\.br\\")
 
 
 # --- fhir.resources ---------------------------------------------------------------------
@@ -280,7 +232,7 @@ def fhir_dump(model):
 
 
 IMPLS = {
-    "hl7": ("python hl7", "hl7", {"oru": hl7_oru, "orm": hl7_orm}),
+    "hl7": ("python hl7", "hl7", {"oru": hl7_oru, "report": hl7_report, "orm": hl7_orm}),
     "hl7apy": ("hl7apy", "hl7apy", {"oru": hl7apy_oru, "orm": hl7apy_orm}),
     "fhir.resources": ("fhir.resources (R4B)", "fhir.resources", {"sr": fhir_sr}),
 }
@@ -308,7 +260,7 @@ def main():
             orders.append(json.load(f))
     impl = "%s %s" % (label, version(dist))
     for job, fn in jobs.items():
-        items = orus if job == "oru" else orders
+        items = orus if job in ("oru", "report") else orders
         secs, runs, out = best_of(a.runs, items, fn, a.budget)
         print(json.dumps({"job": job, "impl": impl, "items": len(items), "runs": runs,
                           "best_s": secs, "items_per_s": len(items) / secs}), flush=True)
