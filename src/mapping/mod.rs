@@ -195,6 +195,11 @@ pub enum MapError {
         rule: String,
         /// The table.
         table: String,
+        /// Where the value was looked for, as written (`OBR-25 | OBX[…]-11`).
+        sources: String,
+        /// The value itself: PHI, never part of the message. Only the offline tools, whose
+        /// user supplied the input, show it (`qubs-bridge map`, golden cases).
+        value: String,
     },
     /// A value had the wrong form.
     #[error("{rule}: {reason}")]
@@ -464,7 +469,10 @@ impl MappingSet {
             }
         }
         if !diags.is_empty() {
-            diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+            diags.sort_by(|a, b| (&a.file, a.pos, &a.message).cmp(&(&b.file, b.pos, &b.message)));
+            // A table file shared by several mappings is checked once per mapping: say
+            // each of its problems once.
+            diags.dedup();
             return Err(LoadErrors(diags));
         }
         let digest = hash.finalize();
