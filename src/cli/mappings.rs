@@ -31,15 +31,25 @@ pub enum MappingsCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Run the golden cases in DIR/tests/<case>/ and show a diff for each mismatch.
+    /// Run the golden cases in DIR/tests/<case>/ and show, for each mismatch, the fields
+    /// that differ (`OBR-24: CT → NMR`, `priority: routine → asap`).
     Test {
         /// The mapping directory.
         #[arg(default_value = "mappings")]
         dir: PathBuf,
-        /// Accept the current outputs as the new expectations.
-        #[arg(long)]
+        /// Only the cases with this name; `*` and `?` are wildcards (`--case 'order-*'`).
+        /// Repeat it for several.
+        #[arg(long = "case", value_name = "NAME")]
+        cases: Vec<String>,
+        /// Accept the current outputs of the cases run (all, or those named by --case) as
+        /// their new expectations. Review what changed first.
+        #[arg(long, conflicts_with = "interactive")]
         update: bool,
-        /// `text`, or `json`: one object per case output and line.
+        /// Show each mismatch and ask whether to accept it (needs a terminal on stdin).
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// `text`, or `json`: one object per case output and line, with the fields that
+        /// differ.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -151,36 +161,134 @@ pub fn run(command: MappingsCommand) -> anyhow::Result<()> {
         } => fields(&mut out, &load(&dir)?, mapping.as_deref(), format),
         MappingsCommand::Test {
             dir,
+            cases,
             update,
+            interactive,
             format,
-        } => {
-            let set = load(&dir)?;
-            let report = golden::run(&set, &dir.join("tests"), update)?;
-            match format {
-                Format::Text => writeln!(out, "{report}")?,
-                Format::Json => {
-                    for r in &report.results {
-                        let status = if r.updated {
-                            "updated"
-                        } else if r.passed {
-                            "ok"
-                        } else {
-                            "fail"
-                        };
-                        output::json_line(
-                            &mut out,
-                            &json!({"case": r.name, "status": status, "detail": r.detail}),
-                        )?;
-                    }
-                    let failed = report.results.iter().filter(|r| !r.passed).count();
-                    note!("{} case output(s), {failed} failed", report.results.len());
-                }
+        } => test(&mut out, &dir, &cases, update, interactive, format),
+    }
+}
+
+/// `qubs-bridge mappings test`.
+fn test(
+    out: &mut impl Write,
+    dir: &Path,
+    cases: &[String],
+    update: bool,
+    interactive: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    if interactive && !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "--interactive asks on the terminal, and stdin is not one; use --update (with --case NAME to pick cases)",
+        ));
+    }
+    let set = load(dir)?;
+    let tests = dir.join("tests");
+    let report = if interactive {
+        let mut prompt = Prompt::default();
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        golden::run_cases(&set, &tests, cases, &mut |p| {
+            prompt.ask(p, &mut input, &mut anstream::stderr())
+        })
+    } else {
+        golden::run_cases(&set, &tests, cases, &mut |_| update)
+    }
+    .map_err(|e| match e {
+        golden::GoldenError::NoMatch { .. } => usage(e.to_string()),
+        e => e.into(),
+    })?;
+    match format {
+        Format::Text => writeln!(out, "{report}")?,
+        Format::Json => {
+            for r in &report.results {
+                let diffs: Vec<Value> = r
+                    .diffs
+                    .iter()
+                    .map(|d| json!({"path": d.path, "expected": d.expected, "actual": d.actual}))
+                    .collect();
+                output::json_line(
+                    out,
+                    &json!({"case": r.name, "status": r.status.as_str(),
+                            "detail": r.detail, "diffs": diffs}),
+                )?;
             }
-            anyhow::ensure!(
-                report.passed(),
-                "golden cases failed (run with --update to accept the new outputs)"
+            note!("{}", report.summary());
+        }
+    }
+    let (failed, new) = (
+        report.count(golden::Status::Failed),
+        report.count(golden::Status::New),
+    );
+    anyhow::ensure!(
+        failed + new == 0,
+        "{}",
+        match (failed, new) {
+            (0, _) => format!(
+                "{new} case output(s) without expectation: review them (`qubs-bridge map`), then run with --update"
+            ),
+            _ => format!(
+                "{failed} golden case output(s) differ: fix the mapping, or accept the new outputs with --update (--case NAME for one case, -i to decide case by case)"
+            ),
+        }
+    );
+    Ok(())
+}
+
+/// The interactive accept of `mappings test -i`: each mismatch shown, then a question.
+#[derive(Default)]
+struct Prompt {
+    /// `a` (accept the rest) or `q` (keep the rest) was answered.
+    rest: Option<bool>,
+}
+
+impl Prompt {
+    fn ask(
+        &mut self,
+        p: &golden::Proposal<'_>,
+        input: &mut impl std::io::BufRead,
+        out: &mut impl Write,
+    ) -> bool {
+        if let Some(all) = self.rest {
+            return all;
+        }
+        let _ = if p.new {
+            writeln!(
+                out,
+                "\nNEW {}: no expectation yet; this run's output:\n{}",
+                p.name,
+                p.actual.trim_end()
+            )
+        } else {
+            writeln!(out, "\nFAIL {}:", p.name)
+                .and_then(|()| p.detail.lines().try_for_each(|l| writeln!(out, "    {l}")))
+        };
+        loop {
+            let _ = write!(
+                out,
+                "Accept as the new expectation? [y]es, [n]o, [a]ll the rest, [q]uit (keep the rest): "
             );
-            Ok(())
+            let _ = out.flush();
+            let mut line = String::new();
+            // End of input keeps the expectation: nothing is written without a yes.
+            if input.read_line(&mut line).unwrap_or(0) == 0 {
+                self.rest = Some(false);
+                return false;
+            }
+            match line.trim().to_lowercase().as_str() {
+                "y" | "yes" => return true,
+                "n" | "no" | "" => return false,
+                "a" | "all" => {
+                    self.rest = Some(true);
+                    return true;
+                }
+                "q" | "quit" => {
+                    self.rest = Some(false);
+                    return false;
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -429,4 +537,45 @@ fn run_mapping(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal<'a>(name: &'a str) -> golden::Proposal<'a> {
+        golden::Proposal {
+            name,
+            new: false,
+            detail: "OBR-24: CT → NMR",
+            actual: "MSH|…",
+        }
+    }
+
+    #[test]
+    fn the_prompt_accepts_only_a_yes_and_remembers_all_and_quit() {
+        let mut shown = Vec::new();
+        let mut prompt = Prompt::default();
+        let mut input = std::io::Cursor::new("maybe\ny\nn\na\n");
+        assert!(prompt.ask(&proposal("c1/orm_o01.hl7"), &mut input, &mut shown));
+        assert!(!prompt.ask(&proposal("c2/orm_o01.hl7"), &mut input, &mut shown));
+        assert!(prompt.ask(&proposal("c3/orm_o01.hl7"), &mut input, &mut shown));
+        // `a` answered: the rest are accepted without asking.
+        assert!(prompt.ask(&proposal("c4/orm_o01.hl7"), &mut input, &mut shown));
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(
+            shown.contains("FAIL c1/orm_o01.hl7:\n    OBR-24: CT → NMR"),
+            "{shown}"
+        );
+        assert!(!shown.contains("c4/"), "{shown}");
+        // `maybe` asked again; end of input keeps everything as it is.
+        assert_eq!(shown.matches("Accept as the new expectation?").count(), 4);
+        let mut quiet = Prompt::default();
+        let mut empty = std::io::Cursor::new("");
+        assert!(!quiet.ask(&proposal("c5/x"), &mut empty, &mut Vec::new()));
+        let mut quit = Prompt::default();
+        let mut q = std::io::Cursor::new("q\n");
+        assert!(!quit.ask(&proposal("c6/x"), &mut q, &mut Vec::new()));
+        assert!(!quit.ask(&proposal("c7/x"), &mut q, &mut Vec::new()));
+    }
 }
