@@ -1446,6 +1446,13 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
         }
         cx.table_names
             .insert(name.clone(), (cx.tables.len(), k.pos));
+        let values_at = match &t.kind {
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some("values"))
+                .map(|(k, _)| (origin("values"), k.pos.line)),
+            _ => None,
+        };
         cx.table_meta.push(meta);
         cx.tables.push(Table {
             name,
@@ -1453,6 +1460,7 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
             ignore_case,
             policy,
             default,
+            values_at,
         });
     }
 }

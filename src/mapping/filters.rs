@@ -116,6 +116,9 @@ pub struct Table {
     pub policy: Policy,
     /// Value for [`Policy::Default`].
     pub default: Option<String>,
+    /// The file and line of the table's `values:` (its own file for `file:` tables): where
+    /// an analyst adds a value the table lacks.
+    pub values_at: Option<(std::path::PathBuf, u32)>,
 }
 
 impl Table {
@@ -862,6 +865,7 @@ mod tests {
             ignore_case: true,
             policy,
             default: Some("routine".into()),
+            values_at: None,
         };
         let tables = [
             mk(Policy::Default),

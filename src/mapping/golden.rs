@@ -258,6 +258,65 @@ pub fn wildcard(pattern: &str, name: &str) -> bool {
     p[i..].iter().all(|c| *c == '*')
 }
 
+/// The input of one golden case.
+#[derive(Debug, Clone)]
+pub struct CaseInput {
+    /// The case.
+    pub case: String,
+    /// What it is.
+    pub kind: InputKind,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl CaseInput {
+    /// The input as text (an ORU in whatever charset it was sent).
+    pub fn text(&self) -> String {
+        crate::hl7::charset::decode(&self.bytes).text.into_owned()
+    }
+
+    /// The input as JSON.
+    pub fn json(&self) -> Result<Value, GoldenError> {
+        serde_json::from_slice(&self.bytes).map_err(|e| {
+            GoldenError::Io(
+                PathBuf::from(&self.case),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+}
+
+/// The inputs of the cases under `dir` (cases whose `case.yaml` or input cannot be read
+/// are left out: `mappings test` reports them).
+pub fn case_inputs(dir: &Path) -> Result<Vec<CaseInput>, GoldenError> {
+    let mut out = Vec::new();
+    for case in case_names(dir)? {
+        let d = dir.join(&case);
+        let Ok(Ok(spec)) = std::fs::read_to_string(d.join("case.yaml")).map(|t| yaml::parse(&t))
+        else {
+            continue;
+        };
+        let Some(file) = spec.get("input").and_then(Node::scalar_text) else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(d.join(&file)) else {
+            continue;
+        };
+        let kind = match spec
+            .get("kind")
+            .and_then(Node::scalar_text)
+            .as_deref()
+            .unwrap_or_else(|| infer_kind(&file, &bytes))
+        {
+            "oru" => InputKind::Oru,
+            "diagnostic_report" => InputKind::DiagnosticReport,
+            _ => InputKind::Order,
+        };
+        out.push(CaseInput { case, kind, bytes });
+    }
+    Ok(out)
+}
+
 /// The kind of an input when `case.yaml` does not say: ER7 is an ORU, a JSON resource of
 /// type DiagnosticReport a DiagnosticReport, anything else an order.
 fn infer_kind(file: &str, bytes: &[u8]) -> &'static str {

@@ -27,7 +27,9 @@ pub mod hl7;
 pub mod html_text;
 pub mod inbound;
 pub mod names;
+pub mod schema;
 pub mod spec;
+pub mod unread;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -727,12 +729,9 @@ impl MappingSet {
     ) -> Result<DryRun, MapError> {
         let output = self.map_order_with(name, order, options)?;
         let m = self.mapping(name, InputKind::Order)?;
-        // Fields the file lists under `not_sent` are accounted for.
-        let mut accounted = m.reads.clone();
-        accounted.extend(m.not_sent.iter().map(|(f, _)| f.clone()));
         Ok(DryRun {
             output,
-            unread_fields: unread_fields(order, &accounted),
+            unread_fields: unread::order(m, order),
         })
     }
 
