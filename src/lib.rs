@@ -79,3 +79,4 @@ pub mod simulator;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod unmapped;

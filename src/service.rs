@@ -82,6 +82,7 @@ pub async fn start(
         config_values: settings.mappings.values.clone(),
         outbox,
         settings: settings.results.clone(),
+        unmapped: metrics.unmapped.clone(),
     });
     let mllp = if settings.mllp.enabled {
         let handler = Arc::new(crate::results::mllp::OruOverMllp {
@@ -122,6 +123,7 @@ pub async fn start(
             config_values: settings.mappings.values.clone(),
             settings: settings.feed.clone(),
             metrics: metrics.feed.clone(),
+            unmapped: metrics.unmapped.clone(),
         });
         for domain in settings.feed.watched(&settings.qubs.domains) {
             feed_tasks.push(tokio::spawn(watcher.clone().run(domain, shutdown.clone())));

@@ -128,13 +128,14 @@ impl Context {
                     "appointment {appointment_id}: mapping `{mapping}` failed: {e}"
                 ))
             })?;
+            self.metrics.unmapped.record(
+                mapping,
+                &output.version,
+                domain,
+                appointment_id,
+                &output.unmapped,
+            );
             for u in &output.unmapped {
-                self.metrics
-                    .unmapped_values
-                    .get_or_create(&crate::metrics::TableLabels {
-                        table: u.table.clone(),
-                    })
-                    .inc_by(u.count as u64);
                 warnings.push(pb::Warning {
                     code: "unmapped_value".into(),
                     rule: format!("{mapping}: table {}", u.table),
