@@ -299,6 +299,15 @@ impl Feed {
             .await;
     }
 
+    /// Clears the destination's last error after a round that delivered without one.
+    pub async fn destination_recovered(&self, destination: &str) {
+        let destination = destination.to_string();
+        let _ = self
+            .store
+            .write(move |tx, _| store::destination_recovered(tx, &destination))
+            .await;
+    }
+
     /// Events of `domain` after `after_id`, oldest first.
     pub async fn events(
         &self,

@@ -345,6 +345,16 @@ pub(super) fn settle(
     Ok(())
 }
 
+/// Clears a destination's last error: it has delivered since.
+pub(super) fn destination_recovered(tx: &Transaction, destination: &str) -> rusqlite::Result<()> {
+    tx.exec(
+        "UPDATE feed_destinations SET last_error = NULL, last_error_at = NULL
+         WHERE name = ?1 AND last_error IS NOT NULL",
+        params![destination],
+    )?;
+    Ok(())
+}
+
 pub(super) fn destination_error(
     tx: &Transaction,
     destination: &str,

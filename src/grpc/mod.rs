@@ -81,7 +81,22 @@ impl Context {
         )?;
         rendered.comments = order.comments.iter().map(comment).collect();
         rendered.attachments = order.attachments.iter().map(attachment).collect();
+        let field = |name: &str| {
+            order
+                .appointment
+                .str_field(name)
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
         rendered.status = order.appointment.status().unwrap_or_default().to_string();
+        rendered.modality = field("modality");
+        rendered.priority = field("priority");
+        rendered.scheduled_local = match (field("appointmentDate"), field("startTime")) {
+            (date, _) if date.is_empty() => String::new(),
+            (date, time) if time.is_empty() => date,
+            (date, time) => format!("{date}T{time}"),
+        };
         Ok(rendered)
     }
 
