@@ -1059,7 +1059,8 @@ fn check_order(
     let section = Er7::get(obr, 24, 1, 1);
     match nonblank(a, "modality") {
         Some(modality) => expect(
-            section == diagnostic_service(&modality) && TABLE_0074_IMAGING.contains(&section),
+            section == diagnostic_service(&modality)
+                && TABLE_0074_IMAGING.contains(&section.as_str()),
             format!("OBR-24 {section} != table 0074 section of {modality}"),
         ),
         None => expect(section.is_empty(), "OBR-24 empty without a modality".into()),
