@@ -31,7 +31,12 @@
 //!    (inbound) QUBS report submissions; inbound DiagnosticReports are first read by
 //!    [`mapping::fhir_report`] (presentedForm text, HTML as plain text, contained and
 //!    `ServiceRequest/{id}` references). Each mapping lists the input fields it leaves out,
-//!    with the reason (`qubs-bridge mappings fields`).
+//!    with the reason (`qubs-bridge mappings fields`); [`mapping::unread`] finds what no rule
+//!    of a mapping reads in one input (JSON paths, HL7 positions, element paths) and
+//!    [`mapping::schema`] lists every field a mapping can read. The analyst's golden cases
+//!    ([`mapping::golden`]) compare outputs field by field and match expected errors by kind
+//!    and target. A value no code table knows still goes out (as the table's default);
+//!    [`unmapped`] counts it per mapping and table and logs the appointment, never the value.
 //! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
 //!    authenticated per caller and domain, with health (Check and Watch), reflection
 //!    (v1 and v1alpha) and metrics ([`metrics`]).
@@ -88,3 +93,4 @@ pub mod simulator;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod unmapped;

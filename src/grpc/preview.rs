@@ -107,11 +107,21 @@ impl MappingService for Preview {
                             site,
                             config,
                         };
+                        let compiled = set.get(&req.mapping);
+                        let mut unread = Vec::new();
                         let mapped = if kind == InputKind::Oru {
+                            if let Some(m) = compiled {
+                                unread = crate::mapping::unread::oru(m, &req.input);
+                            }
                             set.map_oru_with(&req.mapping, &req.input, &ctx)
                         } else {
                             match serde_json::from_str::<Value>(&req.input) {
-                                Ok(v) => set.map_diagnostic_report(&v, &ctx),
+                                Ok(v) => {
+                                    if let Some(m) = compiled {
+                                        unread = crate::mapping::unread::diagnostic_report(m, &v);
+                                    }
+                                    set.map_diagnostic_report(&v, &ctx)
+                                }
                                 Err(e) => {
                                     response.errors.push(error(
                                         "unparseable",
@@ -130,6 +140,7 @@ impl MappingService for Preview {
                                     serde_json::to_string_pretty(&inbound.submissions)
                                         .unwrap_or_default();
                                 response.warnings = warnings(&inbound.unmapped);
+                                response.unread_fields = unread;
                                 response
                                     .warnings
                                     .extend(inbound.warnings.into_iter().map(|w| pb::Warning {
