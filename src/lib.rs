@@ -25,13 +25,21 @@
 //!    MSH-18, else Windows-1252), escaping and formatted text, a lazy zero-copy reader for
 //!    the hot path, a writer that escapes automatically and builds a correct MSH. [`mllp`] carries
 //!    HL7 over TCP (optionally TLS): the MLLP codec, a listener and a client.
-//! 5. [`mapping`] is the declarative mapping engine: YAML files in `mappings/`, checked at
-//!    load time (every problem with file:line:column, LOINC check digits included), compiled
-//!    to plans, and evaluated into FHIR R4 JSON (with contained resources), HL7 ORM^O01, or
-//!    (inbound) QUBS report submissions; inbound DiagnosticReports are first read by
+//! 5. [`mapping`] is the declarative mapping engine: YAML files in `mappings/`, compiled in
+//!    passes (parse, resolve, check, lower; every problem with file:line:column, LOINC
+//!    check digits included, custom Z-segments declared in the file) to evaluation plans,
+//!    and evaluated over slots resolved once per input into FHIR R4 JSON (with contained
+//!    resources), HL7 ORM^O01, or (inbound) QUBS report submissions. Every output passes
+//!    [`mapping::output_check`] before it leaves; [`mapping::trace`] records, on request,
+//!    how each output field came about (`map --explain`, `PreviewMapping`); inbound DiagnosticReports are first read by
 //!    [`mapping::fhir_report`] (presentedForm text, HTML as plain text, contained and
 //!    `ServiceRequest/{id}` references). Each mapping lists the input fields it leaves out,
-//!    with the reason (`qubs-bridge mappings fields`).
+//!    with the reason (`qubs-bridge mappings fields`); [`mapping::unread`] finds what no rule
+//!    of a mapping reads in one input (JSON paths, HL7 positions, element paths) and
+//!    [`mapping::schema`] lists every field a mapping can read. The analyst's golden cases
+//!    ([`mapping::golden`]) compare outputs field by field and match expected errors by kind
+//!    and target. A value no code table knows still goes out (as the table's default);
+//!    [`unmapped`] counts it per mapping and table and logs the appointment, never the value.
 //! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
 //!    authenticated per caller and domain, with health (Check and Watch), reflection
 //!    (v1 and v1alpha) and metrics ([`metrics`]).
@@ -88,3 +96,4 @@ pub mod simulator;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod unmapped;

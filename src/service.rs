@@ -144,6 +144,7 @@ pub async fn start(
         config_values: settings.mappings.values.clone(),
         outbox,
         settings: settings.results.clone(),
+        unmapped: metrics.unmapped.clone(),
     });
     let mllp = if settings.mllp.enabled {
         let handler = Arc::new(crate::results::mllp::OruOverMllp {
@@ -187,6 +188,7 @@ pub async fn start(
             settings: settings.feed.clone(),
             metrics: metrics.feed.clone(),
             missed: Default::default(),
+            unmapped: metrics.unmapped.clone(),
         });
         for domain in settings.feed.watched(&settings.qubs.domains) {
             let (watcher, polled) = (watcher.clone(), domain.clone());

@@ -150,6 +150,9 @@ async fn drain(
     };
     let mut backoff = settings.backoff();
     let mut gauges_at = Instant::now() - GAUGE_EVERY;
+    // Whether `feed status` may show an error that a clean round should clear (one from
+    // before a restart, too).
+    let mut error_shown = true;
     loop {
         if gauges_at.elapsed() >= GAUGE_EVERY {
             gauges_at = Instant::now();
@@ -230,11 +233,25 @@ async fn drain(
                 }
             }
         }
+        let delivered = outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Delivered { .. }));
+        let failed = unreachable.is_some()
+            || outcomes
+                .iter()
+                .any(|(_, o)| !matches!(o, Outcome::Delivered { .. }));
         if !outcomes.is_empty()
             && let Err(e) = feed.settle(&name, outcomes).await
         {
             // Unrecorded outcomes are attempted again: at least once, never lost.
             tracing::error!(destination = %name, error = %e, "feed store write failed");
+        }
+        if failed {
+            error_shown = true;
+        } else if delivered && error_shown {
+            // The consumer takes messages again: an old "connect failed" is history.
+            feed.destination_recovered(&name).await;
+            error_shown = false;
         }
         match unreachable {
             None => backoff.reset(),

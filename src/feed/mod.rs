@@ -226,6 +226,8 @@ pub trait FeedStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Notes a failure that is not any one delivery's.
     async fn destination_error(&self, destination: &str, error: String) -> Result<(), StoreError>;
+    /// Clears the destination's last error: a round delivered without one.
+    async fn destination_recovered(&self, destination: &str) -> Result<(), StoreError>;
     /// Events of `domain` after `after_id`, oldest first.
     async fn events(
         &self,
@@ -370,6 +372,11 @@ impl Feed {
     /// Notes a failure that is not any one delivery's (the consumer is unreachable).
     pub async fn destination_error(&self, destination: &str, error: String) {
         let _ = self.store.destination_error(destination, error).await;
+    }
+
+    /// Clears the destination's last error after a round that delivered without one.
+    pub async fn destination_recovered(&self, destination: &str) {
+        let _ = self.store.destination_recovered(destination).await;
     }
 
     /// Events of `domain` after `after_id`, oldest first.

@@ -527,6 +527,22 @@ impl FeedStore for PgFeed {
         tx.commit().await.map_err(fail)
     }
 
+    async fn destination_recovered(&self, destination: &str) -> Result<(), StoreError> {
+        let pg = &self.pg;
+        let fail = |e| pg.failed("feed_settle", e);
+        let mut client = pg.client("feed_settle").await?;
+        let tx = client.transaction().await.map_err(fail)?;
+        pg.fence(&tx, Role::Deliver.as_str(), destination).await?;
+        tx.execute(
+            "UPDATE feed_destinations SET last_error = NULL, last_error_at = NULL
+             WHERE name = $1 AND last_error IS NOT NULL",
+            &[&destination],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)
+    }
+
     async fn events(
         &self,
         domain: &str,

@@ -360,6 +360,16 @@ fn settle(
     Ok(())
 }
 
+/// Clears a destination's last error: it has delivered since.
+fn destination_recovered(tx: &Transaction, destination: &str) -> rusqlite::Result<()> {
+    tx.exec(
+        "UPDATE feed_destinations SET last_error = NULL, last_error_at = NULL
+         WHERE name = ?1 AND last_error IS NOT NULL",
+        params![destination],
+    )?;
+    Ok(())
+}
+
 fn destination_error(
     tx: &Transaction,
     destination: &str,
@@ -614,6 +624,13 @@ impl FeedStore for SqliteFeed {
         let destination = destination.to_string();
         self.store
             .write(move |tx, now| destination_error(tx, &destination, &error, now))
+            .await
+    }
+
+    async fn destination_recovered(&self, destination: &str) -> Result<(), StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .write(move |tx, _| destination_recovered(tx, &destination))
             .await
     }
 

@@ -40,6 +40,8 @@ pub struct Watcher {
     pub metrics: Arc<super::deliver::FeedMetrics>,
     /// Complete polls in a row each known order was missing from, by (domain, id).
     pub missed: Mutex<HashMap<(String, String), u32>>,
+    /// Values the feed's mapping did not know (counted and logged, never shown).
+    pub unmapped: Arc<crate::unmapped::UnmappedValues>,
 }
 
 /// What one poll found.
@@ -328,16 +330,25 @@ impl Watcher {
             ..Default::default()
         };
         match mappings.map_order_with(&self.settings.mapping, document, &options) {
-            Ok(output) => match output.body {
-                Body::Hl7(er7) => Some((er7, control_id)),
-                Body::Fhir(_) => {
-                    tracing::error!(
-                        mapping = %self.settings.mapping,
-                        "feed.mapping renders FHIR, not HL7; no feed message can be sent"
-                    );
-                    None
+            Ok(output) => {
+                self.unmapped.record(
+                    &self.settings.mapping,
+                    &output.version,
+                    domain,
+                    appointment_id,
+                    &output.unmapped,
+                );
+                match output.body {
+                    Body::Hl7(er7) => Some((er7, control_id)),
+                    Body::Fhir(_) => {
+                        tracing::error!(
+                            mapping = %self.settings.mapping,
+                            "feed.mapping renders FHIR, not HL7; no feed message can be sent"
+                        );
+                        None
+                    }
                 }
-            },
+            }
             Err(e) => {
                 self.metrics.mapping_failures.inc();
                 tracing::warn!(

@@ -116,20 +116,33 @@ impl MappingService for Preview {
                             site,
                             config,
                         };
-                        let mapped = if kind == InputKind::Oru && req.trace {
-                            let (r, trace) = set.map_oru_traced(&req.mapping, &req.input, &ctx);
-                            set_trace(&mut response, &trace);
-                            r
-                        } else if kind == InputKind::Oru {
-                            set.map_oru_with(&req.mapping, &req.input, &ctx)
+                        let compiled = set.get(&req.mapping);
+                        let mut unread = Vec::new();
+                        let mapped = if kind == InputKind::Oru {
+                            if let Some(m) = compiled {
+                                unread = crate::mapping::unread::oru(m, &req.input);
+                            }
+                            if req.trace {
+                                let (r, trace) = set.map_oru_traced(&req.mapping, &req.input, &ctx);
+                                set_trace(&mut response, &trace);
+                                r
+                            } else {
+                                set.map_oru_with(&req.mapping, &req.input, &ctx)
+                            }
                         } else {
                             match serde_json::from_str::<Value>(&req.input) {
-                                Ok(v) if req.trace => {
-                                    let (r, trace) = set.map_diagnostic_report_traced(&v, &ctx);
-                                    set_trace(&mut response, &trace);
-                                    r
+                                Ok(v) => {
+                                    if let Some(m) = compiled {
+                                        unread = crate::mapping::unread::diagnostic_report(m, &v);
+                                    }
+                                    if req.trace {
+                                        let (r, trace) = set.map_diagnostic_report_traced(&v, &ctx);
+                                        set_trace(&mut response, &trace);
+                                        r
+                                    } else {
+                                        set.map_diagnostic_report(&v, &ctx)
+                                    }
                                 }
-                                Ok(v) => set.map_diagnostic_report(&v, &ctx),
                                 Err(e) => {
                                     response.errors.push(error(
                                         "unparseable",
@@ -148,6 +161,7 @@ impl MappingService for Preview {
                                     serde_json::to_string_pretty(&inbound.submissions)
                                         .unwrap_or_default();
                                 response.warnings = warnings(&inbound.unmapped);
+                                response.unread_fields = unread;
                                 response
                                     .warnings
                                     .extend(inbound.warnings.into_iter().map(|w| pb::Warning {

@@ -213,25 +213,36 @@ fn value_type(cx: &mut Cx<'_, '_>, r: &Rule, v: &ValueRule, resource: &str) {
         }
         if let Some(i) = last_table(&v.filters) {
             let t = &cx.m.tables[i];
-            // An empty value means "no value" (the rule writes nothing), not a code.
-            let mut bad: Vec<String> = t
-                .map
-                .values()
-                .filter(|v| !v.is_empty() && !codes.contains(&v.as_str()))
-                .cloned()
+            let meta = &cx.m.table_meta[i];
+            // Each bad code is reported at its own line, in the table's own file. An empty
+            // value means "no value" (the rule writes nothing), not a code.
+            let mut bad: Vec<(std::path::PathBuf, Pos, String)> = meta
+                .values
+                .iter()
+                .filter(|(_, v, _)| !v.is_empty() && !codes.contains(&v.as_str()))
+                .map(|(k, v, p)| (meta.file.clone(), *p, format!("`{v}` (for `{k}`)")))
                 .collect();
             if let Some(d) = &t.default
                 && !codes.contains(&d.as_str())
             {
-                bad.push(d.clone());
+                let (file, at) = meta
+                    .default_at
+                    .clone()
+                    .unwrap_or((cx.m.file.clone(), meta.pos));
+                bad.push((file, at, format!("the default `{d}`")));
             }
             let tname = t.name.clone();
             let policy = t.policy;
-            let tpos = cx.m.table_meta[i].pos;
-            if !bad.is_empty() {
-                bad.sort();
-                bad.dedup();
-                cx.err(tpos, format!("table `{tname}` feeds {resource}.{element} but has values that are not valid codes: {}", bad.join(", ")), format!("allowed: {}", codes.join(", ")));
+            let tpos = meta.pos;
+            let used_by = format!("{} line {}", cx.m.fname, pos.line);
+            for (file, at, what) in bad {
+                cx.diags.error(
+                    Stage::Check,
+                    &file,
+                    at,
+                    format!("table `{tname}`: {what} is not a valid {resource}.{element} code (the table feeds it at {used_by})"),
+                    format!("allowed: {}", codes.join(", ")),
+                );
             }
             if policy == Policy::PassThrough {
                 cx.err(tpos, format!("table `{tname}` feeds the coded element {resource}.{element} with `unmapped: pass_through`"), "an unmapped value would make an invalid resource: use `unmapped: default` or `error`");

@@ -576,9 +576,11 @@ impl<'a> Env<'a> {
                 rule: info.at.to_string(),
                 sources: info.sources.clone(),
             },
-            FilterError::Unmapped(table) => MapError::Unmapped {
+            FilterError::Unmapped { table, value } => MapError::Unmapped {
                 rule: info.at.to_string(),
                 table,
+                sources: info.sources.clone(),
+                value,
             },
             FilterError::Invalid(reason) => MapError::Value {
                 rule: info.at.to_string(),

@@ -155,6 +155,9 @@ pub struct Table {
     pub policy: Policy,
     /// Value for [`Policy::Default`].
     pub default: Option<String>,
+    /// The file and line of the table's `values:` (its own file for `file:` tables): where
+    /// an analyst adds a value the table lacks.
+    pub values_at: Option<(std::path::PathBuf, u32)>,
 }
 
 impl Table {
@@ -260,13 +263,19 @@ pub const NAMES: &[&str] = &[
     "hl7_max_length",
 ];
 
-/// Why a filter failed; the rule adds where. Never holds the value.
+/// Why a filter failed; the rule adds where. Only `Unmapped` holds the value (for the
+/// offline tools), and no `Display` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterError {
     /// `required` found nothing.
     Required,
     /// A table with policy `error` did not have the value.
-    Unmapped(String),
+    Unmapped {
+        /// The table.
+        table: String,
+        /// The value, for the offline tools only (see [`super::MapError::Unmapped`]).
+        value: String,
+    },
     /// The value had the wrong form.
     Invalid(String),
 }
@@ -395,8 +404,12 @@ fn one<'a>(
                         Policy::PassThrough => s.clone(),
                         Policy::Default => Cow::Borrowed(t.default.as_deref().unwrap_or_default()),
                         Policy::Error => {
+                            let value = s.to_string();
                             env.misses.push((*i as u32, s));
-                            return Err(FilterError::Unmapped(t.name.clone()));
+                            return Err(FilterError::Unmapped {
+                                table: t.name.clone(),
+                                value,
+                            });
                         }
                     };
                     env.misses.push((*i as u32, s));
@@ -1060,6 +1073,7 @@ mod tests {
             ignore_case: true,
             policy,
             default: Some("routine".into()),
+            values_at: None,
         };
         let tables = [
             mk(Policy::Default),
@@ -1082,7 +1096,10 @@ mod tests {
         );
         assert_eq!(
             apply(&Filter::Table(2), Val::One("soon".into()), &mut e),
-            Err(FilterError::Unmapped("priority".into()))
+            Err(FilterError::Unmapped {
+                table: "priority".into(),
+                value: "soon".into()
+            })
         );
         assert_eq!(un.len(), 3);
     }

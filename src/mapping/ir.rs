@@ -292,6 +292,8 @@ pub struct TableMeta {
     pub values: Vec<(String, String, Pos)>,
     /// Position of the table's name.
     pub pos: Pos,
+    /// Where `default:` is written (file and position).
+    pub default_at: Option<(PathBuf, Pos)>,
 }
 
 /// A resolved mapping file.

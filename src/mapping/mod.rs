@@ -40,9 +40,11 @@ pub mod output_check;
 pub mod parse;
 pub mod plan;
 mod resolve;
+pub mod schema;
 mod source;
 pub mod spec;
 pub mod trace;
+pub mod unread;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -209,6 +211,11 @@ pub enum MapError {
         rule: String,
         /// The table.
         table: String,
+        /// Where the value was looked for, as written (`OBR-25 | OBX[…]-11`).
+        sources: String,
+        /// The value itself: PHI, never part of the message. Only the offline tools, whose
+        /// user supplied the input, show it (`qubs-bridge map`, golden cases).
+        value: String,
     },
     /// A value had the wrong form.
     #[error("{rule}: {reason}")]
@@ -718,12 +725,9 @@ impl MappingSet {
     ) -> Result<DryRun, MapError> {
         let output = self.map_order_with(name, order, options)?;
         let m = self.mapping(name, InputKind::Order)?;
-        // Fields the file lists under `not_sent` are accounted for.
-        let mut accounted = m.reads.clone();
-        accounted.extend(m.not_sent.iter().map(|(f, _)| f.clone()));
         Ok(DryRun {
             output,
-            unread_fields: unread_fields(order, &accounted),
+            unread_fields: unread::order(m, order),
         })
     }
 

@@ -91,10 +91,14 @@ pub struct TableBody {
     pub values: Vec<(Text, Text)>,
     /// Whether `values:` was written.
     pub has_values: bool,
+    /// The file and line of `values:`: where an analyst adds a value the table lacks.
+    pub values_at: Option<(PathBuf, u32)>,
     /// `unmapped:`
     pub unmapped: Option<Text>,
     /// `default:`
     pub default: Option<Text>,
+    /// The file `default:` is written in.
+    pub default_file: Option<PathBuf>,
     /// `ignore_case: true`
     pub ignore_case: bool,
     /// `require_keys:`
@@ -697,6 +701,7 @@ fn table(p: &mut Parser<'_, '_>, name: &str, v: &Node) -> Option<TableBody> {
         match key.as_str() {
             "values" => {
                 body.has_values = true;
+                body.values_at = Some((PathBuf::from(&**file), k.pos.line));
                 match &x.kind {
                     Kind::Map(vals) => {
                         for (vk, vv) in vals {
@@ -722,7 +727,10 @@ fn table(p: &mut Parser<'_, '_>, name: &str, v: &Node) -> Option<TableBody> {
                 }
             }
             "unmapped" => body.unmapped = x.scalar_text().map(|t| Sp::new(x.pos, t)),
-            "default" => body.default = x.scalar_text().map(|t| Sp::new(x.pos, t)),
+            "default" => {
+                body.default = x.scalar_text().map(|t| Sp::new(x.pos, t));
+                body.default_file = Some(PathBuf::from(&**file));
+            }
             "ignore_case" => body.ignore_case = matches!(x.kind, Kind::Bool(true)),
             "system" => body.system = x.scalar_text(),
             "description" => {}

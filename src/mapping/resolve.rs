@@ -44,6 +44,8 @@ struct Rx<'d> {
     table_names: HashMap<String, (Option<usize>, Pos)>,
     reads: Vec<String>,
     uses: Vec<FieldUse>,
+    /// Fields read to select list items or segments, not yet attributed to a target.
+    selectors: Vec<String>,
     /// Declared custom segments and extra fields (HL7 output).
     custom: Vec<CustomSegment>,
     /// Targets named by a rule (see [`Mapping::written`]).
@@ -107,6 +109,7 @@ pub fn resolve(file: &Path, ast: &FileAst, diags: &mut Diags) -> Mapping {
         table_names: HashMap::new(),
         reads: Vec::new(),
         uses: Vec::new(),
+        selectors: Vec::new(),
         custom: Vec::new(),
         written: Vec::new(),
     };
@@ -258,6 +261,12 @@ pub fn resolve(file: &Path, ast: &FileAst, diags: &mut Diags) -> Mapping {
         }
         OutputKind::Hl7 => hl7_body(&mut rx, ast),
     };
+    if output == OutputKind::Hl7 && input == InputKind::Order {
+        // MSH-7 (now) is written in the site's zone.
+        note_zone_read(&mut rx, "MSH-7");
+    }
+    let selectors = std::mem::take(&mut rx.selectors);
+    rx.reads.extend(selectors);
     let not_sent = not_sent(&mut rx, ast);
     Mapping {
         name,
@@ -476,6 +485,10 @@ fn tables(rx: &mut Rx<'_>, ast: &FileAst) {
             file: body.file.clone(),
             values: Vec::new(),
             pos: t.name.pos,
+            default_at: body.default.as_ref().map(|d| {
+                let file = body.default_file.as_ref().unwrap_or(&body.file);
+                (file.clone(), d.pos)
+            }),
         };
         for (k, v) in &body.values {
             meta.values.push((k.val.clone(), v.val.clone(), k.pos));
@@ -565,6 +578,7 @@ fn tables(rx: &mut Rx<'_>, ast: &FileAst) {
             ignore_case: body.ignore_case,
             policy,
             default,
+            values_at: body.values_at.clone(),
         });
     }
 }
@@ -1118,6 +1132,13 @@ fn rule(rx: &mut Rx<'_>, n: &RuleAst, scope: &Scope<'_>) -> Option<Rule> {
     };
     attribute(rx, src_reads_at, &shown, UseKind::Sent);
     let filters = filters_of(rx, &n.filters, &mut many)?;
+    let stage_filters = match &source {
+        Source::Stages(st) => st.iter().flat_map(|s| &s.filters).collect(),
+        _ => Vec::new(),
+    };
+    if filters.iter().chain(stage_filters).any(reads_zone) {
+        note_zone_read(rx, &shown);
+    }
     let target = target?;
     // The key under which "set twice" is checked.
     let key = match &target {
@@ -1167,6 +1188,31 @@ fn shown_target(scope: &Scope<'_>, t: &str) -> String {
     }
 }
 
+/// Whether a filter needs the site's time zone: it reads `site.timeZone` although no
+/// path in the file names it.
+fn reads_zone(f: &Filter) -> bool {
+    matches!(
+        f,
+        Filter::SiteTime(_) | Filter::SiteTimeEnd(_) | Filter::Hl7Time(_)
+    ) || matches!(f, Filter::Instant(out) if *out != TimeOut::Instant)
+}
+
+/// Records that `target`'s value is placed in time by the site's zone.
+fn note_zone_read(rx: &mut Rx<'_>, target: &str) {
+    const ZONE: &str = "site.timeZone";
+    if !rx.reads.iter().any(|r| r == ZONE) {
+        rx.reads.push(ZONE.to_string());
+    }
+    let u = FieldUse {
+        field: ZONE.to_string(),
+        target: format!("{target} (its UTC offset)"),
+        kind: UseKind::Decides,
+    };
+    if !rx.uses.contains(&u) {
+        rx.uses.push(u);
+    }
+}
+
 /// Records the reads made since `from` as uses by `target`.
 fn attribute(rx: &mut Rx<'_>, from: usize, target: &str, kind: UseKind) {
     let from = from.min(rx.reads.len());
@@ -1178,7 +1224,20 @@ fn attribute(rx: &mut Rx<'_>, from: usize, target: &str, kind: UseKind) {
             kind: kind.clone(),
         })
         .collect();
-    for u in new {
+    // Fields that chose list items or segments (`[commentType in (AA, PA)]`,
+    // `OBX[OBX-2 in (TX, FT)]`) decide what the target gets; they are not sent.
+    let selectors: Vec<FieldUse> = std::mem::take(&mut rx.selectors)
+        .into_iter()
+        .map(|field| FieldUse {
+            field,
+            target: target.to_string(),
+            kind: UseKind::Decides,
+        })
+        .collect();
+    for u in new.into_iter().chain(selectors) {
+        if u.kind == UseKind::Decides && !rx.reads.contains(&u.field) {
+            rx.reads.push(u.field.clone());
+        }
         if !rx.uses.contains(&u) {
             rx.uses.push(u);
         }
@@ -1571,6 +1630,9 @@ fn check_json(
                         ),
                         "",
                     );
+                } else {
+                    // The items are chosen by this field: it is read (see `attribute`).
+                    rx.selectors.push(fk);
                 }
             }
             _ => prefix.push_str("[]"),
@@ -1700,6 +1762,8 @@ fn check_alt(rx: &mut Rx<'_>, a: &Alt, pos: Pos, aliases: &[(String, Option<Stri
                         "",
                     );
                 }
+                // The segments are chosen by this field: it is read (see `attribute`).
+                rx.selectors.push(format!("{seg}-{f}"));
             }
             rx.reads.push(h.path.to_string());
         }

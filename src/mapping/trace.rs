@@ -1,8 +1,8 @@
 //! The value trace: for every output field, how its value came about.
 //!
-//! A trace is recorded only when asked for ([`super::MapOptions::trace`], the `*_traced`
-//! methods of [`super::MappingSet`]); otherwise the evaluator checks one `Option` per rule
-//! and nothing else. It is built from what the evaluation keeps anyway — each expression's
+//! A trace is recorded only when asked for (the `*_traced` methods of
+//! [`super::MappingSet`]); otherwise the evaluator checks one `Option` per rule and nothing
+//! else. It is built from what the evaluation keeps anyway — each expression's
 //! value, which alternative of a chain won, which table lookups missed — so it shows exactly
 //! what ran, not a second interpretation of the rules.
 //!

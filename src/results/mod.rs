@@ -119,6 +119,8 @@ pub struct Results {
     pub config_values: Map<String, Value>,
     pub outbox: Arc<Outbox>,
     pub settings: ResultsSettings,
+    /// Values the inbound mappings' code tables did not have (counted and logged).
+    pub unmapped: Arc<crate::unmapped::UnmappedValues>,
 }
 
 fn refusal(ack_code: AckCode, code: ErrorCode, kind: &'static str, text: String) -> Refusal {
@@ -360,6 +362,15 @@ impl Results {
             self.settings.max_attachment_bytes,
         )?;
         let groups = prepared.groups;
+        let (mapping, version, unmapped) = &prepared.unmapped;
+        let appointments: Vec<&str> = prepared
+            .message
+            .results
+            .iter()
+            .map(|r| r.appointment_id.as_str())
+            .collect();
+        self.unmapped
+            .record(mapping, version, domain, &appointments.join(","), unmapped);
         let mut message = prepared.message;
         // The application ACK of enhanced mode waits for the outcome too.
         message.awaited |= header.enhanced_mode();
@@ -434,6 +445,18 @@ impl Results {
             .and_then(Value::as_str)
             .unwrap_or("fhir")
             .to_string();
+        let appointments: Vec<&str> = inbound
+            .submissions
+            .iter()
+            .map(|s| s.appointment_id.as_str())
+            .collect();
+        self.unmapped.record(
+            &inbound.mapping,
+            &inbound.version,
+            domain,
+            &appointments.join(","),
+            &inbound.unmapped,
+        );
         for w in &inbound.warnings {
             // Reader warnings name elements and content types, never values.
             tracing::warn!(domain, warning = %w, "DiagnosticReport read with a warning");
@@ -524,6 +547,8 @@ pub struct PreparedOru {
     pub message: NewMessage,
     /// For each result, the ORDER_OBSERVATION groups (from 0) it was made from.
     pub groups: Vec<Vec<usize>>,
+    /// The mapping's name and set version, and the values its code tables did not have.
+    pub unmapped: (String, String, Vec<crate::mapping::Unmapped>),
 }
 
 /// The pure part of ORU^R01 intake, without outbox or network (the fuzz target
@@ -584,6 +609,7 @@ pub fn prepare_oru(
             awaited: false,
         },
         groups: inbound.groups,
+        unmapped: (inbound.mapping, inbound.version, inbound.unmapped),
     })
 }
 

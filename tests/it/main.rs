@@ -7,6 +7,7 @@ mod common;
 
 mod ack_conformance;
 mod ack_versions;
+mod analyst_loop;
 mod cli;
 mod cli_scripting;
 mod crash_recovery;

@@ -677,12 +677,14 @@ async fn postgres_a_lost_claim_records_nothing_and_a_settle_elsewhere_wakes_the_
             .unwrap(),
     )[0];
     assert_eq!(ids(&b.claim(1).await.unwrap()), [id]);
-    // b stalls past its lease (its renewals are stopped by taking the claim away in the
-    // database, as a partition would): a takes the result over.
+    // b stalls past its lease, as a partition would: its lease runs out and its renewals no
+    // longer reach the row (the token they name is gone, so a renewal racing this update
+    // cannot extend the lease again): a takes the result over.
     let admin = f._db.as_ref().unwrap().connect().await;
     admin
         .execute(
-            "UPDATE outbox_results SET lease_until = bridge_now_ms() - 1 WHERE id = $1",
+            "UPDATE outbox_results SET lease_until = bridge_now_ms() - 1,
+                 claim_token = -claim_token WHERE id = $1",
             &[&id],
         )
         .await
