@@ -99,6 +99,12 @@ const FHIR_GENDER = { M: 'male', F: 'female', O: 'other', U: 'unknown', A: 'othe
 const EXAM_LOINC = { ctbrn: '30799-1', mrknl: '26257-6', xrche: '36643-5', usabd: '24558-9',
   ctpa: '36147-7', mrlsp: '24968-0', mgbil: '26175-0', xranr: '46347-1', ctabp: '36813-4',
   usthy: '25010-0', ctchc: '24628-0', ctchu: '29252-4', mrbrn: '24590-2' };
+// mappings/tables/hl7_diagnostic_service.yaml: modality -> HL7 table 0074 (any case; RAD
+// for a modality it does not list).
+const HL7_DIAGNOSTIC_SERVICE = {
+  ct: 'CT', mr: 'NMR', mri: 'NMR', us: 'RUS', xr: 'RX', cr: 'RX', dx: 'RX', mg: 'RX',
+  nm: 'NMS', pt: 'NMS', pet: 'NMS', 'pet-ct': 'NMS', rf: 'RAD', xa: 'RAD',
+};
 const MODALITY_LOINC = { ct: '25045-6', mr: '25056-3', mri: '25056-3', us: '25061-3',
   xr: '43468-8', cr: '43468-8', dx: '43468-8', nm: '49118-3', pt: '44136-0', pet: '44136-0' };
 const LOINC_NAMES = {
@@ -481,7 +487,10 @@ function orm(order) {
   put(obr, 7, 1, start);
   put(obr, 13, 1, hl7MaxLength(singleLine(trim(clinical)), 300));
   referrer(obr, 16);
-  put(obr, 24, 1, a.modality ? singleLine(a.modality.trim().toUpperCase()) : null);
+  const modality = trim(text(a.modality));
+  const section = modality && Object.hasOwn(HL7_DIAGNOSTIC_SERVICE, modality.toLowerCase())
+    ? HL7_DIAGNOSTIC_SERVICE[modality.toLowerCase()] : 'RAD';
+  put(obr, 24, 1, modality ? section : null);
   timing(obr, 27);
   put(obr, 32, 1, singleLine(rad.number), 1);
   put(obr, 32, 1, rad.family, 2);

@@ -129,6 +129,15 @@ def present(v):
     return v is not None and v != ""
 
 
+# mappings/tables/hl7_diagnostic_service.yaml: modality -> HL7 table 0074 (any case; RAD
+# for a modality it does not list).
+HL7_DIAGNOSTIC_SERVICE = {
+    "ct": "CT", "mr": "NMR", "mri": "NMR", "us": "RUS", "xr": "RX", "cr": "RX", "dx": "RX",
+    "mg": "RX", "nm": "NMS", "pt": "NMS", "pet": "NMS", "pet-ct": "NMS", "rf": "RAD",
+    "xa": "RAD",
+}
+
+
 def text(v):
     """A JSON scalar as text (None when absent)."""
     if v is None or isinstance(v, (dict, list)):
@@ -399,8 +408,9 @@ def orm_segments(order):
            (7, 1, 1, 1, start_ts),
            (13, 1, 1, 1, hl7_max_length(single_line(trim(clinical)), 300))]
     obr += person(16)
-    obr += [(24, 1, 1, 1, single_line(trim(text(a.get("modality"))).upper()
-                                      if a.get("modality") else None))]
+    modality = trim(text(a.get("modality")))
+    obr += [(24, 1, 1, 1, HL7_DIAGNOSTIC_SERVICE.get(modality.lower(), "RAD")
+                          if modality else None)]
     obr += timing(27)
     obr += [(32, 1, 1, 1, single_line(rad["number"])), (32, 1, 1, 2, rad["family"]),
             (32, 1, 1, 3, rad["given"]), (32, 1, 1, 4, rad["middle"]),
