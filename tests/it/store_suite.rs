@@ -398,6 +398,7 @@ async fn the_watch_state_events_and_cursors_follow_what_was_recorded(backend: Ba
             patient_id: None,
             fingerprint: "fp-A3".into(),
             document: b"{}".to_vec(),
+            message: None,
         }],
         vec![],
     )
@@ -482,6 +483,103 @@ async fn the_watch_state_events_and_cursors_follow_what_was_recorded(backend: Ba
     let watch = &feed.watch_status(vec!["acme".into()]).await.unwrap()[0];
     assert_eq!((watch.polls, watch.baselined), (2, true));
     assert_eq!(watch.last_error.as_deref(), Some("QUBS said 503"));
+}
+
+both!(each_tracked_order_keeps_the_last_message_sent_and_the_mapping_version_compared);
+async fn each_tracked_order_keeps_the_last_message_sent_and_the_mapping_version_compared(
+    backend: Backend,
+) {
+    let f = Fixture::new(backend, 30).await;
+    let db = f.open().await;
+    lead(&db, &[("poll", "acme")]).await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let baseline = |id: &str, n: u32, held: Option<&str>| Baseline {
+        appointment_id: id.into(),
+        patient_id: Some(format!("P-{id}")),
+        fingerprint: format!("fp-{id}-{n}"),
+        document: format!("{{\"n\":{n}}}").into_bytes(),
+        message: held.map(|m| (EventKind::New, m.to_string())),
+    };
+    feed.record(
+        "acme",
+        vec![event("A1", "P1", EventKind::New, 1)],
+        vec![baseline("A3", 1, Some("held A3")), baseline("A4", 1, None)],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let last_sent =
+        |tracked: &[qubs_bridge::feed::Tracked]| -> Vec<(String, Option<(EventKind, String)>)> {
+            tracked
+                .iter()
+                .map(|t| (t.appointment_id.clone(), t.message.clone()))
+                .collect()
+        };
+    let tracked = feed.tracked("acme", None).await.unwrap();
+    assert_eq!(
+        last_sent(&tracked),
+        [
+            ("A1".into(), Some((EventKind::New, "MSH|...|A1|1".into()))),
+            ("A3".into(), Some((EventKind::New, "held A3".into()))),
+            ("A4".into(), None),
+        ]
+    );
+    assert_eq!(tracked[0].document, b"{\"n\":1}");
+    assert_eq!(tracked[0].patient_id.as_deref(), Some("P1"));
+    assert_eq!(tracked[1].fingerprint, "fp-A3-1");
+
+    // A change replaces the message and its kind; a baseline row without a message (a new
+    // fingerprint that changes nothing sent) keeps the one stored.
+    feed.record(
+        "acme",
+        vec![event("A1", "P1", EventKind::Changed, 2)],
+        vec![baseline("A3", 2, None)],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let tracked = feed.tracked("acme", None).await.unwrap();
+    assert_eq!(
+        last_sent(&tracked)[..2],
+        [
+            (
+                "A1".into(),
+                Some((EventKind::Changed, "MSH|...|A1|2".into()))
+            ),
+            ("A3".into(), Some((EventKind::New, "held A3".into()))),
+        ]
+    );
+    assert_eq!(
+        tracked[1].fingerprint, "fp-A3-2",
+        "the fingerprint moves on"
+    );
+    let one = feed.tracked("acme", Some("A3")).await.unwrap();
+    assert_eq!(
+        last_sent(&one),
+        [("A3".into(), Some((EventKind::New, "held A3".into())))]
+    );
+    assert!(feed.tracked("acme", Some("A9")).await.unwrap().is_empty());
+    assert!(feed.tracked("globex", None).await.unwrap().is_empty());
+
+    // A removal forgets the order and its message.
+    feed.record(
+        "acme",
+        vec![event("A1", "P1", EventKind::Removed, 3)],
+        vec![],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = feed
+        .tracked("acme", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.appointment_id)
+        .collect();
+    assert_eq!(ids, ["A3", "A4"]);
 }
 
 both!(deliveries_keep_order_per_key_and_record_every_outcome);
