@@ -55,8 +55,8 @@
 //!    with leases and elect one leader per domain poll, destination and retention
 //!    ([`store::leader`]). Retry loops share one [`backoff`] rule.
 //! 10. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
-//!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
-//!    in-flight work finishes before the process exits.
+//!     [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
+//!     in-flight work finishes before the process exits.
 //! 11. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!     never patient data, report text or secrets.
 //! 12. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report

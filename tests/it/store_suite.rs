@@ -582,6 +582,157 @@ async fn each_tracked_order_keeps_the_last_message_sent_and_the_mapping_version_
     assert_eq!(ids, ["A3", "A4"]);
 }
 
+both!(a_resend_compares_with_the_last_message_sent_and_records_xo_events);
+/// `Feed::resend` over the store: an order whose last message differs from what the mapping
+/// set renders now gets a `changed` event with a delivery; one whose message is the same
+/// does not; on PostgreSQL only the domain's poll leader may record it, a dry run anywhere.
+async fn a_resend_compares_with_the_last_message_sent_and_records_xo_events(backend: Backend) {
+    use qubs_bridge::feed::resend::{ResendError, ResendRequest};
+    use qubs_bridge::mapping::{Body, MapOptions, MappingSet};
+
+    let f = Fixture::new(backend, 30).await;
+    let db = f.open().await;
+    lead(&db, &[("poll", "acme")]).await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let mappings = MappingSet::load_dir("mappings").unwrap();
+    let order = |id: &str| {
+        let mut d: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string("mappings/tests/order-routine-ct/order.json").unwrap(),
+        )
+        .unwrap();
+        d["appointment"]["appointmentId"] = id.into();
+        d["event"] = serde_json::json!({"kind": "new"});
+        d
+    };
+    let sent = |id: &str| -> NewEvent {
+        let document = order(id);
+        let Body::Hl7(message) = mappings
+            .map_order_with("orm_o01", &document, &MapOptions::default())
+            .unwrap()
+            .body
+        else {
+            panic!("orm_o01 renders HL7")
+        };
+        NewEvent {
+            appointment_id: id.into(),
+            patient_id: Some("P-55021".into()),
+            kind: EventKind::New,
+            fingerprint: mappings.order_fingerprint(&document),
+            document: document.to_string().into_bytes(),
+            message,
+            control_id: format!("C-{id}"),
+            mapping_version: "older".into(),
+        }
+    };
+    // A1 was sent as today's mappings render it; A2 by an older mapping whose OBR-24 differs.
+    let mut older = sent("A2");
+    let today = older.message.clone();
+    older.message = older.message.replace("|CT|", "|RAD|");
+    assert_ne!(older.message, today, "the older message differs");
+    feed.record("acme", vec![sent("A1"), older], vec![], vec![])
+        .await
+        .unwrap();
+    async fn queued(feed: &Feed) -> u64 {
+        feed.destination_status_of("ris").await.unwrap().pending
+    }
+    assert_eq!(queued(&feed).await, 2);
+
+    let request = |changed_only, dry_run| ResendRequest {
+        domain: "acme".into(),
+        appointment_id: None,
+        changed_only,
+        dry_run,
+    };
+    let dry = feed.resend(&mappings, &request(true, true)).await.unwrap();
+    assert_eq!(
+        (
+            dry.tracked,
+            dry.changed,
+            dry.unchanged,
+            dry.unknown,
+            dry.resent
+        ),
+        (2, 1, 1, 0, 0)
+    );
+    let example = dry.example.unwrap();
+    assert_eq!(example.appointment_id, "A2");
+    assert_eq!(
+        example
+            .diffs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["OBR-24: RAD → CT"]
+    );
+    assert_eq!(queued(&feed).await, 2, "a dry run records nothing");
+
+    // On PostgreSQL, another replica (not the poll leader) may look but not record.
+    if let Backend::Postgres = backend {
+        let other = Feed::open(
+            &f.open().await,
+            &feed_settings(&[("ris", Ordering::PerPatient)]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            other
+                .resend(&mappings, &request(true, true))
+                .await
+                .unwrap()
+                .changed,
+            1
+        );
+        let refused = other.resend(&mappings, &request(true, false)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ResendError::Store(StoreError::NotLeader { .. }))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(queued(&feed).await, 2);
+    }
+
+    let real = feed.resend(&mappings, &request(true, false)).await.unwrap();
+    assert_eq!((real.changed, real.resent), (1, 1));
+    assert_eq!(queued(&feed).await, 3);
+    let events = feed.events("acme", 0, 10).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.appointment_id.as_str(), last.kind),
+        ("A2", EventKind::Changed)
+    );
+    assert!(last.message.contains("|XO|"), "ORC-1 XO");
+    assert_eq!(last.mapping_version, mappings.version());
+    let tracked = feed.tracked("acme", Some("A2")).await.unwrap();
+    assert_eq!(
+        tracked[0].message,
+        Some((EventKind::Changed, last.message.clone()))
+    );
+    // Consumers now have what the mappings render: nothing more to send.
+    let again = feed.resend(&mappings, &request(true, false)).await.unwrap();
+    assert_eq!((again.changed, again.unchanged, again.resent), (0, 2, 0));
+    // Asked for every order, both go again.
+    let all = feed
+        .resend(&mappings, &request(false, false))
+        .await
+        .unwrap();
+    assert_eq!(all.resent, 2);
+    assert_eq!(queued(&feed).await, 5);
+    let missing = feed
+        .resend(
+            &mappings,
+            &ResendRequest {
+                appointment_id: Some("A9".into()),
+                ..request(false, false)
+            },
+        )
+        .await;
+    assert!(matches!(missing, Err(ResendError::NotTracked { .. })));
+}
+
 both!(deliveries_keep_order_per_key_and_record_every_outcome);
 async fn deliveries_keep_order_per_key_and_record_every_outcome(backend: Backend) {
     let f = Fixture::new(backend, 30).await;

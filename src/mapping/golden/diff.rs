@@ -274,7 +274,7 @@ fn json_at(path: String, a: &Value, b: &Value, out: &mut Vec<FieldDiff>) {
                 return;
             }
             // An item added or removed: line the lists up so the others compare as pairs.
-            for step in align(x, y, |p, q| same_kind(p, q)) {
+            for step in align(x, y, same_kind) {
                 match step {
                     Step::Same(..) => {}
                     Step::Pair(i, j) => json_at(item(j), &x[i], &y[j], out),
