@@ -62,6 +62,10 @@ async fn start(
     let (dir, addr) = (mappings.to_path_buf(), consumer.addr);
     start_bridge_with(three_orders(), &[], move |s| {
         s.mappings.dir = dir;
+        // A value no shipped mapping reads (yet).
+        s.mappings
+            .values
+            .insert("facility".into(), "Main Campus".into());
         s.feed.enabled = true;
         s.feed.poll_interval_secs = 1;
         s.feed.poll_jitter = 0.0;
@@ -408,4 +412,74 @@ async fn feed_resend_by_hand_shows_a_dry_run_then_sends_what_changed() {
     assert!(!ok);
     assert!(err.contains("globex"), "{err}");
     assert_eq!(consumer.received().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mappings_reading_another_field_is_not_a_change_of_every_order() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), dir.path());
+    let consumer = Consumer::start().await;
+    let bridge = start(dir.path(), &consumer, OnMappingChange::Ignore).await;
+    consumer.wait_accepted(3, WAIT).await;
+    let v1 = mapping_version(&bridge).await;
+
+    // The analyst sends a configured facility name in PV1-3.4: the order mappings now read
+    // a field they did not, so every order's fingerprint changes without QUBS changing it.
+    let before = qubs_bridge::mapping::MappingSet::load_dir(dir.path()).unwrap();
+    let orm = dir.path().join("orm_o01.yaml");
+    let text = std::fs::read_to_string(&orm).unwrap();
+    let edited = text.replacen(
+        "      - target: PV1-2\n        value: O\n",
+        "      - target: PV1-2\n        value: O\n      - target: PV1-3.4\n        from: config.facility\n",
+        1,
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&orm, edited).unwrap();
+    let after = qubs_bridge::mapping::MappingSet::load_dir(dir.path()).unwrap();
+    let order = serde_json::json!({
+        "domain": "acme",
+        "appointment": pending("A0001"),
+        "site": {"siteName": "Main", "timeZone": "Australia/Sydney"},
+        "config": {"facility": "Main Campus"},
+    });
+    assert_ne!(
+        before.order_fingerprint(&order),
+        after.order_fingerprint(&order),
+        "the edit makes the mappings read another field"
+    );
+
+    // With on_mapping_change = ignore, the polls that follow send nothing...
+    wait_for_reload(&bridge, &v1).await;
+    wait_polls(&bridge, 3).await;
+    assert_eq!(
+        consumer.received().len(),
+        3,
+        "a new read is not a change of the orders"
+    );
+    // ...though every message would now differ, as a dry run shows.
+    let (ok, out, err) = cli(
+        &bridge,
+        &[
+            "resend",
+            "--domain",
+            "acme",
+            "--changed-by-mapping",
+            "--dry-run",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let dry: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&dry["changed"], &dry["unchanged"]), (&3.into(), &0.into()));
+    assert_eq!(dry["example"]["changes"][0]["field"], "PV1-3.4");
+    assert_eq!(dry["example"]["changes"][0]["after"], "Main Campus");
+
+    // A real change to an order is still one.
+    let mut renamed = pending("A0003");
+    renamed["patientName"] = "Patient Renamed".into();
+    bridge.sim.put_appointment("acme", renamed);
+    let got = consumer.wait_accepted(4, WAIT).await;
+    assert_eq!(sent(&got[3..]), [("A0003".to_string(), "XO".to_string())]);
 }
