@@ -733,6 +733,136 @@ async fn a_resend_compares_with_the_last_message_sent_and_records_xo_events(back
     assert!(matches!(missing, Err(ResendError::NotTracked { .. })));
 }
 
+/// A file from before messages were kept (feed schema 1): the migration takes each tracked
+/// order's last message from the events still retained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_older_file_gets_each_orders_last_message_from_its_events() {
+    let f = Fixture::new(Backend::Sqlite, 30).await;
+    {
+        let db = f.open().await;
+        let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+            .await
+            .unwrap();
+        feed.record(
+            "acme",
+            vec![
+                event("A1", "P1", EventKind::New, 1),
+                event("A2", "P2", EventKind::New, 1),
+            ],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+        feed.record(
+            "acme",
+            vec![event("A1", "P1", EventKind::Changed, 2)],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+    }
+    // Back to schema 1, as a file written before this version was.
+    let conn = rusqlite::Connection::open(&f.settings.path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE feed_orders DROP COLUMN message;
+         ALTER TABLE feed_orders DROP COLUMN message_kind;
+         ALTER TABLE feed_watch DROP COLUMN mapping_version;
+         UPDATE bridge_schema SET version = 1 WHERE component = 'feed';",
+    )
+    .unwrap();
+    drop(conn);
+    let db = f.open().await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let last: Vec<(String, Option<(EventKind, String)>)> = feed
+        .tracked("acme", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.appointment_id, t.message))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (
+                "A1".into(),
+                Some((EventKind::Changed, "MSH|...|A1|2".into()))
+            ),
+            ("A2".into(), Some((EventKind::New, "MSH|...|A2|1".into()))),
+        ]
+    );
+}
+
+/// The same on PostgreSQL: `store migrate` brings a schema-1 database to 2 and fills each
+/// tracked order's last message from its retained events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_older_database_gets_each_orders_last_message_from_its_events() {
+    let f = Fixture::new(Backend::Postgres, 30).await;
+    {
+        let db = f.open().await;
+        lead(&db, &[("poll", "acme")]).await;
+        let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+            .await
+            .unwrap();
+        feed.record(
+            "acme",
+            vec![
+                event("A1", "P1", EventKind::New, 1),
+                event("A2", "P2", EventKind::New, 1),
+            ],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+        feed.record(
+            "acme",
+            vec![event("A1", "P1", EventKind::Changed, 2)],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+    }
+    let test_db = f._db.as_ref().unwrap();
+    test_db
+        .connect()
+        .await
+        .batch_execute(
+            "ALTER TABLE feed_orders DROP COLUMN message;
+             ALTER TABLE feed_orders DROP COLUMN message_kind;
+             ALTER TABLE feed_watch DROP COLUMN mapping_version;
+             UPDATE bridge_schema SET version = 1 WHERE component = 'feed';",
+        )
+        .await
+        .unwrap();
+    test_db.migrate().await;
+    let db = f.open().await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let last: Vec<(String, Option<(EventKind, String)>)> = feed
+        .tracked("acme", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.appointment_id, t.message))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (
+                "A1".into(),
+                Some((EventKind::Changed, "MSH|...|A1|2".into()))
+            ),
+            ("A2".into(), Some((EventKind::New, "MSH|...|A2|1".into()))),
+        ]
+    );
+}
+
 both!(deliveries_keep_order_per_key_and_record_every_outcome);
 async fn deliveries_keep_order_per_key_and_record_every_outcome(backend: Backend) {
     let f = Fixture::new(backend, 30).await;
