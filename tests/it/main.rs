@@ -12,6 +12,7 @@ mod cli;
 mod cli_scripting;
 mod crash_recovery;
 mod feed;
+mod feed_resend;
 mod fidelity;
 mod fuzz_regressions;
 mod grpc_discovery;
