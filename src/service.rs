@@ -88,6 +88,7 @@ pub async fn start(
         config_values: settings.mappings.values.clone(),
         outbox,
         settings: settings.results.clone(),
+        metrics: metrics.clone(),
     });
     let mllp = if settings.mllp.enabled {
         let handler = Arc::new(crate::results::mllp::OruOverMllp {

@@ -27,6 +27,7 @@ pub mod hl7;
 pub mod html_text;
 pub mod inbound;
 pub mod names;
+pub mod preview;
 pub mod spec;
 pub mod yaml;
 

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_state ON results(state, id);
 CREATE INDEX IF NOT EXISTS results_appointment ON results(domain, appointment_id, id);
+CREATE INDEX IF NOT EXISTS results_source ON results(source_id);
 CREATE TABLE IF NOT EXISTS attachments (
     result_id     INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
     seq           INTEGER NOT NULL,
@@ -290,8 +291,17 @@ pub(super) fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<En
         args.push(a.clone().into());
         sql.push_str(&format!(" AND r.appointment_id = ?{}", args.len()));
     }
+    if let Some(id) = &f.source_id {
+        args.push(id.clone().into());
+        sql.push_str(&format!(" AND r.source_id = ?{}", args.len()));
+    }
+    if let Some(before) = f.before_id {
+        args.push(before.into());
+        sql.push_str(&format!(" AND r.id < ?{}", args.len()));
+    }
     args.push((f.limit.max(1) as i64).into());
-    sql.push_str(&format!(" ORDER BY r.id LIMIT ?{}", args.len()));
+    let order = if f.newest_first { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY r.id {order} LIMIT ?{}", args.len()));
     let mut stmt = tx.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), read_entry)?;
     rows.collect()
