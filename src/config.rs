@@ -112,6 +112,9 @@ pub struct Settings {
     /// The HL7 order feed (off unless enabled).
     #[serde(default)]
     pub feed: crate::feed::FeedSettings,
+    /// The web console on the admin listener (nobody can sign in until users are listed).
+    #[serde(default)]
+    pub console: crate::console::ConsoleSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -574,6 +577,9 @@ impl Settings {
                 "the bridge serves several domains: say which one MLLP results belong to",
             ));
         }
+        self.console
+            .validate(&self.qubs.domains)
+            .map_err(|(key, reason)| invalid(&key, reason))?;
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
         Ok(())

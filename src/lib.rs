@@ -44,7 +44,10 @@
 //!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
 //!    queue, and to gRPC `WatchOrders` streams. The outbox, the feed and the pending list
 //!    share the embedded [`store`] (one SQLite file).
-//! 9. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//! 9. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz`, `/readyz`,
+//!    `/metrics` and the web [`console`] (sign-in with roles and an audit log; the
+//!    operations dashboard and the mapping playground over a JSON API that calls the same
+//!    functions as the CLI and gRPC).
 //!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
 //!    in-flight work finishes before the process exits.
 //! 10. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
@@ -64,6 +67,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod feed;
 pub mod grpc;

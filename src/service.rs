@@ -45,11 +45,16 @@ pub async fn start(
     let client = qubs::Client::with_observer(&settings.qubs, Some(observer))?;
     let readiness = Readiness::default();
     let admin_listen: SocketAddr = settings.server.admin_listen.parse()?;
+    let console_mount = settings
+        .console
+        .enabled
+        .then(crate::console::Mount::default);
     let (admin_addr, admin_task) = admin::serve(
         admin_listen,
         readiness.clone(),
         settings.qubs.domains.clone(),
         metrics.clone(),
+        console_mount.clone(),
         shutdown.clone(),
     )
     .await
@@ -74,6 +79,7 @@ pub async fn start(
         settings.qubs.pending_list_max_age(),
     ));
     let outbox = Outbox::new(store.clone());
+    let audit = crate::console::audit::AuditLog::new(store.clone());
     let stats = outbox.stats(false).await?;
     tracing::info!(
         path = %settings.store.path.display(),
@@ -156,6 +162,37 @@ pub async fn start(
             shutdown.clone(),
         )));
     }
+    let mut console_tasks = Vec::new();
+    if let Some(mount) = &console_mount {
+        let samples = Arc::new(crate::console::samples::Samples::new(
+            metrics.clone(),
+            settings
+                .feed
+                .destinations
+                .iter()
+                .map(|d| d.name.clone())
+                .collect(),
+        ));
+        console_tasks.push(tokio::spawn(samples.clone().run(shutdown.clone())));
+        mount.set(Arc::new(crate::console::Console {
+            access: crate::console::Access::new(&settings.console),
+            outbox: results.outbox.clone(),
+            feed: settings.feed.enabled.then(|| feed.clone()),
+            feed_destinations: settings.feed.destinations.clone(),
+            feed_domains: settings.feed.watched(&settings.qubs.domains),
+            readiness: readiness.clone(),
+            mappings: mappings.clone(),
+            metrics: metrics.clone(),
+            samples,
+            audit,
+            domains: settings.qubs.domains.clone(),
+            config_values: settings.mappings.values.clone(),
+        }));
+        tracing::info!(
+            users = settings.console.users.len(),
+            "web console at http://{admin_addr}/console/"
+        );
+    }
     let ctx = Arc::new(grpc::Context {
         client: client.clone(),
         metrics: metrics.clone(),
@@ -212,6 +249,7 @@ pub async fn start(
             let mut tasks = vec![admin_task, grpc.task, probe, reload_watch, worker];
             tasks.extend(mllp.map(|m| m.task));
             tasks.extend(feed_tasks);
+            tasks.extend(console_tasks);
             tasks
         },
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),

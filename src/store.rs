@@ -105,6 +105,7 @@ impl Store {
             crate::outbox::SCHEMA,
             crate::feed::SCHEMA,
             crate::pending_list::store::SCHEMA,
+            crate::console::audit::SCHEMA,
         ] {
             conn.execute_batch(schema)
                 .map_err(|e| open_error(e.to_string()))?;

@@ -1,0 +1,272 @@
+//! The mapping playground's API (analyst role): the live mapping files, the golden cases,
+//! one run of a mapping on an input, and the golden cases run — each against the live set
+//! or against a draft of one file edited in the browser, never written to disk here.
+//!
+//! A run goes through [`crate::mapping::preview::preview`] (what gRPC `PreviewMapping`
+//! calls) and the golden cases through [`crate::mapping::golden::run`] (what
+//! `qubs-bridge mappings test` calls); a draft is compiled by
+//! [`MappingSet::from_texts`], so its errors are those of `mappings check`, at
+//! file:line:col.
+//!
+//! The answer of a run has a `trace` member, `null` until the engine reports which rule
+//! produced each output field: the page keeps a panel for it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Console, error};
+use crate::mapping::yaml::{self, Node};
+use crate::mapping::{Diagnostic, InputKind, LoadErrors, MappingSet, golden};
+
+/// Largest input or draft the playground takes.
+const MAX_TEXT: usize = 2 * 1024 * 1024;
+
+fn kind_name(k: InputKind) -> &'static str {
+    match k {
+        InputKind::Order => "order",
+        InputKind::Oru => "oru",
+        InputKind::DiagnosticReport => "diagnostic_report",
+    }
+}
+
+/// The mapping files directly in `dir`, as [`MappingSet::load_dir`] reads them.
+fn mapping_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// One mapping file edited in the browser.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Draft {
+    /// The file's name in the mapping directory, e.g. `orm_o01.yaml`.
+    file: String,
+    text: String,
+}
+
+fn diagnostics(errors: &LoadErrors) -> Value {
+    Value::Array(
+        errors
+            .0
+            .iter()
+            .map(|d: &Diagnostic| {
+                json!({
+                    "file": file_name(&d.file),
+                    "line": d.pos.line,
+                    "column": d.pos.column,
+                    "message": d.message,
+                    "hint": d.hint,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The set to run: the live one, or the live files with `draft` in place of its file.
+/// `Err` is the answer to give (the draft's diagnostics, or a bad request).
+fn set_for(console: &Console, draft: Option<&Draft>) -> Result<Arc<MappingSet>, Response> {
+    let Some(draft) = draft else {
+        return Ok(console.mappings.current());
+    };
+    if draft.text.len() > MAX_TEXT {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the draft is too large",
+        ));
+    }
+    let dir = console.mappings.dir();
+    let files = mapping_files(dir).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot read the mapping directory: {e}"),
+        )
+    })?;
+    if !files.iter().any(|f| file_name(f) == draft.file) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            &format!("no mapping file `{}` in the mapping directory", draft.file),
+        ));
+    }
+    let mut texts = Vec::with_capacity(files.len());
+    for f in files {
+        let text = if file_name(&f) == draft.file {
+            draft.text.clone()
+        } else {
+            std::fs::read_to_string(&f).map_err(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot read {}: {e}", file_name(&f)),
+                )
+            })?
+        };
+        texts.push((f, text));
+    }
+    MappingSet::from_texts(&texts).map(Arc::new).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": format!("the draft of {} does not compile", draft.file),
+                "diagnostics": diagnostics(&e),
+            })),
+        )
+            .into_response()
+    })
+}
+
+/// `GET /console/api/mappings`: the live set's version and each mapping with its file.
+pub async fn mappings(State(console): State<Arc<Console>>) -> Response {
+    let set = console.mappings.current();
+    let mut list = Vec::new();
+    for name in set.names() {
+        let Some(m) = set.get(name) else { continue };
+        list.push(json!({
+            "name": name,
+            "input": kind_name(m.input),
+            "file": file_name(&m.file),
+            "text": std::fs::read_to_string(&m.file).unwrap_or_default(),
+        }));
+    }
+    Json(json!({
+        "version": set.version(),
+        "reloadError": console.mappings.failing(),
+        "mappings": list,
+    }))
+    .into_response()
+}
+
+/// `GET /console/api/cases`: the golden cases (`mappings/tests/<case>/case.yaml`) with their
+/// input, the mappings they check and the site time zone they run with.
+pub async fn cases(State(console): State<Arc<Console>>) -> Response {
+    let dir = console.mappings.dir().join("tests");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Json(json!({"cases": []})).into_response();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("case.yaml").is_file())
+        .collect();
+    dirs.sort();
+    let cases: Vec<Value> = dirs.iter().filter_map(|d| case(d)).collect();
+    Json(json!({"cases": cases})).into_response()
+}
+
+fn case(dir: &Path) -> Option<Value> {
+    let spec = yaml::parse(&std::fs::read_to_string(dir.join("case.yaml")).ok()?).ok()?;
+    let text = |k: &str| spec.get(k).and_then(Node::scalar_text);
+    let input_file = text("input")?;
+    let bytes = std::fs::read(dir.join(&input_file)).ok()?;
+    let mappings: Vec<String> = match spec.get("outputs").map(|n| &n.kind) {
+        Some(yaml::Kind::Seq(outputs)) => outputs
+            .iter()
+            .filter_map(|o| o.get("mapping").and_then(Node::scalar_text))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(json!({
+        "name": file_name(dir),
+        "kind": text("kind").unwrap_or_else(|| "order".into()),
+        "inputFile": input_file,
+        // HL7 in another charset is shown as read; the bridge decodes it on the wire.
+        "input": String::from_utf8_lossy(&bytes),
+        "siteTimeZone": spec.get("site").and_then(|s| s.get("timeZone")).and_then(Node::scalar_text),
+        "mappings": mappings,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunRequest {
+    mapping: String,
+    input: String,
+    #[serde(default)]
+    site_time_zone: String,
+    #[serde(default)]
+    draft: Option<Draft>,
+}
+
+/// `POST /console/api/preview {"mapping", "input", "siteTimeZone"?, "draft"?}`: one run.
+pub async fn preview(State(console): State<Arc<Console>>, Json(req): Json<RunRequest>) -> Response {
+    if req.input.len() > MAX_TEXT {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "the input is too large");
+    }
+    let set = match set_for(&console, req.draft.as_ref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let run = tokio::task::spawn_blocking(move || {
+        crate::mapping::preview::preview(
+            &set,
+            &req.mapping,
+            &req.input,
+            &req.site_time_zone,
+            &console.config_values,
+        )
+    })
+    .await;
+    match run {
+        Ok(Ok(p)) => {
+            let mut v = serde_json::to_value(&p).unwrap_or(Value::Null);
+            v["trace"] = Value::Null;
+            Json(v).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the mapping run failed"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoldenRequest {
+    draft: Option<Draft>,
+}
+
+/// `POST /console/api/golden {"draft"?}`: every golden case against the live set or the
+/// draft, with a line diff per failing output.
+pub async fn golden_run(
+    State(console): State<Arc<Console>>,
+    Json(req): Json<GoldenRequest>,
+) -> Response {
+    let set = match set_for(&console, req.draft.as_ref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let dir = console.mappings.dir().join("tests");
+    let report = tokio::task::spawn_blocking(move || golden::run(&set, &dir, false)).await;
+    match report {
+        Ok(Ok(report)) => {
+            let failed = report.results.iter().filter(|r| !r.passed).count();
+            Json(json!({
+                "passed": report.passed(),
+                "total": report.results.len(),
+                "failed": failed,
+                "results": report.results.iter().map(|r| json!({
+                    "name": r.name,
+                    "passed": r.passed,
+                    "diff": r.detail,
+                })).collect::<Vec<_>>(),
+            }))
+            .into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the golden run failed"),
+    }
+}

@@ -1,0 +1,192 @@
+// The mapping playground: pick a mapping and an input (a golden case or pasted text), edit
+// the mapping's YAML, and see the output, warnings and unread input fields as you type; run
+// every golden case against the draft. Nothing is written: the draft lives in the page.
+import { api } from "./api.js";
+import { el, flash, show } from "./dom.js";
+
+const DEBOUNCE_MS = 400;
+
+export async function render(main) {
+  const [{ mappings, version }, { cases }] = await Promise.all([api("GET", "mappings"), api("GET", "cases")]);
+  if (!mappings.length) {
+    show(main, el("h1", {}, "Mapping playground"), el("p", { class: "error" }, "No mapping set is loaded."));
+    return null;
+  }
+  const pick = el("select", { id: "pg-mapping" }, mappings.map((m) => el("option", { value: m.name }, `${m.name} (${m.input})`)));
+  const source = el("select", { id: "pg-case" });
+  const zone = el("input", { id: "pg-zone", size: 22, placeholder: "e.g. Australia/Sydney" });
+  const yaml = el("textarea", { id: "pg-yaml", spellcheck: "false", "aria-label": "Mapping YAML (draft)" });
+  const input = el("textarea", { id: "pg-input", spellcheck: "false", "aria-label": "Input" });
+  const diagnostics = el("div", { id: "pg-diagnostics", "aria-live": "polite" });
+  const output = el("pre", { id: "pg-output", tabindex: "0" });
+  const notes = el("div", { id: "pg-notes" });
+  const golden = el("div", { id: "pg-golden" });
+  const draftState = el("span", { id: "pg-draft-state", class: "help" });
+  let timer = null;
+  let seq = 0;
+
+  const mapping = () => mappings.find((m) => m.name === pick.value);
+  const draft = () => {
+    const m = mapping();
+    return yaml.value === m.text ? null : { file: m.file, text: yaml.value };
+  };
+
+  function fillCases() {
+    const m = mapping();
+    const usable = cases.filter((c) => c.mappings.includes(m.name) || c.kind === m.input);
+    show(
+      source,
+      el("option", { value: "" }, "pasted input"),
+      usable.map((c) => el("option", { value: c.name }, `golden case ${c.name}`)),
+    );
+    if (usable.length) {
+      source.value = usable[0].name;
+      useCase();
+    }
+  }
+
+  function useCase() {
+    const c = cases.find((x) => x.name === source.value);
+    if (!c) return;
+    input.value = c.input;
+    zone.value = c.siteTimeZone || "";
+  }
+
+  function jumpTo(line) {
+    const lines = yaml.value.split("\n");
+    const at = lines.slice(0, Math.max(0, line - 1)).reduce((n, l) => n + l.length + 1, 0);
+    yaml.focus();
+    yaml.setSelectionRange(at, at + (lines[line - 1] || "").length);
+  }
+
+  async function run() {
+    const mine = ++seq;
+    draftState.textContent = draft() ? "draft (not saved)" : `live set ${version}`;
+    try {
+      const r = await api("POST", "preview", {
+        mapping: pick.value,
+        input: input.value,
+        siteTimeZone: zone.value.trim(),
+        draft: draft() || undefined,
+      });
+      if (mine !== seq) return;
+      show(diagnostics);
+      output.textContent = r.errors.length ? "" : r.output.replaceAll("\r", "\n");
+      show(
+        notes,
+        r.errors.length ? el("h2", {}, "Errors") : "",
+        el("ul", { id: "pg-errors", class: "error" }, r.errors.map((e) => el("li", {}, `${e.code}: ${e.message}`))),
+        el("h2", {}, `Warnings (${r.warnings.length})`),
+        el("ul", { id: "pg-warnings" }, r.warnings.map((w) => el("li", {}, `${w.code}${w.rule ? ` [${w.rule}]` : ""}: ${w.message}`))),
+        el("h2", {}, `Input fields no rule reads (${r.unreadFields.length})`),
+        el("ul", { id: "pg-unread" }, r.unreadFields.map((f) => el("li", {}, el("code", {}, f)))),
+        el("h2", {}, "Trace"),
+        el(
+          "div",
+          { id: "pg-trace", class: "trace" },
+          r.trace
+            ? el("pre", {}, JSON.stringify(r.trace, null, 2))
+            : "This mapping engine does not report which rule produced each field yet; the trace will show here when it does.",
+        ),
+      );
+    } catch (e) {
+      if (mine !== seq) return;
+      if (e.body && e.body.diagnostics) {
+        output.textContent = "";
+        show(
+          diagnostics,
+          el("p", { class: "error" }, e.message),
+          el(
+            "ul",
+            { class: "error" },
+            e.body.diagnostics.map((d) =>
+              el(
+                "li",
+                {},
+                el(
+                  "a",
+                  { href: "#playground", class: "diag", onclick: (ev) => { ev.preventDefault(); jumpTo(d.line); } },
+                  `${d.file}:${d.line}:${d.column}`,
+                ),
+                `: ${d.message}${d.hint ? ` (hint: ${d.hint})` : ""}`,
+              ),
+            ),
+          ),
+        );
+      } else {
+        flash(e.message, true);
+      }
+    }
+  }
+
+  function soon() {
+    clearTimeout(timer);
+    timer = setTimeout(run, DEBOUNCE_MS);
+  }
+
+  async function runGolden() {
+    show(golden, el("p", { class: "help" }, "Running every golden case…"));
+    try {
+      const r = await api("POST", "golden", { draft: draft() || undefined });
+      const failed = r.results.filter((x) => !x.passed);
+      show(
+        golden,
+        el("p", { id: "pg-golden-summary", class: r.passed ? "ok" : "bad" },
+          `${r.total - r.failed} of ${r.total} case outputs match${draft() ? " with the draft" : ""}; ${r.failed} differ.`),
+        failed.map((x) =>
+          el(
+            "details",
+            { class: "golden-case", "data-case": x.name, open: failed.length <= 3 },
+            el("summary", {}, x.name),
+            el("pre", {}, (x.diff || "").split("\n").map((l) =>
+              el("span", { class: l.startsWith("-") ? "diff-del" : l.startsWith("+") ? "diff-add" : "" }, `${l}\n`))),
+          ),
+        ),
+      );
+    } catch (e) {
+      if (e.body && e.body.diagnostics) {
+        show(golden, el("p", { class: "error" }, `${e.message}: fix the draft first.`));
+      } else {
+        flash(e.message, true);
+      }
+    }
+  }
+
+  pick.addEventListener("change", () => {
+    yaml.value = mapping().text;
+    fillCases();
+    run();
+  });
+  source.addEventListener("change", () => {
+    useCase();
+    run();
+  });
+  for (const t of [yaml, input, zone]) t.addEventListener("input", soon);
+
+  show(
+    main,
+    el("h1", {}, "Mapping playground"),
+    el(
+      "div",
+      { class: "toolbar" },
+      el("label", {}, "Mapping", pick),
+      el("label", {}, "Input", source),
+      el("label", {}, "Site time zone", zone),
+      el("button", { type: "button", id: "pg-golden-run", class: "primary", onclick: runGolden }, "Run golden cases"),
+      el("button", { type: "button", id: "pg-reset", onclick: () => { yaml.value = mapping().text; run(); } }, "Discard draft"),
+      draftState,
+    ),
+    el(
+      "div",
+      { class: "play" },
+      el("div", { class: "pane" }, el("h2", {}, "Mapping (YAML)"), yaml, diagnostics),
+      el("div", { class: "pane" }, el("h2", {}, "Input"), input, el("h2", {}, "Output"), output, notes),
+    ),
+    el("h2", {}, "Golden cases"),
+    golden,
+  );
+  yaml.value = mapping().text;
+  fillCases();
+  await run();
+  return () => clearTimeout(timer);
+}
