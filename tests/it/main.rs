@@ -9,6 +9,8 @@ mod ack_conformance;
 mod ack_versions;
 mod cli;
 mod cli_scripting;
+mod console;
+mod console_browser;
 mod crash_recovery;
 mod feed;
 mod fidelity;
