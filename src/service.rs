@@ -80,6 +80,7 @@ pub async fn start(
     ));
     let outbox = Outbox::new(store.clone());
     let audit = crate::console::audit::AuditLog::new(store.clone());
+    let history = crate::console::history::History::new(store.clone());
     let stats = outbox.stats(false).await?;
     tracing::info!(
         path = %settings.store.path.display(),
@@ -185,6 +186,8 @@ pub async fn start(
             metrics: metrics.clone(),
             samples,
             audit,
+            history,
+            promotions: Default::default(),
             domains: settings.qubs.domains.clone(),
             config_values: settings.mappings.values.clone(),
         }));

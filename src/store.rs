@@ -106,6 +106,7 @@ impl Store {
             crate::feed::SCHEMA,
             crate::pending_list::store::SCHEMA,
             crate::console::audit::SCHEMA,
+            crate::console::history::SCHEMA,
         ] {
             conn.execute_batch(schema)
                 .map_err(|e| open_error(e.to_string()))?;

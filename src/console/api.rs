@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::auth::{self, Caller};
-use super::{Console, audit, error};
+use super::{Console, Refusal, audit, error, refuse};
 use crate::outbox::{DeadLetters, Entry, EntryFilter, RetryError, State as OutboxState};
 
 /// Entries one outbox page holds at most.
@@ -290,12 +290,12 @@ pub struct OutboxQuery {
     limit: Option<usize>,
 }
 
-fn parse_state(s: &str) -> Result<OutboxState, Response> {
+fn parse_state(s: &str) -> Result<OutboxState, Refusal> {
     match s {
         "pending" => Ok(OutboxState::Pending),
         "submitted" => Ok(OutboxState::Submitted),
         "dead" => Ok(OutboxState::Dead),
-        other => Err(error(
+        other => Err(refuse(
             StatusCode::BAD_REQUEST,
             &format!("state `{other}` is not one of pending, submitted, dead"),
         )),
@@ -312,7 +312,7 @@ pub async fn outbox_list(
         None => None,
         Some(s) => match parse_state(s) {
             Ok(s) => Some(s),
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         },
     };
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
@@ -466,7 +466,7 @@ pub async fn outbox_purge(
             );
         }
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let cutoff = crate::store::now_ms()
         .saturating_sub((req.older_than_hours.min(100_000) * 3_600_000) as i64);

@@ -11,7 +11,8 @@
 //!   `Authorization: Bearer` for scripts. Every API route names the role it
 //!   needs in one table, [`ROUTES`], which the router consults for every request: a route
 //!   missing from it is refused, never open.
-//! - Every change (retry, purge; sign-ins too) is written to the audit log ([`audit`]).
+//! - Every change (retry, purge, promotion, rollback; sign-ins too) is written to the
+//!   audit log ([`audit`]); promoted mapping files are kept with both texts ([`history`]).
 //! - Charts come from the process's own counters, sampled every few seconds into a ring
 //!   buffer ([`samples`]); no Prometheus needed.
 
@@ -19,7 +20,9 @@ mod api;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod history;
 mod playground;
+mod promote;
 pub mod samples;
 mod settings;
 
@@ -56,6 +59,10 @@ pub struct Console {
     pub metrics: Arc<Metrics>,
     pub samples: Arc<samples::Samples>,
     pub audit: audit::AuditLog,
+    /// Promoted mapping versions.
+    pub history: history::History,
+    /// One promotion or rollback at a time.
+    pub promotions: tokio::sync::Mutex<()>,
     /// The QUBS domains the bridge serves.
     pub domains: Vec<String>,
     /// `mappings.values`, as the mappings see them in the playground.
@@ -105,6 +112,10 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/console/api/cases", Role::Analyst),
     route("POST", "/console/api/preview", Role::Analyst),
     route("POST", "/console/api/golden", Role::Analyst),
+    route("POST", "/console/api/promote", Role::Analyst),
+    route("GET", "/console/api/history", Role::Analyst),
+    route("GET", "/console/api/history/{id}", Role::Analyst),
+    route("POST", "/console/api/history/{id}/rollback", Role::Analyst),
 ];
 
 /// The console's pages: without a session they send the browser to the sign-in page.
@@ -175,6 +186,13 @@ fn router(console: Arc<Console>) -> Router {
         .route("/console/api/cases", get(playground::cases))
         .route("/console/api/preview", post(playground::preview))
         .route("/console/api/golden", post(playground::golden_run))
+        .route("/console/api/promote", post(promote::promote))
+        .route("/console/api/history", get(promote::history))
+        .route("/console/api/history/{id}", get(promote::history_entry))
+        .route(
+            "/console/api/history/{id}/rollback",
+            post(promote::rollback),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such console API") })
         .route_layer(middleware::from_fn_with_state(console.clone(), guard));
     Router::new()
@@ -297,6 +315,27 @@ async fn security_headers(request: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// An answer given instead of a result, boxed: a `Response` is too large to be the error
+/// of every `Result` that may carry one.
+pub(crate) struct Refusal(Box<Response>);
+
+impl From<Response> for Refusal {
+    fn from(r: Response) -> Refusal {
+        Refusal(Box::new(r))
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+/// [`error`] as a [`Refusal`].
+pub(crate) fn refuse(status: StatusCode, message: &str) -> Refusal {
+    error(status, message).into()
 }
 
 /// A JSON error answer: `{"error": "..."}`.

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Console, error};
+use super::{Console, Refusal, error, refuse};
 use crate::mapping::yaml::{self, Node};
 use crate::mapping::{Diagnostic, InputKind, LoadErrors, MappingSet, golden};
 
@@ -62,6 +62,20 @@ pub struct Draft {
     text: String,
 }
 
+impl Draft {
+    pub(super) fn new(file: String, text: String) -> Draft {
+        Draft { file, text }
+    }
+
+    pub(super) fn file(&self) -> &str {
+        &self.file
+    }
+
+    pub(super) fn text(&self) -> &str {
+        &self.text
+    }
+}
+
 fn diagnostics(errors: &LoadErrors) -> Value {
     Value::Array(
         errors
@@ -82,12 +96,15 @@ fn diagnostics(errors: &LoadErrors) -> Value {
 
 /// The set to run: the live one, or the live files with `draft` in place of its file.
 /// `Err` is the answer to give (the draft's diagnostics, or a bad request).
-fn set_for(console: &Console, draft: Option<&Draft>) -> Result<Arc<MappingSet>, Response> {
+pub(super) fn set_for(
+    console: &Console,
+    draft: Option<&Draft>,
+) -> Result<Arc<MappingSet>, Refusal> {
     let Some(draft) = draft else {
         return Ok(console.mappings.current());
     };
     if draft.text.len() > MAX_TEXT {
-        return Err(error(
+        return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "the draft is too large",
         ));
@@ -100,7 +117,7 @@ fn set_for(console: &Console, draft: Option<&Draft>) -> Result<Arc<MappingSet>, 
         )
     })?;
     if !files.iter().any(|f| file_name(f) == draft.file) {
-        return Err(error(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             &format!("no mapping file `{}` in the mapping directory", draft.file),
         ));
@@ -120,14 +137,16 @@ fn set_for(console: &Console, draft: Option<&Draft>) -> Result<Arc<MappingSet>, 
         texts.push((f, text));
     }
     MappingSet::from_texts(&texts).map(Arc::new).map_err(|e| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({
-                "error": format!("the draft of {} does not compile", draft.file),
-                "diagnostics": diagnostics(&e),
-            })),
+        Refusal::from(
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({
+                    "error": format!("the draft of {} does not compile", draft.file),
+                    "diagnostics": diagnostics(&e),
+                })),
+            )
+                .into_response(),
         )
-            .into_response()
     })
 }
 
@@ -210,7 +229,7 @@ pub async fn preview(State(console): State<Arc<Console>>, Json(req): Json<RunReq
     }
     let set = match set_for(&console, req.draft.as_ref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let run = tokio::task::spawn_blocking(move || {
         crate::mapping::preview::preview(
@@ -247,26 +266,28 @@ pub async fn golden_run(
 ) -> Response {
     let set = match set_for(&console, req.draft.as_ref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let dir = console.mappings.dir().join("tests");
     let report = tokio::task::spawn_blocking(move || golden::run(&set, &dir, false)).await;
     match report {
-        Ok(Ok(report)) => {
-            let failed = report.results.iter().filter(|r| !r.passed).count();
-            Json(json!({
-                "passed": report.passed(),
-                "total": report.results.len(),
-                "failed": failed,
-                "results": report.results.iter().map(|r| json!({
-                    "name": r.name,
-                    "passed": r.passed,
-                    "diff": r.detail,
-                })).collect::<Vec<_>>(),
-            }))
-            .into_response()
-        }
+        Ok(Ok(report)) => Json(golden_json(&report)).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the golden run failed"),
     }
+}
+
+/// A golden run as the page shows it: counts, and each output with its diff.
+pub(super) fn golden_json(report: &golden::GoldenReport) -> Value {
+    let failed = report.results.iter().filter(|r| !r.passed).count();
+    json!({
+        "passed": report.passed(),
+        "total": report.results.len(),
+        "failed": failed,
+        "results": report.results.iter().map(|r| json!({
+            "name": r.name,
+            "passed": r.passed,
+            "diff": r.detail,
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -5,9 +5,10 @@ import { flash } from "./dom.js";
 import * as dashboard from "./dashboard.js";
 import * as outbox from "./outbox.js";
 import * as playground from "./playground.js";
+import * as history from "./history.js";
 import * as audit from "./audit.js";
 
-const views = { dashboard, outbox, playground, audit };
+const views = { dashboard, outbox, playground, history, audit };
 const main = document.getElementById("main");
 let session = null;
 let stop = null;

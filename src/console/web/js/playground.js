@@ -22,6 +22,9 @@ export async function render(main) {
   const notes = el("div", { id: "pg-notes" });
   const golden = el("div", { id: "pg-golden" });
   const draftState = el("span", { id: "pg-draft-state", class: "help" });
+  const note = el("input", { id: "pg-note", size: 30, placeholder: "why (kept in the history)" });
+  const accept = el("input", { id: "pg-accept", type: "checkbox" });
+  const promotion = el("div", { id: "pg-promotion" });
   let timer = null;
   let seq = 0;
 
@@ -152,6 +155,33 @@ export async function render(main) {
     }
   }
 
+  async function promote() {
+    const d = draft();
+    if (!d) {
+      flash("The draft is the live file: nothing to promote.", true);
+      return;
+    }
+    show(promotion, el("p", { class: "help" }, "Checking the golden cases…"));
+    try {
+      const r = await api("POST", "promote", { draft: d, note: note.value, acceptGoldenChanges: accept.checked });
+      // The promoted text is the live file now.
+      mapping().text = d.text;
+      show(promotion, el("p", { id: "pg-promoted", class: "ok" },
+        `Promoted ${r.file} as version ${r.id}: mapping set ${r.setAfter} (${r.golden}).`));
+      await run();
+    } catch (e) {
+      if (e.status === 409 && e.body && e.body.results) {
+        show(promotion, el("p", { class: "error" }, e.message));
+        await runGolden();
+      } else if (e.body && e.body.diagnostics) {
+        show(promotion, el("p", { class: "error" }, `${e.message}: fix the draft first.`));
+      } else {
+        show(promotion);
+        flash(e.message, true);
+      }
+    }
+  }
+
   pick.addEventListener("change", () => {
     yaml.value = mapping().text;
     fillCases();
@@ -184,6 +214,16 @@ export async function render(main) {
     ),
     el("h2", {}, "Golden cases"),
     golden,
+    el("h2", {}, "Promote"),
+    el(
+      "div",
+      { class: "toolbar" },
+      el("label", {}, "Note", note),
+      el("label", { class: "check" }, el("span", {}, "accept changed golden outputs as new expectations"), accept),
+      el("button", { type: "button", id: "pg-promote", class: "primary", onclick: promote }, "Promote draft"),
+    ),
+    el("p", { class: "help" }, "Promotion needs every golden case to match (or your acceptance of the changed outputs); the file is written and the live set reloaded, and the version is kept in the mapping history."),
+    promotion,
   );
   yaml.value = mapping().text;
   fillCases();
