@@ -33,6 +33,14 @@ fn user(name: &str, token: &str, roles: &[Role]) -> ConsoleUser {
 
 /// A bridge with one console user per role (results acknowledged once stored, retried fast).
 pub(crate) async fn bridge_with_console(idle_timeout_secs: u64) -> Bridge {
+    bridge_with(idle_timeout_secs, |_| {}).await
+}
+
+/// As [`bridge_with_console`], with a last say over the settings.
+pub(crate) async fn bridge_with(
+    idle_timeout_secs: u64,
+    tweak: impl FnOnce(&mut qubs_bridge::config::Settings),
+) -> Bridge {
     start_bridge_with(
         with_pending(1),
         &[
@@ -49,6 +57,7 @@ pub(crate) async fn bridge_with_console(idle_timeout_secs: u64) -> Bridge {
                 user("otto", OPERATOR, &[Role::Operator]),
                 user("root", ADMIN, &[Role::Analyst, Role::Operator]),
             ];
+            tweak(s);
         },
     )
     .await
@@ -761,4 +770,175 @@ fn serve_demo_prints_how_to_sign_in_and_the_demo_token_has_every_role() {
         .json()
         .unwrap();
     assert_eq!(session["roles"], json!(["viewer", "analyst", "operator"]));
+}
+
+/// Copies the directory tree `from` to `to`.
+pub(crate) fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn promotion_needs_the_golden_cases_keeps_history_and_rolls_back() {
+    // The bridge serves a copy of the mapping directory: promotion writes files.
+    let mappings = tempfile::tempdir().unwrap();
+    copy_tree(std::path::Path::new("mappings"), mappings.path());
+    let dir = mappings.path().to_path_buf();
+    let bridge = bridge_with(600, |s| s.mappings.dir = dir.clone()).await;
+    let file = dir.join("orm_o01.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let rule = "      - target: ORC-7.6\n        from: appointment.priority\n        filters: [trim, {table: priority}, {table: hl7_priority}]\n";
+    let drafted = original.replace(rule, "      - target: ORC-7.6\n        value: S\n");
+    assert_ne!(drafted, original);
+    let promote = |text: &str, accept: bool| {
+        call(
+            &bridge,
+            "POST",
+            "promote",
+            ANALYST,
+            json!({
+                "draft": {"file": "orm_o01.yaml", "text": text},
+                "note": "every order STAT",
+                "acceptGoldenChanges": accept,
+            }),
+        )
+    };
+    let priority = |output: &Value| {
+        field(output["output"].as_str().unwrap(), "ORC", 7)
+            .split('^')
+            .nth(5)
+            .map(str::to_string)
+    };
+    let live_run = || {
+        call(
+            &bridge,
+            "POST",
+            "preview",
+            ANALYST,
+            json!({"mapping": "orm_o01", "input": routine_ct()}),
+        )
+    };
+    let (_, before) = call(&bridge, "GET", "overview", VIEWER, Value::Null).await;
+
+    // Golden outputs differ: refused, with the diffs, and nothing written.
+    let (status, refused) = promote(&drafted, false).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("golden output(s) differ")
+    );
+    assert!(refused["failed"].as_u64().unwrap() > 0);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    // A broken draft is refused with its diagnostics.
+    let (status, _) = promote(&original.replace("value: MR", "valu: MR"), true).await;
+    assert_eq!(status, 422);
+    let (status, _) = promote(&original, true).await;
+    assert_eq!(status, 400, "the live file is nothing to promote");
+
+    // Accepted: the file is written, the live set reloaded, the expectations follow.
+    let (status, promoted) = promote(&drafted, true).await;
+    assert_eq!(status, 200, "{promoted}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), drafted);
+    assert_eq!(promoted["setBefore"], before["mappings"]["version"]);
+    let (_, after) = call(&bridge, "GET", "overview", VIEWER, Value::Null).await;
+    assert_eq!(after["mappings"]["version"], promoted["setAfter"]);
+    assert_ne!(promoted["setAfter"], promoted["setBefore"]);
+    let (_, run) = live_run().await;
+    assert_eq!(priority(&run).as_deref(), Some("S"));
+    let expected = std::fs::read_to_string(dir.join("tests/order-routine-ct/orm_o01.hl7")).unwrap();
+    assert_eq!(field(&expected, "ORC", 7).split('^').nth(5), Some("S"));
+    let (_, golden) = call(&bridge, "POST", "golden", ANALYST, json!({})).await;
+    assert_eq!(golden["passed"], true, "{golden}");
+    assert!(
+        promoted["golden"]
+            .as_str()
+            .unwrap()
+            .contains("order-routine-ct/orm_o01.hl7"),
+        "{promoted}"
+    );
+
+    // History: the version with its diff.
+    let (_, history) = call(&bridge, "GET", "history", ANALYST, Value::Null).await;
+    let versions = history["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0]["user"], "ana");
+    assert_eq!(versions[0]["action"], "promote");
+    assert_eq!(versions[0]["note"], "every order STAT");
+    let id = versions[0]["id"].as_i64().unwrap();
+    assert_eq!(promoted["id"], id);
+    let (_, one) = call(
+        &bridge,
+        "GET",
+        &format!("history/{id}"),
+        ANALYST,
+        Value::Null,
+    )
+    .await;
+    let diff = one["diff"].as_str().unwrap();
+    assert!(
+        diff.lines()
+            .any(|l| l == "-         from: appointment.priority"),
+        "{diff}"
+    );
+    assert!(diff.lines().any(|l| l == "+         value: S"), "{diff}");
+
+    // Roll back in one call: the old text and the old set are back.
+    let (status, rolled) = call(
+        &bridge,
+        "POST",
+        &format!("history/{id}/rollback"),
+        ANALYST,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{rolled}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    assert_eq!(rolled["setAfter"], before["mappings"]["version"]);
+    let (_, run) = live_run().await;
+    assert_eq!(priority(&run).as_deref(), Some("A"));
+    // The expectations accepted at promotion stay: the rollback says they now differ.
+    let golden_after = rolled["golden"].as_str().unwrap();
+    let matched: Vec<u64> = golden_after
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        matched.len() == 2 && matched[0] < matched[1],
+        "{golden_after}"
+    );
+    let (_, second) = call(
+        &bridge,
+        "GET",
+        &format!("history/{}?against={id}", rolled["id"]),
+        ANALYST,
+        Value::Null,
+    )
+    .await;
+    assert!(
+        second["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+         from: appointment.priority")
+    );
+    assert_eq!(second["note"], format!("rollback of version {id}"));
+
+    let (_, audit) = call(&bridge, "GET", "audit", VIEWER, Value::Null).await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["user"] == "ana")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["mapping.rollback", "mapping.promote"]);
 }

@@ -1,7 +1,8 @@
 //! The console in a real headless Chromium (Debian's package, driven over WebDriver): sign
 //! in, read the dashboard, find a dead letter by appointment id and retry it, open the
 //! playground, edit the priority rule and see ORC-7 change, run the golden cases and see
-//! the field diff, see a draft's error at file:line:col, read the audit log, sign out.
+//! the field diff, promote the draft, read its diff in the history and roll it back, see a
+//! draft's error at file:line:col, read the audit log, sign out.
 //! Screenshots of each page go to `target/tmp/console-screenshots/`.
 
 use crate::common;
@@ -14,7 +15,7 @@ use qubs_bridge::grpc::pb::SubmitOruRequest;
 use qubs_bridge::grpc::pb::result_service_client::ResultServiceClient;
 use serde_json::json;
 
-use crate::console::{ADMIN, bridge_with_console};
+use crate::console::{ADMIN, bridge_with, copy_tree};
 
 /// ORC-7.6 in the ER7 text the playground shows (segments on their own lines).
 fn orc_priority(er7: &str) -> Option<String> {
@@ -31,7 +32,13 @@ const SET_VALUE: &str = "const e = document.querySelector(arguments[0]); e.value
 
 #[tokio::test]
 async fn an_operator_and_an_analyst_work_in_the_console() {
-    let bridge = bridge_with_console(600).await;
+    // A copy of the mapping directory: the test promotes a mapping.
+    let mappings = tempfile::tempdir().unwrap();
+    copy_tree(std::path::Path::new("mappings"), mappings.path());
+    let dir = mappings.path().to_path_buf();
+    let bridge = bridge_with(600, |s| s.mappings.dir = dir.clone()).await;
+    let orm_file = dir.join("orm_o01.yaml");
+    let original = std::fs::read_to_string(&orm_file).unwrap();
     // A dead letter to find: a result for an appointment QUBS does not know.
     let mut results = ResultServiceClient::new(bridge.channel().await);
     let oru = [
@@ -199,7 +206,48 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
     assert!(changed('-', "A") && changed('+', "S"), "{diff}");
     browser.screenshot("golden-diff").await;
 
-    // A typo in the draft: the error at file:line:col, from the same checks as the CLI.
+    // Promote it, accepting the changed outputs as the cases' new expectations.
+    browser
+        .find("#pg-note")
+        .await
+        .type_text("every order STAT")
+        .await;
+    browser.find("#pg-accept").await.click().await;
+    browser.find("#pg-promote").await.click().await;
+    let promoted = browser
+        .wait_text("#pg-promoted", |t| t.contains("Promoted orm_o01.yaml"))
+        .await;
+    assert!(promoted.contains("expectations accepted"), "{promoted}");
+    assert_eq!(std::fs::read_to_string(&orm_file).unwrap(), drafted);
+
+    // The history: the version's diff, then the way back.
+    browser.find("#nav-history").await.click().await;
+    browser.find("button.history-diff").await.click().await;
+    let diff = browser
+        .wait_text("#history-diff", |t| t.contains("value: S"))
+        .await;
+    assert!(
+        diff.lines()
+            .any(|l| l == "-         from: appointment.priority"),
+        "{diff}"
+    );
+    browser.screenshot("history").await;
+    browser.find("button.history-rollback").await.click().await;
+    browser.accept_dialog().await;
+    browser
+        .wait_text("#flash", |t| t.contains("rolled back"))
+        .await;
+    assert_eq!(std::fs::read_to_string(&orm_file).unwrap(), original);
+
+    // A typo in a draft: the error at file:line:col, from the same checks as the CLI.
+    browser.find("#nav-playground").await.click().await;
+    browser.find("#pg-mapping").await;
+    browser
+        .run(SET_VALUE, json!(["#pg-mapping", "orm_o01", "change"]))
+        .await;
+    browser
+        .wait_text("#pg-output", |t| orc_priority(t).as_deref() == Some("A"))
+        .await;
     let broken = drafted.replace("        value: S\n", "        valu: S\n");
     browser
         .run(SET_VALUE, json!(["#pg-yaml", broken, "input"]))

@@ -234,6 +234,33 @@ impl Browser {
         }
     }
 
+    /// Waits up to 15 s for a `confirm()` dialog and accepts it (clicks OK).
+    pub async fn accept_dialog(&self) {
+        let started = Instant::now();
+        let url = format!("{}/session/{}/alert/accept", self.base, self.session);
+        loop {
+            let answer: Value = self
+                .http
+                .post(&url)
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("chromedriver answers")
+                .json()
+                .await
+                .expect("chromedriver answers JSON");
+            if !answer["value"]["error"].is_string() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "no dialog to accept: {}",
+                answer["value"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Writes a PNG of the viewport to the screenshot directory as `name.png`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let b64 = self
