@@ -183,6 +183,7 @@ pub async fn start(
             feed_domains: settings.feed.watched(&settings.qubs.domains),
             readiness: readiness.clone(),
             mappings: mappings.clone(),
+            pending: pending.clone(),
             metrics: metrics.clone(),
             samples,
             audit,

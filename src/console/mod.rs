@@ -56,6 +56,8 @@ pub struct Console {
     pub feed_domains: Vec<String>,
     pub readiness: Readiness,
     pub mappings: Arc<LiveMappings>,
+    /// QUBS's pending list (and client): orders for the playground.
+    pub pending: Arc<crate::pending_list::PendingList>,
     pub metrics: Arc<Metrics>,
     pub samples: Arc<samples::Samples>,
     pub audit: audit::AuditLog,
@@ -110,6 +112,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/console/api/audit", Role::Viewer),
     route("GET", "/console/api/mappings", Role::Analyst),
     route("GET", "/console/api/cases", Role::Analyst),
+    route("GET", "/console/api/order", Role::Analyst),
     route("POST", "/console/api/preview", Role::Analyst),
     route("POST", "/console/api/golden", Role::Analyst),
     route("POST", "/console/api/promote", Role::Analyst),
@@ -184,6 +187,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/console/api/audit", get(api::audit))
         .route("/console/api/mappings", get(playground::mappings))
         .route("/console/api/cases", get(playground::cases))
+        .route("/console/api/order", get(playground::live_order))
         .route("/console/api/preview", post(playground::preview))
         .route("/console/api/golden", post(playground::golden_run))
         .route("/console/api/promote", post(promote::promote))

@@ -1,5 +1,5 @@
 //! The mapping playground's API (analyst role): the live mapping files, the golden cases,
-//! one run of a mapping on an input, and the golden cases run — each against the live set
+//! an order as QUBS has it now, one run of a mapping on an input, and the golden cases run — each against the live set
 //! or against a draft of one file edited in the browser, never written to disk here.
 //!
 //! A run goes through [`crate::mapping::preview::preview`] (what gRPC `PreviewMapping`
@@ -15,15 +15,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::{Console, Refusal, error, refuse};
 use crate::mapping::yaml::{self, Node};
 use crate::mapping::{Diagnostic, InputKind, LoadErrors, MappingSet, golden};
+use crate::orders::{Include, Order};
+use crate::pending_list::PendingListError;
 
 /// Largest input or draft the playground takes.
 const MAX_TEXT: usize = 2 * 1024 * 1024;
@@ -209,6 +212,69 @@ fn case(dir: &Path) -> Option<Value> {
         "siteTimeZone": spec.get("site").and_then(|s| s.get("timeZone")).and_then(Node::scalar_text),
         "mappings": mappings,
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderQuery {
+    domain: String,
+    id: String,
+}
+
+/// `GET /console/api/order?domain=&id=`: an order as QUBS has it now, assembled as the
+/// mappings read it (the document `GetOrder` and the feed map), for the playground.
+pub async fn live_order(
+    State(console): State<Arc<Console>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<OrderQuery>,
+) -> Response {
+    let id = q.id.trim();
+    if id.is_empty() || id.chars().count() > 200 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give an appointment id (at most 200 characters)",
+        );
+    }
+    if !console.domains.contains(&q.domain) || !caller.user.may_see(&q.domain) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("domain `{}` is not one of yours", q.domain),
+        );
+    }
+    let (appointment, listed) = match console.pending.appointment(&q.domain, id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "appointment {id} is not in QUBS's pending reporting list for domain {}",
+                    q.domain
+                ),
+            );
+        }
+        Err(PendingListError::Qubs(e)) => return qubs_failed(&e),
+        Err(PendingListError::Store(e)) => return super::api::storage(e),
+    };
+    let include = Include {
+        comments: true,
+        attachments: true,
+    };
+    match Order::assemble(console.pending.client(), &q.domain, appointment, include).await {
+        Ok(order) => {
+            let document = order.to_json(&console.config_values);
+            Json(json!({
+                "input": serde_json::to_string_pretty(&document).unwrap_or_default(),
+                "listed": listed,
+            }))
+            .into_response()
+        }
+        Err(e) => qubs_failed(&e),
+    }
+}
+
+/// QUBS failed: its problem (types, statuses and ids, no patient data) as a 502.
+fn qubs_failed(e: &crate::qubs::Error) -> Response {
+    error(StatusCode::BAD_GATEWAY, &format!("QUBS: {e}"))
 }
 
 #[derive(Deserialize)]

@@ -731,6 +731,53 @@ async fn the_playground_runs_mappings_drafts_and_golden_cases() {
             .all(|r| r["name"].as_str().unwrap().ends_with("orm_o01.hl7"))
     );
 
+    // An order as QUBS has it now, as the mappings read it; other domains are refused.
+    let (status, order) = call(
+        &bridge,
+        "GET",
+        "order?domain=acme&id=A0001",
+        ANALYST,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{order}");
+    let document: Value = serde_json::from_str(order["input"].as_str().unwrap()).unwrap();
+    assert_eq!(document["appointment"]["appointmentId"], "A0001");
+    assert_eq!(document["site"]["timeZone"], "Australia/Sydney");
+    let (status, run) = call(
+        &bridge,
+        "POST",
+        "preview",
+        ANALYST,
+        json!({"mapping": "orm_o01", "input": order["input"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        field(run["output"].as_str().unwrap(), "PID", 3)
+            .split('^')
+            .next(),
+        Some("P-A0001")
+    );
+    let (status, _) = call(
+        &bridge,
+        "GET",
+        "order?domain=acme&id=A7777",
+        ANALYST,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &bridge,
+        "GET",
+        "order?domain=globex&id=A0001",
+        ANALYST,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 403);
+
     // Unknown mappings and files are named.
     let (status, body) = call(
         &bridge,

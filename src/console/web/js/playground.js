@@ -6,7 +6,7 @@ import { el, flash, show } from "./dom.js";
 
 const DEBOUNCE_MS = 400;
 
-export async function render(main) {
+export async function render(main, session) {
   const [{ mappings, version }, { cases }] = await Promise.all([api("GET", "mappings"), api("GET", "cases")]);
   if (!mappings.length) {
     show(main, el("h1", {}, "Mapping playground"), el("p", { class: "error" }, "No mapping set is loaded."));
@@ -25,6 +25,8 @@ export async function render(main) {
   const note = el("input", { id: "pg-note", size: 30, placeholder: "why (kept in the history)" });
   const accept = el("input", { id: "pg-accept", type: "checkbox" });
   const promotion = el("div", { id: "pg-promotion" });
+  const orderDomain = el("select", { id: "pg-order-domain" }, session.domains.map((d) => el("option", { value: d }, d)));
+  const orderId = el("input", { id: "pg-order-id", size: 14, placeholder: "appointment id" });
   let timer = null;
   let seq = 0;
 
@@ -155,6 +157,20 @@ export async function render(main) {
     }
   }
 
+  async function fetchOrder(event) {
+    event.preventDefault();
+    const params = new URLSearchParams({ domain: orderDomain.value, id: orderId.value.trim() });
+    try {
+      const r = await api("GET", `order?${params}`);
+      source.value = "";
+      input.value = r.input;
+      flash(`Order ${orderId.value.trim()} as QUBS has it now${r.listed ? "" : " (not in the latest pending list)"}.`);
+      await run();
+    } catch (e) {
+      flash(e.message, true);
+    }
+  }
+
   async function promote() {
     const d = draft();
     if (!d) {
@@ -196,6 +212,13 @@ export async function render(main) {
   show(
     main,
     el("h1", {}, "Mapping playground"),
+    el(
+      "form",
+      { class: "toolbar", id: "pg-order-form", onsubmit: fetchOrder },
+      el("label", {}, "Domain", orderDomain),
+      el("label", {}, "Order from QUBS", orderId),
+      el("button", { type: "submit", id: "pg-order-fetch" }, "Use as input"),
+    ),
     el(
       "div",
       { class: "toolbar" },
