@@ -143,6 +143,31 @@ pub struct DestinationStatus {
     pub last_error_at_ms: Option<i64>,
 }
 
+/// One event of an order's history (the console's order timeline): what was sent, when,
+/// with which mapping version, and how each destination took it.
+#[derive(Debug, Clone)]
+pub struct EventHistory {
+    pub id: i64,
+    pub kind: EventKind,
+    /// The ORM^O01's MSH-10.
+    pub control_id: String,
+    pub mapping_version: String,
+    pub created_at_ms: i64,
+    pub deliveries: Vec<DeliveryHistory>,
+}
+
+/// One destination's delivery of an event.
+#[derive(Debug, Clone)]
+pub struct DeliveryHistory {
+    pub destination: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    pub attempts: u32,
+    pub ack_code: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
 /// One domain's watch, for `feed status`.
 #[derive(Debug, Clone, Default)]
 pub struct WatchStatus {
@@ -309,6 +334,19 @@ impl Feed {
         let domain = domain.to_string();
         self.store
             .read(move |tx, _| store::events(tx, &domain, after_id, limit))
+            .await
+    }
+
+    /// One appointment's retained events, newest first, with their deliveries.
+    pub async fn order_history(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventHistory>, StoreError> {
+        let (domain, id) = (domain.to_string(), appointment_id.to_string());
+        self.store
+            .read(move |tx, _| store::order_history(tx, &domain, &id, limit))
             .await
     }
 

@@ -6,8 +6,8 @@ use crate::store::Cached;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
-    Baseline, DestinationStatus, DueDelivery, Event, EventKind, NewEvent, Ordering, Outcome,
-    WatchStatus,
+    Baseline, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory, EventKind,
+    NewEvent, Ordering, Outcome, WatchStatus,
 };
 
 pub(super) const SCHEMA: &str = "
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS feed_events (
     created_at       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feed_events_domain ON feed_events(domain, id);
+CREATE INDEX IF NOT EXISTS feed_events_appointment ON feed_events(domain, appointment_id, id);
 CREATE TABLE IF NOT EXISTS feed_deliveries (
     id               INTEGER PRIMARY KEY,
     destination      TEXT    NOT NULL,
@@ -427,6 +428,50 @@ pub(super) fn destination_status(
         status.last_error_at_ms = error_at;
     }
     Ok(status)
+}
+
+/// One appointment's retained events, newest first, each with its deliveries.
+pub(super) fn order_history(
+    tx: &Transaction,
+    domain: &str,
+    appointment_id: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<EventHistory>> {
+    let mut events: Vec<EventHistory> = tx
+        .prepare_cached(
+            "SELECT id, kind, control_id, mapping_version, created_at FROM feed_events
+             WHERE domain = ?1 AND appointment_id = ?2 ORDER BY id DESC LIMIT ?3",
+        )?
+        .query_map(params![domain, appointment_id, limit as i64], |r| {
+            Ok(EventHistory {
+                id: r.get(0)?,
+                kind: EventKind::parse(&r.get::<_, String>(1)?),
+                control_id: r.get(2)?,
+                mapping_version: r.get(3)?,
+                created_at_ms: r.get(4)?,
+                deliveries: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT destination, state, attempts, ack_code, last_error, updated_at
+         FROM feed_deliveries WHERE event_id = ?1 ORDER BY destination",
+    )?;
+    for e in &mut events {
+        e.deliveries = stmt
+            .query_map(params![e.id], |r| {
+                Ok(DeliveryHistory {
+                    destination: r.get(0)?,
+                    state: r.get(1)?,
+                    attempts: r.get(2)?,
+                    ack_code: r.get(3)?,
+                    last_error: r.get(4)?,
+                    updated_at_ms: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(events)
 }
 
 pub(super) fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<WatchStatus> {
