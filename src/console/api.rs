@@ -530,6 +530,103 @@ pub async fn feed_retry(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    domain: String,
+    id: String,
+}
+
+/// `GET /console/api/timeline?domain=&id=`: everything the bridge did for one appointment,
+/// newest first — each feed event (mapping version, MSH-10) with every destination's
+/// delivery (attempts, ACK, error), and each result received for it (its MSH-10, the
+/// outbox state and attempts, QUBS's answer or the reason it stopped). Ids, states and
+/// reasons only.
+pub async fn timeline(
+    State(console): State<Arc<Console>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<TimelineQuery>,
+) -> Response {
+    let id = q.id.trim().to_string();
+    if id.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "give an appointment id");
+    }
+    if !console.domains.contains(&q.domain) || !caller.user.may_see(&q.domain) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("domain `{}` is not one of yours", q.domain),
+        );
+    }
+    let results = console
+        .outbox
+        .list(EntryFilter {
+            domains: vec![q.domain.clone()],
+            appointment_id: Some(id.clone()),
+            newest_first: true,
+            limit: MAX_PAGE,
+            ..Default::default()
+        })
+        .await;
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => return storage(e),
+    };
+    let events = match &console.feed {
+        None => Vec::new(),
+        Some(feed) => match feed.order_history(&q.domain, &id, MAX_PAGE).await {
+            Ok(e) => e,
+            Err(e) => return storage(e),
+        },
+    };
+    let mut steps: Vec<(i64, Value)> = Vec::new();
+    for e in events {
+        let ok = !e.deliveries.is_empty() && e.deliveries.iter().all(|d| d.state == "delivered");
+        steps.push((
+            e.created_at_ms,
+            json!({
+                "at": time(Some(e.created_at_ms)),
+                "step": "order sent",
+                "what": format!("{} order mapped with {}; ORM^O01 MSH-10 {}", e.kind.as_str(), e.mapping_version, e.control_id),
+                "ok": ok,
+                "deliveries": e.deliveries.into_iter().map(|d| json!({
+                    "destination": d.destination,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "ackCode": d.ack_code,
+                    "lastError": d.last_error,
+                    "at": time(Some(d.updated_at_ms)),
+                })).collect::<Vec<_>>(),
+            }),
+        ));
+    }
+    for r in results {
+        let at = r.received_at_ms;
+        let entry = view(r);
+        steps.push((
+            at,
+            json!({
+                "at": entry.received_at,
+                "step": "result received",
+                "what": format!(
+                    "{} {} {} ({}); outbox entry {}: {} after {} attempt(s)",
+                    entry.source, entry.source_id, entry.report_status,
+                    entry.domain, entry.id, entry.state, entry.attempts
+                ),
+                "ok": entry.state == "submitted",
+                "result": entry,
+            }),
+        ));
+    }
+    steps.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    Json(json!({
+        "domain": q.domain,
+        "appointmentId": id,
+        "feedEnabled": console.feed.is_some(),
+        "steps": steps.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditQuery {

@@ -109,6 +109,7 @@ pub const ROUTES: &[Route] = &[
         "/console/api/feed/{destination}/retry",
         Role::Operator,
     ),
+    route("GET", "/console/api/timeline", Role::Viewer),
     route("GET", "/console/api/audit", Role::Viewer),
     route("GET", "/console/api/mappings", Role::Analyst),
     route("GET", "/console/api/cases", Role::Analyst),
@@ -184,6 +185,7 @@ fn router(console: Arc<Console>) -> Router {
             "/console/api/feed/{destination}/retry",
             post(api::feed_retry),
         )
+        .route("/console/api/timeline", get(api::timeline))
         .route("/console/api/audit", get(api::audit))
         .route("/console/api/mappings", get(playground::mappings))
         .route("/console/api/cases", get(playground::cases))

@@ -989,3 +989,129 @@ async fn promotion_needs_the_golden_cases_keeps_history_and_rolls_back() {
         .collect();
     assert_eq!(actions, ["mapping.rollback", "mapping.promote"]);
 }
+
+#[tokio::test]
+async fn an_orders_timeline_shows_its_feed_messages_and_results() {
+    let drop = tempfile::tempdir().unwrap();
+    let drop_dir = drop.path().join("drop");
+    let bridge = bridge_with(600, |s| {
+        s.feed.enabled = true;
+        s.feed.poll_interval_secs = 1;
+        s.feed.poll_jitter = 0.0;
+        s.feed.destinations = vec![qubs_bridge::feed::DestinationSettings {
+            name: "dictation".into(),
+            kind: qubs_bridge::feed::DestinationKind::File,
+            directory: Some(drop_dir.clone()),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let timeline = || {
+        call(
+            &bridge,
+            "GET",
+            "timeline?domain=acme&id=A0001",
+            VIEWER,
+            Value::Null,
+        )
+    };
+    // The order goes out on the feed, delivered to the file destination.
+    let started = std::time::Instant::now();
+    let sent = loop {
+        let (status, t) = timeline().await;
+        assert_eq!(status, 200, "{t}");
+        let delivered = t["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "order sent" && s["deliveries"][0]["state"] == "delivered");
+        if let Some(s) = delivered {
+            break s.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never delivered: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(sent["ok"], true);
+    assert_eq!(sent["deliveries"][0]["destination"], "dictation");
+    let (_, overview) = call(&bridge, "GET", "overview", VIEWER, Value::Null).await;
+    let set = overview["mappings"]["version"].as_str().unwrap();
+    let what = sent["what"].as_str().unwrap();
+    assert!(
+        what.starts_with("new order mapped with ") && what.contains(set),
+        "{what}"
+    );
+    // The MSH-10 named is the one in the file the destination got.
+    let msh10 = what.rsplit(' ').next().unwrap();
+    let file = std::fs::read_dir(&drop_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|f| !f.file_name().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let message = std::fs::read_to_string(file.path()).unwrap();
+    assert_eq!(field(&message, "MSH", 9), msh10, "{message}");
+    assert_eq!(overview["feed"]["destinations"][0]["name"], "dictation");
+    assert_eq!(overview["feed"]["watches"][0]["domain"], "acme");
+
+    // A result for it: received, then submitted to QUBS.
+    let mut results = ResultServiceClient::new(bridge.channel().await);
+    results
+        .submit_oru(authed(
+            SubmitOruRequest {
+                message: oru("TIMELINE-1", "A0001").into_bytes(),
+                domain: "acme".into(),
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .unwrap();
+    let result = loop {
+        let (_, t) = timeline().await;
+        let found = t["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "result received" && s["result"]["state"] == "submitted");
+        if let Some(s) = found {
+            break s.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never submitted: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        result["what"].as_str().unwrap().contains("hl7 TIMELINE-1"),
+        "{result}"
+    );
+    assert!(!result["result"]["reportGuid"].is_null());
+    let (_, t) = timeline().await;
+    assert_eq!(
+        t["steps"][0]["step"], "result received",
+        "newest first: {t}"
+    );
+    assert!(
+        !t.to_string().contains("Patient A0001"),
+        "no patient data: {t}"
+    );
+    let (status, _) = call(
+        &bridge,
+        "GET",
+        "timeline?domain=globex&id=A0001",
+        VIEWER,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Feed dead letters are retried per destination, audited.
+    let (status, retried) =
+        call(&bridge, "POST", "feed/dictation/retry", OPERATOR, json!({})).await;
+    assert_eq!((status, retried["requeued"].clone()), (200, json!(0)));
+    let (_, audit) = call(&bridge, "GET", "audit", VIEWER, Value::Null).await;
+    assert_eq!(audit["entries"][0]["action"], "feed.retry");
+    assert_eq!(audit["entries"][0]["target"], "destination dictation");
+}

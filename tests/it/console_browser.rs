@@ -1,5 +1,6 @@
 //! The console in a real headless Chromium (Debian's package, driven over WebDriver): sign
 //! in, read the dashboard, find a dead letter by appointment id and retry it, open the
+//! order's timeline, open the
 //! playground, edit the priority rule and see ORC-7 change, run the golden cases and see
 //! the field diff, promote the draft, read its diff in the history and roll it back, see a
 //! draft's error at file:line:col, read the audit log, sign out.
@@ -151,6 +152,21 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         || bridge.sim.report("acme", "A0404").is_some(),
     )
     .await;
+
+    // The order's timeline, from the row: the result, now in QUBS.
+    browser
+        .find(r##"#outbox-results a[href="#timeline/acme/A0404"]"##)
+        .await
+        .click()
+        .await;
+    let steps = browser
+        .wait_text("#tl-steps", |t| t.contains("QUBS report"))
+        .await;
+    assert!(
+        steps.contains("result received") && steps.contains("BROWSER-1"),
+        "{steps}"
+    );
+    browser.screenshot("timeline").await;
 
     // The playground: the routine CT order through orm_o01.
     browser.find("#nav-playground").await.click().await;

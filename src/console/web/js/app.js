@@ -6,9 +6,10 @@ import * as dashboard from "./dashboard.js";
 import * as outbox from "./outbox.js";
 import * as playground from "./playground.js";
 import * as history from "./history.js";
+import * as timeline from "./timeline.js";
 import * as audit from "./audit.js";
 
-const views = { dashboard, outbox, playground, history, audit };
+const views = { dashboard, outbox, timeline, playground, history, audit };
 const main = document.getElementById("main");
 let session = null;
 let stop = null;
@@ -16,7 +17,8 @@ let stop = null;
 async function route() {
   if (stop) stop();
   stop = null;
-  const name = (window.location.hash || "#dashboard").slice(1);
+  // `#view/arg/arg`: the view, then what it shows (e.g. `#timeline/acme/A100001`).
+  const [name, ...args] = (window.location.hash || "#dashboard").slice(1).split("/").map(decodeURIComponent);
   const view = views[name] ? name : "dashboard";
   for (const a of document.querySelectorAll("header nav a")) {
     if (a.id === `nav-${view}`) a.setAttribute("aria-current", "page");
@@ -24,7 +26,7 @@ async function route() {
   }
   document.getElementById("flash").hidden = true;
   try {
-    stop = (await views[view].render(main, session)) || null;
+    stop = (await views[view].render(main, session, args)) || null;
   } catch (e) {
     flash(e.message, true);
   }

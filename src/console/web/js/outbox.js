@@ -38,7 +38,7 @@ export async function render(main, session) {
         (e) => [
           String(e.id),
           e.domain,
-          e.appointmentId,
+          el("a", { href: `#timeline/${encodeURIComponent(e.domain)}/${encodeURIComponent(e.appointmentId)}`, title: "the order's timeline" }, e.appointmentId),
           `${e.source} ${e.sourceId}`,
           e.reportStatus,
           el("span", { class: e.state === "dead" ? "bad" : e.state === "submitted" ? "ok" : "" }, e.state),
