@@ -337,6 +337,19 @@ impl Feed {
             .await
     }
 
+    /// Up to `limit` orders the feed tracks in `domain` (the worklist as last polled), most
+    /// recently changed first, with the document the mappings read.
+    pub async fn tracked_documents(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .read(move |tx, _| store::tracked_documents(tx, &domain, limit))
+            .await
+    }
+
     /// One appointment's retained events, newest first, with their deliveries.
     pub async fn order_history(
         &self,

@@ -430,6 +430,23 @@ pub(super) fn destination_status(
     Ok(status)
 }
 
+/// The orders the feed tracks in `domain` (the worklist as last polled), most recently
+/// changed first: appointment id and the document the mappings read.
+pub(super) fn tracked_documents(
+    tx: &Transaction,
+    domain: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+    tx.prepare_cached(
+        "SELECT appointment_id, document FROM feed_orders WHERE domain = ?1
+         ORDER BY updated_at DESC LIMIT ?2",
+    )?
+    .query_map(params![domain, limit as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?
+    .collect()
+}
+
 /// One appointment's retained events, newest first, each with its deliveries.
 pub(super) fn order_history(
     tx: &Transaction,
