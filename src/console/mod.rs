@@ -21,6 +21,7 @@ pub mod assets;
 pub mod audit;
 pub mod auth;
 pub mod history;
+mod impact;
 mod playground;
 mod promote;
 pub mod samples;
@@ -116,6 +117,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/console/api/order", Role::Analyst),
     route("POST", "/console/api/preview", Role::Analyst),
     route("POST", "/console/api/golden", Role::Analyst),
+    route("POST", "/console/api/impact", Role::Analyst),
     route("POST", "/console/api/promote", Role::Analyst),
     route("GET", "/console/api/history", Role::Analyst),
     route("GET", "/console/api/history/{id}", Role::Analyst),
@@ -192,6 +194,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/console/api/order", get(playground::live_order))
         .route("/console/api/preview", post(playground::preview))
         .route("/console/api/golden", post(playground::golden_run))
+        .route("/console/api/impact", post(impact::impact))
         .route("/console/api/promote", post(promote::promote))
         .route("/console/api/history", get(promote::history))
         .route("/console/api/history/{id}", get(promote::history_entry))

@@ -990,22 +990,27 @@ async fn promotion_needs_the_golden_cases_keeps_history_and_rolls_back() {
     assert_eq!(actions, ["mapping.rollback", "mapping.promote"]);
 }
 
-#[tokio::test]
-async fn an_orders_timeline_shows_its_feed_messages_and_results() {
-    let drop = tempfile::tempdir().unwrap();
-    let drop_dir = drop.path().join("drop");
-    let bridge = bridge_with(600, |s| {
+/// A bridge whose order feed writes files into `drop_dir`.
+async fn bridge_with_feed(drop_dir: std::path::PathBuf) -> Bridge {
+    bridge_with(600, |s| {
         s.feed.enabled = true;
         s.feed.poll_interval_secs = 1;
         s.feed.poll_jitter = 0.0;
         s.feed.destinations = vec![qubs_bridge::feed::DestinationSettings {
             name: "dictation".into(),
             kind: qubs_bridge::feed::DestinationKind::File,
-            directory: Some(drop_dir.clone()),
+            directory: Some(drop_dir),
             ..Default::default()
         }];
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn an_orders_timeline_shows_its_feed_messages_and_results() {
+    let drop = tempfile::tempdir().unwrap();
+    let drop_dir = drop.path().join("drop");
+    let bridge = bridge_with_feed(drop_dir.clone()).await;
     let timeline = || {
         call(
             &bridge,
@@ -1114,4 +1119,78 @@ async fn an_orders_timeline_shows_its_feed_messages_and_results() {
     let (_, audit) = call(&bridge, "GET", "audit", VIEWER, Value::Null).await;
     assert_eq!(audit["entries"][0]["action"], "feed.retry");
     assert_eq!(audit["entries"][0]["target"], "destination dictation");
+}
+
+#[tokio::test]
+async fn the_impact_preview_counts_changed_outputs_over_the_tracked_orders() {
+    let drop = tempfile::tempdir().unwrap();
+    let bridge = bridge_with_feed(drop.path().join("drop")).await;
+    let text = std::fs::read_to_string("mappings/orm_o01.yaml").unwrap();
+    let rule = "      - target: ORC-7.6\n        from: appointment.priority\n        filters: [trim, {table: priority}, {table: hl7_priority}]\n";
+    let drafted = text.replace(rule, "      - target: ORC-7.6\n        value: S\n");
+    let impact = |mapping: &str, text: &str| {
+        call(
+            &bridge,
+            "POST",
+            "impact",
+            ANALYST,
+            json!({"mapping": mapping, "draft": {"file": "orm_o01.yaml", "text": text}}),
+        )
+    };
+    let started = std::time::Instant::now();
+    let report = loop {
+        let (status, r) = impact("orm_o01", &drafted).await;
+        assert_eq!(status, 200, "{r}");
+        if r["examined"] == 1 {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the feed never tracked A0001: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(report["changed"], 1, "{report}");
+    assert_eq!(report["unchanged"], 0);
+    assert_eq!(report["failed"], json!([]));
+    let kind = &report["kinds"][0];
+    assert_eq!(
+        kind["fields"],
+        json!(["ORC-7"]),
+        "MSH-7 and MSH-10 are not changes: {report}"
+    );
+    assert_eq!(kind["count"], 1);
+    assert_eq!(kind["appointments"], json!(["acme/A0001"]));
+    let example = &kind["example"][0];
+    assert_eq!(example["field"], "ORC-7");
+    assert_ne!(
+        example["before"].as_str().unwrap().split('^').nth(5),
+        Some("S"),
+        "{example}"
+    );
+    assert_eq!(
+        example["after"].as_str().unwrap().split('^').nth(5),
+        Some("S"),
+        "{example}"
+    );
+    assert_ne!(example["before"], example["after"]);
+    // The live text as the draft changes nothing.
+    let (_, same) = impact("orm_o01", &text).await;
+    assert_eq!(
+        (same["changed"].clone(), same["unchanged"].clone()),
+        (json!(0), json!(1))
+    );
+    let (status, _) = impact("oru_to_report", &drafted).await;
+    assert_eq!(status, 400);
+    // Without the feed there is nothing to replay.
+    let plain = bridge_with_console(600).await;
+    let (status, body) = call(
+        &plain,
+        "POST",
+        "impact",
+        ANALYST,
+        json!({"mapping": "orm_o01", "draft": {"file": "orm_o01.yaml", "text": drafted}}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
 }

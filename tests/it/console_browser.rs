@@ -37,7 +37,21 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
     let mappings = tempfile::tempdir().unwrap();
     copy_tree(std::path::Path::new("mappings"), mappings.path());
     let dir = mappings.path().to_path_buf();
-    let bridge = bridge_with(600, |s| s.mappings.dir = dir.clone()).await;
+    // The order feed on (to files), so that the impact preview has orders to replay.
+    let drop = tempfile::tempdir().unwrap();
+    let drop_dir = drop.path().to_path_buf();
+    let bridge = bridge_with(600, |s| {
+        s.mappings.dir = dir.clone();
+        s.feed.enabled = true;
+        s.feed.poll_interval_secs = 1;
+        s.feed.destinations = vec![qubs_bridge::feed::DestinationSettings {
+            name: "dictation".into(),
+            kind: qubs_bridge::feed::DestinationKind::File,
+            directory: Some(drop_dir),
+            ..Default::default()
+        }];
+    })
+    .await;
     let orm_file = dir.join("orm_o01.yaml");
     let original = std::fs::read_to_string(&orm_file).unwrap();
     // A dead letter to find: a result for an appointment QUBS does not know.
@@ -203,6 +217,25 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .wait_text("#pg-draft-state", |t| t.contains("draft"))
         .await;
     browser.screenshot("playground").await;
+
+    // Its impact on the orders the feed tracks (A0001 and A0404, neither with a priority:
+    // ORC-7 changes in each).
+    browser.find("#pg-impact-run").await.click().await;
+    let impact = browser
+        .wait_text("#pg-impact", |t| {
+            t.contains("tracked orders change, 0 do not")
+        })
+        .await;
+    let counts: Vec<&str> = impact.split_whitespace().take(3).collect();
+    assert_eq!(
+        counts[0], counts[2],
+        "every tracked order changes: {impact}"
+    );
+    assert!(
+        impact.contains(&format!("{} order(s): ORC-7\n", counts[0])),
+        "{impact}"
+    );
+    browser.screenshot("impact").await;
 
     // The golden cases against the draft: the routine CT's ORM differs, field by field.
     browser.find("#pg-golden-run").await.click().await;

@@ -25,6 +25,7 @@ export async function render(main, session) {
   const note = el("input", { id: "pg-note", size: 30, placeholder: "why (kept in the history)" });
   const accept = el("input", { id: "pg-accept", type: "checkbox" });
   const promotion = el("div", { id: "pg-promotion" });
+  const impact = el("div", { id: "pg-impact" });
   const orderDomain = el("select", { id: "pg-order-domain" }, session.domains.map((d) => el("option", { value: d }, d)));
   const orderId = el("input", { id: "pg-order-id", size: 14, placeholder: "appointment id" });
   let timer = null;
@@ -171,6 +172,37 @@ export async function render(main, session) {
     }
   }
 
+  async function runImpact() {
+    const d = draft();
+    if (!d) {
+      show(impact, el("p", { class: "help" }, "Edit the mapping first: the impact preview compares the draft with the live file."));
+      return;
+    }
+    show(impact, el("p", { class: "help" }, "Replaying the tracked orders…"));
+    try {
+      const r = await api("POST", "impact", { mapping: pick.value, draft: d });
+      show(
+        impact,
+        el("p", { id: "pg-impact-summary" },
+          `${r.changed} of ${r.examined} tracked orders change, ${r.unchanged} do not${r.failed.length ? `, ${r.failed.length} fail to map` : ""}.`),
+        r.kinds.map((k) =>
+          el(
+            "details",
+            { class: "impact-kind", open: r.kinds.length <= 3 },
+            el("summary", {}, `${k.count} order(s): ${k.fields.join(", ")}`),
+            el("p", { class: "help" }, `e.g. ${k.appointments.slice(0, 5).join(", ")}`),
+            el("pre", {}, k.example.map((c) => [
+              el("span", { class: "diff-del" }, `- ${c.field} ${c.before}\n`),
+              el("span", { class: "diff-add" }, `+ ${c.field} ${c.after}\n`),
+            ])),
+          ),
+        ),
+      );
+    } catch (e) {
+      show(impact, el("p", { class: "error" }, e.message));
+    }
+  }
+
   async function promote() {
     const d = draft();
     if (!d) {
@@ -237,6 +269,10 @@ export async function render(main, session) {
     ),
     el("h2", {}, "Golden cases"),
     golden,
+    el("h2", {}, "Impact on the tracked orders"),
+    el("p", { class: "help" }, "The live mapping and the draft over the orders the feed tracks (order mappings): how many outputs change, by the fields that change."),
+    el("button", { type: "button", id: "pg-impact-run", onclick: runImpact }, "Preview the impact"),
+    impact,
     el("h2", {}, "Promote"),
     el(
       "div",
