@@ -9,7 +9,8 @@
 //! file:line:col.
 //!
 //! The answer of a run has a `trace` member, `null` until the engine reports which rule
-//! produced each output field: the page keeps a panel for it.
+//! produced each output field: the page keeps a panel for it. Meanwhile `fields` says, from
+//! the mapping's rules, which output fields each input field feeds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use serde_json::{Value, json};
 use super::auth::Caller;
 use super::{Console, Refusal, error, refuse};
 use crate::mapping::yaml::{self, Node};
-use crate::mapping::{Diagnostic, InputKind, LoadErrors, MappingSet, golden};
+use crate::mapping::{Diagnostic, FieldFate, InputKind, LoadErrors, MappingSet, golden};
 use crate::orders::{Include, Order};
 use crate::pending_list::PendingListError;
 
@@ -298,24 +299,53 @@ pub async fn preview(State(console): State<Arc<Console>>, Json(req): Json<RunReq
         Err(r) => return r.into_response(),
     };
     let run = tokio::task::spawn_blocking(move || {
-        crate::mapping::preview::preview(
+        let run = crate::mapping::preview::preview(
             &set,
             &req.mapping,
             &req.input,
             &req.site_time_zone,
             &console.config_values,
-        )
+        );
+        (run, field_uses(&set, &req.mapping))
     })
     .await;
     match run {
-        Ok(Ok(p)) => {
+        Ok((Ok(p), fields)) => {
             let mut v = serde_json::to_value(&p).unwrap_or(Value::Null);
+            v["fields"] = fields;
             v["trace"] = Value::Null;
             Json(v).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Ok((Err(e), _)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the mapping run failed"),
     }
+}
+
+/// What the mapping's rules do with each input field (what `qubs-bridge mappings fields`
+/// prints): the output fields it is written to, those it only decides, or why it is not
+/// sent. Read from the rules, not from this run: the engine's trace will say which rule
+/// and fallback each output field came from.
+fn field_uses(set: &MappingSet, mapping: &str) -> Value {
+    let Some(fates) = set.field_fates(mapping) else {
+        return Value::Array(Vec::new());
+    };
+    Value::Array(
+        fates
+            .into_iter()
+            .map(|(field, fate)| match fate {
+                FieldFate::Sent(targets) => {
+                    json!({"field": field, "fate": "sent", "targets": targets})
+                }
+                FieldFate::Used(targets) => {
+                    json!({"field": field, "fate": "used", "targets": targets})
+                }
+                FieldFate::NotSent(reason) => {
+                    json!({"field": field, "fate": "not_sent", "reason": reason})
+                }
+                FieldFate::Unaccounted => json!({"field": field, "fate": "unaccounted"}),
+            })
+            .collect(),
+    )
 }
 
 #[derive(Deserialize, Default)]

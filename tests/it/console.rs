@@ -649,6 +649,22 @@ async fn the_playground_runs_mappings_drafts_and_golden_cases() {
     );
     assert!(live["unreadFields"].is_array());
     assert_eq!(live["trace"], Value::Null, "no engine trace yet");
+    // Where each input field goes, from the rules (what `mappings fields` prints).
+    let priority = live["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "appointment.priority")
+        .expect("appointment.priority is listed");
+    assert_eq!(priority["fate"], "sent");
+    assert!(
+        priority["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().starts_with("ORC-7")),
+        "{priority}"
+    );
     assert_eq!(live["version"], m["version"]);
 
     // A draft sets ORC-7.6 to a constant: the output changes, the files do not.

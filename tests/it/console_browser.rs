@@ -198,6 +198,16 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
     browser
         .wait_text("#pg-trace", |t| t.contains("does not report"))
         .await;
+    // What feeds ORC-7, from the rules: the priority among others.
+    browser
+        .find("#pg-fields-filter")
+        .await
+        .type_text("ORC-7")
+        .await;
+    let feeds = browser
+        .wait_text("#pg-fields", |t| t.contains("appointment.priority"))
+        .await;
+    assert!(feeds.contains("ORC-7"), "{feeds}");
 
     // Edit the priority rule: ORC-7.6 becomes a constant, and the output follows.
     let rule = "      - target: ORC-7.6\n        from: appointment.priority\n        filters: [trim, {table: priority}, {table: hl7_priority}]\n";

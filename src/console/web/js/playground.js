@@ -86,6 +86,7 @@ export async function render(main, session) {
         el("ul", { id: "pg-warnings" }, r.warnings.map((w) => el("li", {}, `${w.code}${w.rule ? ` [${w.rule}]` : ""}: ${w.message}`))),
         el("h2", {}, `Input fields no rule reads (${r.unreadFields.length})`),
         el("ul", { id: "pg-unread" }, r.unreadFields.map((f) => el("li", {}, el("code", {}, f)))),
+        fieldsPanel(r.fields, r.unreadFields),
         el("h2", {}, "Trace"),
         el(
           "div",
@@ -123,6 +124,39 @@ export async function render(main, session) {
         flash(e.message, true);
       }
     }
+  }
+
+  // Where each input field goes, from the mapping's rules; the filter finds a field either
+  // way (type `ORC-7` for what feeds it, `appointment.priority` for where it goes).
+  function fieldsPanel(fields, unread) {
+    const filter = el("input", { id: "pg-fields-filter", type: "search", size: 28, placeholder: "input or output field" });
+    const body = el("tbody");
+    const describe = (f) =>
+      f.fate === "sent" ? `written to ${f.targets.join(", ")}`
+        : f.fate === "used" ? `decides ${f.targets.join(", ")}`
+          : f.fate === "not_sent" ? `not sent: ${f.reason}`
+            : "no rule reads it and not_sent does not list it";
+    const fill = () => {
+      const q = filter.value.trim().toLowerCase();
+      show(
+        body,
+        fields
+          .filter((f) => !q || f.field.toLowerCase().includes(q) || (f.targets || []).some((t) => t.toLowerCase().includes(q)))
+          .map((f) => el(
+            "tr",
+            { class: f.fate === "unaccounted" || unread.includes(f.field) ? "warn" : "" },
+            el("td", {}, el("code", {}, f.field)),
+            el("td", {}, describe(f)),
+          )),
+      );
+    };
+    filter.addEventListener("input", fill);
+    fill();
+    return [
+      el("h2", {}, `Where each input field goes (${fields.length}, from the rules)`),
+      el("div", { class: "toolbar" }, el("label", {}, "Find", filter)),
+      el("table", { id: "pg-fields" }, el("thead", {}, el("tr", {}, el("th", {}, "Input field"), el("th", {}, "What the rules do with it"))), body),
+    ];
   }
 
   function soon() {
