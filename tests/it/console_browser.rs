@@ -226,6 +226,7 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
     browser
         .wait_text("#pg-draft-state", |t| t.contains("draft"))
         .await;
+    browser.run("window.scrollTo(0, 0)", json!([])).await;
     browser.screenshot("playground").await;
 
     // Its impact on the orders the feed tracks (A0001 and A0404, neither with a priority:
