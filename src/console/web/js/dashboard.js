@@ -56,7 +56,7 @@ async function draw(main, session) {
       card("dead letters (results)", String(o.outbox.dead), o.outbox.dead ? "bad" : "ok"),
       card("oldest waiting result", `${o.outbox.oldestPendingSecs} s`),
       card("QUBS", o.qubs.ready ? "ready" : "not ready", o.qubs.ready ? "ok" : "bad"),
-      card(`mapping set${o.mappings.reloadError ? " (newest files fail)" : ""}`, o.mappings.version, o.mappings.reloadError ? "warn" : ""),
+      card(`mapping set${o.mappings.reloadError ? " (newest files fail)" : ""}`, o.mappings.version, o.mappings.reloadError ? "warn small" : "small"),
     ),
     el("h2", {}, "Last hour"),
     el(
