@@ -156,6 +156,21 @@ pub struct EventHistory {
     pub deliveries: Vec<DeliveryHistory>,
 }
 
+/// A delivery given up on, for operators: which order, which message, and why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub domain: String,
+    pub appointment_id: String,
+    pub kind: EventKind,
+    /// The ORM^O01's MSH-10.
+    pub control_id: String,
+    pub attempts: u32,
+    pub ack_code: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
 /// One destination's delivery of an event.
 #[derive(Debug, Clone)]
 pub struct DeliveryHistory {
@@ -334,6 +349,18 @@ impl Feed {
         let domain = domain.to_string();
         self.store
             .read(move |tx, _| store::events(tx, &domain, after_id, limit))
+            .await
+    }
+
+    /// Up to `limit` of a destination's dead letters, newest first.
+    pub async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .read(move |tx, _| store::dead_letters(tx, &destination, limit))
             .await
     }
 

@@ -6,8 +6,8 @@ use crate::store::Cached;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
-    Baseline, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory, EventKind,
-    NewEvent, Ordering, Outcome, WatchStatus,
+    Baseline, DeadLetter, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory,
+    EventKind, NewEvent, Ordering, Outcome, WatchStatus,
 };
 
 pub(super) const SCHEMA: &str = "
@@ -428,6 +428,34 @@ pub(super) fn destination_status(
         status.last_error_at_ms = error_at;
     }
     Ok(status)
+}
+
+/// A destination's dead letters, newest first.
+pub(super) fn dead_letters(
+    tx: &Transaction,
+    destination: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeadLetter>> {
+    tx.prepare_cached(
+        "SELECT d.id, e.domain, e.appointment_id, e.kind, e.control_id, d.attempts, d.ack_code,
+                d.last_error, d.updated_at
+         FROM feed_deliveries d JOIN feed_events e ON e.id = d.event_id
+         WHERE d.destination = ?1 AND d.state = 'dead' ORDER BY d.id DESC LIMIT ?2",
+    )?
+    .query_map(params![destination, limit as i64], |r| {
+        Ok(DeadLetter {
+            id: r.get(0)?,
+            domain: r.get(1)?,
+            appointment_id: r.get(2)?,
+            kind: EventKind::parse(&r.get::<_, String>(3)?),
+            control_id: r.get(4)?,
+            attempts: r.get(5)?,
+            ack_code: r.get(6)?,
+            last_error: r.get(7)?,
+            updated_at_ms: r.get(8)?,
+        })
+    })?
+    .collect()
 }
 
 /// The orders the feed tracks in `domain` (the worklist as last polled), most recently
