@@ -153,8 +153,14 @@ fn time(ms: Option<i64>) -> Value {
     })
 }
 
+/// Feed dead letters listed per destination in the overview.
+const DEAD_LETTERS_SHOWN: usize = 20;
+
 /// `GET /console/api/overview`: counts and states for the dashboard (no patient data).
-pub async fn overview(State(console): State<Arc<Console>>) -> Response {
+pub async fn overview(
+    State(console): State<Arc<Console>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     let now = crate::store::now_ms();
     let stats = match console.outbox.stats(false).await {
         Ok(s) => s,
@@ -171,9 +177,17 @@ pub async fn overview(State(console): State<Arc<Console>>) -> Response {
                 Ok(w) => w,
                 Err(e) => return storage(e),
             };
-            json!({
-                "enabled": true,
-                "destinations": console.feed_destinations.iter().zip(statuses).map(|(d, s)| json!({
+            let mut destinations = Vec::new();
+            for (d, s) in console.feed_destinations.iter().zip(statuses) {
+                let dead = if s.dead == 0 {
+                    Vec::new()
+                } else {
+                    match feed.dead_letters(&d.name, DEAD_LETTERS_SHOWN).await {
+                        Ok(dead) => dead,
+                        Err(e) => return storage(e),
+                    }
+                };
+                destinations.push(json!({
                     "name": d.name,
                     "kind": d.kind.as_str(),
                     "target": d.target(),
@@ -185,7 +199,25 @@ pub async fn overview(State(console): State<Arc<Console>>) -> Response {
                     "lastAckAt": time(s.last_ack_at_ms),
                     "lastError": s.last_error,
                     "lastErrorAt": time(s.last_error_at_ms),
-                })).collect::<Vec<_>>(),
+                    "deadLetters": dead
+                        .into_iter()
+                        .filter(|x| caller.user.may_see(&x.domain))
+                        .map(|x| json!({
+                            "domain": x.domain,
+                            "appointmentId": x.appointment_id,
+                            "kind": x.kind.as_str(),
+                            "controlId": x.control_id,
+                            "attempts": x.attempts,
+                            "ackCode": x.ack_code,
+                            "lastError": x.last_error,
+                            "at": time(Some(x.updated_at_ms)),
+                        }))
+                        .collect::<Vec<_>>(),
+                }));
+            }
+            json!({
+                "enabled": true,
+                "destinations": destinations,
                 "watches": watches.into_iter().map(|w| json!({
                     "domain": w.domain,
                     "baselined": w.baselined,

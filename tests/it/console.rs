@@ -1210,3 +1210,68 @@ async fn the_impact_preview_counts_changed_outputs_over_the_tracked_orders() {
     .await;
     assert_eq!(status, 409, "{body}");
 }
+
+#[tokio::test]
+async fn feed_dead_letters_are_listed_with_their_reason_and_retried() {
+    // A consumer that answers AE once (a dead letter by default), then AA.
+    let consumer = common::consumer::Consumer::start().await;
+    consumer.script("A0001", &[common::consumer::Reply::Ack("AE")]);
+    let address = consumer.addr.to_string();
+    let bridge = bridge_with(600, |s| {
+        s.feed.enabled = true;
+        s.feed.poll_interval_secs = 1;
+        s.feed.destinations = vec![qubs_bridge::feed::DestinationSettings {
+            name: "dictation".into(),
+            address: Some(address),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let destination = loop {
+        let (_, o) = call(&bridge, "GET", "overview", VIEWER, Value::Null).await;
+        let d = o["feed"]["destinations"][0].clone();
+        if d["dead"] == 1 {
+            break d;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never dead: {o}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let dead = &destination["deadLetters"][0];
+    assert_eq!(dead["appointmentId"], "A0001");
+    assert_eq!(dead["kind"], "new");
+    assert_eq!(dead["ackCode"], "AE");
+    let sent = consumer.received();
+    assert_eq!(
+        dead["controlId"].as_str().unwrap(),
+        sent[0].control_id,
+        "the MSH-10 sent"
+    );
+    let (status, retried) =
+        call(&bridge, "POST", "feed/dictation/retry", OPERATOR, json!({})).await;
+    assert_eq!((status, retried["requeued"].clone()), (200, json!(1)));
+    let accepted = consumer.wait_accepted(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        accepted[0].control_id, sent[0].control_id,
+        "resent as it was"
+    );
+    loop {
+        let (_, o) = call(&bridge, "GET", "overview", VIEWER, Value::Null).await;
+        let d = &o["feed"]["destinations"][0];
+        if d["delivered"] == 1 {
+            assert_eq!(
+                (d["dead"].clone(), d["deadLetters"].clone()),
+                (json!(0), json!([]))
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never delivered: {o}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
