@@ -44,6 +44,7 @@ assets! {
     "js/dashboard.js" => JS,
     "js/outbox.js" => JS,
     "js/playground.js" => JS,
+    "js/yaml.js" => JS,
     "js/history.js" => JS,
     "js/timeline.js" => JS,
     "js/audit.js" => JS,

@@ -216,6 +216,19 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .await;
     let yaml = yaml.as_str().unwrap();
     assert!(yaml.contains(rule));
+    // The editor highlights the YAML under the textarea, letter for letter.
+    let under = browser
+        .run(
+            "const u = document.querySelector('.editor .yaml-under'); \
+             return [u.textContent, u.querySelectorAll('.y-key').length, u.querySelectorAll('.y-comment').length]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(under[0].as_str().unwrap().trim_end(), yaml.trim_end());
+    assert!(
+        under[1].as_u64().unwrap() > 50 && under[2].as_u64().unwrap() > 5,
+        "{under}"
+    );
     let drafted = yaml.replace(rule, "      - target: ORC-7.6\n        value: S\n");
     browser
         .run(SET_VALUE, json!(["#pg-yaml", drafted, "input"]))

@@ -3,6 +3,7 @@
 // every golden case against the draft. Nothing is written: the draft lives in the page.
 import { api } from "./api.js";
 import { el, flash, show } from "./dom.js";
+import { editor } from "./yaml.js";
 
 const DEBOUNCE_MS = 400;
 
@@ -15,7 +16,12 @@ export async function render(main, session) {
   const pick = el("select", { id: "pg-mapping" }, mappings.map((m) => el("option", { value: m.name }, `${m.name} (${m.input})`)));
   const source = el("select", { id: "pg-case" });
   const zone = el("input", { id: "pg-zone", size: 22, placeholder: "e.g. Australia/Sydney" });
-  const yaml = el("textarea", { id: "pg-yaml", spellcheck: "false", "aria-label": "Mapping YAML (draft)" });
+  const yaml = el("textarea", { id: "pg-yaml", spellcheck: "false", wrap: "off", "aria-label": "Mapping YAML (draft)" });
+  const yamlEditor = editor(yaml);
+  const setYaml = (text) => {
+    yaml.value = text;
+    yamlEditor.paint();
+  };
   const input = el("textarea", { id: "pg-input", spellcheck: "false", "aria-label": "Input" });
   const diagnostics = el("div", { id: "pg-diagnostics", "aria-live": "polite" });
   const output = el("pre", { id: "pg-output", tabindex: "0" });
@@ -265,7 +271,7 @@ export async function render(main, session) {
   }
 
   pick.addEventListener("change", () => {
-    yaml.value = mapping().text;
+    setYaml(mapping().text);
     fillCases();
     run();
   });
@@ -292,13 +298,13 @@ export async function render(main, session) {
       el("label", {}, "Input", source),
       el("label", {}, "Site time zone", zone),
       el("button", { type: "button", id: "pg-golden-run", class: "primary", onclick: runGolden }, "Run golden cases"),
-      el("button", { type: "button", id: "pg-reset", onclick: () => { yaml.value = mapping().text; run(); } }, "Discard draft"),
+      el("button", { type: "button", id: "pg-reset", onclick: () => { setYaml(mapping().text); run(); } }, "Discard draft"),
       draftState,
     ),
     el(
       "div",
       { class: "play" },
-      el("div", { class: "pane" }, el("h2", {}, "Mapping (YAML)"), yaml, diagnostics),
+      el("div", { class: "pane" }, el("h2", {}, "Mapping (YAML)"), yamlEditor.wrap, diagnostics),
       el("div", { class: "pane" }, el("h2", {}, "Input"), input, el("h2", {}, "Output"), output, notes),
     ),
     el("h2", {}, "Golden cases"),
@@ -318,7 +324,7 @@ export async function render(main, session) {
     el("p", { class: "help" }, "Promotion needs every golden case to match (or your acceptance of the changed outputs); the file is written and the live set reloaded, and the version is kept in the mapping history."),
     promotion,
   );
-  yaml.value = mapping().text;
+  setYaml(mapping().text);
   fillCases();
   await run();
   return () => clearTimeout(timer);
