@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz` (QUBS answers
-//! for every configured domain), `/metrics` (Prometheus text) and the web console under
-//! `/console/` (behind its own sign-in). Bound to loopback by default; see README "Security".
+//! for every configured domain, the mappings are loaded and the store answers),
+//! `/metrics` (Prometheus text) and the web console under `/console/` (behind its own
+//! sign-in). Bound to loopback by default; see README "Security".
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,11 +42,25 @@ pub struct DomainHealth {
     pub credentials_refused: bool,
 }
 
+/// What the last check of the store found (the replica's heartbeat).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreHealth {
+    /// `sqlite` or `postgresql`.
+    pub backend: &'static str,
+    pub ready: bool,
+    pub checked_at: String,
+    /// Why the store is not ready (connection errors; never data).
+    pub error: Option<String>,
+    /// This replica's id, as `store check` lists it.
+    pub replica: String,
+}
+
 /// Readiness shared between the checks that update it and the endpoint that shows it.
 #[derive(Clone, Default)]
 pub struct Readiness {
     domains: Arc<RwLock<BTreeMap<String, DomainHealth>>>,
     mappings: Arc<RwLock<Option<Arc<LiveMappings>>>>,
+    store: Arc<RwLock<Option<StoreHealth>>>,
 }
 
 impl Readiness {
@@ -56,13 +71,28 @@ impl Readiness {
             .insert(domain.to_string(), health);
     }
 
+    /// The store's last check; from the first one on, readiness requires it to pass.
+    pub fn set_store(&self, health: StoreHealth) {
+        *self.store.write().expect("readiness") = Some(health);
+    }
+
     /// Shows the mapping set's state (and requires it loaded) from now on.
     pub fn set_mappings(&self, mappings: Arc<LiveMappings>) {
         *self.mappings.write().expect("readiness") = Some(mappings);
     }
 
-    /// Ready when every domain has been checked and answered, and mappings are loaded.
+    /// Ready when every domain has been checked and answered, mappings are loaded and the
+    /// store answers.
     pub fn is_ready(&self, expected: &[String]) -> bool {
+        let store_ok = self
+            .store
+            .read()
+            .expect("readiness")
+            .as_ref()
+            .is_none_or(|s| s.ready);
+        if !store_ok {
+            return false;
+        }
         let domains = self.domains.read().expect("readiness");
         let mappings_ok = self
             .mappings
@@ -158,6 +188,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         "ready": ready,
         "domains": s.readiness.snapshot(),
         "mappings": s.readiness.mapping_state(),
+        "store": s.readiness.store.read().expect("readiness").clone(),
     });
     let status = if ready {
         StatusCode::OK

@@ -7,13 +7,27 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// The defaults every deployment starts from; a config file and the environment override them.
-pub const DEFAULTS_TOML: &str = include_str!("config/defaults.toml");
+pub use crate::grpc::settings::{GrpcClient, GrpcSettings};
+pub use crate::live_mappings::{BrokenAtStart, MappingsSettings};
+pub use crate::qubs::settings::{
+    AuthSettings, ClientAuthMethod, DefaultTimeZone, EndpointSettings, QubsSettings, RetrySettings,
+    SitesSettings,
+};
+pub use crate::results::settings::{AckMode, AttachmentHandling, ResultsSettings};
+pub use crate::service::ServerSettings;
+pub use crate::telemetry::{LogFormat, TelemetrySettings};
+pub use crate::tls::TlsSettings;
+
+/// The defaults every deployment starts from, as TOML: each component's own defaults
+/// (its settings' `Default`), the first layer under the file and the environment. Tables
+/// such as `mappings.values` merge key by key with the layers above.
+pub fn defaults_toml() -> String {
+    toml::to_string(&Settings::default()).expect("the default settings serialize")
+}
 
 /// The longest retry horizon allowed: under QUBS's 24-hour idempotency-key retention.
 pub const MAX_RETRY_HORIZON_SECS: u64 = 23 * 3600;
@@ -89,317 +103,33 @@ fn without_values(message: &str) -> String {
     out
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         reason: reason.into(),
     }
 }
 
-/// The whole service configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole service configuration: one section per component, each owning its settings
+/// and their defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub qubs: QubsSettings,
     pub server: ServerSettings,
     pub grpc: GrpcSettings,
     pub mappings: MappingsSettings,
-    pub store: StoreSettings,
+    /// Where the outbox and the feed keep their state: SQLite, or PostgreSQL for replicas.
+    pub store: crate::store::StoreSettings,
     pub results: ResultsSettings,
     /// The MLLP listener for ORU^R01 results.
-    #[serde(default)]
     pub mllp: crate::mllp::MllpServerSettings,
     /// The HL7 order feed (off unless enabled).
-    #[serde(default)]
     pub feed: crate::feed::FeedSettings,
     /// The web console on the admin listener (nobody can sign in until users are listed).
     #[serde(default)]
     pub console: crate::console::ConsoleSettings,
     pub telemetry: TelemetrySettings,
-}
-
-/// The embedded store ([`crate::store`]): the results outbox and the order feed's state.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSettings {
-    /// The database file (SQLite); created with its directory if missing.
-    pub path: PathBuf,
-}
-
-/// Inbound results: when to acknowledge, and how to retry QUBS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResultsSettings {
-    /// `after_submit`: AA once QUBS has the report; `after_store`: AA once it is on disk.
-    pub ack_mode: AckMode,
-    /// `after_submit`: how long a sender waits for QUBS before it is answered AE
-    /// "stored, not confirmed yet" (the report is still submitted).
-    pub ack_wait_secs: u64,
-    /// Reports submitted to QUBS in parallel (one at a time per appointment).
-    pub workers: usize,
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
-    /// Give up (dead letter) this long after a report was received. At most 23 h: QUBS
-    /// keeps idempotency keys 24 h, and a later retry could store a second report.
-    pub retry_horizon_secs: u64,
-    /// Largest PDF (decoded) taken from an OBX ED; QUBS takes at most 2 MiB per upload.
-    pub max_attachment_bytes: usize,
-    /// What becomes of a result's PDFs: `upload` (report attachments, falling back to
-    /// `inline_note` where QUBS has no such endpoint), `inline_note` (a line in the report
-    /// text names them) or `off`.
-    pub attachments: AttachmentHandling,
-}
-
-/// `results.attachments`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachmentHandling {
-    Upload,
-    InlineNote,
-    Off,
-}
-
-impl ResultsSettings {
-    pub fn ack_wait(&self) -> Duration {
-        Duration::from_secs(self.ack_wait_secs)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AckMode {
-    AfterSubmit,
-    AfterStore,
-}
-
-/// Where the mapping files live and how changes are picked up.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MappingsSettings {
-    /// Directory of `*.yaml` mapping files (relative to the working directory).
-    pub dir: PathBuf,
-    /// Reload when a file in `dir` changes (SIGHUP always reloads).
-    pub watch: bool,
-    /// What to do when the files do not load at start: `refuse` to start (default), or
-    /// `wait` serving NOT_SERVING health until a reload succeeds.
-    pub on_broken_at_start: BrokenAtStart,
-    /// Values mapping files read as `config.<name>` (identifier systems, HL7 application
-    /// names...). Names are case-sensitive.
-    #[serde(default)]
-    pub values: serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokenAtStart {
-    Refuse,
-    Wait,
-}
-
-/// How to reach and authenticate against the QUBS Integrations API.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QubsSettings {
-    /// API root up to and including the version, e.g. `https://api.example/integrations/v1`.
-    pub base_url: Option<String>,
-    /// OAuth2 token endpoint, e.g. `https://auth.example/oauth2/token`.
-    pub token_url: Option<String>,
-    pub client_id: String,
-    /// Client secret, inline (best set from the environment).
-    pub client_secret: Option<SecretString>,
-    /// Alternatively a file holding the client secret (trailing newline ignored).
-    pub client_secret_file: Option<PathBuf>,
-    /// Domains this bridge serves; each must be in the token's domain claims.
-    pub domains: Vec<String>,
-    /// Page size for the pending list (QUBS accepts 1–500).
-    pub page_size: u32,
-    pub connect_timeout_ms: u64,
-    /// Per-attempt timeout for one HTTP request, body included.
-    pub request_timeout_ms: u64,
-    /// Renew the token this long before it expires.
-    pub token_refresh_margin_secs: u64,
-    /// How long site settings (the IANA time zone) are cached.
-    pub site_cache_ttl_secs: u64,
-    /// `urlTtlSeconds` asked for presigned attachment URLs.
-    pub attachment_url_ttl_secs: u32,
-    pub retry: RetrySettings,
-    /// How the token request authenticates (QUBS documents only the bearer token).
-    pub auth: AuthSettings,
-    /// Endpoints QUBS's documentation does not describe, used only when said to exist.
-    pub endpoints: EndpointSettings,
-    /// Where site time zones come from.
-    pub sites: SitesSettings,
-    /// Site name → IANA time zone; wins over the sites endpoint.
-    #[serde(default)]
-    pub site_time_zones: std::collections::BTreeMap<String, String>,
-    /// The time zone of a site no other source knows: one zone, or one per domain.
-    #[serde(default)]
-    pub default_time_zone: Option<DefaultTimeZone>,
-    /// An appointment as last seen in the pending list serves `GetOrder` while its list
-    /// pass is at most this old; older, the list is read again first.
-    pub pending_list_max_age_secs: u64,
-}
-
-/// The OAuth2 client-credentials token request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSettings {
-    /// `client_secret_post` (id and secret in the form body) or `client_secret_basic`
-    /// (HTTP Basic, RFC 6749 §2.3.1).
-    pub method: ClientAuthMethod,
-    /// `scope` form parameter, when the token endpoint wants one.
-    #[serde(default)]
-    pub scope: Option<String>,
-    /// `audience` form parameter, when the token endpoint wants one.
-    #[serde(default)]
-    pub audience: Option<String>,
-}
-
-/// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuthMethod {
-    ClientSecretPost,
-    ClientSecretBasic,
-}
-
-/// Assumed QUBS endpoints that may be switched on.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointSettings {
-    /// `GET {domain}/reporting/appointments/{id}` exists. Off by default: QUBS documents
-    /// only the pending list, and every flow works from it.
-    pub appointment: bool,
-}
-
-/// The assumed sites endpoints.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SitesSettings {
-    /// Ask `GET {domain}/sites/{siteName}` for time zones; when it is missing the bridge
-    /// falls back to configuration with one warning.
-    pub endpoint: bool,
-}
-
-/// `qubs.default_time_zone`: one zone for every domain, or a table domain → zone.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum DefaultTimeZone {
-    All(String),
-    PerDomain(std::collections::BTreeMap<String, String>),
-}
-
-impl DefaultTimeZone {
-    /// The zone for `domain`, if one is set.
-    pub fn for_domain(&self, domain: &str) -> Option<&str> {
-        match self {
-            DefaultTimeZone::All(zone) => Some(zone.trim()),
-            DefaultTimeZone::PerDomain(zones) => zones.get(domain).map(|z| z.trim()),
-        }
-    }
-}
-
-/// Back-off policy for transient QUBS failures (429, 502/503/504, connect errors, timeouts).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySettings {
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    /// Upper bound on the total time spent on one call, retries included.
-    pub max_elapsed_ms: u64,
-    /// Upper bound on attempts for one call (first attempt included).
-    pub max_attempts: u32,
-}
-
-/// Listen addresses of the service's own endpoints.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    /// Admin HTTP endpoint: `/healthz`, `/readyz`.
-    pub admin_listen: String,
-    /// gRPC endpoint for interface engines.
-    pub grpc_listen: String,
-    /// How long in-flight work may take to finish after SIGINT/SIGTERM.
-    pub shutdown_grace_secs: u64,
-    /// How often the service re-checks that QUBS answers for every domain.
-    pub qubs_probe_interval_secs: u64,
-}
-
-/// The gRPC API: who may call it, TLS, and transport limits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcSettings {
-    /// Callers and the QUBS domains each may use.
-    #[serde(default)]
-    pub clients: Vec<GrpcClient>,
-    /// TLS for the gRPC listener (plaintext when absent).
-    #[serde(default)]
-    pub tls: Option<TlsSettings>,
-    /// Largest request or response message.
-    pub max_message_bytes: usize,
-    /// HTTP/2 keep-alive ping interval.
-    pub keepalive_interval_secs: u64,
-    /// Close a connection whose keep-alive ping is not answered within this time.
-    pub keepalive_timeout_secs: u64,
-    /// Comments fetched concurrently while listing or streaming orders.
-    pub fetch_concurrency: usize,
-}
-
-/// One caller of the gRPC API, identified by a bearer token or a client certificate.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcClient {
-    /// A name for logs and metrics, e.g. `mirth-prod`.
-    pub name: String,
-    /// SHA-256 (hex) of the caller's bearer token; the token itself is never stored.
-    /// `qubs-bridge grpc new-token` makes a token and its hash.
-    #[serde(default)]
-    pub token_sha256: Option<String>,
-    /// Or: the Common Name of the caller's client certificate (needs `grpc.tls.client_ca_file`).
-    #[serde(default)]
-    pub certificate_cn: Option<String>,
-    /// QUBS domains this caller may use.
-    pub domains: Vec<String>,
-}
-
-impl std::fmt::Debug for GrpcClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcClient")
-            .field("name", &self.name)
-            .field("certificate_cn", &self.certificate_cn)
-            .field("domains", &self.domains)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Server certificate, and for mutual TLS the CA that signs client certificates.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key.
-    pub key_file: PathBuf,
-    /// PEM CA certificates; when set, clients must present a certificate it signed.
-    #[serde(default)]
-    pub client_ca_file: Option<PathBuf>,
-}
-
-/// Log output.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetrySettings {
-    /// `pretty` for people, `json` for log shippers.
-    pub log_format: LogFormat,
-    /// `tracing` env-filter directives; `RUST_LOG` wins when set.
-    pub log_filter: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 impl Settings {
@@ -425,8 +155,8 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         use config::{Config, Environment, File, FileFormat};
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        let defaults = defaults_toml();
+        let mut builder = Config::builder().add_source(File::from_str(&defaults, FileFormat::Toml));
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
                 path: path.to_path_buf(),
@@ -623,9 +353,12 @@ impl Settings {
     }
 
     fn validate_results(&self) -> Result<(), ConfigError> {
-        if self.store.path.as_os_str().is_empty() {
-            return Err(invalid("store.path", "must not be empty"));
-        }
+        self.store
+            .validate()
+            .map_err(|e| invalid(&format!("store.{}", e.key), e.reason))?;
+        self.store
+            .password()
+            .map_err(|e| invalid(&format!("store.{}", e.key), e.reason))?;
         let r = &self.results;
         positive("results.ack_wait_secs", r.ack_wait_secs)?;
         positive("results.workers", r.workers as u64)?;
@@ -734,68 +467,6 @@ impl Settings {
     /// The client secret, read from the file when one is configured.
     pub fn client_secret(&self) -> Result<SecretString, ConfigError> {
         self.qubs.client_secret()
-    }
-}
-
-impl QubsSettings {
-    /// The client secret, read from `client_secret_file` when that is the configured source.
-    pub fn client_secret(&self) -> Result<SecretString, ConfigError> {
-        if let Some(s) = &self.client_secret {
-            return Ok(s.clone());
-        }
-        let path = self
-            .client_secret_file
-            .as_ref()
-            .ok_or_else(|| invalid("qubs.client_secret", "missing"))?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            invalid(
-                "qubs.client_secret_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        let secret = text.trim_end_matches(['\r', '\n']).to_string();
-        if secret.is_empty() {
-            return Err(invalid(
-                "qubs.client_secret_file",
-                format!("{} is empty", path.display()),
-            ));
-        }
-        Ok(SecretString::from(secret))
-    }
-
-    /// The validated API root, without a trailing slash.
-    pub fn base_url(&self) -> &str {
-        self.base_url
-            .as_deref()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-    }
-
-    /// The validated token endpoint.
-    pub fn token_url(&self) -> &str {
-        self.token_url.as_deref().unwrap_or_default()
-    }
-
-    /// The configured time zone of a site (`qubs.site_time_zones`), by exact name.
-    pub fn configured_site_time_zone(&self, site_name: &str) -> Option<&str> {
-        self.site_time_zones.get(site_name).map(|z| z.trim())
-    }
-
-    /// `qubs.default_time_zone` for `domain`, if any.
-    pub fn default_time_zone(&self, domain: &str) -> Option<&str> {
-        self.default_time_zone.as_ref()?.for_domain(domain)
-    }
-
-    pub fn pending_list_max_age(&self) -> Duration {
-        Duration::from_secs(self.pending_list_max_age_secs)
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -1106,5 +777,120 @@ attachments = "inline_note"
         )
         .unwrap();
         assert_eq!(s.client_secret().unwrap().expose_secret(), "from-file");
+    }
+
+    /// The backticked words of a README table cell.
+    fn backticked(cell: &str) -> Vec<&str> {
+        cell.split('`').skip(1).step_by(2).collect()
+    }
+
+    /// Every value under `key` (dotted) in the settings as JSON.
+    fn at<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+        key.split('.').try_fold(value, |v, k| v.get(k))
+    }
+
+    fn leaves(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value.as_object() {
+            // Tables of names (mappings.values, qubs.site_time_zones) are one setting each.
+            Some(map) if !map.is_empty() && prefix != "mappings.values" => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(v, &key, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_ones_loaded() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Configuration reference")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a configuration reference");
+        // What the layers give with nothing but the two required URLs and a secret.
+        let loaded =
+            Settings::load_with_env(None, env(&[("QUBS_BRIDGE__QUBS__CLIENT_SECRET", "x")]))
+                .unwrap();
+        let mut loaded = serde_json::to_value(&loaded).unwrap();
+        for key in ["base_url", "token_url"] {
+            loaded["qubs"][key] = serde_json::Value::Null;
+        }
+        assert_eq!(loaded, serde_json::to_value(Settings::default()).unwrap());
+        let mut documented = Vec::new();
+        let mut checked = 0;
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
+            let keys: Vec<&str> = backticked(cells[0])
+                .into_iter()
+                .filter(|k| k.contains('.') && !k.starts_with('.'))
+                .map(|k| k.trim_end_matches(".*").trim_end_matches("[]"))
+                .collect();
+            documented.extend(keys.iter().map(|k| k.to_string()));
+            let default = cells[1].trim();
+            let values = backticked(default);
+            let only_values = default.replace(['`', '/', ' '], "").len()
+                == values.iter().map(|v| v.len()).sum::<usize>();
+            for (i, key) in keys.iter().enumerate() {
+                let value = at(&loaded, key);
+                match default {
+                    "—" | "(required)" => assert!(
+                        value.is_none_or(|v| v.is_null()),
+                        "README: `{key}` has no default, but {value:?} is loaded"
+                    ),
+                    "none" => assert!(
+                        value.is_some_and(|v| v.as_array().is_some_and(|a| a.is_empty())
+                            || v.as_object().is_some_and(|o| o.is_empty())),
+                        "README: `{key}` defaults to none, but {value:?} is loaded"
+                    ),
+                    _ if only_values && values.len() == keys.len() => {
+                        let value = value.unwrap_or_else(|| {
+                            panic!("README documents `{key}`, which does not exist")
+                        });
+                        let shown = match value {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        assert_eq!(
+                            shown, values[i],
+                            "README: the default of `{key}` is `{}`, but `{shown}` is loaded",
+                            values[i]
+                        );
+                        checked += 1;
+                    }
+                    _ => assert!(
+                        value.is_some()
+                            || key.ends_with("tls.cert_file")
+                            || key.ends_with("tls.key_file")
+                            || key.ends_with("tls.client_ca_file")
+                            || key.ends_with("mllp.domain")
+                            || key.starts_with("feed.domains"),
+                        "README documents `{key}`, which does not exist"
+                    ),
+                }
+            }
+        }
+        assert!(checked >= 50, "only {checked} defaults checked");
+        // And every setting there is, is documented.
+        let mut all = Vec::new();
+        leaves(&loaded, "", &mut all);
+        let missing: Vec<&String> = all
+            .iter()
+            .filter(|k| {
+                !documented.iter().any(|d| {
+                    k == &d || k.starts_with(&format!("{d}.")) || d.starts_with(&format!("{k}."))
+                })
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in README's configuration reference: {missing:?}"
+        );
     }
 }

@@ -31,7 +31,12 @@
 //!    (inbound) QUBS report submissions; inbound DiagnosticReports are first read by
 //!    [`mapping::fhir_report`] (presentedForm text, HTML as plain text, contained and
 //!    `ServiceRequest/{id}` references). Each mapping lists the input fields it leaves out,
-//!    with the reason (`qubs-bridge mappings fields`).
+//!    with the reason (`qubs-bridge mappings fields`); [`mapping::unread`] finds what no rule
+//!    of a mapping reads in one input (JSON paths, HL7 positions, element paths) and
+//!    [`mapping::schema`] lists every field a mapping can read. The analyst's golden cases
+//!    ([`mapping::golden`]) compare outputs field by field and match expected errors by kind
+//!    and target. A value no code table knows still goes out (as the table's default);
+//!    [`unmapped`] counts it per mapping and table and logs the appointment, never the value.
 //! 6. [`grpc`] is the API for interface engines (`proto/qubs_bridge/v1/bridge.proto`):
 //!    authenticated per caller and domain, with health (Check and Watch), reflection
 //!    (v1 and v1alpha) and metrics ([`metrics`]).
@@ -42,22 +47,26 @@
 //!    and keeping dead letters for what never will.
 //! 8. [`feed`] watches QUBS for new, changed and removed orders and pushes them as
 //!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
-//!    queue, and to gRPC `WatchOrders` streams. The outbox, the feed and the pending list
-//!    share the embedded [`store`] (one SQLite file).
-//! 9. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz`, `/readyz`,
-//!    `/metrics` and the web [`console`] (sign-in with roles and an audit log; the
-//!    operations dashboard and the mapping playground over a JSON API that calls the same
-//!    functions as the CLI and gRPC).
-//!    [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
-//!    in-flight work finishes before the process exits.
-//! 10. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
+//!    queue, and to gRPC `WatchOrders` streams.
+//! 9. The outbox, the feed, the pending list and the console keep their state in the
+//!    [`store`], each through its own storage interface, on one of two backends: the
+//!    embedded SQLite file (the default, one process) or PostgreSQL, shared by several
+//!    replicas that claim work with leases and elect one leader per domain poll,
+//!    destination and retention ([`store::leader`]). Retry loops share one [`backoff`] rule.
+//! 10. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz`, `/readyz`,
+//!     `/metrics` and the web [`console`] (sign-in with roles and an audit log; the
+//!     operations dashboard and the mapping playground over a JSON API that calls the same
+//!     functions as the CLI and gRPC).
+//!     [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
+//!     in-flight work finishes before the process exits.
+//! 11. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
 //!     never patient data, report text or secrets.
-//! 11. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
+//! 12. [`simulator`] is a faithful QUBS simulator (tokens, paging, presigned URLs, report
 //!     rules, idempotency, fault injection, request log, demo data), with a strict mode
 //!     that serves only what QUBS's documentation describes. Only the CLI
 //!     (`serve --demo`, `simulator`) and the tests use it; the bridge reaches it over HTTP
 //!     exactly as it reaches QUBS.
-//! 12. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
+//! 13. [`cli`] is the `qubs-bridge` command line; `main.rs` only calls it. Every command
 //!     prints records on stdout (text, or JSON lines), notes and errors on stderr, and ends
 //!     with a documented exit status ([`cli::exit`]).
 //!
@@ -65,6 +74,7 @@
 //! (domain types), never the other way round.
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -87,3 +97,4 @@ pub mod simulator;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod unmapped;

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{LoadErrors, MappingSet};
@@ -214,4 +215,47 @@ fn spawn_file_watch(
         shutdown.cancelled().await;
         drop(watcher);
     });
+}
+
+/// Where the mapping files live and how changes are picked up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingsSettings {
+    /// Directory of `*.yaml` mapping files (relative to the working directory).
+    pub dir: PathBuf,
+    /// Reload when a file in `dir` changes (SIGHUP always reloads).
+    pub watch: bool,
+    /// What to do when the files do not load at start: `refuse` to start (default), or
+    /// `wait` serving NOT_SERVING health until a reload succeeds.
+    pub on_broken_at_start: BrokenAtStart,
+    /// Values mapping files read as `config.<name>` (identifier systems, HL7 application
+    /// names...). Names are case-sensitive.
+    #[serde(default)]
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokenAtStart {
+    Refuse,
+    Wait,
+}
+
+impl Default for MappingsSettings {
+    fn default() -> Self {
+        let mut values = serde_json::Map::new();
+        for (name, value) in [
+            ("placerIdentifierSystem", "urn:qubs:appointment"),
+            ("patientIdentifierSystem", "urn:qubs:patient"),
+            ("sendingApplication", "QUBS-BRIDGE"),
+        ] {
+            values.insert(name.into(), value.into());
+        }
+        MappingsSettings {
+            dir: PathBuf::from("mappings"),
+            watch: true,
+            on_broken_at_start: BrokenAtStart::Refuse,
+            values,
+        }
+    }
 }

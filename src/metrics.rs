@@ -38,11 +38,6 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TableLabels {
-    pub table: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DomainLabels {
     pub domain: String,
 }
@@ -65,7 +60,8 @@ pub struct Metrics {
     pub mapping_reloads: Family<OutcomeLabels, Counter>,
     /// 1 while the loaded mapping set is the last good one but a newer edit failed to load.
     pub mapping_reload_failing: Gauge,
-    pub unmapped_values: Family<TableLabels, Counter>,
+    /// Values code tables did not have (`mapping_unmapped_values{mapping,table}`).
+    pub unmapped: std::sync::Arc<crate::unmapped::UnmappedValues>,
     /// Outbox results by state: pending (the depth) and dead.
     pub outbox_results: Family<StateLabels, Gauge>,
     pub outbox_oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -78,6 +74,8 @@ pub struct Metrics {
     pub mllp: std::sync::Arc<crate::mllp::MllpMetrics>,
     /// The order feed's events, deliveries and queues.
     pub feed: std::sync::Arc<crate::feed::deliver::FeedMetrics>,
+    /// The store's leaders, takeovers, claims, errors and pool.
+    pub store: std::sync::Arc<crate::store::StoreMetrics>,
 }
 
 impl Default for Metrics {
@@ -101,7 +99,6 @@ impl Metrics {
         let qubs_pages_without_ids = Family::<DomainLabels, Counter>::default();
         let mapping_reloads = Family::<OutcomeLabels, Counter>::default();
         let mapping_reload_failing = Gauge::default();
-        let unmapped_values = Family::<TableLabels, Counter>::default();
         let outbox_results = Family::<StateLabels, Gauge>::default();
         let outbox_oldest_pending_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let outbox_attempts = Family::<OutcomeLabels, Counter>::default();
@@ -172,19 +169,19 @@ impl Metrics {
             "1 while the newest mapping files fail to load (the last good set is in use)",
             mapping_reload_failing.clone(),
         );
-        registry.register(
-            "unmapped_values",
-            "Values a code table could not map, by table",
-            unmapped_values.clone(),
-        );
+        let unmapped = std::sync::Arc::new(crate::unmapped::UnmappedValues::default());
+        unmapped.register(&mut registry);
         let mllp = std::sync::Arc::new(crate::mllp::MllpMetrics::default());
         mllp.register(&mut registry);
         let feed = std::sync::Arc::new(crate::feed::deliver::FeedMetrics::default());
         feed.register(&mut registry);
+        let store = std::sync::Arc::new(crate::store::StoreMetrics::default());
+        store.register(&mut registry);
         Metrics {
             registry,
             mllp,
             feed,
+            store,
             rpc_requests,
             rpc_seconds,
             qubs_requests,
@@ -193,7 +190,7 @@ impl Metrics {
             qubs_pages_without_ids,
             mapping_reloads,
             mapping_reload_failing,
-            unmapped_values,
+            unmapped,
             outbox_results,
             outbox_oldest_pending_seconds,
             results_stored,

@@ -1,15 +1,21 @@
 //! The long-running service: wires the QUBS client to the gRPC API and the admin endpoint,
-//! and keeps watch on QUBS. Started by `qubs-bridge serve`.
+//! and keeps watch on QUBS and on the store. Started by `qubs-bridge serve`.
+//!
+//! With the store on PostgreSQL several replicas run side by side: each takes results and
+//! serves the API, claims outbox work, and competes for the roles only one may hold at a
+//! time (polling each domain, draining each destination, retention;
+//! [`crate::store::leader`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-use crate::admin::{self, DomainHealth, Readiness};
+use crate::admin::{self, DomainHealth, Readiness, StoreHealth};
 use crate::config::{BrokenAtStart, Settings};
 use crate::feed::Feed;
 use crate::live_mappings::LiveMappings;
@@ -17,8 +23,47 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::pending_list::{PendingList, PendingStore};
 use crate::results::Results;
-use crate::store::Store;
+use crate::store::leader::{self, Role};
+use crate::store::migrate::Component;
+use crate::store::{Database, StoreError};
 use crate::{grpc, qubs};
+
+/// Every component's tables: what `store migrate` creates and `serve` expects.
+pub static SCHEMA: [&Component; 5] = [
+    &crate::store::postgres::SCHEMA,
+    &crate::outbox::SCHEMA,
+    &crate::feed::SCHEMA,
+    &crate::pending_list::SCHEMA,
+    &crate::console::store::SCHEMA,
+];
+
+/// Replicas silent this long are dropped from `store check`.
+const FORGET_REPLICAS_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Listen addresses of the service's own endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Admin HTTP endpoint: `/healthz`, `/readyz`.
+    pub admin_listen: String,
+    /// gRPC endpoint for interface engines.
+    pub grpc_listen: String,
+    /// How long in-flight work may take to finish after SIGINT/SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// How often the service re-checks that QUBS answers for every domain.
+    pub qubs_probe_interval_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            admin_listen: "127.0.0.1:9090".into(),
+            grpc_listen: "127.0.0.1:50051".into(),
+            shutdown_grace_secs: 30,
+            qubs_probe_interval_secs: 60,
+        }
+    }
+}
 
 /// A started service; [`RunningService::wait`] returns once it has shut down.
 pub struct RunningService {
@@ -28,6 +73,8 @@ pub struct RunningService {
     pub mllp_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
+    /// The store this replica uses.
+    pub db: Database,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
     shutdown: CancellationToken,
@@ -72,18 +119,21 @@ pub async fn start(
         BrokenAtStart::Wait => LiveMappings::load_or_wait(&settings.mappings.dir, metrics.clone()),
     };
     mappings.spawn_reloaders(settings.mappings.watch, shutdown.clone());
-    let store = Store::open(&settings.store.path)?;
+    let db = Database::open(&settings.store, &SCHEMA, metrics.store.clone()).await?;
     let pending = Arc::new(PendingList::new(
         client.clone(),
-        PendingStore::new(store.clone()),
+        PendingStore::new(&db),
         settings.qubs.pending_list_max_age(),
     ));
-    let outbox = Outbox::new(store.clone());
-    let audit = crate::console::audit::AuditLog::new(store.clone());
-    let history = crate::console::history::History::new(store.clone());
+    let outbox = Outbox::new(&db, metrics.store.clone());
+    let console_store = crate::console::store::open(&db);
+    let audit = crate::console::audit::AuditLog::new(console_store.clone());
+    let history = crate::console::history::History::new(console_store);
     let stats = outbox.stats(false).await?;
     tracing::info!(
-        path = %settings.store.path.display(),
+        backend = db.backend().as_str(),
+        store = %db.location(),
+        replica = %db.replica().id,
         pending = stats.pending,
         dead = stats.dead,
         ack_mode = ?settings.results.ack_mode,
@@ -96,6 +146,7 @@ pub async fn start(
         outbox,
         settings: settings.results.clone(),
         metrics: metrics.clone(),
+        unmapped: metrics.unmapped.clone(),
     });
     let mllp = if settings.mllp.enabled {
         let handler = Arc::new(crate::results::mllp::OruOverMllp {
@@ -127,7 +178,7 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let feed = Feed::open(store, &settings.feed).await?;
+    let feed = Feed::open(&db, &settings.feed).await?;
     let mut feed_tasks = Vec::new();
     if settings.feed.enabled {
         let watcher = Arc::new(crate::feed::watcher::Watcher {
@@ -139,9 +190,18 @@ pub async fn start(
             settings: settings.feed.clone(),
             metrics: metrics.feed.clone(),
             missed: Default::default(),
+            unmapped: metrics.unmapped.clone(),
         });
         for domain in settings.feed.watched(&settings.qubs.domains) {
-            feed_tasks.push(tokio::spawn(watcher.clone().run(domain, shutdown.clone())));
+            let (watcher, polled) = (watcher.clone(), domain.clone());
+            feed_tasks.push(tokio::spawn(leader::lead(
+                db.clone(),
+                Role::Poll,
+                domain,
+                metrics.store.clone(),
+                shutdown.clone(),
+                move |term| watcher.clone().run(polled.clone(), term.stop),
+            )));
         }
         for destination in &settings.feed.destinations {
             tracing::info!(
@@ -150,17 +210,35 @@ pub async fn start(
                 target = %destination.target(),
                 "order feed destination"
             );
-            feed_tasks.push(tokio::spawn(crate::feed::deliver::run(
-                feed.clone(),
-                destination.clone(),
-                metrics.feed.clone(),
+            let (feed, settings, feed_metrics) =
+                (feed.clone(), destination.clone(), metrics.feed.clone());
+            feed_tasks.push(tokio::spawn(leader::lead(
+                db.clone(),
+                Role::Deliver,
+                destination.name.clone(),
+                metrics.store.clone(),
                 shutdown.clone(),
+                move |term| {
+                    crate::feed::deliver::run(
+                        feed.clone(),
+                        settings.clone(),
+                        feed_metrics.clone(),
+                        term,
+                    )
+                },
             )));
         }
-        feed_tasks.push(tokio::spawn(crate::feed::prune_periodically(
-            feed.clone(),
-            settings.feed.event_retention_hours,
+    }
+    {
+        let (db_, feed) = (db.clone(), settings.feed.enabled.then(|| feed.clone()));
+        let hours = settings.feed.event_retention_hours;
+        feed_tasks.push(tokio::spawn(leader::lead(
+            db.clone(),
+            Role::Retention,
+            "cluster".into(),
+            metrics.store.clone(),
             shutdown.clone(),
+            move |term| retention(db_.clone(), feed.clone(), hours, term.stop),
         )));
     }
     let mut console_tasks = Vec::new();
@@ -216,6 +294,7 @@ pub async fn start(
 
     let serving = Arc::new(Serving {
         qubs_refused: Default::default(),
+        store_down: Default::default(),
         mappings: mappings.clone(),
         health: grpc.health.clone(),
     });
@@ -235,6 +314,13 @@ pub async fn start(
         }
     });
     readiness.set_mappings(mappings.clone());
+    let store_watch = tokio::spawn(watch_store(
+        db.clone(),
+        metrics.clone(),
+        readiness.clone(),
+        serving.clone(),
+        shutdown.clone(),
+    ));
     let probe = tokio::spawn(watch_qubs(
         pending,
         settings.qubs.domains.clone(),
@@ -249,8 +335,16 @@ pub async fn start(
         mllp_addr,
         metrics,
         readiness,
+        db,
         tasks: {
-            let mut tasks = vec![admin_task, grpc.task, probe, reload_watch, worker];
+            let mut tasks = vec![
+                admin_task,
+                grpc.task,
+                probe,
+                store_watch,
+                reload_watch,
+                worker,
+            ];
             tasks.extend(mllp.map(|m| m.task));
             tasks.extend(feed_tasks);
             tasks.extend(console_tasks);
@@ -266,22 +360,112 @@ impl RunningService {
     pub async fn wait(self) {
         let mut all = Box::pin(futures::future::join_all(self.tasks));
         tokio::select! {
-            _ = &mut all => return,
-            _ = self.shutdown.cancelled() => {}
+            _ = &mut all => {}
+            _ = self.shutdown.cancelled() => {
+                if tokio::time::timeout(self.grace, all).await.is_err() {
+                    tracing::warn!(
+                        grace_secs = self.grace.as_secs(),
+                        "in-flight work did not finish within the shutdown grace period"
+                    );
+                }
+            }
         }
-        if tokio::time::timeout(self.grace, all).await.is_err() {
-            tracing::warn!(
-                grace_secs = self.grace.as_secs(),
-                "in-flight work did not finish within the shutdown grace period"
-            );
+        self.db.stopped().await;
+    }
+}
+
+/// Prunes old feed events and forgotten replicas hourly (and once at start); the retention
+/// leader runs it, so one replica does it for the cluster.
+async fn retention(
+    db: Database,
+    feed: Option<Arc<Feed>>,
+    retention_hours: u64,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Some(feed) = &feed {
+            match feed
+                .prune(Duration::from_secs(retention_hours * 3600))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "pruned old feed events"),
+                Err(e) => tracing::warn!(error = %e, "feed event pruning failed"),
+            }
+        }
+        if let Database::Postgres(pg) = &db {
+            match pg.prune_replicas(FORGET_REPLICAS_AFTER).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(replicas = n, "forgot replicas silent for a week"),
+                Err(e) => tracing::warn!(error = %e, "replica pruning failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Beats this replica's heartbeat, which also checks that the store answers: readiness and
+/// gRPC health are NOT_SERVING while it does not (results could not be stored, so they
+/// would be answered AE). Publishes the pool's use.
+async fn watch_store(
+    db: Database,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    serving: Arc<Serving>,
+    shutdown: CancellationToken,
+) {
+    let every = (db.lease() / 3).min(Duration::from_secs(2));
+    let mut was_ok = true;
+    loop {
+        let beat: Result<(), StoreError> = tokio::select! {
+            b = tokio::time::timeout(every.max(Duration::from_secs(1)), db.heartbeat()) => {
+                b.unwrap_or_else(|_| Err(StoreError::Unavailable("no answer in time".into())))
+            }
+            _ = shutdown.cancelled() => return,
+        };
+        let ok = beat.is_ok();
+        let changed = ok != was_ok;
+        if changed {
+            match &beat {
+                Ok(()) => tracing::info!(store = %db.location(), "the store answers again"),
+                Err(e) => {
+                    tracing::error!(store = %db.location(), error = %e, "the store does not answer; results are refused (AE) until it does")
+                }
+            }
+            was_ok = ok;
+        }
+        readiness.set_store(StoreHealth {
+            backend: db.backend().as_str(),
+            ready: ok,
+            checked_at: jiff::Timestamp::now().to_string(),
+            error: beat.err().map(|e| e.to_string()),
+            replica: db.replica().id.clone(),
+        });
+        if changed {
+            // Health watchers hear of changes only.
+            serving
+                .store_down
+                .store(!ok, std::sync::atomic::Ordering::Relaxed);
+            serving.publish().await;
+        }
+        if let Some(pool) = db.pool_use() {
+            metrics.store.pool_use(pool);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }
 
 /// What decides the gRPC health status: engines should not be sent here while QUBS refuses
-/// the bridge's credentials or no good mapping set is loaded.
+/// the bridge's credentials, no good mapping set is loaded, or the store does not answer.
 struct Serving {
     qubs_refused: std::sync::atomic::AtomicBool,
+    store_down: std::sync::atomic::AtomicBool,
     mappings: Arc<LiveMappings>,
     health: grpc::Health,
 }
@@ -289,6 +473,7 @@ struct Serving {
 impl Serving {
     async fn publish(&self) {
         let ok = !self.qubs_refused.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.store_down.load(std::sync::atomic::Ordering::Relaxed)
             && self.mappings.is_loaded();
         self.health.set(ok).await;
     }
@@ -450,5 +635,15 @@ pub async fn check_domain(pending: &PendingList, domain: &str) -> DomainHealth {
                 ),
             error: Some(e.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_components_migrations_are_numbered_from_one() {
+        for component in super::SCHEMA {
+            crate::store::migrate::check_numbering(component);
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `filter`.
 /// Calling it twice is harmless (the second call changes nothing).
@@ -31,4 +31,30 @@ pub fn init(format: LogFormat, filter: &str) {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// `pretty` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// `tracing` env-filter directives; `RUST_LOG` wins when set.
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+        }
+    }
 }

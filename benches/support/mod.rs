@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+/// The tests' PostgreSQL harness (a throwaway cluster, or `QUBS_BRIDGE_TEST_DATABASE_URL`).
+#[path = "../../tests/it/common/postgres.rs"]
+pub mod postgres;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -363,6 +367,59 @@ impl BridgeProcess {
     /// The admin endpoint's base URL.
     pub fn admin(&self) -> String {
         self.readyz.trim_end_matches("/readyz").to_string()
+    }
+}
+
+/// Which store the bridges of a run use.
+pub enum Store {
+    Sqlite,
+    /// One database shared by the replicas; `env` points a bridge at it.
+    Postgres {
+        db: postgres::TestDb,
+        env: Vec<(String, String)>,
+    },
+}
+
+impl Store {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Store::Sqlite => "sqlite",
+            Store::Postgres { .. } => "postgresql",
+        }
+    }
+
+    /// A fresh PostgreSQL database on `cluster`, migrated.
+    pub async fn postgres(cluster: &postgres::Cluster) -> Store {
+        let db = cluster.database().await;
+        db.migrate().await;
+        let env = db.env(30);
+        Store::Postgres { db, env }
+    }
+
+    /// Transactions committed in the database so far (PostgreSQL's statistics).
+    pub async fn commits(&self) -> Option<i64> {
+        let Store::Postgres { db, .. } = self else {
+            return None;
+        };
+        let client = db.connect().await;
+        // The statistics are sent at transaction end and may lag a little.
+        client
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .ok()
+            .map(|r| r.get(0))
+    }
+
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        match self {
+            Store::Sqlite => Vec::new(),
+            Store::Postgres { env, .. } => {
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! `qubs-bridge config check [FILE]`: validate without starting anything.
+//! `qubs-bridge config check [FILE]`: validate without starting anything;
+//! `qubs-bridge config defaults`: every setting's built-in default, as TOML.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +32,19 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         "  qubs.domains    {}",
         settings.qubs.domains.join(", ")
     )?;
+    match &settings.store.url {
+        None => writeln!(
+            out,
+            "  store           sqlite {}",
+            settings.store.path.display()
+        )?,
+        Some(url) => writeln!(
+            out,
+            "  store           postgresql {} (lease {} s)",
+            crate::store::redact_url(url),
+            settings.store.lease_secs
+        )?,
+    }
     writeln!(
         out,
         "  admin / gRPC / MLLP  {} / {} / {}",
@@ -42,5 +56,16 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
             "off".to_string()
         }
     )?;
+    Ok(())
+}
+
+/// Prints the built-in defaults as TOML.
+pub fn defaults() -> anyhow::Result<()> {
+    let mut out = output::stdout();
+    writeln!(
+        out,
+        "# qubs-bridge's built-in defaults. Required: qubs.base_url, qubs.token_url and the client\n# secret (QUBS_BRIDGE__QUBS__CLIENT_SECRET). See README.md, \"Configuration reference\".\n"
+    )?;
+    write!(out, "{}", crate::config::defaults_toml())?;
     Ok(())
 }

@@ -83,7 +83,12 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         if cause.is::<ConfigError>() || cause.is::<UsageError>() {
             return USAGE;
         }
-        if cause.is::<Unreachable>() {
+        if cause.is::<Unreachable>()
+            || matches!(
+                cause.downcast_ref::<crate::store::StoreError>(),
+                Some(crate::store::StoreError::Unavailable(_))
+            )
+        {
             return UNAVAILABLE;
         }
         if let Some(call) = cause.downcast_ref::<super::connect::CallFailed>() {

@@ -16,6 +16,7 @@ mod output;
 mod results;
 mod serve;
 mod simulator;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,10 @@ enum Command {
         #[command(subcommand)]
         command: feed::FeedCommand,
     },
+    /// The store: create or upgrade its schema, check replicas and leaders, copy an
+    /// embedded store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Check mapping files and run their golden cases.
     #[command(subcommand)]
     Mappings(mappings::MappingsCommand),
@@ -103,6 +108,8 @@ enum ConfigCommand {
         /// The TOML file; only defaults and the environment when omitted.
         file: Option<PathBuf>,
     },
+    /// Print the built-in defaults of every setting, as TOML (a starting point for a file).
+    Defaults,
 }
 
 /// The command-line definition, for the completion scripts and manual pages built from it.
@@ -131,6 +138,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Simulator(args) => simulator::run(args).await,
             Command::Config(ConfigCommand::Check { file }) => config_check::run(file),
+            Command::Config(ConfigCommand::Defaults) => config_check::defaults(),
             Command::Orders {
                 connection,
                 command,
@@ -154,6 +162,7 @@ pub fn main() -> ExitCode {
                 connection,
                 command,
             } => feed::run(&connection, command).await,
+            Command::Store(command) => store::run(command).await,
             Command::Map(args) => mappings::map(args),
             Command::Completions(args) => completions::completions(args),
             Command::Man(args) => completions::man(args),

@@ -72,6 +72,68 @@ pub struct ListArgs {
     /// Fetch comments and alerts too.
     #[arg(long)]
     comments: bool,
+    #[command(flatten)]
+    filter: Filters,
+}
+
+/// `--filter FIELD=VALUE`: only the orders whose field has that value.
+#[derive(Args)]
+pub struct Filters {
+    /// Only orders whose FIELD is VALUE: FIELD is appointment, status, modality, priority or
+    /// scheduled; VALUE compares ignoring case, `*` matches any text
+    /// (`--filter priority=semi-urgent`, `--filter scheduled=2026-11-20*`). Repeat it: every
+    /// filter must hold.
+    #[arg(long = "filter", value_name = "FIELD=VALUE", value_parser = parse_filter)]
+    filters: Vec<(Field, String)>,
+}
+
+/// A field `--filter` can test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Appointment,
+    Status,
+    Modality,
+    Priority,
+    Scheduled,
+}
+
+fn parse_filter(s: &str) -> Result<(Field, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: write FIELD=VALUE, e.g. priority=semi-urgent"))?;
+    let field = match k.trim().to_lowercase().as_str() {
+        "appointment" | "appointmentid" | "id" => Field::Appointment,
+        "status" => Field::Status,
+        "modality" => Field::Modality,
+        "priority" => Field::Priority,
+        "scheduled" => Field::Scheduled,
+        other => {
+            return Err(format!(
+                "`{other}` is not a field to filter on (appointment, status, modality, priority, scheduled)"
+            ));
+        }
+    };
+    Ok((field, v.trim().to_lowercase()))
+}
+
+impl Filters {
+    /// Whether `order` passes every filter.
+    fn keep(&self, order: &pb::Order) -> bool {
+        self.filters.iter().all(|(field, want)| {
+            let have = match field {
+                Field::Appointment => &order.appointment_id,
+                Field::Status => &order.status,
+                Field::Modality => &order.modality,
+                Field::Priority => &order.priority,
+                Field::Scheduled => &order.scheduled_local,
+            };
+            crate::mapping::golden::wildcard(want, &have.trim().to_lowercase())
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
 }
 
 #[derive(Args)]
@@ -98,12 +160,17 @@ pub struct StreamArgs {
     /// Print only the total (on stderr), not the orders.
     #[arg(long)]
     count_only: bool,
+    #[command(flatten)]
+    filter: Filters,
 }
 
 /// The columns of an order list: one row per order.
-const COLUMNS: [Column; 5] = [
+const COLUMNS: [Column; 8] = [
     Column::left("APPOINTMENT").width(14),
     Column::left("STATUS").width(20),
+    Column::left("MODALITY").width(8),
+    Column::left("PRIORITY").width(10),
+    Column::left("SCHEDULED").width(16),
     Column::right("WARNINGS"),
     Column::right("COMMENTS"),
     Column::left("OUTPUTS"),
@@ -137,29 +204,36 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
                     s.index, s.id, s.reason
                 ));
             }
+            let shown: Vec<&pb::Order> =
+                page.orders.iter().filter(|o| args.filter.keep(o)).collect();
             match args.common.format {
                 Format::Text => {
                     let mut table = Table::new(&COLUMNS);
-                    for order in &page.orders {
+                    for order in &shown {
                         table.row(row(order));
                     }
                     table.print(&mut out)?;
                 }
                 Format::Json => {
-                    for order in &page.orders {
+                    for order in &shown {
                         output::json_line(&mut out, &order_json(order))?;
                     }
                 }
             }
             // The page's end goes to stderr: stdout holds only orders.
-            if page.next_page_token.is_empty() {
-                note!("{} orders; last page", page.orders.len());
+            let count = if args.filter.is_empty() {
+                format!("{} orders", page.orders.len())
             } else {
-                note!(
-                    "{} orders; next page: --page-token {}",
-                    page.orders.len(),
-                    page.next_page_token
-                );
+                format!(
+                    "{} of {} orders match the filter",
+                    shown.len(),
+                    page.orders.len()
+                )
+            };
+            if page.next_page_token.is_empty() {
+                note!("{count}; last page");
+            } else {
+                note!("{count}; next page: --page-token {}", page.next_page_token);
             }
         }
         OrdersCommand::Get(args) => {
@@ -205,8 +279,11 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
                     ));
                 }
                 let Some(order) = item.order else { continue };
-                count += 1;
                 progress.inc();
+                if !args.filter.keep(&order) {
+                    continue;
+                }
+                count += 1;
                 if !args.count_only {
                     match args.common.format {
                         Format::Text => Table::stream_row(&COLUMNS, row(&order), &mut out)?,
@@ -228,7 +305,7 @@ pub async fn run(conn: &Connection, command: OrdersCommand) -> anyhow::Result<()
     Ok(())
 }
 
-fn row(order: &pb::Order) -> [String; 5] {
+fn row(order: &pb::Order) -> [String; 8] {
     let outputs: Vec<String> = order
         .outputs
         .iter()
@@ -237,6 +314,18 @@ fn row(order: &pb::Order) -> [String; 5] {
     [
         order.appointment_id.clone(),
         order.status.clone(),
+        or_dash(&order.modality).to_string(),
+        or_dash(&order.priority).to_string(),
+        // `2026-11-20 09:15`: minutes are enough to read a worklist by.
+        or_dash(
+            &order
+                .scheduled_local
+                .replacen('T', " ", 1)
+                .chars()
+                .take(16)
+                .collect::<String>(),
+        )
+        .to_string(),
         order.warnings.len().to_string(),
         order.comments.len().to_string(),
         outputs.join(", "),
@@ -250,6 +339,9 @@ fn print_order(out: &mut impl Write, order: &pb::Order) -> std::io::Result<()> {
         .row(["appointment", &order.appointment_id])
         .row(["domain", &order.domain])
         .row(["status", &order.status])
+        .row(["modality", or_dash(&order.modality)])
+        .row(["priority", or_dash(&order.priority)])
+        .row(["scheduled", or_dash(&order.scheduled_local)])
         .row(["mappings", or_dash(&order.mapping_set_version)]);
     for w in &order.warnings {
         fields.row(["warning", &format!("{} {} {}", w.code, w.rule, w.message)]);
@@ -309,6 +401,9 @@ fn order_json(order: &pb::Order) -> Value {
         "domain": order.domain,
         "appointmentId": order.appointment_id,
         "status": order.status,
+        "modality": order.modality,
+        "priority": order.priority,
+        "scheduledLocal": order.scheduled_local,
         "mappingSetVersion": order.mapping_set_version,
         "warnings": warnings,
         "comments": order.comments.iter().map(|c| json!({"guid": c.guid, "commentType": c.comment_type, "text": c.text, "isAlert": c.is_alert})).collect::<Vec<_>>(),

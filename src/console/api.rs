@@ -500,10 +500,10 @@ pub async fn outbox_purge(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let cutoff = crate::store::now_ms()
-        .saturating_sub((req.older_than_hours.min(100_000) * 3_600_000) as i64);
+    // The age is measured by the store's clock (the database's on PostgreSQL).
+    let older_than = std::time::Duration::from_secs(req.older_than_hours.min(100_000) * 3600);
     let domains = caller.user.domains(&console.domains);
-    match console.outbox.purge(state, cutoff, domains).await {
+    match console.outbox.purge(state, older_than, domains).await {
         Ok(purged) => {
             record(
                 &console,

@@ -1,27 +1,14 @@
 //! The audit log: who changed what, and when — every retry, purge, promotion, rollback and
-//! resend made through the console, and every sign-in. Kept in the store, next to what it
-//! describes, so it survives restarts; entries name ids and counts, never patient data.
+//! resend made through the console, and every sign-in. Kept in the store ([`super::store`]),
+//! next to what it describes, so it survives restarts and every replica on PostgreSQL shows
+//! the whole cluster's; entries name ids and counts, never patient data.
 
 use std::sync::Arc;
 
-use rusqlite::params;
 use serde::Serialize;
 
-use crate::store::{Cached, Store, StoreError};
-
-/// The audit log's table, created by [`Store::open`].
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS console_audit (
-    id        INTEGER PRIMARY KEY,
-    at        INTEGER NOT NULL,
-    user_name TEXT    NOT NULL,
-    via       TEXT    NOT NULL,
-    action    TEXT    NOT NULL,
-    target    TEXT    NOT NULL,
-    detail    TEXT    NOT NULL,
-    outcome   TEXT    NOT NULL
-);
-";
+use super::store::ConsoleStore;
+use crate::store::StoreError;
 
 /// One change, as recorded.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -41,6 +28,8 @@ pub struct AuditEntry {
     pub detail: String,
     /// `ok`, or why it failed.
     pub outcome: String,
+    /// The replica whose console took the request.
+    pub replica: String,
 }
 
 /// A change about to be recorded.
@@ -54,92 +43,24 @@ pub struct Change {
     pub outcome: String,
 }
 
-/// The audit log in the store.
+/// The audit log in the store; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    store: Arc<Store>,
+    store: Arc<dyn ConsoleStore>,
 }
 
 impl AuditLog {
-    pub fn new(store: Arc<Store>) -> AuditLog {
+    pub fn new(store: Arc<dyn ConsoleStore>) -> AuditLog {
         AuditLog { store }
     }
 
-    /// Records a change (the time is the store's).
+    /// Records a change (the time is the store's, the replica this one).
     pub async fn record(&self, change: Change) -> Result<i64, StoreError> {
-        self.store
-            .write(move |tx, now| {
-                tx.exec(
-                    "INSERT INTO console_audit (at, user_name, via, action, target, detail, outcome)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        now,
-                        change.user,
-                        change.via,
-                        change.action,
-                        change.target,
-                        change.detail,
-                        change.outcome
-                    ],
-                )?;
-                Ok(tx.last_insert_rowid())
-            })
-            .await
+        self.store.record_audit(change).await
     }
 
     /// The newest entries first, those older than `before_id` when it is positive.
     pub async fn list(&self, before_id: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.store
-            .read(move |tx, _| {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT id, at, user_name, via, action, target, detail, outcome
-                     FROM console_audit WHERE ?1 <= 0 OR id < ?1 ORDER BY id DESC LIMIT ?2",
-                )?;
-                stmt.query_map(params![before_id, limit.max(1) as i64], |r| {
-                    Ok(AuditEntry {
-                        id: r.get(0)?,
-                        at_ms: r.get(1)?,
-                        user: r.get(2)?,
-                        via: r.get(3)?,
-                        action: r.get(4)?,
-                        target: r.get(5)?,
-                        detail: r.get(6)?,
-                        outcome: r.get(7)?,
-                    })
-                })?
-                .collect()
-            })
-            .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn changes_are_kept_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::new(Store::open(&dir.path().join("b.db")).unwrap());
-        for n in 0..3 {
-            log.record(Change {
-                user: "ops".into(),
-                via: "session".into(),
-                action: "outbox.retry".into(),
-                target: format!("{n}"),
-                detail: String::new(),
-                outcome: "ok".into(),
-            })
-            .await
-            .unwrap();
-        }
-        let all = log.list(0, 10).await.unwrap();
-        assert_eq!(
-            all.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
-            ["2", "1", "0"]
-        );
-        let older = log.list(all[0].id, 10).await.unwrap();
-        assert_eq!(older.len(), 2);
-        assert!(older[0].at_ms > 0);
+        self.store.audit(before_id, limit.max(1)).await
     }
 }

@@ -1,31 +1,14 @@
 //! Mapping versions promoted from the console: each promotion or rollback of a mapping
-//! file, with the text before and after, the mapping-set versions, who and when. Kept in the
-//! store next to the audit log, so any two versions can be compared and an older one put
-//! back.
+//! file, with the text before and after, the mapping-set versions, who, when and on which
+//! replica. Kept in the store ([`super::store`]) next to the audit log, so any two versions
+//! can be compared and an older one put back, from any replica.
 
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::store::{Cached, Store, StoreError};
-
-/// The history's table, created by [`Store::open`].
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS console_mapping_versions (
-    id          INTEGER PRIMARY KEY,
-    at          INTEGER NOT NULL,
-    user_name   TEXT    NOT NULL,
-    action      TEXT    NOT NULL,
-    file        TEXT    NOT NULL,
-    before_text TEXT    NOT NULL,
-    after_text  TEXT    NOT NULL,
-    set_before  TEXT    NOT NULL,
-    set_after   TEXT    NOT NULL,
-    note        TEXT    NOT NULL,
-    golden      TEXT    NOT NULL
-);
-";
+use super::store::ConsoleStore;
+use crate::store::StoreError;
 
 /// One promotion or rollback.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -39,13 +22,15 @@ pub struct Version {
     pub action: String,
     /// The mapping file's name in the mapping directory.
     pub file: String,
-    /// The mapping-set versions before and after.
+    /// The mapping-set versions before and after (on the replica that wrote the file).
     pub set_before: String,
     pub set_after: String,
     /// What the analyst said about it.
     pub note: String,
     /// The golden cases' outcome at promotion (counts, and expectations rewritten).
     pub golden: String,
+    /// The replica whose mapping directory was written.
+    pub replica: String,
     #[serde(skip)]
     pub before_text: String,
     #[serde(skip)]
@@ -66,85 +51,51 @@ pub struct NewVersion {
     pub golden: String,
 }
 
-/// The mapping history in the store.
-#[derive(Clone)]
-pub struct History {
-    store: Arc<Store>,
+/// What [`History::record`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored with this id.
+    Stored(i64),
+    /// Not stored: the file's latest version is no longer the one the promotion started
+    /// from (another replica recorded one meanwhile); here it is.
+    Superseded(Box<Version>),
 }
 
-const COLUMNS: &str = "id, at, user_name, action, file, set_before, set_after, note, golden, \
-                       before_text, after_text";
-
-fn read(r: &rusqlite::Row) -> rusqlite::Result<Version> {
-    Ok(Version {
-        id: r.get(0)?,
-        at_ms: r.get(1)?,
-        user: r.get(2)?,
-        action: r.get(3)?,
-        file: r.get(4)?,
-        set_before: r.get(5)?,
-        set_after: r.get(6)?,
-        note: r.get(7)?,
-        golden: r.get(8)?,
-        before_text: r.get(9)?,
-        after_text: r.get(10)?,
-    })
+/// The mapping history in the store; cheap to clone.
+#[derive(Clone)]
+pub struct History {
+    store: Arc<dyn ConsoleStore>,
 }
 
 impl History {
-    pub fn new(store: Arc<Store>) -> History {
+    pub fn new(store: Arc<dyn ConsoleStore>) -> History {
         History { store }
     }
 
-    /// Records a version; returns its id.
-    pub async fn record(&self, v: NewVersion) -> Result<i64, StoreError> {
-        self.store
-            .write(move |tx, now| {
-                tx.exec(
-                    "INSERT INTO console_mapping_versions (at, user_name, action, file,
-                         before_text, after_text, set_before, set_after, note, golden)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![
-                        now,
-                        v.user,
-                        v.action,
-                        v.file,
-                        v.before_text,
-                        v.after_text,
-                        v.set_before,
-                        v.set_after,
-                        v.note,
-                        v.golden
-                    ],
-                )?;
-                Ok(tx.last_insert_rowid())
-            })
-            .await
+    /// Records a version, provided the file's latest version is still `latest` (its id;
+    /// `None`: the file had none) — checked and written in one transaction, so of two
+    /// replicas promoting the same file at once only one records.
+    pub async fn record(&self, v: NewVersion, latest: Option<i64>) -> Result<Recorded, StoreError> {
+        self.store.record_version(v, latest).await
     }
 
     /// The newest versions first.
     pub async fn list(&self, limit: usize) -> Result<Vec<Version>, StoreError> {
-        self.store
-            .read(move |tx, _| {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM console_mapping_versions ORDER BY id DESC LIMIT ?1"
-                ))?;
-                stmt.query_map(params![limit.max(1) as i64], read)?
-                    .collect()
-            })
-            .await
+        self.store.versions(limit.max(1)).await
     }
 
     /// One version.
     pub async fn get(&self, id: i64) -> Result<Option<Version>, StoreError> {
-        self.store
-            .read(move |tx, _| {
-                tx.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM console_mapping_versions WHERE id = ?1"
-                ))?
-                .query_row(params![id], read)
-                .optional()
-            })
-            .await
+        self.store.version(id).await
+    }
+
+    /// The latest version of one mapping file, on whichever replica it was recorded.
+    pub async fn latest(&self, file: &str) -> Result<Option<Version>, StoreError> {
+        self.store.latest_version(file).await
+    }
+
+    /// The replica this process records as.
+    pub fn replica(&self) -> &str {
+        self.store.replica()
     }
 }

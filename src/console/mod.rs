@@ -13,6 +13,8 @@
 //!   missing from it is refused, never open.
 //! - Every change (retry, purge, promotion, rollback; sign-ins too) is written to the
 //!   audit log ([`audit`]); promoted mapping files are kept with both texts ([`history`]).
+//!   Both live in the store ([`store`]: SQLite or PostgreSQL, its own tables and
+//!   migrations), so with several replicas every console shows the whole cluster's.
 //! - Charts come from the process's own counters, sampled every few seconds into a ring
 //!   buffer ([`samples`]); no Prometheus needed.
 
@@ -23,9 +25,12 @@ pub mod auth;
 pub mod history;
 mod impact;
 mod playground;
+mod postgres;
 mod promote;
 pub mod samples;
 mod settings;
+mod sqlite;
+pub mod store;
 
 use std::sync::{Arc, OnceLock};
 

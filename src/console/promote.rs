@@ -5,6 +5,15 @@
 //! last good set on failure; here a failed reload also puts the old file back). Every
 //! promotion and rollback is kept in the [`super::history`] with both texts, and audited.
 //!
+//! **Several replicas.** The file is written in *this* replica's mapping directory and only
+//! this replica's live set is reloaded. Other replicas take the new version when their own
+//! directory changes (a shared directory with `mappings.watch`, or the file deployed to
+//! them); the console does not push it. What the console does guarantee across replicas:
+//! the history is the cluster's (the shared store), a promotion is refused on a replica
+//! whose file is not the version another replica last promoted (it would silently undo
+//! that version), and of two replicas promoting the same file at once only one records —
+//! the other puts its old file back and answers 409.
+//!
 //! [`LiveMappings::reload`]: crate::live_mappings::LiveMappings::reload
 
 use std::path::Path;
@@ -19,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::api::{record, storage};
 use super::auth::Caller;
-use super::history::{NewVersion, Version};
+use super::history::{NewVersion, Recorded, Version};
 use super::playground::{Draft, golden_json, set_for};
 use super::{Console, Refusal, error, refuse};
 use crate::mapping::{MappingSet, golden};
@@ -90,6 +99,31 @@ fn apply(console: &Console, file: &str, text: &str) -> Result<Applied, Refusal> 
     }
 }
 
+/// The file's latest version in the cluster's history, provided this replica's file is that
+/// version (or the file has none, or this replica recorded it and the file was edited here
+/// since). A version another replica promoted and this replica's directory does not have
+/// yet is refused: writing over it would undo it without a trace.
+async fn latest_here(console: &Console, file: &str) -> Result<Option<Version>, Refusal> {
+    let latest = console
+        .history
+        .latest(file)
+        .await
+        .map_err(|e| Refusal::from(storage(e)))?;
+    let Some(v) = latest else { return Ok(None) };
+    let path = console.mappings.dir().join(file);
+    let here = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+    if v.after_text != here && v.replica != console.history.replica() {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            &format!(
+                "{file} on this replica is not version {} (promoted by {} on replica {}): this replica's mapping directory has not received it; deploy that file here first (or use the console of a replica that has it)",
+                v.id, v.user, v.replica
+            ),
+        ));
+    }
+    Ok(Some(v))
+}
+
 fn golden_summary(report: &golden::GoldenReport, updated: &[String]) -> String {
     let failed = report.results.iter().filter(|r| !r.passed).count();
     let mut s = format!(
@@ -122,6 +156,10 @@ pub async fn promote(
     Json(req): Json<PromoteRequest>,
 ) -> Response {
     let _one_at_a_time = console.promotions.lock().await;
+    let latest = match latest_here(&console, req.draft.file()).await {
+        Ok(v) => v.map(|v| v.id),
+        Err(r) => return r.into_response(),
+    };
     let set = match set_for(&console, Some(&req.draft)) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -152,7 +190,7 @@ pub async fn promote(
         note: req.note.trim().to_string(),
         golden: summary.clone(),
     };
-    finish(&console, &caller, version, "mapping.promote").await
+    finish(&console, &caller, version, latest, "mapping.promote").await
 }
 
 fn promote_blocking(
@@ -202,8 +240,15 @@ fn promote_blocking(
     Ok((applied, golden_summary(&report, &updated)))
 }
 
-/// Records the version and the audit entry; answers the version.
-async fn finish(console: &Console, caller: &Caller, v: NewVersion, action: &str) -> Response {
+/// Records the version and the audit entry; answers the version. When another replica
+/// recorded a version of the file since `latest`, puts this replica's old file back.
+async fn finish(
+    console: &Arc<Console>,
+    caller: &Caller,
+    v: NewVersion,
+    latest: Option<i64>,
+    action: &str,
+) -> Response {
     let target = v.file.clone();
     let detail = format!("{} -> {}; {}", v.set_before, v.set_after, v.golden);
     let answer = json!({
@@ -212,8 +257,39 @@ async fn finish(console: &Console, caller: &Caller, v: NewVersion, action: &str)
         "setAfter": v.set_after,
         "golden": v.golden,
     });
-    match console.history.record(v).await {
-        Ok(id) => {
+    let (file, before_text) = (v.file.clone(), v.before_text.clone());
+    match console.history.record(v, latest).await {
+        Ok(Recorded::Superseded(other)) => {
+            let worker = console.clone();
+            let restored =
+                tokio::task::spawn_blocking(move || apply(&worker, &file, &before_text).is_ok())
+                    .await
+                    .unwrap_or(false);
+            record(
+                console,
+                caller,
+                action,
+                target,
+                detail,
+                "undone: another replica recorded a version meanwhile",
+            )
+            .await;
+            refuse(
+                StatusCode::CONFLICT,
+                &format!(
+                    "replica {} recorded version {} of this file while this promotion ran; {}",
+                    other.replica,
+                    other.id,
+                    if restored {
+                        "this replica's old file is back"
+                    } else {
+                        "this replica's old file could NOT be put back"
+                    }
+                ),
+            )
+            .into_response()
+        }
+        Ok(Recorded::Stored(id)) => {
             record(
                 console,
                 caller,
@@ -322,6 +398,10 @@ pub async fn rollback(
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
+    let latest = match latest_here(&console, &v.file).await {
+        Ok(v) => v.map(|v| v.id),
+        Err(r) => return r.into_response(),
+    };
     let draft = Draft::new(v.file.clone(), v.before_text.clone());
     if let Err(r) = set_for(&console, Some(&draft)) {
         return r.into_response();
@@ -361,5 +441,5 @@ pub async fn rollback(
         note,
         golden,
     };
-    finish(&console, &caller, version, "mapping.rollback").await
+    finish(&console, &caller, version, latest, "mapping.rollback").await
 }

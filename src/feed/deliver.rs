@@ -15,7 +15,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -23,11 +22,12 @@ use super::{
 };
 use crate::hl7::er7;
 use crate::mllp::{ClientError, ClientTls, MllpClient};
+use crate::store::leader::Term;
 use crate::store::now_ms;
 
 /// Messages a destination takes from the store per round.
 const ROUND: usize = 256;
-/// How often queue gauges are refreshed from the store.
+/// How often this destination's queue gauges are refreshed from the store.
 const GAUGE_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,15 +112,31 @@ enum Sink {
     },
 }
 
-/// Drains one destination until shutdown.
+/// Drains one destination until its term of leadership ends.
 pub async fn run(
     feed: Arc<Feed>,
     settings: DestinationSettings,
     metrics: Arc<FeedMetrics>,
-    shutdown: CancellationToken,
+    term: Term,
+) {
+    let label = DestinationLabels {
+        destination: settings.name.clone(),
+    };
+    drain(&feed, &settings, &metrics, &term.stop, &term.lost).await;
+    // Another replica's numbers from now on.
+    metrics.queue_depth.remove(&label);
+    metrics.oldest_pending_seconds.remove(&label);
+}
+
+async fn drain(
+    feed: &Feed,
+    settings: &DestinationSettings,
+    metrics: &FeedMetrics,
+    shutdown: &CancellationToken,
+    lost: &CancellationToken,
 ) {
     let name = settings.name.clone();
-    let mut sink = match sink(&settings) {
+    let mut sink = match sink(settings) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(destination = %name, error = %e, "feed destination cannot start");
@@ -132,14 +148,15 @@ pub async fn run(
     let label = DestinationLabels {
         destination: name.clone(),
     };
-    let mut backoff = Duration::from_millis(settings.retry_initial_ms);
+    let mut backoff = settings.backoff();
     let mut gauges_at = Instant::now() - GAUGE_EVERY;
+    // Whether `feed status` may show an error that a clean round should clear (one from
+    // before a restart, too).
+    let mut error_shown = true;
     loop {
         if gauges_at.elapsed() >= GAUGE_EVERY {
             gauges_at = Instant::now();
-            if let Ok(status) = feed.destination_status().await
-                && let Some(s) = status.iter().find(|s| s.name == name)
-            {
+            if let Ok(s) = feed.destination_status_of(&name).await {
                 metrics
                     .queue_depth
                     .get_or_create(&label)
@@ -162,8 +179,8 @@ pub async fn run(
             }
         };
         if due.is_empty() {
-            let wait = match feed.next_due_at(&name).await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64),
+            let wait = match feed.next_due_in(&name).await {
+                Ok(Some(d)) => d.clamp(Duration::from_millis(1), Duration::from_secs(1)),
                 _ => GAUGE_EVERY,
             };
             tokio::select! {
@@ -179,7 +196,12 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 break;
             }
-            match attempt(&mut sink, &settings, d).await {
+            let tried = tokio::select! {
+                a = attempt(&mut sink, settings, d) => a,
+                // The lead is gone: stop sending now; the next leader sends it again.
+                _ = lost.cancelled() => break,
+            };
+            match tried {
                 Attempt::Done(outcome) => {
                     let label = match &outcome {
                         Outcome::Delivered { .. } => "delivered",
@@ -211,22 +233,35 @@ pub async fn run(
                 }
             }
         }
+        let delivered = outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Delivered { .. }));
+        let failed = unreachable.is_some()
+            || outcomes
+                .iter()
+                .any(|(_, o)| !matches!(o, Outcome::Delivered { .. }));
         if !outcomes.is_empty()
             && let Err(e) = feed.settle(&name, outcomes).await
         {
             // Unrecorded outcomes are attempted again: at least once, never lost.
             tracing::error!(destination = %name, error = %e, "feed store write failed");
         }
+        if failed {
+            error_shown = true;
+        } else if delivered && error_shown {
+            // The consumer takes messages again: an old "connect failed" is history.
+            feed.destination_recovered(&name).await;
+            error_shown = false;
+        }
         match unreachable {
-            None => backoff = Duration::from_millis(settings.retry_initial_ms),
+            None => backoff.reset(),
             Some(reason) => {
-                tracing::warn!(destination = %name, error = %reason, retry_in_ms = backoff.as_millis() as u64, "feed destination unreachable");
+                tracing::warn!(destination = %name, error = %reason, "feed destination unreachable; backing off");
                 feed.destination_error(&name, reason).await;
                 tokio::select! {
-                    _ = tokio::time::sleep(jittered(backoff)) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = shutdown.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_millis(settings.retry_max_ms));
             }
         }
     }
@@ -424,12 +459,8 @@ fn retry(
             ack_code,
         };
     }
-    let exp = settings
-        .retry_initial_ms
-        .saturating_mul(1u64 << d.attempts.min(20))
-        .min(settings.retry_max_ms);
     Outcome::Retry {
-        next_at_ms: now_ms() + jittered(Duration::from_millis(exp)).as_millis() as i64,
+        delay: settings.backoff().delay(d.attempts),
         reason,
     }
 }
@@ -454,10 +485,6 @@ async fn write_file(directory: &Path, d: &DueDelivery) -> std::io::Result<()> {
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(rand::rng().random_range(0.8..=1.2))
 }
 
 #[cfg(test)]

@@ -9,21 +9,30 @@
 //!   pending, read back one by one since a pass can miss an order — (sent only with
 //!   `on_removed = "send"`). Each
 //!   event is mapped once (ORC-1 from the `order_control` table: NW, XO, CA) and stored
-//!   with one delivery per destination in the same transaction, in the embedded
-//!   [`Store`]. So a restart resumes where it stopped and nothing found is lost.
+//!   with one delivery per destination in the same transaction, through [`FeedStore`]
+//!   (SQLite in `sqlite.rs`, PostgreSQL in `postgres.rs`). So a restart resumes where it
+//!   stopped and nothing found is lost.
 //! - Each destination ([`deliver`]) drains its own durable queue: one message at a time on
 //!   one connection, in order per patient (or appointment), retrying with back-off; a
 //!   stuck order holds back only the orders that share its key unless `ordering = "strict"`.
 //!
 //! Delivery is at least once: a crash between a consumer's ACK and its recording resends
 //! that message with the same MSH-10, which HL7 receivers use to discard duplicates.
+//!
+//! With several replicas (PostgreSQL), one replica polls each domain and one drains each
+//! destination ([`crate::store::leader`]); the watch state and delivery outcomes are written
+//! only under that lease, checked in the same transaction. Events are numbered in commit
+//! order, so a `WatchOrders` cursor never skips one that commits late.
 
 pub mod deliver;
+mod postgres;
 mod settings;
-mod store;
+mod sqlite;
 pub mod watcher;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
@@ -32,10 +41,22 @@ pub use settings::{
     OnRemoved, Ordering, SettingsError,
 };
 
-use crate::store::{Store, StoreError};
+use crate::store::migrate::Component;
+use crate::store::{Database, Signal, StoreError};
 
-/// The feed's tables, created by [`Store::open`].
-pub const SCHEMA: &str = store::SCHEMA;
+/// The feed's tables on each backend.
+pub static SCHEMA: Component = Component {
+    name: "feed",
+    copy: &[
+        ("feed_watch", "feed_watch"),
+        ("feed_orders", "feed_orders"),
+        ("feed_events", "feed_events"),
+        ("feed_deliveries", "feed_deliveries"),
+        ("feed_destinations", "feed_destinations"),
+    ],
+    sqlite: sqlite::MIGRATIONS,
+    postgres: postgres::MIGRATIONS,
+};
 
 /// What happened to an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +141,8 @@ pub struct DueDelivery {
 pub enum Outcome {
     /// The consumer took it (or the file is in place); the ACK code when there was one.
     Delivered { ack_code: Option<String> },
-    /// Try again at `next_at_ms`.
-    Retry { next_at_ms: i64, reason: String },
+    /// Try again after `delay` (by the store's clock).
+    Retry { delay: Duration, reason: String },
     /// Given up: a dead letter, kept for operators.
     Dead {
         reason: String,
@@ -194,10 +215,104 @@ pub struct WatchStatus {
     pub tracked_orders: u64,
 }
 
+/// The feed's storage: one implementation per backend. Watch-state writes (`record`,
+/// `polled`) belong to the domain's poll leader and delivery writes (`settle`,
+/// `destination_error`) to the destination's leader; PostgreSQL refuses them from a replica
+/// that does not hold that lease ([`StoreError::NotLeader`]).
+#[async_trait::async_trait]
+pub trait FeedStore: Send + Sync {
+    /// The newest event id (0 when none).
+    async fn latest_event(&self) -> Result<i64, StoreError>;
+    /// The oldest retained event id (0 when none).
+    async fn first_event(&self) -> Result<i64, StoreError>;
+    /// Fingerprints of the orders a domain's watch knows, by appointment id.
+    async fn fingerprints(&self, domain: &str) -> Result<HashMap<String, String>, StoreError>;
+    /// The last document of a tracked order.
+    async fn document(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Whether the domain's first complete poll has been recorded.
+    async fn baselined(&self, domain: &str) -> Result<bool, StoreError>;
+    /// Stores events (each with a delivery per route), baseline rows, and forgets
+    /// `removed` orders, in one transaction. Returns the last event id written.
+    async fn record(
+        &self,
+        domain: &str,
+        events: Vec<NewEvent>,
+        baseline: Vec<Baseline>,
+        removed: Vec<String>,
+        routes: Vec<(String, Ordering)>,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Notes a finished poll (complete or failed) of a domain.
+    async fn polled(&self, domain: &str, error: Option<String>) -> Result<(), StoreError>;
+    /// Deliveries of `destination` due now, oldest first: the first pending one of each
+    /// ordering key whose time has come (strict: one key for the whole destination).
+    async fn due(
+        &self,
+        destination: &str,
+        strict: bool,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError>;
+    /// How long until the destination's next pending delivery falls due (zero when one is
+    /// due); `None` when none is pending.
+    async fn next_due_in(&self, destination: &str) -> Result<Option<Duration>, StoreError>;
+    /// Records how deliveries ended, in one transaction.
+    async fn settle(
+        &self,
+        destination: &str,
+        outcomes: Vec<(i64, Outcome)>,
+    ) -> Result<(), StoreError>;
+    /// Notes a failure that is not any one delivery's.
+    async fn destination_error(&self, destination: &str, error: String) -> Result<(), StoreError>;
+    /// Clears the destination's last error: a round delivered without one.
+    async fn destination_recovered(&self, destination: &str) -> Result<(), StoreError>;
+    /// Events of `domain` after `after_id`, oldest first.
+    async fn events(
+        &self,
+        domain: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// The named destinations' queues and last contact, in the order given.
+    async fn destination_status(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<DestinationStatus>, StoreError>;
+    /// The listed domains' watches.
+    async fn watch_status(&self, domains: &[String]) -> Result<Vec<WatchStatus>, StoreError>;
+    /// Puts a destination's dead letters of `domains` back in its queue, due now.
+    async fn requeue(&self, destination: &str, domains: &[String]) -> Result<usize, StoreError>;
+    /// Deletes events older than `older_than` none of whose deliveries is pending.
+    async fn prune(&self, older_than: Duration) -> Result<usize, StoreError>;
+    /// Up to `limit` of a destination's dead letters (of every domain), newest first.
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Up to `limit` orders tracked in `domain`, most recently changed first: appointment
+    /// id and the document the mappings read.
+    async fn tracked_documents(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Up to `limit` of one appointment's retained events, newest first, each with its
+    /// deliveries ordered by destination.
+    async fn order_history(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventHistory>, StoreError>;
+}
+
 /// The feed's handle on its part of the store; shared by the watcher, the destinations
 /// and the gRPC API.
 pub struct Feed {
-    store: Arc<Store>,
+    store: Box<dyn FeedStore>,
     /// Destinations and the domains each takes.
     routes: Vec<(String, Vec<String>, Ordering)>,
     /// The newest event id, for `WatchOrders` streams waiting for more.
@@ -206,32 +321,38 @@ pub struct Feed {
     pub(crate) queued: Notify,
 }
 
+/// How often a replica looks for events other replicas recorded, when no notification came.
+const LATEST_POLL: Duration = Duration::from_secs(1);
+
 impl Feed {
-    /// The feed in `store`, routing events to the configured destinations.
-    pub async fn open(store: Arc<Store>, settings: &FeedSettings) -> Result<Arc<Feed>, StoreError> {
-        let latest = store.read(|tx, _| store::latest_event(tx)).await?;
+    /// The feed in `db`, routing events to the configured destinations. On PostgreSQL it
+    /// follows what other replicas record.
+    pub async fn open(db: &Database, settings: &FeedSettings) -> Result<Arc<Feed>, StoreError> {
+        let store: Box<dyn FeedStore> = match db {
+            Database::Sqlite(s) => Box::new(sqlite::SqliteFeed::new(s.clone())),
+            Database::Postgres(p) => Box::new(postgres::PgFeed::new(p.clone())),
+        };
+        let latest = store.latest_event().await?;
         let routes = settings
             .destinations
             .iter()
             .map(|d| (d.name.clone(), d.domains.clone(), d.ordering))
             .collect();
-        Ok(Arc::new(Feed {
+        let feed = Arc::new(Feed {
             store,
             routes,
             latest: watch::channel(latest).0,
             queued: Notify::new(),
-        }))
+        });
+        if let Database::Postgres(_) = db {
+            tokio::spawn(follow(Arc::downgrade(&feed), db.subscribe()));
+        }
+        Ok(feed)
     }
 
     /// Fingerprints of the orders a domain's watch knows, by appointment id.
-    pub async fn fingerprints(
-        &self,
-        domain: &str,
-    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let domain = domain.to_string();
-        self.store
-            .read(move |tx, _| store::fingerprints(tx, &domain))
-            .await
+    pub async fn fingerprints(&self, domain: &str) -> Result<HashMap<String, String>, StoreError> {
+        self.store.fingerprints(domain).await
     }
 
     /// The last document of a tracked order (to map its removal).
@@ -240,18 +361,12 @@ impl Feed {
         domain: &str,
         appointment_id: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let (domain, id) = (domain.to_string(), appointment_id.to_string());
-        self.store
-            .read(move |tx, _| store::document(tx, &domain, &id))
-            .await
+        self.store.document(domain, appointment_id).await
     }
 
     /// Whether the domain's first complete poll has been recorded.
     pub async fn baselined(&self, domain: &str) -> Result<bool, StoreError> {
-        let domain = domain.to_string();
-        self.store
-            .read(move |tx, _| store::baselined(tx, &domain))
-            .await
+        self.store.baselined(domain).await
     }
 
     /// Stores events (each with its deliveries) and baseline rows of a domain in one
@@ -272,16 +387,13 @@ impl Feed {
             .filter(|(_, domains, _)| domains.is_empty() || domains.iter().any(|d| d == domain))
             .map(|(name, _, ordering)| (name.clone(), *ordering))
             .collect();
-        let domain = domain.to_string();
         let queued = !events.is_empty() && !routes.is_empty();
         let last = self
             .store
-            .write(move |tx, now| {
-                store::record(tx, &domain, &events, &baseline, &removed, &routes, now)
-            })
+            .record(domain, events, baseline, removed, routes)
             .await?;
         if let Some(last) = last {
-            self.latest.send_replace(last);
+            self.saw_event(last);
         }
         if queued {
             self.queued.notify_waiters();
@@ -291,31 +403,22 @@ impl Feed {
 
     /// Notes a finished poll (complete or failed) of a domain.
     pub async fn polled(&self, domain: &str, error: Option<String>) -> Result<(), StoreError> {
-        let domain = domain.to_string();
-        self.store
-            .write(move |tx, now| store::polled(tx, &domain, error.as_deref(), now))
-            .await
+        self.store.polled(domain, error).await
     }
 
-    /// Up to `limit` deliveries of a destination due now (see `store::due`).
+    /// Up to `limit` deliveries of a destination due now (see [`FeedStore::due`]).
     pub async fn due(
         &self,
         destination: &str,
         strict: bool,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        let destination = destination.to_string();
-        self.store
-            .read(move |tx, now| store::due(tx, &destination, strict, now, limit))
-            .await
+        self.store.due(destination, strict, limit).await
     }
 
-    /// When the destination's next delivery falls due, if any is pending.
-    pub async fn next_due_at(&self, destination: &str) -> Result<Option<i64>, StoreError> {
-        let destination = destination.to_string();
-        self.store
-            .read(move |tx, _| store::next_due_at(tx, &destination))
-            .await
+    /// How long until the destination's next delivery falls due, if any is pending.
+    pub async fn next_due_in(&self, destination: &str) -> Result<Option<Duration>, StoreError> {
+        self.store.next_due_in(destination).await
     }
 
     /// Records how deliveries ended, in one transaction.
@@ -324,19 +427,17 @@ impl Feed {
         destination: &str,
         outcomes: Vec<(i64, Outcome)>,
     ) -> Result<(), StoreError> {
-        let destination = destination.to_string();
-        self.store
-            .write(move |tx, now| store::settle(tx, &destination, &outcomes, now))
-            .await
+        self.store.settle(destination, outcomes).await
     }
 
     /// Notes a failure that is not any one delivery's (the consumer is unreachable).
     pub async fn destination_error(&self, destination: &str, error: String) {
-        let destination = destination.to_string();
-        let _ = self
-            .store
-            .write(move |tx, now| store::destination_error(tx, &destination, &error, now))
-            .await;
+        let _ = self.store.destination_error(destination, error).await;
+    }
+
+    /// Clears the destination's last error after a round that delivered without one.
+    pub async fn destination_recovered(&self, destination: &str) {
+        let _ = self.store.destination_recovered(destination).await;
     }
 
     /// Events of `domain` after `after_id`, oldest first.
@@ -346,10 +447,7 @@ impl Feed {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let domain = domain.to_string();
-        self.store
-            .read(move |tx, _| store::events(tx, &domain, after_id, limit))
-            .await
+        self.store.events(domain, after_id, limit).await
     }
 
     /// Up to `limit` of a destination's dead letters, newest first.
@@ -358,10 +456,7 @@ impl Feed {
         destination: &str,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let destination = destination.to_string();
-        self.store
-            .read(move |tx, _| store::dead_letters(tx, &destination, limit))
-            .await
+        self.store.dead_letters(destination, limit).await
     }
 
     /// Up to `limit` orders the feed tracks in `domain` (the worklist as last polled), most
@@ -371,10 +466,7 @@ impl Feed {
         domain: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let domain = domain.to_string();
-        self.store
-            .read(move |tx, _| store::tracked_documents(tx, &domain, limit))
-            .await
+        self.store.tracked_documents(domain, limit).await
     }
 
     /// One appointment's retained events, newest first, with their deliveries.
@@ -384,15 +476,14 @@ impl Feed {
         appointment_id: &str,
         limit: usize,
     ) -> Result<Vec<EventHistory>, StoreError> {
-        let (domain, id) = (domain.to_string(), appointment_id.to_string());
         self.store
-            .read(move |tx, _| store::order_history(tx, &domain, &id, limit))
+            .order_history(domain, appointment_id, limit)
             .await
     }
 
     /// The oldest retained event id (0 when none): older cursors cannot be resumed.
     pub async fn first_event_id(&self) -> Result<i64, StoreError> {
-        self.store.read(|tx, _| store::first_event(tx)).await
+        self.store.first_event().await
     }
 
     /// Follows the newest event id.
@@ -404,24 +495,31 @@ impl Feed {
         *self.latest.borrow()
     }
 
+    fn saw_event(&self, id: i64) {
+        self.latest.send_if_modified(|latest| {
+            let newer = id > *latest;
+            if newer {
+                *latest = id;
+            }
+            newer
+        });
+    }
+
     /// Each destination's status, in configuration order.
     pub async fn destination_status(&self) -> Result<Vec<DestinationStatus>, StoreError> {
         let names: Vec<String> = self.routes.iter().map(|r| r.0.clone()).collect();
-        self.store
-            .read(move |tx, _| {
-                names
-                    .iter()
-                    .map(|n| store::destination_status(tx, n))
-                    .collect()
-            })
-            .await
+        self.store.destination_status(&names).await
+    }
+
+    /// One destination's status.
+    pub async fn destination_status_of(&self, name: &str) -> Result<DestinationStatus, StoreError> {
+        let mut status = self.store.destination_status(&[name.to_string()]).await?;
+        Ok(status.pop().unwrap_or_default())
     }
 
     /// Each listed domain's watch status.
     pub async fn watch_status(&self, domains: Vec<String>) -> Result<Vec<WatchStatus>, StoreError> {
-        self.store
-            .read(move |tx, _| domains.iter().map(|d| store::watch_status(tx, d)).collect())
-            .await
+        self.store.watch_status(&domains).await
     }
 
     /// Puts a destination's dead letters (of `domains`' orders) back in its queue, due now;
@@ -431,39 +529,57 @@ impl Feed {
         destination: &str,
         domains: Vec<String>,
     ) -> Result<usize, StoreError> {
-        let destination = destination.to_string();
-        let n = self
-            .store
-            .write(move |tx, now| store::requeue(tx, &destination, &domains, now))
-            .await?;
+        let n = self.store.requeue(destination, &domains).await?;
         self.queued.notify_waiters();
         Ok(n)
     }
 
-    /// Deletes events older than `older_than_ms` whose deliveries have all settled.
-    pub async fn prune(&self, older_than_ms: i64) -> Result<usize, StoreError> {
-        self.store
-            .write(move |tx, _| store::prune(tx, older_than_ms))
-            .await
+    /// Deletes events older than `older_than` whose deliveries have all settled.
+    pub async fn prune(&self, older_than: Duration) -> Result<usize, StoreError> {
+        self.store.prune(older_than).await
     }
 }
 
-/// Prunes old events hourly (and once at start) until shutdown.
-pub async fn prune_periodically(
-    feed: Arc<Feed>,
-    retention_hours: u64,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
+/// Follows what other replicas record (PostgreSQL): new events wake `WatchOrders` streams
+/// and destinations; requeued deliveries wake destinations. Notifications only wake; every
+/// [`LATEST_POLL`] the newest event id is read again in case one was lost.
+async fn follow(feed: Weak<Feed>, mut signals: tokio::sync::broadcast::Receiver<Signal>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut poll = tokio::time::interval(LATEST_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let cutoff = crate::store::now_ms() - (retention_hours * 3_600_000) as i64;
-        match feed.prune(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(events = n, "pruned old feed events"),
-            Err(e) => tracing::warn!(error = %e, "feed event pruning failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-            _ = shutdown.cancelled() => return,
+        let signal = tokio::select! {
+            s = signals.recv() => Some(s),
+            _ = poll.tick() => None,
+        };
+        let Some(feed) = feed.upgrade() else {
+            return;
+        };
+        match signal {
+            Some(Ok(Signal::Notification { channel, payload }))
+                if channel == crate::store::postgres::FEED_CHANNEL =>
+            {
+                if let Some(id) = payload
+                    .strip_prefix("event:")
+                    .and_then(|id| id.parse().ok())
+                {
+                    feed.saw_event(id);
+                }
+                feed.queued.notify_waiters();
+            }
+            Some(Ok(Signal::Notification { .. })) => {}
+            Some(Ok(Signal::Resync)) | Some(Err(RecvError::Lagged(_))) => {
+                if let Ok(latest) = feed.store.latest_event().await {
+                    feed.saw_event(latest);
+                }
+                feed.queued.notify_waiters();
+            }
+            None => {
+                if let Ok(latest) = feed.store.latest_event().await {
+                    feed.saw_event(latest);
+                }
+            }
+            Some(Err(RecvError::Closed)) => return,
         }
     }
 }

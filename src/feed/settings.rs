@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The order feed's settings. Every field has a default; the feed is off until enabled.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedSettings {
     pub enabled: bool,
@@ -56,7 +56,7 @@ impl Default for FeedSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FirstRun {
     /// Send every order pending at the first poll as new (a consumer starting empty).
@@ -66,7 +66,7 @@ pub enum FirstRun {
     Baseline,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnRemoved {
     /// Forget the order quietly (it was reported, or cancelled in QUBS).
@@ -77,7 +77,7 @@ pub enum OnRemoved {
 }
 
 /// One place messages go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DestinationSettings {
     /// Unique; names the queue in the store, metrics and `feed status`.
@@ -127,6 +127,11 @@ impl Default for DestinationSettings {
 }
 
 impl DestinationSettings {
+    /// Back-off between attempts of one message, and while the consumer is unreachable.
+    pub fn backoff(&self) -> crate::backoff::Backoff {
+        crate::backoff::Backoff::from_millis(self.retry_initial_ms, self.retry_max_ms)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }
@@ -148,7 +153,7 @@ impl DestinationSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DestinationKind {
     Mllp,
@@ -166,7 +171,7 @@ impl DestinationKind {
 
 /// TLS towards an MLLP consumer: the CA that signed its certificate, and a client
 /// certificate when it wants mutual TLS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationTls {
     pub ca_file: PathBuf,
@@ -177,7 +182,7 @@ pub struct DestinationTls {
 }
 
 /// What a negative ACK does to the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AckPolicy {
     /// Count it as delivered (the consumer has logged it its own way).
@@ -189,7 +194,7 @@ pub enum AckPolicy {
 }
 
 /// Which messages must arrive in the order they were found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
     /// Per patient (per appointment when QUBS gives no patient id): one stuck message

@@ -40,6 +40,8 @@ pub struct Watcher {
     pub metrics: Arc<super::deliver::FeedMetrics>,
     /// Complete polls in a row each known order was missing from, by (domain, id).
     pub missed: Mutex<HashMap<(String, String), u32>>,
+    /// Values the feed's mapping did not know (counted and logged, never shown).
+    pub unmapped: Arc<crate::unmapped::UnmappedValues>,
 }
 
 /// What one poll found.
@@ -67,8 +69,10 @@ impl Watcher {
     /// back-off after a failed one. A failed poll keeps the events it already stored, and
     /// decides nothing about removals.
     pub async fn run(self: Arc<Self>, domain: String, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(self.settings.retry_initial_ms);
-        let max_backoff = Duration::from_millis(self.settings.retry_max_ms);
+        let mut backoff = crate::backoff::Backoff::from_millis(
+            self.settings.retry_initial_ms,
+            self.settings.retry_max_ms,
+        );
         loop {
             let outcome = tokio::select! {
                 o = self.poll(&domain) => o,
@@ -76,7 +80,7 @@ impl Watcher {
             };
             let wait = match outcome {
                 Ok(summary) => {
-                    backoff = Duration::from_millis(self.settings.retry_initial_ms);
+                    backoff.reset();
                     if summary.new + summary.changed + summary.removed > 0 {
                         tracing::info!(
                             domain,
@@ -98,10 +102,9 @@ impl Watcher {
                 }
                 Err(e) => {
                     self.metrics.poll_failures.inc();
-                    tracing::warn!(domain, error = %e, retry_in_ms = backoff.as_millis() as u64, "feed poll failed; will retry");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(domain, error = %e, retry_in_ms = wait.as_millis() as u64, "feed poll failed; will retry");
                     let _ = self.feed.polled(&domain, Some(e.to_string())).await;
-                    let wait = jittered(backoff, 0.2);
-                    backoff = (backoff * 2).min(max_backoff);
                     wait
                 }
             };
@@ -327,16 +330,25 @@ impl Watcher {
             ..Default::default()
         };
         match mappings.map_order_with(&self.settings.mapping, document, &options) {
-            Ok(output) => match output.body {
-                Body::Hl7(er7) => Some((er7, control_id)),
-                Body::Fhir(_) => {
-                    tracing::error!(
-                        mapping = %self.settings.mapping,
-                        "feed.mapping renders FHIR, not HL7; no feed message can be sent"
-                    );
-                    None
+            Ok(output) => {
+                self.unmapped.record(
+                    &self.settings.mapping,
+                    &output.version,
+                    domain,
+                    appointment_id,
+                    &output.unmapped,
+                );
+                match output.body {
+                    Body::Hl7(er7) => Some((er7, control_id)),
+                    Body::Fhir(_) => {
+                        tracing::error!(
+                            mapping = %self.settings.mapping,
+                            "feed.mapping renders FHIR, not HL7; no feed message can be sent"
+                        );
+                        None
+                    }
                 }
-            },
+            }
             Err(e) => {
                 self.metrics.mapping_failures.inc();
                 tracing::warn!(
@@ -363,7 +375,9 @@ impl Watcher {
     }
 }
 
-/// `base` spread by up to `fraction` either way.
+/// The poll interval spread by up to `fraction` either way, so that polls of several
+/// domains (or bridges) do not fall in step. (Back-off after failures is
+/// [`crate::backoff::Backoff`].)
 fn jittered(base: Duration, fraction: f64) -> Duration {
     if fraction <= 0.0 {
         return base;

@@ -14,6 +14,7 @@ mod orders;
 mod outbox;
 mod preview;
 mod results;
+pub mod settings;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -83,7 +84,22 @@ impl Context {
         )?;
         rendered.comments = order.comments.iter().map(comment).collect();
         rendered.attachments = order.attachments.iter().map(attachment).collect();
+        let field = |name: &str| {
+            order
+                .appointment
+                .str_field(name)
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
         rendered.status = order.appointment.status().unwrap_or_default().to_string();
+        rendered.modality = field("modality");
+        rendered.priority = field("priority");
+        rendered.scheduled_local = match (field("appointmentDate"), field("startTime")) {
+            (date, _) if date.is_empty() => String::new(),
+            (date, time) if time.is_empty() => date,
+            (date, time) => format!("{date}T{time}"),
+        };
         Ok(rendered)
     }
 
@@ -130,13 +146,14 @@ impl Context {
                     "appointment {appointment_id}: mapping `{mapping}` failed: {e}"
                 ))
             })?;
+            self.metrics.unmapped.record(
+                mapping,
+                &output.version,
+                domain,
+                appointment_id,
+                &output.unmapped,
+            );
             for u in &output.unmapped {
-                self.metrics
-                    .unmapped_values
-                    .get_or_create(&crate::metrics::TableLabels {
-                        table: u.table.clone(),
-                    })
-                    .inc_by(u.count as u64);
                 warnings.push(pb::Warning {
                     code: "unmapped_value".into(),
                     rule: format!("{mapping}: table {}", u.table),

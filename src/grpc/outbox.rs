@@ -191,7 +191,7 @@ impl OutboxService for OutboxApi {
                     }
                 };
                 let older_than =
-                    now_ms() - (req.older_than_secs.min(i64::MAX as u64 / 1000) * 1000) as i64;
+                    std::time::Duration::from_secs(req.older_than_secs.min(i64::MAX as u64 / 1000));
                 let purged = self
                     .ctx
                     .results

@@ -249,6 +249,8 @@ struct TableMeta {
     values: Vec<(String, String, Pos)>,
     /// Position of the table's name.
     pos: Pos,
+    /// Where `default:` is written (file and position).
+    default_at: Option<(PathBuf, Pos)>,
     /// Inferred from a rule whose coding system is LOINC.
     used_as_loinc: bool,
 }
@@ -319,6 +321,8 @@ struct Cx {
     tables: Vec<Table>,
     table_names: HashMap<String, (usize, Pos)>,
     reads: Vec<String>,
+    /// Fields read to select list items or segments, not yet attributed to a target.
+    selectors: Vec<String>,
     table_files: Vec<PathBuf>,
     targets: HashMap<String, (Pos, bool)>,
 }
@@ -347,6 +351,23 @@ impl Cx {
         }
         self.diags.push(Diagnostic {
             file: self.file.clone(),
+            pos,
+            message: message.into(),
+            hint: (!hint.is_empty()).then_some(hint),
+        });
+    }
+
+    /// A problem in another file than the mapping's own (a table file).
+    fn err_in(
+        &mut self,
+        file: PathBuf,
+        pos: Pos,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        let hint: String = hint.into();
+        self.diags.push(Diagnostic {
+            file,
             pos,
             message: message.into(),
             hint: (!hint.is_empty()).then_some(hint),
@@ -473,6 +494,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         tables: Vec::new(),
         table_names: HashMap::new(),
         reads: Vec::new(),
+        selectors: Vec::new(),
         table_files: Vec::new(),
         targets: HashMap::new(),
     };
@@ -689,6 +711,10 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         }
         OutputKind::Hl7 => compile_hl7(&mut cx, &root),
     };
+    if output == OutputKind::Hl7 && input == InputKind::Order {
+        // MSH-7 (now) is written in the site's zone.
+        note_zone_read(&mut cx, "MSH-7");
+    }
     if !matches!(output, OutputKind::Hl7) && root.get("segments").is_some() {
         let pos = root.get("segments").map_or(root.pos, |n| n.pos);
         cx.err(pos, "`segments` is only for `output: hl7`", "use `rules`");
@@ -702,6 +728,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
             "remove it, or map the resource in a FHIR mapping",
         );
     }
+    let selectors = std::mem::take(&mut cx.selectors);
+    cx.reads.extend(selectors);
     let not_sent = not_sent_of(&mut cx, root.get("not_sent"));
     check_codes(&mut cx);
     if cx.diags.is_empty() {
@@ -1185,6 +1213,7 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
     };
     for (k, v) in entries {
         let name = k.scalar_text().unwrap_or_default();
+        let cx_file = cx.file.clone();
         // A table may live in its own file; its content is read as if written here.
         let loaded;
         let mut values_file = cx.file.clone();
@@ -1244,7 +1273,26 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
             pos: body.pos,
             kind: Kind::Map(merged_keys),
         };
-        cx.keys(&t, TABLE_KEYS, &format!("table `{name}`"));
+        // A problem inside a table file is reported at that file's own line, not at the
+        // mapping that uses the table.
+        let in_table_file = !std::ptr::eq(v, body);
+        let origin = |key: &str| -> PathBuf {
+            if in_table_file && (key.is_empty() || body.get(key).is_some()) {
+                values_file.clone()
+            } else {
+                cx_file.clone()
+            }
+        };
+        if let Kind::Map(entries) = &t.kind {
+            for (key, _) in entries {
+                let kname = key.as_str().unwrap_or("");
+                if !TABLE_KEYS.contains(&kname) {
+                    let hint = fhir::hint_for(kname, TABLE_KEYS);
+                    let message = format!("unknown key `{kname}` in table `{name}`");
+                    cx.err_in(origin(kname), key.pos, message, hint);
+                }
+            }
+        }
         let ignore_case = matches!(
             t.get("ignore_case").map(|n| &n.kind),
             Some(Kind::Bool(true))
@@ -1252,7 +1300,7 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
         let mut map = HashMap::new();
         let mut meta = TableMeta {
             system: t.get("system").and_then(|n| n.scalar_text()),
-            file: values_file,
+            file: values_file.clone(),
             pos: k.pos,
             ..TableMeta::default()
         };
@@ -1264,7 +1312,8 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                         Kind::Seq(keys) => meta
                             .synonyms
                             .push(keys.iter().filter_map(|k| k.scalar_text()).collect()),
-                        _ => cx.err(
+                        _ => cx.err_in(
+                            origin("synonyms"),
                             g.pos,
                             format!("table `{name}`: each `synonyms` entry is a list of keys"),
                             "e.g. `synonyms: [[MR, MRI], [XR, CR, DX]]`",
@@ -1274,7 +1323,8 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
             }
             Some(_) => {
                 let pos = t.get("synonyms").map_or(t.pos, |n| n.pos);
-                cx.err(
+                cx.err_in(
+                    origin("synonyms"),
                     pos,
                     format!("table `{name}`: `synonyms` must be a list of lists of keys"),
                     "e.g. `synonyms: [[MR, MRI], [XR, CR, DX]]`",
@@ -1288,7 +1338,8 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                         meta.values.push((a, b, vk.pos));
                     }
                     let (Some(a), Some(b)) = (vk.scalar_text(), vv.scalar_text()) else {
-                        cx.err(
+                        cx.err_in(
+                            origin("values"),
                             vk.pos,
                             format!("table `{name}`: keys and values must be text"),
                             "",
@@ -1301,7 +1352,8 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                         a.trim().to_string()
                     };
                     if map.insert(key, b).is_some() {
-                        cx.err(
+                        cx.err_in(
+                            origin("values"),
                             vk.pos,
                             format!(
                                 "table `{name}`: key `{a}` appears twice{}",
@@ -1316,12 +1368,14 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                     }
                 }
             }
-            Some((n, _)) => cx.err(
+            Some((n, _)) => cx.err_in(
+                origin("values"),
                 n.pos,
                 format!("table `{name}`: `values` must map codes to codes"),
                 "",
             ),
-            None => cx.err(
+            None => cx.err_in(
+                origin(""),
                 t.pos,
                 format!("table `{name}` has no `values`"),
                 "add `values:` with `from: to` lines",
@@ -1332,7 +1386,8 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
             Some((_, Some("pass_through"))) => Policy::PassThrough,
             Some((_, Some("default"))) => Policy::Default,
             Some((n, _)) => {
-                cx.err(
+                cx.err_in(
+                    origin("unmapped"),
                     n.pos,
                     format!("table `{name}`: `unmapped` must be error, pass_through or default"),
                     "",
@@ -1340,13 +1395,15 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                 Policy::Error
             }
             None => {
-                cx.err(t.pos, format!("table `{name}` has no `unmapped` policy"), "say what happens to values not in the table: `unmapped: error`, `pass_through` or `default`");
+                cx.err_in(origin(""), t.pos, format!("table `{name}` has no `unmapped` policy"), "say what happens to values not in the table: `unmapped: error`, `pass_through` or `default`");
                 Policy::Error
             }
         };
         let default = t.get("default").and_then(|n| n.scalar_text());
+        meta.default_at = t.get("default").map(|n| (origin("default"), n.pos));
         if policy == Policy::Default && default.is_none() {
-            cx.err(
+            cx.err_in(
+                origin(""),
                 t.pos,
                 format!("table `{name}` has `unmapped: default` but no `default`"),
                 "add `default: <value>`",
@@ -1362,7 +1419,8 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                         kt.trim().to_string()
                     };
                     if !map.contains_key(&lk) {
-                        cx.err(
+                        cx.err_in(
+                            origin("require_keys"),
                             k.pos,
                             format!("table `{name}` is missing the required key `{kt}`"),
                             "add it under `values`",
@@ -1370,7 +1428,12 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
                     }
                 }
             } else {
-                cx.err(req.pos, "`require_keys` must be a list", "");
+                cx.err_in(
+                    origin("require_keys"),
+                    req.pos,
+                    "`require_keys` must be a list",
+                    "",
+                );
             }
         }
         if cx.table_names.contains_key(&name) {
@@ -1383,6 +1446,13 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
         }
         cx.table_names
             .insert(name.clone(), (cx.tables.len(), k.pos));
+        let values_at = match &t.kind {
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some("values"))
+                .map(|(k, _)| (origin("values"), k.pos.line)),
+            _ => None,
+        };
         cx.table_meta.push(meta);
         cx.tables.push(Table {
             name,
@@ -1390,6 +1460,7 @@ fn compile_tables(cx: &mut Cx, n: &Node) {
             ignore_case,
             policy,
             default,
+            values_at,
         });
     }
 }
@@ -1509,6 +1580,13 @@ fn rule(cx: &mut Cx, n: &Node, scope: &Scope<'_>) -> Option<Rule> {
     };
     attribute(cx, src_reads_at, &shown, UseKind::Sent);
     let filters = filters_of(cx, n.get("filters"), &mut many);
+    let stage_filters = match &source {
+        Source::Stages(st) => st.iter().flat_map(|s| &s.filters).collect(),
+        _ => Vec::new(),
+    };
+    if filters.iter().chain(stage_filters).any(reads_zone) {
+        note_zone_read(cx, &shown);
+    }
     if many {
         cx.err(n.pos, format!("type mismatch: the source of `{target_text}` yields a list but the target holds one value"), "add a `join: \"\\n\"` or `first` filter, or use `for_each`");
     }
@@ -1573,6 +1651,31 @@ fn shown_target(scope: &Scope<'_>, t: &str) -> String {
     }
 }
 
+/// Whether a filter needs the site's time zone: it reads `site.timeZone` although no
+/// path in the file names it.
+fn reads_zone(f: &Filter) -> bool {
+    matches!(
+        f,
+        Filter::SiteTime(_) | Filter::SiteTimeEnd(_) | Filter::Hl7Time(_)
+    ) || matches!(f, Filter::Instant(out) if *out != TimeOut::Instant)
+}
+
+/// Records that `target`'s value is placed in time by the site's zone.
+fn note_zone_read(cx: &mut Cx, target: &str) {
+    const ZONE: &str = "site.timeZone";
+    if !cx.reads.iter().any(|r| r == ZONE) {
+        cx.reads.push(ZONE.to_string());
+    }
+    let u = FieldUse {
+        field: ZONE.to_string(),
+        target: format!("{target} (its UTC offset)"),
+        kind: UseKind::Decides,
+    };
+    if !cx.uses.contains(&u) {
+        cx.uses.push(u);
+    }
+}
+
 /// Records the reads made since `from` as uses by `target`.
 fn attribute(cx: &mut Cx, from: usize, target: &str, kind: UseKind) {
     let from = from.min(cx.reads.len());
@@ -1584,7 +1687,20 @@ fn attribute(cx: &mut Cx, from: usize, target: &str, kind: UseKind) {
             kind: kind.clone(),
         })
         .collect();
-    for u in new {
+    // Fields that chose list items or segments (`[commentType in (AA, PA)]`,
+    // `OBX[OBX-2 in (TX, FT)]`) decide what the target gets; they are not sent.
+    let selectors: Vec<FieldUse> = std::mem::take(&mut cx.selectors)
+        .into_iter()
+        .map(|field| FieldUse {
+            field,
+            target: target.to_string(),
+            kind: UseKind::Decides,
+        })
+        .collect();
+    for u in new.into_iter().chain(selectors) {
+        if u.kind == UseKind::Decides && !cx.reads.contains(&u.field) {
+            cx.reads.push(u.field.clone());
+        }
         if !cx.uses.contains(&u) {
             cx.uses.push(u);
         }
@@ -2029,6 +2145,9 @@ fn check_json(cx: &mut Cx, p: &JsonPath, pos: Pos, aliases: &[(String, String)])
                         ),
                         "",
                     );
+                } else {
+                    // The items are chosen by this field: it is read (see `attribute`).
+                    cx.selectors.push(fk);
                 }
             }
             _ => prefix.push_str("[]"),
@@ -2101,6 +2220,8 @@ fn check_alt(cx: &mut Cx, a: &Alt, pos: Pos, aliases: &[(String, String)]) {
                         "",
                     );
                 }
+                // The segments are chosen by this field: it is read (see `attribute`).
+                cx.selectors.push(format!("{seg}-{f}"));
             }
             cx.reads.push(h.path.to_string());
         }
@@ -2489,24 +2610,34 @@ fn check_value_type(
         }
         if let Some(i) = last_table {
             let t = cx.tables[i].clone();
-            // An empty value means "no value" (the rule writes nothing), not a code.
-            let mut bad: Vec<String> = t
-                .map
-                .values()
-                .filter(|v| !v.is_empty() && !codes.contains(&v.as_str()))
-                .cloned()
+            let tname = t.name.clone();
+            let tpos = cx.table_names.get(&tname).map_or(pos, |x| x.1);
+            // Each bad code is reported at its own line, in the table's own file. An empty
+            // value means "no value" (the rule writes nothing), not a code.
+            let meta = &cx.table_meta[i];
+            let mut bad: Vec<(PathBuf, Pos, String)> = meta
+                .values
+                .iter()
+                .filter(|(_, v, _)| !v.is_empty() && !codes.contains(&v.as_str()))
+                .map(|(k, v, p)| (meta.file.clone(), *p, format!("`{v}` (for `{k}`)")))
                 .collect();
             if let Some(d) = &t.default
                 && !codes.contains(&d.as_str())
             {
-                bad.push(d.clone());
+                let (file, at) = meta.default_at.clone().unwrap_or((cx.file.clone(), tpos));
+                bad.push((file, at, format!("the default `{d}`")));
             }
-            let tname = t.name.clone();
-            let tpos = cx.table_names.get(&tname).map_or(pos, |x| x.1);
-            if !bad.is_empty() {
-                bad.sort();
-                bad.dedup();
-                cx.err(tpos, format!("table `{tname}` feeds {}.{element} but has values that are not valid codes: {}", scope.resource, bad.join(", ")), format!("allowed: {}", codes.join(", ")));
+            let used_by = format!("{} line {}", cx.fname, pos.line);
+            for (file, at, what) in bad {
+                cx.err_in(
+                    file,
+                    at,
+                    format!(
+                        "table `{tname}`: {what} is not a valid {}.{element} code (the table feeds it at {used_by})",
+                        scope.resource
+                    ),
+                    format!("allowed: {}", codes.join(", ")),
+                );
             }
             if t.policy == Policy::PassThrough {
                 cx.err(tpos, format!("table `{tname}` feeds the coded element {}.{element} with `unmapped: pass_through`", scope.resource), "an unmapped value would make an invalid resource: use `unmapped: default` or `error`");

@@ -347,9 +347,11 @@ impl<'a> Env<'a> {
                 rule: rule.at.to_string(),
                 sources: rule_sources(rule),
             },
-            FilterError::Unmapped(table) => MapError::Unmapped {
+            FilterError::Unmapped { table, value } => MapError::Unmapped {
                 rule: rule.at.to_string(),
                 table,
+                sources: rule_sources(rule),
+                value,
             },
             FilterError::Invalid(reason) => MapError::Value {
                 rule: rule.at.to_string(),

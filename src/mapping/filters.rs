@@ -116,6 +116,9 @@ pub struct Table {
     pub policy: Policy,
     /// Value for [`Policy::Default`].
     pub default: Option<String>,
+    /// The file and line of the table's `values:` (its own file for `file:` tables): where
+    /// an analyst adds a value the table lacks.
+    pub values_at: Option<(std::path::PathBuf, u32)>,
 }
 
 impl Table {
@@ -209,13 +212,19 @@ pub const NAMES: &[&str] = &[
     "hl7_max_length",
 ];
 
-/// Why a filter failed; the rule adds where. Never holds the value.
+/// Why a filter failed; the rule adds where. Only `Unmapped` holds the value (for the
+/// offline tools), and no `Display` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterError {
     /// `required` found nothing.
     Required,
     /// A table with policy `error` did not have the value.
-    Unmapped(String),
+    Unmapped {
+        /// The table.
+        table: String,
+        /// The value, for the offline tools only (see [`super::MapError::Unmapped`]).
+        value: String,
+    },
     /// The value had the wrong form.
     Invalid(String),
 }
@@ -313,7 +322,12 @@ fn one(f: &Filter, s: String, env: &mut FilterEnv<'_>) -> Result<String, FilterE
                     match t.policy {
                         Policy::PassThrough => s,
                         Policy::Default => t.default.clone().unwrap_or_default(),
-                        Policy::Error => return Err(FilterError::Unmapped(t.name.clone())),
+                        Policy::Error => {
+                            return Err(FilterError::Unmapped {
+                                table: t.name.clone(),
+                                value: s,
+                            });
+                        }
                     }
                 }
             }
@@ -851,6 +865,7 @@ mod tests {
             ignore_case: true,
             policy,
             default: Some("routine".into()),
+            values_at: None,
         };
         let tables = [
             mk(Policy::Default),
@@ -873,7 +888,10 @@ mod tests {
         );
         assert_eq!(
             apply(&Filter::Table(2), Val::One("soon".into()), &mut e),
-            Err(FilterError::Unmapped("priority".into()))
+            Err(FilterError::Unmapped {
+                table: "priority".into(),
+                value: "soon".into()
+            })
         );
         assert_eq!(un.len(), 3);
     }

@@ -28,7 +28,9 @@ pub mod html_text;
 pub mod inbound;
 pub mod names;
 pub mod preview;
+pub mod schema;
 pub mod spec;
+pub mod unread;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -196,6 +198,11 @@ pub enum MapError {
         rule: String,
         /// The table.
         table: String,
+        /// Where the value was looked for, as written (`OBR-25 | OBX[…]-11`).
+        sources: String,
+        /// The value itself: PHI, never part of the message. Only the offline tools, whose
+        /// user supplied the input, show it (`qubs-bridge map`, golden cases).
+        value: String,
     },
     /// A value had the wrong form.
     #[error("{rule}: {reason}")]
@@ -465,7 +472,10 @@ impl MappingSet {
             }
         }
         if !diags.is_empty() {
-            diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+            diags.sort_by(|a, b| (&a.file, a.pos, &a.message).cmp(&(&b.file, b.pos, &b.message)));
+            // A table file shared by several mappings is checked once per mapping: say
+            // each of its problems once.
+            diags.dedup();
             return Err(LoadErrors(diags));
         }
         let digest = hash.finalize();
@@ -720,12 +730,9 @@ impl MappingSet {
     ) -> Result<DryRun, MapError> {
         let output = self.map_order_with(name, order, options)?;
         let m = self.mapping(name, InputKind::Order)?;
-        // Fields the file lists under `not_sent` are accounted for.
-        let mut accounted = m.reads.clone();
-        accounted.extend(m.not_sent.iter().map(|(f, _)| f.clone()));
         Ok(DryRun {
             output,
-            unread_fields: unread_fields(order, &accounted),
+            unread_fields: unread::order(m, order),
         })
     }
 

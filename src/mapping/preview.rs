@@ -34,7 +34,8 @@ pub struct Preview {
     /// FHIR JSON (pretty), ER7 (CR between segments), or the report submissions as JSON.
     pub output: String,
     pub warnings: Vec<Warning>,
-    /// Order fields no rule read (outbound mappings only).
+    /// Input fields no rule read: order fields, HL7 positions of an ORU^R01, or element
+    /// paths of a DiagnosticReport ([`super::unread`]).
     pub unread_fields: Vec<String>,
     pub errors: Vec<Problem>,
 }
@@ -130,11 +131,21 @@ pub fn preview(
                 site,
                 config,
             };
+            let compiled = set.get(mapping);
+            let mut unread = Vec::new();
             let mapped = if kind == InputKind::Oru {
+                if let Some(m) = compiled {
+                    unread = super::unread::oru(m, input);
+                }
                 set.map_oru_with(mapping, input, &ctx)
             } else {
                 match serde_json::from_str::<Value>(input) {
-                    Ok(v) => set.map_diagnostic_report(&v, &ctx),
+                    Ok(v) => {
+                        if let Some(m) = compiled {
+                            unread = super::unread::diagnostic_report(m, &v);
+                        }
+                        set.map_diagnostic_report(&v, &ctx)
+                    }
                     Err(e) => {
                         preview.errors.push(not_json(e));
                         return Ok(preview);
@@ -146,6 +157,7 @@ pub fn preview(
                     preview.output =
                         serde_json::to_string_pretty(&inbound.submissions).unwrap_or_default();
                     preview.warnings = unmapped(&inbound.unmapped).collect();
+                    preview.unread_fields = unread;
                     preview
                         .warnings
                         .extend(inbound.warnings.into_iter().map(|w| Warning {

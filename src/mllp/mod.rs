@@ -44,16 +44,16 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::TlsSettings;
+use crate::tls::TlsSettings;
 
 pub use client::{ClientError, ClientTls, MllpClient};
 pub use codec::{CodecError, Inbound, MllpCodec};
 pub use server::{Connection, Handler, MllpServer, ReplyError, ServerError, serve, start};
 
 /// The MLLP listener's settings. Every field has a default, so an empty section is valid.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MllpServerSettings {
     /// Whether the service runs the ORU^R01 listener.

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use super::codec::{CodecError, Inbound, MllpCodec, check_payload, put_frame};
 use super::{MllpMetrics, MllpServerSettings, SettingsError};
-use crate::config::TlsSettings;
+use crate::tls::TlsSettings;
 
 /// Replies a connection may have queued before [`Connection::reply`] waits.
 const REPLY_QUEUE: usize = 64;

@@ -1,28 +1,29 @@
-//! The durable outbox: every result the bridge accepts is committed to disk here before any
+//! The durable outbox: every result the bridge accepts is committed here before any
 //! acknowledgement promises it, and stays until QUBS has it or an operator purges it.
 //!
-//! It lives in the embedded [`Store`] (see there for durability and group commit).
-//! **Why SQLite** (rusqlite, with SQLite compiled in, so nothing to install): one file that
-//! survives `kill -9` and power loss, secondary indexes for the queries the worker needs
-//! (due results, oldest unsettled result per appointment) and the operators need (by state,
-//! domain, appointment), and a file any operator can open with the `sqlite3` shell. redb
-//! would have served the durability, but every secondary index would be hand-maintained
-//! tables.
+//! The outbox talks to its storage through [`OutboxStore`] (domain types in and out), with
+//! one implementation per backend of the [`crate::store`]: `sqlite.rs` (the embedded file,
+//! one process) and `postgres.rs` (several replicas claiming work from one database). Each
+//! owns its tables and migrations ([`SCHEMA`]).
 //!
-//! Times are Unix milliseconds. A result is `pending` until it is `submitted` (QUBS answered
-//! 201) or `dead` (a permanent refusal, or the retry horizon passed): see
-//! [`crate::results::worker`].
+//! Times are Unix milliseconds of the store's clock. A result is `pending` until it is
+//! `submitted` (QUBS answered 201) or `dead` (a permanent refusal, or the retry horizon
+//! passed): see [`crate::results::worker`]. A pending result is handed to one worker at a
+//! time: [`Outbox::claim`] marks it as this replica's (with a lease on PostgreSQL, so that
+//! the work of a replica that died is taken over once the lease runs out), and settling it
+//! or scheduling a retry ends the claim.
 
-mod store;
+mod postgres;
+mod sqlite;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::store::Store;
+use crate::store::migrate::Component;
+use crate::store::{Database, Signal, StoreMetrics};
 pub use crate::store::{StoreError as OutboxError, now_ms};
 
 /// Where an input came from; decides how the worker turns the stored body into a report.
@@ -118,6 +119,9 @@ pub struct NewMessage {
     pub source_id: String,
     pub body: Vec<u8>,
     pub results: Vec<NewResult>,
+    /// Someone waits for these results to settle (ack mode `after_submit`, or an enhanced
+    /// mode application ACK): the replica that settles one tells the others.
+    pub awaited: bool,
 }
 
 /// What [`Outbox::admit`] did.
@@ -198,13 +202,15 @@ impl Entry {
     }
 }
 
-/// A result due for submission, with what the worker needs to submit it.
+/// A result claimed for submission, with what the worker needs to submit it.
 #[derive(Debug, Clone)]
 pub struct Due {
     pub entry: Entry,
     pub source: Source,
     pub body: Vec<u8>,
     pub attachments: Vec<Attachment>,
+    /// The store's clock when it was claimed.
+    pub claimed_at_ms: i64,
 }
 
 /// Which entries to list.
@@ -262,85 +268,150 @@ impl Stats {
     }
 }
 
-/// The outbox's tables, created by [`crate::store::Store::open`].
-pub const SCHEMA: &str = store::SCHEMA;
+/// The outbox's storage: one implementation per backend.
+#[async_trait::async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Stores a message's results durably (see [`Admission`]): when this returns `Stored`,
+    /// they are committed.
+    async fn admit(&self, message: NewMessage) -> Result<Admission, OutboxError>;
+
+    /// Claims up to `limit` results due now for this process: oldest first, at most one per
+    /// appointment, never one behind an older unsettled result of its appointment, never one
+    /// another worker holds. A claim lasts until the result is settled, scheduled again, or
+    /// released — or, on PostgreSQL, until its lease runs out because this process died.
+    async fn claim(&self, limit: usize) -> Result<Vec<Due>, OutboxError>;
+
+    /// Gives a claim back without an outcome (the attempt ended unexpectedly).
+    async fn release(&self, id: i64);
+
+    /// Records how a claimed result ended. A claim that was lost meanwhile (another
+    /// replica took the result over) records nothing.
+    async fn settle(&self, id: i64, settled: &Settled) -> Result<(), OutboxError>;
+
+    /// Schedules another attempt `delay` from now (by the store's clock).
+    async fn retry_later(
+        &self,
+        id: i64,
+        delay: Duration,
+        reason: &str,
+        qubs_request_id: Option<&str>,
+    ) -> Result<(), OutboxError>;
+
+    /// The entries among `ids` that exist, in the order asked.
+    async fn entries(&self, ids: &[i64]) -> Result<Vec<Entry>, OutboxError>;
+
+    async fn list(&self, filter: &EntryFilter) -> Result<Vec<Entry>, OutboxError>;
+
+    /// Puts dead letters back in the queue, due now; returns how many were dead.
+    async fn requeue(&self, ids: &[i64]) -> Result<usize, OutboxError>;
+
+    /// Deletes `submitted` or `dead` results last updated more than `older_than` ago (of
+    /// `domains`, or all when empty), and messages left without results.
+    async fn purge(
+        &self,
+        state: State,
+        older_than: Duration,
+        domains: &[String],
+    ) -> Result<usize, OutboxError>;
+
+    /// Counts by state; `with_submitted` also counts the settled history (slower).
+    async fn stats(&self, with_submitted: bool) -> Result<Stats, OutboxError>;
+}
+
+/// The outbox's tables on each backend.
+pub static SCHEMA: Component = Component {
+    name: "outbox",
+    copy: &[
+        ("messages", "outbox_messages"),
+        ("results", "outbox_results"),
+        ("attachments", "outbox_attachments"),
+    ],
+    sqlite: sqlite::MIGRATIONS,
+    postgres: postgres::MIGRATIONS,
+};
 
 /// The outbox handle; cheap to share behind an `Arc`.
 pub struct Outbox {
-    store: Arc<Store>,
+    store: Box<dyn OutboxStore>,
+    metrics: Arc<StoreMetrics>,
     /// Wakes the worker when something new is due.
     pub(crate) wake: Notify,
     /// Callers waiting for a result to settle (ack mode `after_submit`), by result id.
     waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<Settled>>>>,
 }
 
+/// How often waiters look at the store themselves when no notification came.
+const WAITER_POLL: Duration = Duration::from_secs(1);
+
 impl Outbox {
-    /// The outbox in `store`.
-    pub fn new(store: Arc<Store>) -> Arc<Outbox> {
-        Arc::new(Outbox {
+    /// The outbox in `db`. On PostgreSQL it follows the other replicas' changes.
+    pub fn new(db: &Database, metrics: Arc<StoreMetrics>) -> Arc<Outbox> {
+        let store: Box<dyn OutboxStore> = match db {
+            Database::Sqlite(s) => Box::new(sqlite::SqliteOutbox::new(s.clone())),
+            Database::Postgres(p) => Box::new(postgres::PgOutbox::new(p.clone())),
+        };
+        let outbox = Arc::new(Outbox {
             store,
+            metrics,
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Opens a store of its own at `path` (tools and tests; the service shares one store).
-    pub fn open(path: &Path) -> Result<Arc<Outbox>, OutboxError> {
-        Ok(Outbox::new(Store::open(path)?))
+        });
+        if let Database::Postgres(_) = db {
+            tokio::spawn(follow(Arc::downgrade(&outbox), db.subscribe()));
+        }
+        outbox
     }
 
     /// Stores a message's results durably (see [`Admission`]). When this returns `Stored`,
-    /// the results are on disk.
+    /// the results are committed.
     pub async fn admit(&self, message: NewMessage) -> Result<Admission, OutboxError> {
-        let admission = self
-            .store
-            .write(move |tx, now| store::admit(tx, &message, now))
-            .await?;
+        let admission = self.store.admit(message).await?;
         if matches!(admission, Admission::Stored { .. }) {
             self.wake.notify_one();
         }
         Ok(admission)
     }
 
-    /// Results due now (see `store::due`), skipping `busy` ones already being submitted.
-    pub async fn due(&self, limit: usize, busy: Vec<i64>) -> Result<Vec<Due>, OutboxError> {
-        self.store
-            .read(move |tx, now| store::due(tx, now, limit, &busy))
-            .await
+    /// Claims up to `limit` due results for this process (see [`OutboxStore::claim`]).
+    pub async fn claim(&self, limit: usize) -> Result<Vec<Due>, OutboxError> {
+        let started = Instant::now();
+        let claimed = self.store.claim(limit).await;
+        self.metrics
+            .claim_seconds
+            .observe(started.elapsed().as_secs_f64());
+        claimed
+    }
+
+    /// Gives a claim back without an outcome.
+    pub async fn release(&self, id: i64) {
+        self.store.release(id).await;
+        self.wake.notify_one();
     }
 
     /// Records how a result ended and tells whoever waits for it.
     pub async fn settle(&self, id: i64, settled: Settled) -> Result<(), OutboxError> {
-        let stored = settled.clone();
-        self.store
-            .write(move |tx, now| store::settle(tx, id, &stored, now))
-            .await?;
-        let waiting = self.waiters.lock().expect("waiters").remove(&id);
-        for w in waiting.into_iter().flatten() {
-            let _ = w.send(settled.clone());
-        }
+        self.store.settle(id, &settled).await?;
+        self.answer_waiters(id, settled);
         // A settled result may unblock the next one of its appointment.
         self.wake.notify_one();
         Ok(())
     }
 
-    /// Schedules another attempt.
+    /// Schedules another attempt `delay` from now, by the store's clock.
     pub async fn retry_later(
         &self,
         id: i64,
-        next_at_ms: i64,
+        delay: Duration,
         reason: String,
         qubs_request_id: Option<String>,
     ) -> Result<(), OutboxError> {
         self.store
-            .write(move |tx, now| {
-                store::retry_later(tx, id, next_at_ms, &reason, qubs_request_id.as_deref(), now)
-            })
+            .retry_later(id, delay, &reason, qubs_request_id.as_deref())
             .await
     }
 
     pub async fn entries(&self, ids: Vec<i64>) -> Result<Vec<Entry>, OutboxError> {
-        self.store.read(move |tx, _| store::entries(tx, &ids)).await
+        self.store.entries(&ids).await
     }
 
     pub async fn entry(&self, id: i64) -> Result<Option<Entry>, OutboxError> {
@@ -348,15 +419,12 @@ impl Outbox {
     }
 
     pub async fn list(&self, filter: EntryFilter) -> Result<Vec<Entry>, OutboxError> {
-        self.store.read(move |tx, _| store::list(tx, &filter)).await
+        self.store.list(&filter).await
     }
 
     /// Puts dead letters back in the queue; returns how many were dead.
     pub async fn requeue(&self, ids: Vec<i64>) -> Result<usize, OutboxError> {
-        let n = self
-            .store
-            .write(move |tx, now| store::requeue(tx, &ids, now))
-            .await?;
+        let n = self.store.requeue(&ids).await?;
         self.wake.notify_one();
         Ok(n)
     }
@@ -399,26 +467,22 @@ impl Outbox {
         Ok(self.requeue(ids).await?)
     }
 
-    /// Deletes `submitted` or `dead` results last updated before `older_than_ms`.
+    /// Deletes `submitted` or `dead` results last updated more than `older_than` ago.
     pub async fn purge(
         &self,
         state: State,
-        older_than_ms: i64,
+        older_than: Duration,
         domains: Vec<String>,
     ) -> Result<usize, OutboxError> {
         if state == State::Pending {
             return Ok(0);
         }
-        self.store
-            .write(move |tx, _| store::purge(tx, state, older_than_ms, &domains))
-            .await
+        self.store.purge(state, older_than, &domains).await
     }
 
     /// Counts by state; `with_submitted` also counts the settled history (slower).
     pub async fn stats(&self, with_submitted: bool) -> Result<Stats, OutboxError> {
-        self.store
-            .read(move |tx, _| store::stats(tx, with_submitted))
-            .await
+        self.store.stats(with_submitted).await
     }
 
     /// Waits until result `id` settles, for at most `limit`. `None` when it has not.
@@ -449,6 +513,18 @@ impl Outbox {
         outcome
     }
 
+    /// Whether anyone waits for results to settle (tests).
+    pub fn has_waiters(&self) -> bool {
+        !self.waiters.lock().expect("waiters").is_empty()
+    }
+
+    fn answer_waiters(&self, id: i64, settled: Settled) {
+        let waiting = self.waiters.lock().expect("waiters").remove(&id);
+        for w in waiting.into_iter().flatten() {
+            let _ = w.send(settled.clone());
+        }
+    }
+
     fn forget_waiters(&self, id: i64) {
         let mut waiters = self.waiters.lock().expect("waiters");
         if let Some(list) = waiters.get_mut(&id) {
@@ -458,229 +534,70 @@ impl Outbox {
             }
         }
     }
+
+    /// Answers the waiters among `ids` whose results have settled (in the store).
+    async fn look_again(&self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Ok(entries) = self.entries(ids).await {
+            for e in entries {
+                if let Some(settled) = e.settled() {
+                    self.answer_waiters(e.id, settled);
+                }
+            }
+        }
+    }
+
+    fn waited_ids(&self) -> Vec<i64> {
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .keys()
+            .copied()
+            .collect()
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn result(key: &str, appointment: &str, status: &str) -> NewResult {
-        NewResult {
-            key: key.into(),
-            domain: "acme".into(),
-            appointment_id: appointment.into(),
-            group: 0,
-            report_status: status.into(),
-            attachments: vec![Attachment {
-                file_name: "r.pdf".into(),
-                content_type: "application/pdf".into(),
-                content: b"%PDF-1.4".to_vec(),
-            }],
-        }
-    }
-
-    fn message(results: Vec<NewResult>) -> NewMessage {
-        NewMessage {
-            source: Source::Hl7,
-            source_id: "MSG1".into(),
-            body: b"MSH|...".to_vec(),
-            results,
-        }
-    }
-
-    fn stored(a: Admission) -> Vec<i64> {
-        match a {
-            Admission::Stored { ids } => ids,
-            other => panic!("expected Stored, got {other:?}"),
-        }
-    }
-
-    fn submitted() -> Settled {
-        Settled::Submitted(Receipt {
-            report_guid: "g".into(),
-            report_status: Some("final".into()),
-            reported_at_utc: None,
-        })
-    }
-
-    #[tokio::test]
-    async fn retransmissions_are_recognised_and_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/outbox.db");
-        let outbox = Outbox::open(&path).unwrap();
-        let ids = stored(
-            outbox
-                .admit(message(vec![
-                    result("k1", "A1", "final"),
-                    result("k2", "A2", "final"),
-                ]))
-                .await
-                .unwrap(),
-        );
-        assert_eq!(ids.len(), 2);
-        let again = outbox
-            .admit(message(vec![
-                result("k1", "A1", "final"),
-                result("k2", "A2", "final"),
-            ]))
-            .await
-            .unwrap();
-        assert_eq!(again, Admission::Duplicate { ids: ids.clone() });
-        drop(outbox);
-        // Give the writer thread a moment to close the database.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let outbox = Outbox::open(&path).unwrap();
-        let stats = outbox.stats(true).await.unwrap();
-        assert_eq!(stats.pending, 2);
-        let due = outbox.due(10, vec![]).await.unwrap();
-        assert_eq!(due.len(), 2);
-        assert_eq!(due[0].attachments.len(), 1);
-        assert_eq!(due[0].attachments[0].content, b"%PDF-1.4");
-        assert_eq!(due[0].body, b"MSH|...");
-    }
-
-    #[tokio::test]
-    async fn one_appointment_at_a_time_in_arrival_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("o.db")).unwrap();
-        let first = stored(
-            outbox
-                .admit(message(vec![result("k1", "A1", "preliminary")]))
-                .await
-                .unwrap(),
-        )[0];
-        let second = stored(
-            outbox
-                .admit(message(vec![result("k2", "A1", "final")]))
-                .await
-                .unwrap(),
-        )[0];
-        let other = stored(
-            outbox
-                .admit(message(vec![result("k3", "A2", "final")]))
-                .await
-                .unwrap(),
-        )[0];
-        let ids = |d: Vec<Due>| d.iter().map(|d| d.entry.id).collect::<Vec<_>>();
-        assert_eq!(ids(outbox.due(10, vec![]).await.unwrap()), [first, other]);
-        // Busy ones are skipped, and their appointment's later results still wait.
-        assert_eq!(ids(outbox.due(10, vec![first]).await.unwrap()), [other]);
-        outbox.settle(first, submitted()).await.unwrap();
-        assert_eq!(ids(outbox.due(10, vec![]).await.unwrap()), [second, other]);
-        // A retry later is not due now.
-        outbox
-            .retry_later(second, now_ms() + 60_000, "503".into(), None)
-            .await
-            .unwrap();
-        assert_eq!(ids(outbox.due(10, vec![]).await.unwrap()), [other]);
-        let e = outbox.entry(second).await.unwrap().unwrap();
-        assert_eq!((e.attempts, e.state), (1, State::Pending));
-        assert_eq!(e.last_error.as_deref(), Some("503"));
-    }
-
-    #[tokio::test]
-    async fn a_preliminary_never_follows_a_final() {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("o.db")).unwrap();
-        let final_id = stored(
-            outbox
-                .admit(message(vec![result("k1", "A1", "final")]))
-                .await
-                .unwrap(),
-        )[0];
-        let refused = outbox
-            .admit(message(vec![
-                result("k2", "A2", "final"),
-                result("k3", "A1", "preliminary"),
-            ]))
-            .await
-            .unwrap();
-        assert_eq!(
-            refused,
-            Admission::PreliminaryAfterFinal { index: 1, final_id }
-        );
-        // Nothing of the refused message was stored.
-        assert_eq!(outbox.stats(true).await.unwrap().pending, 1);
-        // A final that died does not stand in the way.
-        outbox
-            .settle(
-                final_id,
-                Settled::Dead {
-                    kind: "not_found".into(),
-                    reason: "404".into(),
-                    qubs_request_id: None,
-                },
-            )
-            .await
-            .unwrap();
-        stored(
-            outbox
-                .admit(message(vec![result("k3", "A1", "preliminary")]))
-                .await
-                .unwrap(),
-        );
-    }
-
-    #[tokio::test]
-    async fn waiters_hear_of_settling_and_operators_can_requeue_and_purge() {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("o.db")).unwrap();
-        let id = stored(
-            outbox
-                .admit(message(vec![result("k1", "A1", "final")]))
-                .await
-                .unwrap(),
-        )[0];
-        assert_eq!(
-            outbox.wait_settled(id, Duration::from_millis(20)).await,
-            None
-        );
-        let waiter = {
-            let outbox = outbox.clone();
-            tokio::spawn(async move { outbox.wait_settled(id, Duration::from_secs(5)).await })
+/// Follows what other replicas do (PostgreSQL): a result settled elsewhere answers the
+/// waiters here; new or requeued work wakes the worker. Notifications only wake: the store
+/// decides. Every [`WAITER_POLL`] the waiters look at the store themselves, in case a
+/// notification was lost.
+async fn follow(outbox: Weak<Outbox>, mut signals: tokio::sync::broadcast::Receiver<Signal>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut poll = tokio::time::interval(WAITER_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let signal = tokio::select! {
+            s = signals.recv() => Some(s),
+            _ = poll.tick() => None,
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let dead = Settled::Dead {
-            kind: "rejected".into(),
-            reason: "400".into(),
-            qubs_request_id: Some("req-1".into()),
+        let Some(outbox) = outbox.upgrade() else {
+            return;
         };
-        outbox.settle(id, dead.clone()).await.unwrap();
-        assert_eq!(waiter.await.unwrap(), Some(dead.clone()));
-        // Waiting on a settled result answers at once and leaves no waiter behind.
-        assert_eq!(
-            outbox.wait_settled(id, Duration::from_secs(5)).await,
-            Some(dead)
-        );
-        assert!(outbox.waiters.lock().unwrap().is_empty());
-        let listed = outbox
-            .list(EntryFilter {
-                state: Some(State::Dead),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].qubs_request_id.as_deref(), Some("req-1"));
-        assert_eq!(outbox.requeue(vec![id]).await.unwrap(), 1);
-        assert_eq!(outbox.due(10, vec![]).await.unwrap().len(), 1);
-        outbox.settle(id, submitted()).await.unwrap();
-        // Purge never touches pending results, and takes settled ones older than asked.
-        assert_eq!(outbox.purge(State::Submitted, 0, vec![]).await.unwrap(), 0);
-        assert_eq!(
-            outbox
-                .purge(State::Submitted, now_ms() + 1, vec![])
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            outbox.stats(true).await.unwrap(),
-            Stats {
-                submitted: Some(0),
-                ..Stats::default()
+        match signal {
+            Some(Ok(Signal::Notification { channel, payload }))
+                if channel == crate::store::postgres::OUTBOX_CHANNEL =>
+            {
+                match payload
+                    .strip_prefix("settled:")
+                    .and_then(|id| id.parse().ok())
+                {
+                    Some(id) => {
+                        if outbox.waiters.lock().expect("waiters").contains_key(&id) {
+                            outbox.look_again(vec![id]).await;
+                        }
+                    }
+                    None => outbox.wake.notify_one(),
+                }
             }
-        );
+            Some(Ok(Signal::Notification { .. })) => {}
+            Some(Ok(Signal::Resync)) | Some(Err(RecvError::Lagged(_))) | None => {
+                let ids = outbox.waited_ids();
+                outbox.look_again(ids).await;
+                outbox.wake.notify_one();
+            }
+            Some(Err(RecvError::Closed)) => return,
+        }
     }
 }

@@ -7,12 +7,15 @@
 //! over the list feeds it: the readiness probe's, the feed's, and the passes this module
 //! makes itself when a lookup misses or its data is too old, one at a time per domain.
 //!
-//! The appointments are kept in the embedded store ([`store`]), written only when they
+//! The appointments are kept in the store ([`store`]; shared by the replicas on
+//! PostgreSQL), written only when they
 //! changed (or hourly, so rows of appointments that left the list can be told apart and
 //! forgotten after a day). What was seen in which pass is kept in memory, 16 bytes per
 //! appointment: which passes are complete, and in which pass each appointment was last
 //! listed.
 
+mod postgres;
+mod sqlite;
 pub mod store;
 
 use std::collections::HashMap;
@@ -26,7 +29,15 @@ use tokio::time::Instant;
 
 use crate::qubs::{self, Appointment};
 use crate::store::StoreError;
-pub use store::PendingStore;
+pub use store::{PendingListStore, PendingStore};
+
+/// The pending list's table on each backend.
+pub static SCHEMA: crate::store::migrate::Component = crate::store::migrate::Component {
+    name: "pending_list",
+    copy: &[("pending_appointments", "pending_appointments")],
+    sqlite: sqlite::MIGRATIONS,
+    postgres: postgres::MIGRATIONS,
+};
 
 /// A lookup that misses reads the list again only if the last pass began longer ago than
 /// this: a burst of lookups for appointments QUBS does not list costs one pass.

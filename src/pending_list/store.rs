@@ -1,38 +1,54 @@
-//! The pending list's one table: each appointment as QUBS last listed it. Every statement
-//! that touches the table is here, taking and giving domain types, so that another storage
-//! engine can take its place without its callers noticing.
+//! The pending list's storage: each appointment as QUBS last listed it, through
+//! [`PendingListStore`] (domain types in and out), one implementation per backend
+//! (`sqlite.rs`, `postgres.rs`). Replicas on PostgreSQL share the table: a listing any
+//! replica saw serves every replica's lookups.
 
 use std::sync::Arc;
-
-use rusqlite::{OptionalExtension, params};
+use std::time::Duration;
 
 use crate::qubs::Appointment;
-use crate::store::{Cached, Store, StoreError};
+use crate::store::{Database, StoreError};
 
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS pending_appointments (
-    domain          TEXT    NOT NULL,
-    appointment_id  TEXT    NOT NULL,
-    site_name       TEXT,
-    document        BLOB    NOT NULL,
-    seen_at         INTEGER NOT NULL,
-    PRIMARY KEY (domain, appointment_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS pending_appointments_seen ON pending_appointments(domain, seen_at);
-";
+/// The pending list's table on one backend.
+#[async_trait::async_trait]
+pub trait PendingListStore: Send + Sync {
+    /// Stores these appointments as seen now (the time is the store's).
+    async fn save(&self, domain: &str, appointments: Vec<Appointment>) -> Result<(), StoreError>;
 
-/// Appointments as last listed, in the embedded store.
+    /// The appointment as last listed, if it ever was.
+    async fn appointment(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+    ) -> Result<Option<Appointment>, StoreError>;
+
+    /// The scheduled site of an appointment as last listed: `None` when it never was,
+    /// `Some(None)` when it names no site.
+    async fn site_name(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+    ) -> Result<Option<Option<String>>, StoreError>;
+
+    /// Forgets appointments of `domain` not listed for `age`; answers how many.
+    async fn forget_unseen_for(&self, domain: &str, age: Duration) -> Result<usize, StoreError>;
+}
+
+/// Appointments as last listed, in the store; cheap to clone.
 #[derive(Clone)]
 pub struct PendingStore {
-    store: Arc<Store>,
+    inner: Arc<dyn PendingListStore>,
 }
 
 impl PendingStore {
-    pub fn new(store: Arc<Store>) -> PendingStore {
-        PendingStore { store }
+    pub fn new(db: &Database) -> PendingStore {
+        let inner: Arc<dyn PendingListStore> = match db {
+            Database::Sqlite(s) => Arc::new(super::sqlite::SqlitePending::new(s.clone())),
+            Database::Postgres(p) => Arc::new(super::postgres::PgPending::new(p.clone())),
+        };
+        PendingStore { inner }
     }
 
-    /// Stores these appointments as seen now (the time is the store's).
     pub async fn save(
         &self,
         domain: &str,
@@ -41,152 +57,38 @@ impl PendingStore {
         if appointments.is_empty() {
             return Ok(());
         }
-        let domain = domain.to_string();
-        self.store
-            .write(move |tx, now| {
-                for a in &appointments {
-                    let document = serde_json::to_vec(a.fields()).expect("JSON serializes");
-                    tx.exec(
-                        "INSERT INTO pending_appointments
-                             (domain, appointment_id, site_name, document, seen_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (domain, appointment_id) DO UPDATE SET
-                             site_name = excluded.site_name,
-                             document = excluded.document,
-                             seen_at = excluded.seen_at",
-                        params![domain, a.id(), a.scheduled_site(), document, now],
-                    )?;
-                }
-                Ok(())
-            })
-            .await
+        self.inner.save(domain, appointments).await
     }
 
-    /// The appointment as last listed, if it ever was.
     pub async fn appointment(
         &self,
         domain: &str,
         appointment_id: &str,
     ) -> Result<Option<Appointment>, StoreError> {
-        let (domain, id) = (domain.to_string(), appointment_id.to_string());
-        let document: Option<Vec<u8>> = self
-            .store
-            .read(move |tx, _| {
-                tx.row(
-                    "SELECT document FROM pending_appointments
-                     WHERE domain = ?1 AND appointment_id = ?2",
-                    params![domain, id],
-                    |r| r.get(0),
-                )
-                .optional()
-            })
-            .await?;
-        // What was stored was read from QUBS as an appointment; a row that no longer reads
-        // as one (a damaged file) is as good as absent.
-        Ok(document
-            .and_then(|d| serde_json::from_slice(&d).ok())
-            .and_then(|v| Appointment::from_json(v).ok()))
+        self.inner.appointment(domain, appointment_id).await
     }
 
-    /// The scheduled site of an appointment as last listed: `None` when it never was,
-    /// `Some(None)` when it names no site.
     pub async fn site_name(
         &self,
         domain: &str,
         appointment_id: &str,
     ) -> Result<Option<Option<String>>, StoreError> {
-        let (domain, id) = (domain.to_string(), appointment_id.to_string());
-        self.store
-            .read(move |tx, _| {
-                tx.row(
-                    "SELECT site_name FROM pending_appointments
-                     WHERE domain = ?1 AND appointment_id = ?2",
-                    params![domain, id],
-                    |r| r.get::<_, Option<String>>(0),
-                )
-                .optional()
-            })
-            .await
+        self.inner.site_name(domain, appointment_id).await
     }
 
-    /// Forgets appointments of `domain` not listed for `age`; answers how many.
     pub async fn forget_unseen_for(
         &self,
         domain: &str,
-        age: std::time::Duration,
+        age: Duration,
     ) -> Result<usize, StoreError> {
-        let domain = domain.to_string();
-        let age_ms = age.as_millis() as i64;
-        self.store
-            .write(move |tx, now| {
-                tx.exec(
-                    "DELETE FROM pending_appointments WHERE domain = ?1 AND seen_at < ?2",
-                    params![domain, now - age_ms],
-                )
-            })
-            .await
+        self.inner.forget_unseen_for(domain, age).await
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn appointment(id: &str, site: Option<&str>, name: &str) -> Appointment {
-        Appointment::from_json(
-            json!({"appointmentId": id, "scheduledSite": site, "patientName": name, "x": [1]}),
-        )
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn appointments_round_trip_by_domain_and_are_forgotten_when_unseen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = PendingStore::new(Store::open(&dir.path().join("bridge.db")).unwrap());
-        store
-            .save(
-                "acme",
-                vec![
-                    appointment("A1", Some("Harbour Imaging"), "One"),
-                    appointment("A2", None, "Two"),
-                ],
-            )
-            .await
-            .unwrap();
-        let a1 = store.appointment("acme", "A1").await.unwrap().unwrap();
-        assert_eq!(a1, appointment("A1", Some("Harbour Imaging"), "One"));
-        assert_eq!(
-            store.site_name("acme", "A1").await.unwrap(),
-            Some(Some("Harbour Imaging".into()))
-        );
-        assert_eq!(store.site_name("acme", "A2").await.unwrap(), Some(None));
-        assert_eq!(store.site_name("acme", "A3").await.unwrap(), None);
-        assert_eq!(store.appointment("globex", "A1").await.unwrap(), None);
-        // A later listing replaces the earlier one.
-        store
-            .save("acme", vec![appointment("A1", Some("Lakeside MRI"), "Uno")])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.appointment("acme", "A1").await.unwrap().unwrap(),
-            appointment("A1", Some("Lakeside MRI"), "Uno")
-        );
-        assert_eq!(
-            store
-                .forget_unseen_for("acme", std::time::Duration::from_secs(3600))
-                .await
-                .unwrap(),
-            0
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert_eq!(
-            store
-                .forget_unseen_for("acme", std::time::Duration::from_millis(10))
-                .await
-                .unwrap(),
-            2
-        );
-        assert_eq!(store.appointment("acme", "A1").await.unwrap(), None);
-    }
+/// What was stored was read from QUBS as an appointment; a row that no longer reads as one
+/// (a damaged file) is as good as absent.
+pub(super) fn read_document(document: Option<Vec<u8>>) -> Option<Appointment> {
+    document
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .and_then(|v| Appointment::from_json(v).ok())
 }

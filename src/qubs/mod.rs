@@ -21,6 +21,7 @@ pub mod client;
 pub mod model;
 pub mod problem;
 pub mod retry;
+pub mod settings;
 pub mod sites;
 
 pub use client::{CallObserver, Client, Download, MAX_REPORT_TEXT_BYTES, MAX_UPLOAD_BYTES};

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use rand::Rng;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::config::RetrySettings;
@@ -31,13 +30,8 @@ impl RetryPolicy {
     /// The pause before retry number `retry` (1 = first retry): half the exponential step
     /// plus a random share of the other half, so that many clients do not retry in step.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)));
-        let step = exp.min(self.max_backoff);
-        let half = step / 2;
-        let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-        half + Duration::from_millis(jitter)
+        crate::backoff::Backoff::new(self.initial_backoff, self.max_backoff)
+            .delay(retry.saturating_sub(1))
     }
 
     /// The pause before the next attempt: the server's `Retry-After` when it sent one

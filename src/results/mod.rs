@@ -25,6 +25,7 @@
 
 pub mod mllp;
 pub mod pdf;
+pub mod settings;
 pub mod worker;
 
 use std::sync::Arc;
@@ -120,6 +121,8 @@ pub struct Results {
     pub settings: ResultsSettings,
     /// Counts results newly stored (the console's results-in chart, `results_stored`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Values the inbound mappings' code tables did not have (counted and logged).
+    pub unmapped: Arc<crate::unmapped::UnmappedValues>,
 }
 
 fn refusal(ack_code: AckCode, code: ErrorCode, kind: &'static str, text: String) -> Refusal {
@@ -361,7 +364,19 @@ impl Results {
             self.settings.max_attachment_bytes,
         )?;
         let groups = prepared.groups;
-        self.store(prepared.message, |index| {
+        let (mapping, version, unmapped) = &prepared.unmapped;
+        let appointments: Vec<&str> = prepared
+            .message
+            .results
+            .iter()
+            .map(|r| r.appointment_id.as_str())
+            .collect();
+        self.unmapped
+            .record(mapping, version, domain, &appointments.join(","), unmapped);
+        let mut message = prepared.message;
+        // The application ACK of enhanced mode waits for the outcome too.
+        message.awaited |= header.enhanced_mode();
+        self.store(message, |index| {
             groups
                 .get(index)
                 .and_then(|g| g.first())
@@ -374,9 +389,10 @@ impl Results {
     /// Commits a message to the outbox; refuses a preliminary that would follow a final.
     async fn store(
         &self,
-        message: NewMessage,
+        mut message: NewMessage,
         group_of: impl Fn(usize) -> usize,
     ) -> Result<Vec<i64>, Refusal> {
+        message.awaited |= self.settings.ack_mode == AckMode::AfterSubmit;
         let appointments: Vec<String> = message
             .results
             .iter()
@@ -435,6 +451,18 @@ impl Results {
             .and_then(Value::as_str)
             .unwrap_or("fhir")
             .to_string();
+        let appointments: Vec<&str> = inbound
+            .submissions
+            .iter()
+            .map(|s| s.appointment_id.as_str())
+            .collect();
+        self.unmapped.record(
+            &inbound.mapping,
+            &inbound.version,
+            domain,
+            &appointments.join(","),
+            &inbound.unmapped,
+        );
         for w in &inbound.warnings {
             // Reader warnings name elements and content types, never values.
             tracing::warn!(domain, warning = %w, "DiagnosticReport read with a warning");
@@ -464,6 +492,7 @@ impl Results {
             source_id,
             body: json_text.as_bytes().to_vec(),
             results,
+            awaited: false,
         };
         let ids = self.store(message, |i| i).await?;
         self.answer(&ids).await
@@ -489,6 +518,7 @@ impl Results {
                 report_status: report.report_status.as_str().to_string(),
                 attachments: Vec::new(),
             }],
+            awaited: false,
         };
         let ids = self.store(message, |i| i).await?;
         let mut accepted = self.answer(&ids).await?;
@@ -523,6 +553,8 @@ pub struct PreparedOru {
     pub message: NewMessage,
     /// For each result, the ORDER_OBSERVATION groups (from 0) it was made from.
     pub groups: Vec<Vec<usize>>,
+    /// The mapping's name and set version, and the values its code tables did not have.
+    pub unmapped: (String, String, Vec<crate::mapping::Unmapped>),
 }
 
 /// The pure part of ORU^R01 intake, without outbox or network (the fuzz target
@@ -580,8 +612,10 @@ pub fn prepare_oru(
             source_id: msh10,
             body: text.as_bytes().to_vec(),
             results,
+            awaited: false,
         },
         groups: inbound.groups,
+        unmapped: (inbound.mapping, inbound.version, inbound.unmapped),
     })
 }
 

@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +95,7 @@ pub async fn run(
     // Outbox ids being submitted, by task: a finished (or panicked) task frees its id.
     let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(60);
+    let mut store_down = false;
     loop {
         if last_stats.elapsed() >= Duration::from_secs(2) {
             if let Ok(stats) = results.outbox.stats(false).await {
@@ -105,12 +105,12 @@ pub async fn run(
         }
         let free = workers.saturating_sub(busy.len());
         if free > 0 && !shutdown.is_cancelled() {
-            match results
-                .outbox
-                .due(free, busy.values().copied().collect())
-                .await
-            {
+            match results.outbox.claim(free).await {
                 Ok(due) => {
+                    if store_down {
+                        tracing::info!("the outbox answers the worker again");
+                        store_down = false;
+                    }
                     for d in due {
                         let id = d.entry.id;
                         let (results, metrics, state) =
@@ -121,20 +121,28 @@ pub async fn run(
                         busy.insert(task.id(), id);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "outbox unavailable to the worker"),
+                // Said once per outage, not every round.
+                Err(e) if !store_down => {
+                    tracing::error!(error = %e, "outbox unavailable to the worker");
+                    store_down = true;
+                }
+                Err(_) => {}
             }
         }
         tokio::select! {
             Some(done) = running.join_next_with_id() => {
-                let task = match done {
-                    Ok((task, ())) => task,
+                match done {
+                    Ok((task, ())) => {
+                        busy.remove(&task);
+                    }
                     Err(e) => {
                         // The report stays pending and is tried again with the same key.
                         tracing::error!(error = %e, "a submission attempt failed unexpectedly");
-                        e.id()
+                        if let Some(id) = busy.remove(&e.id()) {
+                            results.outbox.release(id).await;
+                        }
                     }
-                };
-                busy.remove(&task);
+                }
             }
             _ = results.outbox.wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
@@ -149,6 +157,7 @@ pub async fn run(
 /// One attempt at one report, and its bookkeeping.
 async fn attempt(results: &Results, metrics: &Metrics, state: &WorkerState, due: Due) {
     let entry = due.entry.clone();
+    let claimed_at_ms = due.claimed_at_ms;
     let started = Instant::now();
     let step = submit(results, state, due).await;
     let step = judge_conflict(state, entry.id, step);
@@ -176,14 +185,12 @@ async fn attempt(results: &Results, metrics: &Metrics, state: &WorkerState, due:
             reason,
             qubs_request_id,
         } => {
-            let now = now_ms();
+            // The store's clock, as the horizon was counted from its receipt time.
+            let now = claimed_at_ms + started.elapsed().as_millis() as i64;
             let s = &results.settings;
-            let exp = s
-                .retry_initial_ms
-                .saturating_mul(1u64 << entry.attempts.min(20))
-                .min(s.retry_max_ms);
-            // Full jitter in the upper half: spreads a burst of retries out.
-            let delay = rand::rng().random_range(exp / 2..=exp.max(1)) as i64;
+            let delay = crate::backoff::Backoff::from_millis(s.retry_initial_ms, s.retry_max_ms)
+                .delay(entry.attempts)
+                .as_millis() as i64;
             let horizon = entry.received_at_ms + (s.retry_horizon_secs * 1000) as i64;
             if now + delay > horizon {
                 tracing::warn!(
@@ -220,7 +227,12 @@ async fn attempt(results: &Results, metrics: &Metrics, state: &WorkerState, due:
                 );
                 results
                     .outbox
-                    .retry_later(entry.id, now + delay, reason, qubs_request_id)
+                    .retry_later(
+                        entry.id,
+                        Duration::from_millis(delay as u64),
+                        reason,
+                        qubs_request_id,
+                    )
                     .await
             }
         }

@@ -67,6 +67,26 @@ fn modality_loinc(modality: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// OBR-24 for a modality: the HL7 table 0074 (Diagnostic Service Section ID) code,
+/// worked out here from the table (CT CAT scan, NMR nuclear magnetic resonance, RUS
+/// radiology ultrasound, RX radiograph, NMS nuclear medicine scan, RAD radiology); a
+/// modality without a closer section is RAD.
+fn diagnostic_service(modality: &str) -> &'static str {
+    match modality.trim().to_uppercase().as_str() {
+        "CT" => "CT",
+        "MR" | "MRI" => "NMR",
+        "US" => "RUS",
+        "XR" | "CR" | "DX" | "MG" => "RX",
+        "NM" | "PT" | "PET" | "PET-CT" => "NMS",
+        _ => "RAD",
+    }
+}
+
+/// Every code of HL7 table 0074 that a radiology order can carry.
+const TABLE_0074_IMAGING: &[&str] = &[
+    "CT", "CTH", "CUS", "NMR", "NMS", "OUS", "RAD", "RUS", "RX", "VUS", "XRC",
+];
+
 /// (ServiceRequest.status, DiagnosticReport.status, ORC-1 without a feed event, ORC-5).
 fn expected_status(status: &str) -> (&'static str, &'static str, &'static str, &'static str) {
     match status.trim().to_uppercase().as_str() {
@@ -1034,6 +1054,16 @@ fn check_order(
             Er7::get(obr, 36, 1, 1) == hl7_ts(zs),
             "OBR-36 = start".into(),
         );
+    }
+    // OBR-24: the modality as an HL7 table 0074 section, which RIS systems check.
+    let section = Er7::get(obr, 24, 1, 1);
+    match nonblank(a, "modality") {
+        Some(modality) => expect(
+            section == diagnostic_service(&modality)
+                && TABLE_0074_IMAGING.contains(&section.as_str()),
+            format!("OBR-24 {section} != table 0074 section of {modality}"),
+        ),
+        None => expect(section.is_empty(), "OBR-24 empty without a modality".into()),
     }
     // OBR-4: the exam code first, LOINC as the alternate.
     expect(

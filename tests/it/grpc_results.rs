@@ -357,6 +357,19 @@ async fn preview_mapping_shows_output_unmapped_values_and_unread_fields() {
         "{}",
         answer.output
     );
+    // HL7 positions nobody reads: the patient and the procedure code, not the status.
+    for f in ["PID-5", "OBR-4"] {
+        assert!(
+            answer.unread_fields.iter().any(|u| u == f),
+            "{f}: {:?}",
+            answer.unread_fields
+        );
+    }
+    assert!(
+        !answer.unread_fields.iter().any(|u| u.starts_with("OBR-25")),
+        "{:?}",
+        answer.unread_fields
+    );
 
     let e = client
         .preview_mapping(authed(

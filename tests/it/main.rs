@@ -7,6 +7,7 @@ mod common;
 
 mod ack_conformance;
 mod ack_versions;
+mod analyst_loop;
 mod cli;
 mod cli_scripting;
 mod console;
@@ -31,6 +32,8 @@ mod mllp_transport;
 mod properties;
 mod qubs_client;
 mod qubs_contract;
+mod replicas;
 mod results_outbox;
 mod security;
 mod service_lifecycle;
+mod store_suite;

@@ -80,8 +80,14 @@ rules:
     has(&e, "did you mean `priority`", "");
     has(
         &e,
-        &format!("{f}:6:3"),
-        "table `prio` feeds ServiceRequest.priority but has values that are not valid codes: quick, soon",
+        &format!("{f}:9:32"),
+        "table `prio`: `quick` (for `urgent`) is not a valid ServiceRequest.priority code (the table feeds it at broken_sr.yaml line 17)",
+    );
+    // Each bad code at its own line: the default too.
+    has(
+        &e,
+        &format!("{f}:8:14"),
+        "table `prio`: the default `soon` is not a valid ServiceRequest.priority code",
     );
     has(&e, &format!("{f}:20:5"), "type mismatch");
     has(&e, &format!("{f}:24:15"), "unknown filter `trimm`");

@@ -41,7 +41,12 @@ fn golden_mismatch_shows_a_diff() {
     let r = golden::run(&set, tmp.path(), false).unwrap();
     assert!(!r.passed());
     let detail = r.results[0].detail.clone().unwrap();
-    assert!(detail.contains("+   \"status\": \"active\","), "{detail}");
+    // Field by field: what the expectation lacks, by JSON path.
+    assert!(detail.contains("status: (absent) → active"), "{detail}");
+    assert!(
+        !detail.lines().any(|l| l.starts_with("resourceType")),
+        "{detail}"
+    );
     // With update, the expectation is rewritten and the next run passes.
     assert!(golden::run(&set, tmp.path(), true).unwrap().passed());
     assert!(golden::run(&set, tmp.path(), false).unwrap().passed());

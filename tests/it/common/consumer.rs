@@ -43,6 +43,10 @@ pub struct Received {
 struct State {
     received: Vec<Received>,
     scripts: HashMap<String, VecDeque<Reply>>,
+    /// How long each answer takes (a slow consumer).
+    delay: Duration,
+    /// Connections accepted so far.
+    connections: usize,
 }
 
 pub struct Consumer {
@@ -81,6 +85,7 @@ impl Consumer {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
+                shared.lock().unwrap().connections += 1;
                 tokio::spawn(serve(socket, shared.clone()));
             }
         });
@@ -93,6 +98,16 @@ impl Consumer {
             appointment_id.to_string(),
             replies.iter().cloned().collect(),
         );
+    }
+
+    /// Answers each message only after `delay`.
+    pub fn slow_down(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -140,6 +155,10 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
             .next()
             .unwrap_or("")
             .to_string();
+        let delay = state.lock().unwrap().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let reply = {
             let mut s = state.lock().unwrap();
             let reply = s

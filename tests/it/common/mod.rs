@@ -7,7 +7,9 @@ pub mod browser;
 pub mod consumer;
 pub mod logs;
 pub mod pki;
+pub mod postgres;
 pub mod python;
+pub mod replicas;
 
 use qubs_bridge::config::{ClientAuthMethod, QubsSettings, Settings};
 use qubs_bridge::qubs::Client;

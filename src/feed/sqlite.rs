@@ -1,16 +1,37 @@
-//! The feed's tables and statements; they run on the store's writer thread.
+//! The feed on the embedded store (SQLite): its tables and statements, run on the store's
+//! writer thread. One process owns the file: it leads every domain and destination.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::store::Cached;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
     Baseline, DeadLetter, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory,
-    EventKind, NewEvent, Ordering, Outcome, WatchStatus,
+    EventKind, FeedStore, NewEvent, Ordering, Outcome, WatchStatus,
 };
+use crate::store::StoreError;
+use crate::store::migrate::Migration;
+use crate::store::sqlite::{Cached, Store};
 
-pub(super) const SCHEMA: &str = "
+pub(super) static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "watch state, events, deliveries, destinations",
+        sql: SCHEMA_V1,
+    },
+    Migration {
+        version: 2,
+        description: "events by appointment (an order's timeline)",
+        sql: "CREATE INDEX IF NOT EXISTS feed_events_appointment
+                  ON feed_events(domain, appointment_id, id);",
+    },
+];
+
+/// The tables as they were before versions were kept per component; `IF NOT EXISTS`, so
+/// that files of that time take the migration as already done.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS feed_watch (
     domain        TEXT    PRIMARY KEY,
     baselined_at  INTEGER,
@@ -39,7 +60,6 @@ CREATE TABLE IF NOT EXISTS feed_events (
     created_at       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feed_events_domain ON feed_events(domain, id);
-CREATE INDEX IF NOT EXISTS feed_events_appointment ON feed_events(domain, appointment_id, id);
 CREATE TABLE IF NOT EXISTS feed_deliveries (
     id               INTEGER PRIMARY KEY,
     destination      TEXT    NOT NULL,
@@ -65,29 +85,26 @@ CREATE TABLE IF NOT EXISTS feed_destinations (
 );
 ";
 
-pub(super) fn latest_event(tx: &Transaction) -> rusqlite::Result<i64> {
+fn latest_event(tx: &Transaction) -> rusqlite::Result<i64> {
     tx.row("SELECT COALESCE(MAX(id), 0) FROM feed_events", [], |r| {
         r.get(0)
     })
 }
 
-pub(super) fn first_event(tx: &Transaction) -> rusqlite::Result<i64> {
+fn first_event(tx: &Transaction) -> rusqlite::Result<i64> {
     tx.row("SELECT COALESCE(MIN(id), 0) FROM feed_events", [], |r| {
         r.get(0)
     })
 }
 
-pub(super) fn fingerprints(
-    tx: &Transaction,
-    domain: &str,
-) -> rusqlite::Result<HashMap<String, String>> {
+fn fingerprints(tx: &Transaction, domain: &str) -> rusqlite::Result<HashMap<String, String>> {
     let mut stmt =
         tx.prepare_cached("SELECT appointment_id, fingerprint FROM feed_orders WHERE domain = ?1")?;
     stmt.query_map([domain], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect()
 }
 
-pub(super) fn document(
+fn document(
     tx: &Transaction,
     domain: &str,
     appointment_id: &str,
@@ -100,7 +117,7 @@ pub(super) fn document(
     .optional()
 }
 
-pub(super) fn baselined(tx: &Transaction, domain: &str) -> rusqlite::Result<bool> {
+fn baselined(tx: &Transaction, domain: &str) -> rusqlite::Result<bool> {
     Ok(tx
         .row(
             "SELECT baselined_at FROM feed_watch WHERE domain = ?1",
@@ -123,7 +140,7 @@ fn order_key(ordering: Ordering, domain: &str, e: &NewEvent) -> String {
 
 /// Stores events with a delivery per route, baseline rows, and forgets removed orders.
 /// Returns the last event id written.
-pub(super) fn record(
+fn record(
     tx: &Transaction,
     domain: &str,
     events: &[NewEvent],
@@ -202,12 +219,7 @@ pub(super) fn record(
     Ok(last)
 }
 
-pub(super) fn polled(
-    tx: &Transaction,
-    domain: &str,
-    error: Option<&str>,
-    now: i64,
-) -> rusqlite::Result<()> {
+fn polled(tx: &Transaction, domain: &str, error: Option<&str>, now: i64) -> rusqlite::Result<()> {
     // A complete poll is the baseline; a failed one leaves the baseline as it was.
     tx.exec(
         "INSERT INTO feed_watch (domain, baselined_at, polls, last_poll_at, last_error)
@@ -240,7 +252,7 @@ fn read_due(r: &rusqlite::Row) -> rusqlite::Result<DueDelivery> {
 /// Deliveries of `destination` due at `now`, oldest first: the first pending one of each
 /// key whose time has come (a message never overtakes an earlier one of its key). Strict
 /// ordering is one key for the whole destination.
-pub(super) fn due(
+fn due(
     tx: &Transaction,
     destination: &str,
     strict: bool,
@@ -281,15 +293,20 @@ pub(super) fn due(
         .collect()
 }
 
-pub(super) fn next_due_at(tx: &Transaction, destination: &str) -> rusqlite::Result<Option<i64>> {
+fn next_due_at(tx: &Transaction, destination: &str) -> rusqlite::Result<Option<i64>> {
+    // Only the first pending delivery of each key can go next.
     tx.row(
-        "SELECT MIN(next_attempt_at) FROM feed_deliveries WHERE destination = ?1 AND state = 'pending'",
+        "SELECT MIN(d.next_attempt_at) FROM feed_deliveries d
+         WHERE d.destination = ?1 AND d.state = 'pending'
+           AND NOT EXISTS (SELECT 1 FROM feed_deliveries p
+                           WHERE p.destination = d.destination AND p.order_key = d.order_key
+                             AND p.state = 'pending' AND p.id < d.id)",
         [destination],
         |r| r.get(0),
     )
 }
 
-pub(super) fn settle(
+fn settle(
     tx: &Transaction,
     destination: &str,
     outcomes: &[(i64, Outcome)],
@@ -310,13 +327,18 @@ pub(super) fn settle(
                     last_ack = Some(code);
                 }
             }
-            Outcome::Retry { next_at_ms, reason } => {
+            Outcome::Retry { delay, reason } => {
                 tx.prepare_cached(
                     "UPDATE feed_deliveries SET attempts = attempts + 1, next_attempt_at = ?2,
                          updated_at = ?3, last_error = ?4
                      WHERE id = ?1 AND state = 'pending'",
                 )?
-                .execute(params![id, next_at_ms, now, reason])?;
+                .execute(params![
+                    id,
+                    now + delay.as_millis() as i64,
+                    now,
+                    reason
+                ])?;
                 last_error = Some(reason);
             }
             Outcome::Dead { reason, ack_code } => {
@@ -346,7 +368,17 @@ pub(super) fn settle(
     Ok(())
 }
 
-pub(super) fn destination_error(
+/// Clears a destination's last error: it has delivered since.
+fn destination_recovered(tx: &Transaction, destination: &str) -> rusqlite::Result<()> {
+    tx.exec(
+        "UPDATE feed_destinations SET last_error = NULL, last_error_at = NULL
+         WHERE name = ?1 AND last_error IS NOT NULL",
+        params![destination],
+    )?;
+    Ok(())
+}
+
+fn destination_error(
     tx: &Transaction,
     destination: &str,
     error: &str,
@@ -360,7 +392,7 @@ pub(super) fn destination_error(
     Ok(())
 }
 
-pub(super) fn events(
+fn events(
     tx: &Transaction,
     domain: &str,
     after_id: i64,
@@ -385,10 +417,7 @@ pub(super) fn events(
     .collect()
 }
 
-pub(super) fn destination_status(
-    tx: &Transaction,
-    name: &str,
-) -> rusqlite::Result<DestinationStatus> {
+fn destination_status(tx: &Transaction, name: &str) -> rusqlite::Result<DestinationStatus> {
     let count = |state: &str| -> rusqlite::Result<u64> {
         tx.row(
             "SELECT COUNT(*) FROM feed_deliveries WHERE destination = ?1 AND state = ?2",
@@ -431,7 +460,7 @@ pub(super) fn destination_status(
 }
 
 /// A destination's dead letters, newest first.
-pub(super) fn dead_letters(
+fn dead_letters(
     tx: &Transaction,
     destination: &str,
     limit: usize,
@@ -460,7 +489,7 @@ pub(super) fn dead_letters(
 
 /// The orders the feed tracks in `domain` (the worklist as last polled), most recently
 /// changed first: appointment id and the document the mappings read.
-pub(super) fn tracked_documents(
+fn tracked_documents(
     tx: &Transaction,
     domain: &str,
     limit: usize,
@@ -476,7 +505,7 @@ pub(super) fn tracked_documents(
 }
 
 /// One appointment's retained events, newest first, each with its deliveries.
-pub(super) fn order_history(
+fn order_history(
     tx: &Transaction,
     domain: &str,
     appointment_id: &str,
@@ -519,7 +548,7 @@ pub(super) fn order_history(
     Ok(events)
 }
 
-pub(super) fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<WatchStatus> {
+fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<WatchStatus> {
     let tracked: i64 = tx.row(
         "SELECT COUNT(*) FROM feed_orders WHERE domain = ?1",
         [domain],
@@ -555,7 +584,7 @@ pub(super) fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<W
 
 /// Deletes events created before `older_than` none of whose deliveries is pending, with
 /// their settled deliveries.
-pub(super) fn prune(tx: &Transaction, older_than: i64) -> rusqlite::Result<usize> {
+fn prune(tx: &Transaction, older_than: i64) -> rusqlite::Result<usize> {
     tx.exec(
         "DELETE FROM feed_deliveries WHERE event_id IN (
              SELECT e.id FROM feed_events e WHERE e.created_at < ?1
@@ -571,7 +600,7 @@ pub(super) fn prune(tx: &Transaction, older_than: i64) -> rusqlite::Result<usize
 }
 
 /// Puts a destination's dead letters of `domains` back in its queue, due now.
-pub(super) fn requeue(
+fn requeue(
     tx: &Transaction,
     destination: &str,
     domains: &[String],
@@ -588,4 +617,194 @@ pub(super) fn requeue(
         )?;
     }
     Ok(n)
+}
+
+/// The feed in the embedded store.
+pub(super) struct SqliteFeed {
+    store: Arc<Store>,
+}
+
+impl SqliteFeed {
+    pub(super) fn new(store: Arc<Store>) -> SqliteFeed {
+        SqliteFeed { store }
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedStore for SqliteFeed {
+    async fn latest_event(&self) -> Result<i64, StoreError> {
+        self.store.read(|tx, _| latest_event(tx)).await
+    }
+
+    async fn first_event(&self) -> Result<i64, StoreError> {
+        self.store.read(|tx, _| first_event(tx)).await
+    }
+
+    async fn fingerprints(&self, domain: &str) -> Result<HashMap<String, String>, StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .read(move |tx, _| fingerprints(tx, &domain))
+            .await
+    }
+
+    async fn document(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (domain, id) = (domain.to_string(), appointment_id.to_string());
+        self.store
+            .read(move |tx, _| document(tx, &domain, &id))
+            .await
+    }
+
+    async fn baselined(&self, domain: &str) -> Result<bool, StoreError> {
+        let domain = domain.to_string();
+        self.store.read(move |tx, _| baselined(tx, &domain)).await
+    }
+
+    async fn record(
+        &self,
+        domain: &str,
+        events: Vec<NewEvent>,
+        baseline: Vec<Baseline>,
+        removed: Vec<String>,
+        routes: Vec<(String, Ordering)>,
+    ) -> Result<Option<i64>, StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .write(move |tx, now| record(tx, &domain, &events, &baseline, &removed, &routes, now))
+            .await
+    }
+
+    async fn polled(&self, domain: &str, error: Option<String>) -> Result<(), StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .write(move |tx, now| polled(tx, &domain, error.as_deref(), now))
+            .await
+    }
+
+    async fn due(
+        &self,
+        destination: &str,
+        strict: bool,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .read(move |tx, now| due(tx, &destination, strict, now, limit))
+            .await
+    }
+
+    async fn next_due_in(&self, destination: &str) -> Result<Option<Duration>, StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .read(move |tx, now| {
+                Ok(next_due_at(tx, &destination)?
+                    .map(|at| Duration::from_millis((at - now).max(0) as u64)))
+            })
+            .await
+    }
+
+    async fn settle(
+        &self,
+        destination: &str,
+        outcomes: Vec<(i64, Outcome)>,
+    ) -> Result<(), StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .write(move |tx, now| settle(tx, &destination, &outcomes, now))
+            .await
+    }
+
+    async fn destination_error(&self, destination: &str, error: String) -> Result<(), StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .write(move |tx, now| destination_error(tx, &destination, &error, now))
+            .await
+    }
+
+    async fn destination_recovered(&self, destination: &str) -> Result<(), StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .write(move |tx, _| destination_recovered(tx, &destination))
+            .await
+    }
+
+    async fn events(
+        &self,
+        domain: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .read(move |tx, _| events(tx, &domain, after_id, limit))
+            .await
+    }
+
+    async fn destination_status(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<DestinationStatus>, StoreError> {
+        let names = names.to_vec();
+        self.store
+            .read(move |tx, _| names.iter().map(|n| destination_status(tx, n)).collect())
+            .await
+    }
+
+    async fn watch_status(&self, domains: &[String]) -> Result<Vec<WatchStatus>, StoreError> {
+        let domains = domains.to_vec();
+        self.store
+            .read(move |tx, _| domains.iter().map(|d| watch_status(tx, d)).collect())
+            .await
+    }
+
+    async fn requeue(&self, destination: &str, domains: &[String]) -> Result<usize, StoreError> {
+        let (destination, domains) = (destination.to_string(), domains.to_vec());
+        self.store
+            .write(move |tx, now| requeue(tx, &destination, &domains, now))
+            .await
+    }
+
+    async fn prune(&self, older_than: Duration) -> Result<usize, StoreError> {
+        let age = older_than.as_millis().min(i64::MAX as u128) as i64;
+        self.store
+            .write(move |tx, now| prune(tx, now.saturating_sub(age)))
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .read(move |tx, _| dead_letters(tx, &destination, limit))
+            .await
+    }
+
+    async fn tracked_documents(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .read(move |tx, _| tracked_documents(tx, &domain, limit))
+            .await
+    }
+
+    async fn order_history(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventHistory>, StoreError> {
+        let (domain, id) = (domain.to_string(), appointment_id.to_string());
+        self.store
+            .read(move |tx, _| order_history(tx, &domain, &id, limit))
+            .await
+    }
 }

@@ -1,7 +1,5 @@
 //! The embedded store: one SQLite file (rusqlite, SQLite compiled in, nothing to install)
-//! that holds everything the bridge must not forget across a restart or a `kill -9` — the
-//! results [`crate::outbox`] and the order [`crate::feed`]'s watch state and delivery
-//! queues, and the [`crate::pending_list`] (appointments as QUBS last listed them).
+//! that the outbox's and the feed's SQLite implementations share.
 //!
 //! **Durability.** WAL with `synchronous = FULL`: a commit is on disk before it returns.
 //! The file (and its `-wal`/`-shm` companions) is for the service's user only (mode 0600):
@@ -24,17 +22,21 @@
 //! WAL passes [`WAL_FINISH_FRAMES`] the checkpointer asks the writer to copy the few frames
 //! left itself, between two batches; the WAL then starts over and stays small.
 //!
-//! Each owner of tables (outbox, feed) keeps its statements in its own module and hands the
-//! store closures, running them through [`Cached`]; the schema of every owner is created
-//! here at open.
+//! Each component keeps its statements in its own `sqlite.rs` and hands the store closures,
+//! running them through [`Cached`]. Schemas: the migrations each component lists are
+//! applied when the file is opened (one process owns it), recorded per component in
+//! `bridge_schema`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, Params, Row, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::migrate::{Component, ComponentVersion};
+use super::{Backend, Replica, Signal, StoreError};
 
 /// Jobs per transaction at most; more wait for the next commit.
 const MAX_BATCH: usize = 512;
@@ -52,18 +54,10 @@ const WAL_SIZE_LIMIT: i64 = 64 << 20;
 /// 4 KiB pages, well under [`WAL_SIZE_LIMIT`].
 const WAL_FINISH_FRAMES: i64 = if cfg!(test) { 64 } else { 4096 };
 
-/// Bumped when a table changes shape; a newer file is refused rather than misread.
-const SCHEMA_VERSION: i64 = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store database {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("store storage failed: {0}")]
-    Storage(String),
-    #[error("the store is closed")]
-    Closed,
-}
+/// The file's `user_version`: 2 before versions were kept per component (the tables then
+/// are version 1 of the outbox and the feed), 3 since. A newer file is refused rather than
+/// misread.
+const FILE_VERSION: i64 = 3;
 
 /// Answers one job's caller once its batch's commit outcome is known.
 type Answer = Box<dyn FnOnce(Option<&rusqlite::Error>)>;
@@ -73,45 +67,36 @@ type Job = Box<dyn FnOnce(&Transaction, i64) -> Answer + Send>;
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    replica: Replica,
+    /// Nothing is ever sent: every change is made in this process, which wakes its own.
+    signals: broadcast::Sender<Signal>,
 }
 
-/// Unix milliseconds, the store's unit of time.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
+pub use super::now_ms;
 
 impl Store {
-    /// Opens (creating if needed, with its directory) the database at `path`, creates every
-    /// owner's tables, and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+    /// Opens (creating if needed, with its directory) the database at `path`, brings every
+    /// component's tables to this build's version, and starts the writer thread.
+    pub fn open(path: &Path, components: &[&Component]) -> Result<Arc<Store>, StoreError> {
         let open_error = |reason: String| StoreError::Open {
-            path: path.to_path_buf(),
+            path: path.display().to_string(),
             reason,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let conn = connect(path).map_err(|e| open_error(e.to_string()))?;
+        let mut conn = connect(path).map_err(|e| open_error(e.to_string()))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| open_error(e.to_string()))?;
-        if version > SCHEMA_VERSION {
+        if version > FILE_VERSION {
             return Err(open_error(format!(
-                "written by a newer qubs-bridge (schema {version}; this one knows up to {SCHEMA_VERSION})"
+                "written by a newer qubs-bridge (file version {version}; this one knows up to {FILE_VERSION})"
             )));
         }
-        for schema in [
-            crate::outbox::SCHEMA,
-            crate::feed::SCHEMA,
-            crate::pending_list::store::SCHEMA,
-            crate::console::audit::SCHEMA,
-            crate::console::history::SCHEMA,
-        ] {
-            conn.execute_batch(schema)
-                .map_err(|e| open_error(e.to_string()))?;
-        }
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        migrate(&mut conn, components).map_err(|e| open_error(e.to_string()))?;
+        conn.pragma_update(None, "user_version", FILE_VERSION)
             .map_err(|e| open_error(e.to_string()))?;
         #[cfg(unix)]
         {
@@ -142,11 +127,42 @@ impl Store {
         Ok(Arc::new(Store {
             jobs: tx,
             path: path.to_path_buf(),
+            replica: Replica::this_process(),
+            signals: broadcast::channel(1).0,
         }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    pub fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.signals.subscribe()
+    }
+
+    /// Each component's recorded and known schema version.
+    pub async fn schema_versions(
+        &self,
+        components: &[&'static Component],
+    ) -> Result<Vec<ComponentVersion>, StoreError> {
+        let components: Vec<&'static Component> = components.to_vec();
+        self.read(move |tx, _| {
+            components
+                .iter()
+                .map(|c| {
+                    Ok(ComponentVersion {
+                        name: c.name,
+                        stored: stored_version(tx, c.name)?,
+                        known: c.latest(Backend::Sqlite),
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Runs `f` in the next transaction; answers once it has committed. `now` is the batch's
@@ -184,6 +200,61 @@ impl Store {
         self.read(move |tx, now| savepoint(tx, |tx| f(tx, now)))
             .await
     }
+}
+
+/// Applies what is missing of each component's migrations, in one transaction. A component
+/// recorded at a newer version than this build knows is refused.
+fn migrate(conn: &mut Connection, components: &[&Component]) -> Result<(), StoreError> {
+    let storage = |e: rusqlite::Error| StoreError::Storage(e.to_string());
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS bridge_schema (
+             component  TEXT    PRIMARY KEY,
+             version    INTEGER NOT NULL,
+             updated_at INTEGER NOT NULL
+         )",
+    )
+    .map_err(storage)?;
+    for component in components {
+        let stored = stored_version(&tx, component.name).map_err(storage)?;
+        let known = component.latest(Backend::Sqlite);
+        if stored > known {
+            return Err(StoreError::Schema(format!(
+                "the file was written by a newer qubs-bridge ({} {stored}; this one knows {known})",
+                component.name
+            )));
+        }
+        for m in component.sqlite.iter().filter(|m| m.version > stored) {
+            tx.execute_batch(m.sql).map_err(|e| {
+                StoreError::Storage(format!(
+                    "{} migration {} ({}): {e}",
+                    component.name, m.version, m.description
+                ))
+            })?;
+        }
+        if known > stored {
+            tx.execute(
+                "INSERT INTO bridge_schema (component, version, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (component) DO UPDATE SET version = ?2, updated_at = ?3",
+                rusqlite::params![component.name, known, now_ms()],
+            )
+            .map_err(storage)?;
+        }
+    }
+    tx.commit().map_err(storage)
+}
+
+fn stored_version(tx: &Connection, component: &str) -> rusqlite::Result<u32> {
+    Ok(tx
+        .query_row(
+            "SELECT version FROM bridge_schema WHERE component = ?1",
+            [component],
+            |r| r.get::<_, u32>(0),
+        )
+        .optional()?
+        .unwrap_or(0))
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -337,7 +408,7 @@ mod tests {
     async fn a_failing_write_leaves_the_rest_of_its_batch_and_the_file_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/bridge.db");
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path, &[]).unwrap();
         store
             .write(|tx, _| tx.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)"))
             .await
@@ -371,7 +442,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bridge.db");
         let wal = dir.path().join("bridge.db-wal");
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path, &[]).unwrap();
         store
             .write(|tx, _| tx.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"))
             .await
@@ -406,7 +477,7 @@ mod tests {
     async fn the_checkpointer_moves_commits_into_the_database_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bridge.db");
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path, &[]).unwrap();
         store
             .write(|tx, _| {
                 tx.execute_batch("CREATE TABLE t (v INTEGER)")?;

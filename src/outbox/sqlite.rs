@@ -1,15 +1,38 @@
-//! The outbox's tables and statements. Everything here runs on the outbox's own thread,
-//! inside the transaction that thread opens for each batch of commands.
+//! The outbox on the embedded store (SQLite): its tables and statements. The statements
+//! run on the store's writer thread, inside the transaction it opens for each batch.
+//!
+//! One process owns the file, so claims are kept in memory: a result being submitted is
+//! simply not handed out again until its outcome is recorded.
 
-use crate::store::Cached;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{
-    Admission, Attachment, Due, Entry, EntryFilter, NewMessage, Receipt, Settled, Source, State,
-    Stats,
+    Admission, Attachment, Due, Entry, EntryFilter, NewMessage, OutboxError, OutboxStore, Receipt,
+    Settled, Source, State, Stats,
 };
+use crate::store::migrate::Migration;
+use crate::store::sqlite::{Cached, Store};
 
-pub(super) const SCHEMA: &str = "
+pub(super) static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "messages, results, attachments",
+        sql: SCHEMA_V1,
+    },
+    Migration {
+        version: 2,
+        description: "results by their input's id (search by MSH-10)",
+        sql: "CREATE INDEX IF NOT EXISTS results_source ON results(source_id);",
+    },
+];
+
+/// The tables as they were before versions were kept per component; `IF NOT EXISTS`, so
+/// that files of that time take the migration as already done.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id            INTEGER PRIMARY KEY,
     source        TEXT    NOT NULL,
@@ -40,7 +63,6 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_state ON results(state, id);
 CREATE INDEX IF NOT EXISTS results_appointment ON results(domain, appointment_id, id);
-CREATE INDEX IF NOT EXISTS results_source ON results(source_id);
 CREATE TABLE IF NOT EXISTS attachments (
     result_id     INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
     seq           INTEGER NOT NULL,
@@ -53,7 +75,7 @@ CREATE TABLE IF NOT EXISTS attachments (
 
 /// Stores a message and its results, unless they are already stored (a retransmission), or
 /// a preliminary result would land after a final one for the same appointment.
-pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Result<Admission> {
+fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Result<Admission> {
     // A retransmission: every key already known. (A key is content-derived, so a partial
     // match cannot happen for the same message; treat any match as a retransmission.)
     let mut existing = Vec::new();
@@ -126,12 +148,7 @@ pub(super) fn admit(tx: &Transaction, m: &NewMessage, now: i64) -> rusqlite::Res
 
 /// Up to `limit` results due now, oldest first, at most one per appointment and never one
 /// that waits behind an older unsettled result of its appointment (results apply in order).
-pub(super) fn due(
-    tx: &Transaction,
-    now: i64,
-    limit: usize,
-    busy: &[i64],
-) -> rusqlite::Result<Vec<Due>> {
+fn due(tx: &Transaction, now: i64, limit: usize, busy: &[i64]) -> rusqlite::Result<Vec<Due>> {
     // Walks pending results in id order on the (state, id) index and stops at the limit,
     // so the cost does not grow with the backlog behind the first due ones.
     let mut stmt = tx.prepare_cached(
@@ -172,17 +189,13 @@ pub(super) fn due(
             source: Source::parse(&source),
             body,
             attachments,
+            claimed_at_ms: now,
         });
     }
     Ok(out)
 }
 
-pub(super) fn settle(
-    tx: &Transaction,
-    id: i64,
-    settled: &Settled,
-    now: i64,
-) -> rusqlite::Result<()> {
+fn settle(tx: &Transaction, id: i64, settled: &Settled, now: i64) -> rusqlite::Result<()> {
     match settled {
         Settled::Submitted(r) => tx.exec(
             "UPDATE results SET state = 'submitted', attempts = attempts + 1, updated_at = ?2,
@@ -207,7 +220,7 @@ pub(super) fn settle(
     Ok(())
 }
 
-pub(super) fn retry_later(
+fn retry_later(
     tx: &Transaction,
     id: i64,
     next_at: i64,
@@ -264,7 +277,7 @@ fn read_entry(row: &Row) -> rusqlite::Result<Entry> {
     })
 }
 
-pub(super) fn entry(tx: &Transaction, id: i64) -> rusqlite::Result<Option<Entry>> {
+fn entry(tx: &Transaction, id: i64) -> rusqlite::Result<Option<Entry>> {
     tx.row(
         &format!(
             "SELECT {ENTRY_COLUMNS} FROM results r JOIN messages m ON m.id = r.message_id
@@ -276,7 +289,7 @@ pub(super) fn entry(tx: &Transaction, id: i64) -> rusqlite::Result<Option<Entry>
     .optional()
 }
 
-pub(super) fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<Entry>> {
+fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<Entry>> {
     let mut sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM results r JOIN messages m ON m.id = r.message_id
          WHERE r.id > ?1"
@@ -308,7 +321,7 @@ pub(super) fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<En
 }
 
 /// Puts dead letters (or one) back in the queue, due now, with a fresh retry horizon.
-pub(super) fn requeue(tx: &Transaction, ids: &[i64], now: i64) -> rusqlite::Result<usize> {
+fn requeue(tx: &Transaction, ids: &[i64], now: i64) -> rusqlite::Result<usize> {
     let mut n = 0;
     for id in ids {
         n += tx.exec(
@@ -322,7 +335,7 @@ pub(super) fn requeue(tx: &Transaction, ids: &[i64], now: i64) -> rusqlite::Resu
 }
 
 /// Deletes settled results (never pending ones) and messages no result refers to.
-pub(super) fn purge(
+fn purge(
     tx: &Transaction,
     state: State,
     older_than: i64,
@@ -360,7 +373,7 @@ fn domain_filter(
     sql.push_str(&format!(" AND {column} IN ({})", marks.join(", ")));
 }
 
-pub(super) fn stats(tx: &Transaction, with_submitted: bool) -> rusqlite::Result<Stats> {
+fn stats(tx: &Transaction, with_submitted: bool) -> rusqlite::Result<Stats> {
     let count = |state: &str| -> rusqlite::Result<u64> {
         tx.row(
             "SELECT COUNT(*) FROM results WHERE state = ?1",
@@ -390,8 +403,130 @@ pub(super) fn stats(tx: &Transaction, with_submitted: bool) -> rusqlite::Result<
 }
 
 /// The state of every result of a message's keys, for answering a retransmission.
-pub(super) fn entries(tx: &Transaction, ids: &[i64]) -> rusqlite::Result<Vec<Entry>> {
+fn entries(tx: &Transaction, ids: &[i64]) -> rusqlite::Result<Vec<Entry>> {
     ids.iter()
         .filter_map(|id| entry(tx, *id).transpose())
         .collect()
+}
+
+/// The outbox in the embedded store.
+pub(super) struct SqliteOutbox {
+    store: Arc<Store>,
+    /// Results being submitted by this process.
+    claimed: Mutex<HashSet<i64>>,
+}
+
+impl SqliteOutbox {
+    pub(super) fn new(store: Arc<Store>) -> SqliteOutbox {
+        SqliteOutbox {
+            store,
+            claimed: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn unclaim(&self, id: i64) {
+        self.claimed.lock().expect("claims").remove(&id);
+    }
+}
+
+#[async_trait::async_trait]
+impl OutboxStore for SqliteOutbox {
+    async fn admit(&self, message: NewMessage) -> Result<Admission, OutboxError> {
+        self.store
+            .write(move |tx, now| admit(tx, &message, now))
+            .await
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Due>, OutboxError> {
+        let busy: Vec<i64> = self
+            .claimed
+            .lock()
+            .expect("claims")
+            .iter()
+            .copied()
+            .collect();
+        let due = self
+            .store
+            .read(move |tx, now| due(tx, now, limit, &busy))
+            .await?;
+        let mut claimed = self.claimed.lock().expect("claims");
+        claimed.extend(due.iter().map(|d| d.entry.id));
+        Ok(due)
+    }
+
+    async fn release(&self, id: i64) {
+        self.unclaim(id);
+    }
+
+    async fn settle(&self, id: i64, settled: &Settled) -> Result<(), OutboxError> {
+        let settled = settled.clone();
+        let stored = self
+            .store
+            .write(move |tx, now| settle(tx, id, &settled, now))
+            .await;
+        self.unclaim(id);
+        stored
+    }
+
+    async fn retry_later(
+        &self,
+        id: i64,
+        delay: Duration,
+        reason: &str,
+        qubs_request_id: Option<&str>,
+    ) -> Result<(), OutboxError> {
+        let (reason, qubs_request_id) = (reason.to_string(), qubs_request_id.map(str::to_string));
+        let delay = delay.as_millis() as i64;
+        let stored = self
+            .store
+            .write(move |tx, now| {
+                retry_later(
+                    tx,
+                    id,
+                    now + delay,
+                    &reason,
+                    qubs_request_id.as_deref(),
+                    now,
+                )
+            })
+            .await;
+        self.unclaim(id);
+        stored
+    }
+
+    async fn entries(&self, ids: &[i64]) -> Result<Vec<Entry>, OutboxError> {
+        let ids = ids.to_vec();
+        self.store.read(move |tx, _| entries(tx, &ids)).await
+    }
+
+    async fn list(&self, filter: &EntryFilter) -> Result<Vec<Entry>, OutboxError> {
+        let filter = filter.clone();
+        self.store.read(move |tx, _| list(tx, &filter)).await
+    }
+
+    async fn requeue(&self, ids: &[i64]) -> Result<usize, OutboxError> {
+        let ids = ids.to_vec();
+        self.store
+            .write(move |tx, now| requeue(tx, &ids, now))
+            .await
+    }
+
+    async fn purge(
+        &self,
+        state: State,
+        older_than: Duration,
+        domains: &[String],
+    ) -> Result<usize, OutboxError> {
+        let domains = domains.to_vec();
+        let older_than = older_than.as_millis().min(i64::MAX as u128) as i64;
+        self.store
+            .write(move |tx, now| purge(tx, state, now.saturating_sub(older_than), &domains))
+            .await
+    }
+
+    async fn stats(&self, with_submitted: bool) -> Result<Stats, OutboxError> {
+        self.store
+            .read(move |tx, _| stats(tx, with_submitted))
+            .await
+    }
 }
