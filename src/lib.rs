@@ -47,7 +47,8 @@
 //!    and keeping dead letters for what never will.
 //! 8. [`feed`] watches QUBS for new, changed and removed orders and pushes them as
 //!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
-//!    queue, and to gRPC `WatchOrders` streams.
+//!    queue, and to gRPC `WatchOrders` streams. After a mapping change it re-sends (XO)
+//!    the orders whose message the new mapping set changes ([`feed::resend`]).
 //! 9. The outbox, the feed, the pending list and the console keep their state in the
 //!    [`store`], each through its own storage interface, on one of two backends: the
 //!    embedded SQLite file (the default, one process) or PostgreSQL, shared by several

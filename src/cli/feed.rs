@@ -1,5 +1,5 @@
-//! `qubs-bridge feed status|watch`: the order feed of a running bridge, over its gRPC
-//! `FeedService`.
+//! `qubs-bridge feed status|retry|resend|watch`: the order feed of a running bridge, over its
+//! gRPC `FeedService`.
 
 use std::io::Write;
 
@@ -9,6 +9,7 @@ use serde_json::json;
 use super::connect::{Connection, describe};
 use super::output::{self, Column, Format, Progress, Table, note, or_dash, to_seconds};
 use crate::grpc::pb::{self, OutputFormat, feed_service_client::FeedServiceClient};
+use crate::mapping::golden::diff::FieldDiff;
 
 #[derive(Subcommand)]
 pub enum FeedCommand {
@@ -26,6 +27,24 @@ pub enum FeedCommand {
         /// One QUBS domain (default: every domain the token may use).
         #[arg(long, default_value = "")]
         domain: String,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Send a domain's tracked orders again as XO, re-mapped with the current mapping set
+    /// (after a mapping change, or for a consumer that lost them).
+    Resend {
+        #[arg(long)]
+        domain: String,
+        /// Only this tracked order (default: every order the domain's watch knows).
+        #[arg(long)]
+        appointment: Option<String>,
+        /// Only orders whose ORM now differs from the last one sent (MSH-7/MSH-10 aside).
+        #[arg(long)]
+        changed_by_mapping: bool,
+        /// Count what would be sent and show one order's field differences; send nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// `text` or `json`.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
@@ -99,6 +118,35 @@ pub async fn run(conn: &Connection, command: FeedCommand) -> anyhow::Result<()> 
                 )?,
             }
         }
+        FeedCommand::Resend {
+            domain,
+            appointment,
+            changed_by_mapping,
+            dry_run,
+            format,
+        } => {
+            let progress = Progress::spinner(format!("re-mapping the tracked orders of {domain}"));
+            let answer = client
+                .resend_feed_orders(pb::ResendFeedOrdersRequest {
+                    domain: domain.clone(),
+                    appointment_id: appointment.unwrap_or_default(),
+                    changed_only: changed_by_mapping,
+                    dry_run,
+                })
+                .await
+                .map_err(describe);
+            progress.finish();
+            let answer = answer?.into_inner();
+            match format {
+                Format::Json => output::json_line(
+                    &mut out,
+                    &resend_json(&domain, changed_by_mapping, dry_run, &answer),
+                )?,
+                Format::Text => {
+                    print_resend(&mut out, &domain, changed_by_mapping, dry_run, &answer)?
+                }
+            }
+        }
         FeedCommand::Watch {
             domain,
             after,
@@ -165,6 +213,89 @@ pub async fn run(conn: &Connection, command: FeedCommand) -> anyhow::Result<()> 
                     break;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// How many orders a resend sends (or, dry, would send).
+fn to_send(r: &pb::ResendFeedOrdersResponse, changed_only: bool, dry_run: bool) -> u64 {
+    match (dry_run, changed_only) {
+        (false, _) => r.resent,
+        (true, true) => r.changed,
+        (true, false) => r.tracked - r.unmappable,
+    }
+}
+
+/// One field difference as the golden runner writes it (`OBR-24: MR → NMR`).
+fn change(c: &pb::FieldChange) -> FieldDiff {
+    FieldDiff {
+        path: c.field.clone(),
+        expected: (!c.before_absent).then(|| c.before.clone()),
+        actual: (!c.after_absent).then(|| c.after.clone()),
+    }
+}
+
+fn resend_json(
+    domain: &str,
+    changed_only: bool,
+    dry_run: bool,
+    r: &pb::ResendFeedOrdersResponse,
+) -> serde_json::Value {
+    let example = (!r.example_appointment_id.is_empty()).then(|| {
+        json!({
+            "appointmentId": r.example_appointment_id,
+            "changes": r.example_changes.iter().map(|c| json!({
+                "field": c.field,
+                "before": (!c.before_absent).then_some(&c.before),
+                "after": (!c.after_absent).then_some(&c.after),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "domain": domain, "dryRun": dry_run, "changedOnly": changed_only,
+        "mappingSetVersion": r.mapping_set_version, "tracked": r.tracked,
+        "changed": r.changed, "unchanged": r.unchanged, "unknown": r.unknown,
+        "unmappable": r.unmappable, "resent": r.resent,
+        "wouldResend": if dry_run { Some(to_send(r, changed_only, true)) } else { None },
+        "example": example,
+    })
+}
+
+fn print_resend(
+    out: &mut impl Write,
+    domain: &str,
+    changed_only: bool,
+    dry_run: bool,
+    r: &pb::ResendFeedOrdersResponse,
+) -> std::io::Result<()> {
+    let mut compared = format!(
+        "{} tracked order(s) of {domain} against mapping set {}: {} changed, {} unchanged",
+        r.tracked, r.mapping_set_version, r.changed, r.unchanged
+    );
+    if r.unknown > 0 {
+        compared.push_str(&format!(", {} without a message to compare", r.unknown));
+    }
+    if r.unmappable > 0 {
+        compared.push_str(&format!(
+            ", {} that do not map (see the bridge's log)",
+            r.unmappable
+        ));
+    }
+    writeln!(out, "{compared}")?;
+    let n = to_send(r, changed_only, dry_run);
+    if dry_run {
+        writeln!(
+            out,
+            "dry run: {n} order(s) would be sent again as XO; nothing was sent"
+        )?;
+    } else {
+        writeln!(out, "{n} order(s) queued to be sent again as XO")?;
+    }
+    if !r.example_appointment_id.is_empty() {
+        writeln!(out, "\n{} (last sent → now):", r.example_appointment_id)?;
+        for c in &r.example_changes {
+            writeln!(out, "  {}", change(c))?;
         }
     }
     Ok(())

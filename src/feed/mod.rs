@@ -16,6 +16,9 @@
 //!   one connection, in order per patient (or appointment), retrying with back-off; a
 //!   stuck order holds back only the orders that share its key unless `ordering = "strict"`.
 //!
+//! When the mapping set changes, [`resend`] compares each tracked order's message now with
+//! the last one sent and sends again, as XO, those that differ.
+//!
 //! Delivery is at least once: a crash between a consumer's ACK and its recording resends
 //! that message with the same MSH-10, which HL7 receivers use to discard duplicates.
 //!
@@ -26,6 +29,7 @@
 
 pub mod deliver;
 mod postgres;
+pub mod resend;
 mod settings;
 mod sqlite;
 pub mod watcher;
@@ -38,7 +42,7 @@ use tokio::sync::{Notify, watch};
 
 pub use settings::{
     AckPolicy, DestinationKind, DestinationSettings, DestinationTls, FeedSettings, FirstRun,
-    OnRemoved, Ordering, SettingsError,
+    OnMappingChange, OnRemoved, Ordering, SettingsError,
 };
 
 use crate::store::migrate::Component;
@@ -76,7 +80,7 @@ impl EventKind {
         }
     }
 
-    fn parse(s: &str) -> EventKind {
+    pub(crate) fn parse(s: &str) -> EventKind {
         match s {
             "changed" => EventKind::Changed,
             "removed" => EventKind::Removed,
@@ -100,13 +104,30 @@ pub struct NewEvent {
     pub mapping_version: String,
 }
 
-/// An order taken into the watch state without an event (a first-run baseline).
+/// An order taken into the watch state without an event: a first-run baseline, or a new
+/// fingerprint that changes nothing consumers were sent (the mappings now read another
+/// field, not the order's data).
 #[derive(Debug, Clone)]
 pub struct Baseline {
     pub appointment_id: String,
     pub patient_id: Option<String>,
     pub fingerprint: String,
     pub document: Vec<u8>,
+    /// The ORM consumers are taken to hold (a first-run baseline's, rendered then); `None`
+    /// keeps the one stored.
+    pub message: Option<(EventKind, String)>,
+}
+
+/// An order a domain's watch knows, with the last ORM its consumers were sent.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub appointment_id: String,
+    pub patient_id: Option<String>,
+    pub fingerprint: String,
+    pub document: Vec<u8>,
+    /// The last message sent (or taken as held, for a baseline) and its event kind; `None`
+    /// for orders recorded before messages were kept, or a baseline that did not map.
+    pub message: Option<(EventKind, String)>,
 }
 
 /// A stored event, as `WatchOrders` streams it.
@@ -235,6 +256,16 @@ pub trait FeedStore: Send + Sync {
     ) -> Result<Option<Vec<u8>>, StoreError>;
     /// Whether the domain's first complete poll has been recorded.
     async fn baselined(&self, domain: &str) -> Result<bool, StoreError>;
+    /// The orders a domain's watch knows (only `appointment_id`, when given), by id.
+    async fn tracked(
+        &self,
+        domain: &str,
+        appointment_id: Option<&str>,
+    ) -> Result<Vec<Tracked>, StoreError>;
+    /// The mapping-set version the domain's tracked orders were last compared against.
+    async fn reconciled_version(&self, domain: &str) -> Result<Option<String>, StoreError>;
+    /// Notes that version (a watch-state write: the poll leader's).
+    async fn set_reconciled_version(&self, domain: &str, version: &str) -> Result<(), StoreError>;
     /// Stores events (each with a delivery per route), baseline rows, and forgets
     /// `removed` orders, in one transaction. Returns the last event id written.
     async fn record(
@@ -319,6 +350,12 @@ pub struct Feed {
     latest: watch::Sender<i64>,
     /// Wakes destinations when deliveries were queued or released.
     pub(crate) queued: Notify,
+    /// The order mapping that renders the feed's messages.
+    mapping: String,
+    on_mapping_change: OnMappingChange,
+    /// One per domain: a poll and a resend of the domain never interleave, so a resend
+    /// never records an older document after a poll recorded a newer one.
+    watch_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How often a replica looks for events other replicas recorded, when no notification came.
@@ -343,6 +380,9 @@ impl Feed {
             routes,
             latest: watch::channel(latest).0,
             queued: Notify::new(),
+            mapping: settings.mapping.clone(),
+            on_mapping_change: settings.on_mapping_change,
+            watch_locks: Default::default(),
         });
         if let Database::Postgres(_) = db {
             tokio::spawn(follow(Arc::downgrade(&feed), db.subscribe()));
@@ -367,6 +407,37 @@ impl Feed {
     /// Whether the domain's first complete poll has been recorded.
     pub async fn baselined(&self, domain: &str) -> Result<bool, StoreError> {
         self.store.baselined(domain).await
+    }
+
+    /// The orders a domain's watch knows (only `appointment_id`, when given).
+    pub async fn tracked(
+        &self,
+        domain: &str,
+        appointment_id: Option<&str>,
+    ) -> Result<Vec<Tracked>, StoreError> {
+        self.store.tracked(domain, appointment_id).await
+    }
+
+    /// The order mapping that renders the feed's messages.
+    pub fn mapping(&self) -> &str {
+        &self.mapping
+    }
+
+    /// What a new mapping-set version does.
+    pub fn on_mapping_change(&self) -> OnMappingChange {
+        self.on_mapping_change
+    }
+
+    /// Held while a domain's watch state is read and written (a poll, a resend).
+    pub async fn lock_watch(&self, domain: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .watch_locks
+            .lock()
+            .expect("watch locks")
+            .entry(domain.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Stores events (each with its deliveries) and baseline rows of a domain in one

@@ -25,7 +25,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{
     Baseline, DeadLetter, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory,
-    EventKind, FeedStore, NewEvent, Ordering, Outcome, WatchStatus,
+    EventKind, FeedStore, NewEvent, Ordering, Outcome, Tracked, WatchStatus,
 };
 use crate::store::StoreError;
 use crate::store::leader::Role;
@@ -95,8 +95,23 @@ CREATE TABLE feed_destinations (
     },
     Migration {
         version: 2,
+        description: "the last message sent per order; the mapping version last compared",
+        // Each tracked order keeps the last ORM its consumers were sent (taken from the
+        // events still retained), so that a new mapping set can be compared against it.
+        sql: "
+ALTER TABLE feed_orders ADD COLUMN message TEXT;
+ALTER TABLE feed_orders ADD COLUMN message_kind TEXT;
+ALTER TABLE feed_watch ADD COLUMN mapping_version TEXT;
+UPDATE feed_orders o SET (message, message_kind) = (
+    SELECT e.message, e.kind FROM feed_events e
+    WHERE e.domain = o.domain AND e.appointment_id = o.appointment_id AND e.kind <> 'removed'
+    ORDER BY e.id DESC LIMIT 1);
+",
+    },
+    Migration {
+        version: 3,
         description: "events by appointment (an order's timeline)",
-        sql: "CREATE INDEX feed_events_appointment ON feed_events (domain, appointment_id, id);",
+        sql: "CREATE INDEX IF NOT EXISTS feed_events_appointment ON feed_events (domain, appointment_id, id);",
     },
 ];
 
@@ -199,6 +214,66 @@ impl FeedStore for PgFeed {
         Ok(row.is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()))
     }
 
+    async fn tracked(
+        &self,
+        domain: &str,
+        appointment_id: Option<&str>,
+    ) -> Result<Vec<Tracked>, StoreError> {
+        let client = self.pg.client("feed_read").await?;
+        let rows = client
+            .query(
+                "SELECT appointment_id, patient_id, fingerprint, document, message, message_kind
+                 FROM feed_orders
+                 WHERE domain = $1 AND ($2::text IS NULL OR appointment_id = $2)
+                 ORDER BY appointment_id",
+                &[&domain, &appointment_id],
+            )
+            .await
+            .map_err(|e| self.pg.failed("feed_read", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let message: Option<String> = r.get(4);
+                let kind: Option<&str> = r.get(5);
+                Tracked {
+                    appointment_id: r.get(0),
+                    patient_id: r.get(1),
+                    fingerprint: r.get(2),
+                    document: r.get(3),
+                    message: message.map(|m| (EventKind::parse(kind.unwrap_or("new")), m)),
+                }
+            })
+            .collect())
+    }
+
+    async fn reconciled_version(&self, domain: &str) -> Result<Option<String>, StoreError> {
+        let client = self.pg.client("feed_read").await?;
+        let row = client
+            .query_opt(
+                "SELECT mapping_version FROM feed_watch WHERE domain = $1",
+                &[&domain],
+            )
+            .await
+            .map_err(|e| self.pg.failed("feed_read", e))?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    async fn set_reconciled_version(&self, domain: &str, version: &str) -> Result<(), StoreError> {
+        let pg = &self.pg;
+        let fail = |e| pg.failed("feed_record", e);
+        let mut client = pg.client("feed_record").await?;
+        let tx = client.transaction().await.map_err(fail)?;
+        pg.fence(&tx, Role::Poll.as_str(), domain).await?;
+        tx.execute(
+            "INSERT INTO feed_watch (domain, mapping_version) VALUES ($1, $2)
+             ON CONFLICT (domain) DO UPDATE SET mapping_version = excluded.mapping_version",
+            &[&domain, &version],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)
+    }
+
     async fn record(
         &self,
         domain: &str,
@@ -225,12 +300,14 @@ impl FeedStore for PgFeed {
             .get(0);
         let upsert = tx
             .prepare_cached(
-                "INSERT INTO feed_orders (domain, appointment_id, patient_id, fingerprint, document,
-                     updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO feed_orders AS o (domain, appointment_id, patient_id, fingerprint,
+                     document, updated_at, message, message_kind)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (domain, appointment_id) DO UPDATE SET
                      patient_id = excluded.patient_id, fingerprint = excluded.fingerprint,
-                     document = excluded.document, updated_at = excluded.updated_at",
+                     document = excluded.document, updated_at = excluded.updated_at,
+                     message = COALESCE(excluded.message, o.message),
+                     message_kind = COALESCE(excluded.message_kind, o.message_kind)",
             )
             .await
             .map_err(fail)?;
@@ -266,9 +343,17 @@ impl FeedStore for PgFeed {
             })
             .collect();
         let kinds: Vec<&'static str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let held: Vec<(Option<&str>, Option<&str>)> = baseline
+            .iter()
+            .map(|b| match &b.message {
+                Some((kind, message)) => (Some(message.as_str()), Some(kind.as_str())),
+                None => (None, None),
+            })
+            .collect();
         let baseline_params: Vec<Params> = baseline
             .iter()
-            .map(|b| -> Params {
+            .zip(&held)
+            .map(|(b, (message, kind))| -> Params {
                 vec![
                     &domain,
                     &b.appointment_id,
@@ -276,6 +361,8 @@ impl FeedStore for PgFeed {
                     &b.fingerprint,
                     &b.document,
                     &now,
+                    message,
+                    kind,
                 ]
             })
             .collect();
@@ -295,6 +382,8 @@ impl FeedStore for PgFeed {
                     &e.fingerprint,
                     &e.document,
                     &now,
+                    &e.message,
+                    kind,
                 ]
             };
             let insert: Params = vec![

@@ -23,6 +23,8 @@ pub struct FeedSettings {
     pub first_run: FirstRun,
     /// What an order leaving the pending list produces.
     pub on_removed: OnRemoved,
+    /// What a new mapping-set version does to the orders consumers already have.
+    pub on_mapping_change: OnMappingChange,
     /// Fetch each order's comments and alerts (one more QUBS call per new or polled order),
     /// so that messages carry them as NTE segments and comment edits count as changes.
     pub include_comments: bool,
@@ -46,6 +48,7 @@ impl Default for FeedSettings {
             poll_jitter: 0.1,
             first_run: FirstRun::SendAll,
             on_removed: OnRemoved::Ignore,
+            on_mapping_change: OnMappingChange::ResendChanged,
             include_comments: true,
             fetch_concurrency: 16,
             retry_initial_ms: 1000,
@@ -74,6 +77,20 @@ pub enum OnRemoved {
     /// Send an event of kind `removed`: the ORM's ORC-1 comes from the `order_control`
     /// table (CA by default; DC where consumers expect discontinue).
     Send,
+}
+
+/// What the feed does when the mapping-set version changes (a reload, or a restart on
+/// edited files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMappingChange {
+    /// Leave consumers with what they have; orders go out under the new mapping when they
+    /// next change in QUBS.
+    Ignore,
+    /// Re-map every tracked order and send an XO for each whose ORM now differs from the
+    /// last one sent (MSH-7 and MSH-10 aside). The default: a mapping is changed to correct
+    /// what consumers hold, and a change that alters no message sends nothing.
+    ResendChanged,
 }
 
 /// One place messages go.

@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
     Baseline, DeadLetter, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory,
-    EventKind, FeedStore, NewEvent, Ordering, Outcome, WatchStatus,
+    EventKind, FeedStore, NewEvent, Ordering, Outcome, Tracked, WatchStatus,
 };
 use crate::store::StoreError;
 use crate::store::migrate::Migration;
@@ -23,6 +23,11 @@ pub(super) static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        description: "the last message sent per order; the mapping version last compared",
+        sql: SCHEMA_V2,
+    },
+    Migration {
+        version: 3,
         description: "events by appointment (an order's timeline)",
         sql: "CREATE INDEX IF NOT EXISTS feed_events_appointment
                   ON feed_events(domain, appointment_id, id);",
@@ -85,6 +90,19 @@ CREATE TABLE IF NOT EXISTS feed_destinations (
 );
 ";
 
+/// Each tracked order keeps the last ORM its consumers were sent (taken from the events
+/// still retained), so that a new mapping set can be compared against it.
+const SCHEMA_V2: &str = "
+ALTER TABLE feed_orders ADD COLUMN message TEXT;
+ALTER TABLE feed_orders ADD COLUMN message_kind TEXT;
+ALTER TABLE feed_watch ADD COLUMN mapping_version TEXT;
+UPDATE feed_orders SET (message, message_kind) = (
+    SELECT e.message, e.kind FROM feed_events e
+    WHERE e.domain = feed_orders.domain AND e.appointment_id = feed_orders.appointment_id
+      AND e.kind <> 'removed'
+    ORDER BY e.id DESC LIMIT 1);
+";
+
 fn latest_event(tx: &Transaction) -> rusqlite::Result<i64> {
     tx.row("SELECT COALESCE(MAX(id), 0) FROM feed_events", [], |r| {
         r.get(0)
@@ -129,6 +147,50 @@ fn baselined(tx: &Transaction, domain: &str) -> rusqlite::Result<bool> {
         .is_some())
 }
 
+fn tracked(
+    tx: &Transaction,
+    domain: &str,
+    appointment_id: Option<&str>,
+) -> rusqlite::Result<Vec<Tracked>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT appointment_id, patient_id, fingerprint, document, message, message_kind
+         FROM feed_orders WHERE domain = ?1 AND (?2 IS NULL OR appointment_id = ?2)
+         ORDER BY appointment_id",
+    )?;
+    stmt.query_map(params![domain, appointment_id], |r| {
+        let message: Option<String> = r.get(4)?;
+        let kind: Option<String> = r.get(5)?;
+        Ok(Tracked {
+            appointment_id: r.get(0)?,
+            patient_id: r.get(1)?,
+            fingerprint: r.get(2)?,
+            document: r.get(3)?,
+            message: message.map(|m| (EventKind::parse(kind.as_deref().unwrap_or("new")), m)),
+        })
+    })?
+    .collect()
+}
+
+fn reconciled_version(tx: &Transaction, domain: &str) -> rusqlite::Result<Option<String>> {
+    Ok(tx
+        .row(
+            "SELECT mapping_version FROM feed_watch WHERE domain = ?1",
+            [domain],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+fn set_reconciled_version(tx: &Transaction, domain: &str, version: &str) -> rusqlite::Result<()> {
+    tx.exec(
+        "INSERT INTO feed_watch (domain, mapping_version) VALUES (?1, ?2)
+         ON CONFLICT (domain) DO UPDATE SET mapping_version = ?2",
+        params![domain, version],
+    )?;
+    Ok(())
+}
+
 /// The ordering key of a delivery: which earlier messages it must wait for.
 fn order_key(ordering: Ordering, domain: &str, e: &NewEvent) -> String {
     match (ordering, &e.patient_id) {
@@ -150,11 +212,14 @@ fn record(
     now: i64,
 ) -> rusqlite::Result<Option<i64>> {
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO feed_orders (domain, appointment_id, patient_id, fingerprint, document, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO feed_orders (domain, appointment_id, patient_id, fingerprint, document,
+             updated_at, message, message_kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (domain, appointment_id) DO UPDATE SET patient_id = excluded.patient_id,
              fingerprint = excluded.fingerprint, document = excluded.document,
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at,
+             message = COALESCE(excluded.message, feed_orders.message),
+             message_kind = COALESCE(excluded.message_kind, feed_orders.message_kind)",
     )?;
     let mut insert_event = tx.prepare_cached(
         "INSERT INTO feed_events (domain, appointment_id, kind, document, message, control_id,
@@ -175,7 +240,9 @@ fn record(
             b.patient_id,
             b.fingerprint,
             b.document,
-            now
+            now,
+            b.message.as_ref().map(|(_, m)| m),
+            b.message.as_ref().map(|(k, _)| k.as_str()),
         ])?;
     }
     let mut last = None;
@@ -189,7 +256,9 @@ fn record(
                 e.patient_id,
                 e.fingerprint,
                 e.document,
-                now
+                now,
+                e.message,
+                e.kind.as_str(),
             ])?;
         }
         insert_event.execute(params![
@@ -661,6 +730,31 @@ impl FeedStore for SqliteFeed {
     async fn baselined(&self, domain: &str) -> Result<bool, StoreError> {
         let domain = domain.to_string();
         self.store.read(move |tx, _| baselined(tx, &domain)).await
+    }
+
+    async fn tracked(
+        &self,
+        domain: &str,
+        appointment_id: Option<&str>,
+    ) -> Result<Vec<Tracked>, StoreError> {
+        let (domain, id) = (domain.to_string(), appointment_id.map(str::to_string));
+        self.store
+            .read(move |tx, _| tracked(tx, &domain, id.as_deref()))
+            .await
+    }
+
+    async fn reconciled_version(&self, domain: &str) -> Result<Option<String>, StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .read(move |tx, _| reconciled_version(tx, &domain))
+            .await
+    }
+
+    async fn set_reconciled_version(&self, domain: &str, version: &str) -> Result<(), StoreError> {
+        let (domain, version) = (domain.to_string(), version.to_string());
+        self.store
+            .write(move |tx, _| set_reconciled_version(tx, &domain, &version))
+            .await
     }
 
     async fn record(

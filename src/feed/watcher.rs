@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::resend::{RenderError, ResendError, render};
 use super::{Baseline, EventKind, Feed, FeedSettings, FirstRun, NewEvent, OnRemoved};
 use crate::live_mappings::LiveMappings;
-use crate::mapping::{Body, MapOptions, MappingSet};
+use crate::mapping::MappingSet;
 use crate::orders::{Include, Order};
 use crate::pending_list::{Pass, PendingList};
 use crate::qubs;
@@ -73,7 +74,9 @@ impl Watcher {
             self.settings.retry_initial_ms,
             self.settings.retry_max_ms,
         );
+        let mut reloads = self.mappings.subscribe();
         loop {
+            reloads.borrow_and_update();
             let outcome = tokio::select! {
                 o = self.poll(&domain) => o,
                 _ = shutdown.cancelled() => return,
@@ -108,15 +111,23 @@ impl Watcher {
                     wait
                 }
             };
+            // A new mapping set is compared with what consumers have at once, not a poll
+            // interval later.
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = reloads.changed() => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// One pass over the domain's pending list.
+    /// One pass over the domain's pending list, after comparing the tracked orders with a
+    /// new mapping set (`on_mapping_change`).
     pub async fn poll(&self, domain: &str) -> Result<PollSummary, PollError> {
+        let _watch = self.feed.lock_watch(domain).await;
+        if self.mappings.is_loaded() {
+            self.reconcile(domain).await?;
+        }
         let known = self.feed.fingerprints(domain).await?;
         let first_run = !self.feed.baselined(domain).await?;
         let baseline_only = first_run && self.settings.first_run == FirstRun::Baseline;
@@ -154,17 +165,40 @@ impl Watcher {
                         seen.insert(id);
                         continue;
                     }
+                    Some(_)
+                        if self
+                            .reads_changed(&mappings, domain, &id, &fingerprint)
+                            .await? =>
+                    {
+                        // The mappings read other fields now; the order itself has not
+                        // changed in anything they read. Consumers hear of a mapping change
+                        // through `on_mapping_change`, not as a change of every order.
+                        seen.insert(id.clone());
+                        baseline.push(Baseline {
+                            appointment_id: id,
+                            patient_id,
+                            fingerprint,
+                            document: document.to_string().into_bytes(),
+                            message: None,
+                        });
+                        continue;
+                    }
                     Some(_) => EventKind::Changed,
                     None => EventKind::New,
                 };
                 seen.insert(id.clone());
                 if baseline_only {
                     summary.baselined += 1;
+                    // What consumers are taken to hold, for comparing a later mapping set.
+                    let held = render(&mappings, &self.settings.mapping, &mut document, kind)
+                        .ok()
+                        .map(|r| (kind, r.message));
                     baseline.push(Baseline {
                         appointment_id: id,
                         patient_id,
                         fingerprint,
                         document: document.to_string().into_bytes(),
+                        message: held,
                     });
                     continue;
                 }
@@ -311,6 +345,47 @@ impl Watcher {
         Ok(gone)
     }
 
+    /// Compares the tracked orders with a new mapping set (see [`super::resend`]).
+    async fn reconcile(&self, domain: &str) -> Result<(), PollError> {
+        let mappings = self.mappings.current();
+        match self.feed.reconcile_mappings(&mappings, domain).await {
+            Ok(Some(r)) => {
+                tracing::info!(
+                    domain,
+                    mapping_version = %r.mapping_version,
+                    tracked = r.tracked,
+                    resent = r.resent,
+                    unchanged = r.unchanged,
+                    unknown = r.unknown,
+                    unmappable = r.unmappable,
+                    "mapping set changed: orders whose message changed were resent"
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(ResendError::Store(e)) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(domain, error = %e, "could not compare orders with the new mapping set");
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a tracked order's new fingerprint comes from the mappings reading other
+    /// fields: its stored document, fingerprinted by the current set, gives the same one.
+    async fn reads_changed(
+        &self,
+        mappings: &MappingSet,
+        domain: &str,
+        appointment_id: &str,
+        fingerprint: &str,
+    ) -> Result<bool, PollError> {
+        let stored = self.feed.document(domain, appointment_id).await?;
+        Ok(stored
+            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+            .is_some_and(|d| mappings.order_fingerprint(&d) == fingerprint))
+    }
+
     /// Sets `event.kind` in the document and renders the feed's message. `None` when the
     /// mapping fails (logged with the rule, never the values).
     fn event(
@@ -321,35 +396,25 @@ impl Watcher {
         kind: EventKind,
         document: &mut Value,
     ) -> Option<(String, String)> {
-        if let Value::Object(m) = document {
-            m.insert("event".into(), json!({ "kind": kind.as_str() }));
-        }
-        let control_id = crate::hl7::writer::new_control_id();
-        let options = MapOptions {
-            control_id: Some(control_id.clone()),
-            ..Default::default()
-        };
-        match mappings.map_order_with(&self.settings.mapping, document, &options) {
-            Ok(output) => {
+        match render(mappings, &self.settings.mapping, document, kind) {
+            Ok(rendered) => {
                 self.unmapped.record(
                     &self.settings.mapping,
-                    &output.version,
+                    &rendered.version,
                     domain,
                     appointment_id,
-                    &output.unmapped,
+                    &rendered.unmapped,
                 );
-                match output.body {
-                    Body::Hl7(er7) => Some((er7, control_id)),
-                    Body::Fhir(_) => {
-                        tracing::error!(
-                            mapping = %self.settings.mapping,
-                            "feed.mapping renders FHIR, not HL7; no feed message can be sent"
-                        );
-                        None
-                    }
-                }
+                Some((rendered.message, rendered.control_id))
             }
-            Err(e) => {
+            Err(RenderError::NotHl7(_)) => {
+                tracing::error!(
+                    mapping = %self.settings.mapping,
+                    "feed.mapping renders FHIR, not HL7; no feed message can be sent"
+                );
+                None
+            }
+            Err(RenderError::Map(e)) => {
                 self.metrics.mapping_failures.inc();
                 tracing::warn!(
                     domain,

@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::Context;
 use super::pb::{self, OutputFormat, feed_service_server::FeedService};
+use crate::feed::resend::{ResendError, ResendRequest};
 use crate::feed::{EventKind, Feed};
+use crate::store::StoreError;
 
 /// Events sent ahead of the caller before the stream waits for it to read.
 const STREAM_BUFFER: usize = 64;
@@ -105,6 +107,17 @@ impl FeedService for FeedApi {
         self.ctx
             .call("RetryFeedDeliveries", request, |who, req| async move {
                 self.retry(&who, req).await.map(Response::new)
+            })
+            .await
+    }
+
+    async fn resend_feed_orders(
+        &self,
+        request: Request<pb::ResendFeedOrdersRequest>,
+    ) -> Result<Response<pb::ResendFeedOrdersResponse>, Status> {
+        self.ctx
+            .call("ResendFeedOrders", request, |who, req| async move {
+                self.resend(&who, req).await.map(Response::new)
             })
             .await
     }
@@ -204,6 +217,80 @@ impl FeedApi {
             .map_err(storage)?;
         Ok(pb::RetryFeedDeliveriesResponse {
             requeued: requeued as u64,
+        })
+    }
+}
+
+impl FeedApi {
+    async fn resend(
+        &self,
+        who: &super::auth::Caller,
+        req: pb::ResendFeedOrdersRequest,
+    ) -> Result<pb::ResendFeedOrdersResponse, Status> {
+        who.authorize(&req.domain)?;
+        let feed = self.ctx.feed()?;
+        if !self.ctx.mappings.is_loaded() {
+            return Err(Status::failed_precondition(
+                ResendError::NotLoaded.to_string(),
+            ));
+        }
+        let appointment_id = req.appointment_id.trim();
+        let request = ResendRequest {
+            domain: req.domain.clone(),
+            appointment_id: (!appointment_id.is_empty()).then(|| appointment_id.to_string()),
+            changed_only: req.changed_only,
+            dry_run: req.dry_run,
+        };
+        let mappings = self.ctx.mappings.current();
+        let report = match feed.resend(&mappings, &request).await {
+            Ok(r) => r,
+            Err(e @ ResendError::NotTracked { .. }) => {
+                return Err(Status::not_found(e.to_string()));
+            }
+            Err(e @ ResendError::NotLoaded) => {
+                return Err(Status::failed_precondition(e.to_string()));
+            }
+            Err(ResendError::Store(StoreError::NotLeader { scope, .. })) => {
+                return Err(Status::failed_precondition(format!(
+                    "another replica polls domain `{scope}`; only it can resend its orders (`store check` shows which), or use --dry-run here"
+                )));
+            }
+            Err(ResendError::Store(e)) => return Err(storage(e)),
+        };
+        if !request.dry_run && report.resent > 0 {
+            tracing::info!(
+                domain = %request.domain,
+                resent = report.resent,
+                changed_only = request.changed_only,
+                "feed orders resent on request"
+            );
+        }
+        let (example_appointment_id, example_changes) = match report.example {
+            Some(e) => (
+                e.appointment_id,
+                e.diffs
+                    .into_iter()
+                    .map(|d| pb::FieldChange {
+                        field: d.path,
+                        before_absent: d.expected.is_none(),
+                        after_absent: d.actual.is_none(),
+                        before: d.expected.unwrap_or_default(),
+                        after: d.actual.unwrap_or_default(),
+                    })
+                    .collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
+        Ok(pb::ResendFeedOrdersResponse {
+            mapping_set_version: report.mapping_version,
+            tracked: report.tracked as u64,
+            changed: report.changed as u64,
+            unchanged: report.unchanged as u64,
+            unknown: report.unknown as u64,
+            unmappable: report.unmappable as u64,
+            resent: report.resent as u64,
+            example_appointment_id,
+            example_changes,
         })
     }
 }

@@ -91,7 +91,7 @@ CREATE TABLE outbox_attachments (
     Migration {
         version: 2,
         description: "results by their input's id (search by MSH-10)",
-        sql: "CREATE INDEX outbox_results_source ON outbox_results (source_id);",
+        sql: "CREATE INDEX IF NOT EXISTS outbox_results_source ON outbox_results (source_id);",
     },
 ];
 

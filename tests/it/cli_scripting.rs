@@ -74,6 +74,16 @@ fn a_closed_stdout_ends_every_printing_command_quietly() {
         &["feed", "status"],
         &["feed", "status", "--format", "json"],
         &["feed", "retry", "--destination", "demo-listener"],
+        &["feed", "resend", "--domain", "acme", "--dry-run"],
+        &[
+            "feed",
+            "resend",
+            "--domain",
+            "acme",
+            "--dry-run",
+            "--format",
+            "json",
+        ],
         &[
             "feed", "watch", "--domain", "acme", "--after", "0", "--count", "2",
         ],

@@ -14,6 +14,7 @@ mod console;
 mod console_browser;
 mod crash_recovery;
 mod feed;
+mod feed_resend;
 mod fidelity;
 mod fuzz_regressions;
 mod grpc_discovery;

@@ -398,6 +398,7 @@ async fn the_watch_state_events_and_cursors_follow_what_was_recorded(backend: Ba
             patient_id: None,
             fingerprint: "fp-A3".into(),
             document: b"{}".to_vec(),
+            message: None,
         }],
         vec![],
     )
@@ -482,6 +483,384 @@ async fn the_watch_state_events_and_cursors_follow_what_was_recorded(backend: Ba
     let watch = &feed.watch_status(vec!["acme".into()]).await.unwrap()[0];
     assert_eq!((watch.polls, watch.baselined), (2, true));
     assert_eq!(watch.last_error.as_deref(), Some("QUBS said 503"));
+}
+
+both!(each_tracked_order_keeps_the_last_message_sent_and_the_mapping_version_compared);
+async fn each_tracked_order_keeps_the_last_message_sent_and_the_mapping_version_compared(
+    backend: Backend,
+) {
+    let f = Fixture::new(backend, 30).await;
+    let db = f.open().await;
+    lead(&db, &[("poll", "acme")]).await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let baseline = |id: &str, n: u32, held: Option<&str>| Baseline {
+        appointment_id: id.into(),
+        patient_id: Some(format!("P-{id}")),
+        fingerprint: format!("fp-{id}-{n}"),
+        document: format!("{{\"n\":{n}}}").into_bytes(),
+        message: held.map(|m| (EventKind::New, m.to_string())),
+    };
+    feed.record(
+        "acme",
+        vec![event("A1", "P1", EventKind::New, 1)],
+        vec![baseline("A3", 1, Some("held A3")), baseline("A4", 1, None)],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let last_sent =
+        |tracked: &[qubs_bridge::feed::Tracked]| -> Vec<(String, Option<(EventKind, String)>)> {
+            tracked
+                .iter()
+                .map(|t| (t.appointment_id.clone(), t.message.clone()))
+                .collect()
+        };
+    let tracked = feed.tracked("acme", None).await.unwrap();
+    assert_eq!(
+        last_sent(&tracked),
+        [
+            ("A1".into(), Some((EventKind::New, "MSH|...|A1|1".into()))),
+            ("A3".into(), Some((EventKind::New, "held A3".into()))),
+            ("A4".into(), None),
+        ]
+    );
+    assert_eq!(tracked[0].document, b"{\"n\":1}");
+    assert_eq!(tracked[0].patient_id.as_deref(), Some("P1"));
+    assert_eq!(tracked[1].fingerprint, "fp-A3-1");
+
+    // A change replaces the message and its kind; a baseline row without a message (a new
+    // fingerprint that changes nothing sent) keeps the one stored.
+    feed.record(
+        "acme",
+        vec![event("A1", "P1", EventKind::Changed, 2)],
+        vec![baseline("A3", 2, None)],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let tracked = feed.tracked("acme", None).await.unwrap();
+    assert_eq!(
+        last_sent(&tracked)[..2],
+        [
+            (
+                "A1".into(),
+                Some((EventKind::Changed, "MSH|...|A1|2".into()))
+            ),
+            ("A3".into(), Some((EventKind::New, "held A3".into()))),
+        ]
+    );
+    assert_eq!(
+        tracked[1].fingerprint, "fp-A3-2",
+        "the fingerprint moves on"
+    );
+    let one = feed.tracked("acme", Some("A3")).await.unwrap();
+    assert_eq!(
+        last_sent(&one),
+        [("A3".into(), Some((EventKind::New, "held A3".into())))]
+    );
+    assert!(feed.tracked("acme", Some("A9")).await.unwrap().is_empty());
+    assert!(feed.tracked("globex", None).await.unwrap().is_empty());
+
+    // A removal forgets the order and its message.
+    feed.record(
+        "acme",
+        vec![event("A1", "P1", EventKind::Removed, 3)],
+        vec![],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = feed
+        .tracked("acme", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.appointment_id)
+        .collect();
+    assert_eq!(ids, ["A3", "A4"]);
+}
+
+both!(a_resend_compares_with_the_last_message_sent_and_records_xo_events);
+/// `Feed::resend` over the store: an order whose last message differs from what the mapping
+/// set renders now gets a `changed` event with a delivery; one whose message is the same
+/// does not; on PostgreSQL only the domain's poll leader may record it, a dry run anywhere.
+async fn a_resend_compares_with_the_last_message_sent_and_records_xo_events(backend: Backend) {
+    use qubs_bridge::feed::resend::{ResendError, ResendRequest};
+    use qubs_bridge::mapping::{Body, MapOptions, MappingSet};
+
+    let f = Fixture::new(backend, 30).await;
+    let db = f.open().await;
+    lead(&db, &[("poll", "acme")]).await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let mappings = MappingSet::load_dir("mappings").unwrap();
+    let order = |id: &str| {
+        let mut d: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string("mappings/tests/order-routine-ct/order.json").unwrap(),
+        )
+        .unwrap();
+        d["appointment"]["appointmentId"] = id.into();
+        d["event"] = serde_json::json!({"kind": "new"});
+        d
+    };
+    let sent = |id: &str| -> NewEvent {
+        let document = order(id);
+        let Body::Hl7(message) = mappings
+            .map_order_with("orm_o01", &document, &MapOptions::default())
+            .unwrap()
+            .body
+        else {
+            panic!("orm_o01 renders HL7")
+        };
+        NewEvent {
+            appointment_id: id.into(),
+            patient_id: Some("P-55021".into()),
+            kind: EventKind::New,
+            fingerprint: mappings.order_fingerprint(&document),
+            document: document.to_string().into_bytes(),
+            message,
+            control_id: format!("C-{id}"),
+            mapping_version: "older".into(),
+        }
+    };
+    // A1 was sent as today's mappings render it; A2 by an older mapping whose OBR-24 differs.
+    let mut older = sent("A2");
+    let today = older.message.clone();
+    older.message = older.message.replace("|CT|", "|RAD|");
+    assert_ne!(older.message, today, "the older message differs");
+    feed.record("acme", vec![sent("A1"), older], vec![], vec![])
+        .await
+        .unwrap();
+    async fn queued(feed: &Feed) -> u64 {
+        feed.destination_status_of("ris").await.unwrap().pending
+    }
+    assert_eq!(queued(&feed).await, 2);
+
+    let request = |changed_only, dry_run| ResendRequest {
+        domain: "acme".into(),
+        appointment_id: None,
+        changed_only,
+        dry_run,
+    };
+    let dry = feed.resend(&mappings, &request(true, true)).await.unwrap();
+    assert_eq!(
+        (
+            dry.tracked,
+            dry.changed,
+            dry.unchanged,
+            dry.unknown,
+            dry.resent
+        ),
+        (2, 1, 1, 0, 0)
+    );
+    let example = dry.example.unwrap();
+    assert_eq!(example.appointment_id, "A2");
+    assert_eq!(
+        example
+            .diffs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["OBR-24: RAD → CT"]
+    );
+    assert_eq!(queued(&feed).await, 2, "a dry run records nothing");
+
+    // On PostgreSQL, another replica (not the poll leader) may look but not record.
+    if let Backend::Postgres = backend {
+        let other = Feed::open(
+            &f.open().await,
+            &feed_settings(&[("ris", Ordering::PerPatient)]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            other
+                .resend(&mappings, &request(true, true))
+                .await
+                .unwrap()
+                .changed,
+            1
+        );
+        let refused = other.resend(&mappings, &request(true, false)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ResendError::Store(StoreError::NotLeader { .. }))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(queued(&feed).await, 2);
+    }
+
+    let real = feed.resend(&mappings, &request(true, false)).await.unwrap();
+    assert_eq!((real.changed, real.resent), (1, 1));
+    assert_eq!(queued(&feed).await, 3);
+    let events = feed.events("acme", 0, 10).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.appointment_id.as_str(), last.kind),
+        ("A2", EventKind::Changed)
+    );
+    assert!(last.message.contains("|XO|"), "ORC-1 XO");
+    assert_eq!(last.mapping_version, mappings.version());
+    let tracked = feed.tracked("acme", Some("A2")).await.unwrap();
+    assert_eq!(
+        tracked[0].message,
+        Some((EventKind::Changed, last.message.clone()))
+    );
+    // Consumers now have what the mappings render: nothing more to send.
+    let again = feed.resend(&mappings, &request(true, false)).await.unwrap();
+    assert_eq!((again.changed, again.unchanged, again.resent), (0, 2, 0));
+    // Asked for every order, both go again.
+    let all = feed
+        .resend(&mappings, &request(false, false))
+        .await
+        .unwrap();
+    assert_eq!(all.resent, 2);
+    assert_eq!(queued(&feed).await, 5);
+    let missing = feed
+        .resend(
+            &mappings,
+            &ResendRequest {
+                appointment_id: Some("A9".into()),
+                ..request(false, false)
+            },
+        )
+        .await;
+    assert!(matches!(missing, Err(ResendError::NotTracked { .. })));
+}
+
+/// A file from before messages were kept (feed schema 1): the migration takes each tracked
+/// order's last message from the events still retained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_older_file_gets_each_orders_last_message_from_its_events() {
+    let f = Fixture::new(Backend::Sqlite, 30).await;
+    {
+        let db = f.open().await;
+        let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+            .await
+            .unwrap();
+        feed.record(
+            "acme",
+            vec![
+                event("A1", "P1", EventKind::New, 1),
+                event("A2", "P2", EventKind::New, 1),
+            ],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+        feed.record(
+            "acme",
+            vec![event("A1", "P1", EventKind::Changed, 2)],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+    }
+    // Back to schema 1, as a file written before this version was.
+    let conn = rusqlite::Connection::open(&f.settings.path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE feed_orders DROP COLUMN message;
+         ALTER TABLE feed_orders DROP COLUMN message_kind;
+         ALTER TABLE feed_watch DROP COLUMN mapping_version;
+         UPDATE bridge_schema SET version = 1 WHERE component = 'feed';",
+    )
+    .unwrap();
+    drop(conn);
+    let db = f.open().await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let last: Vec<(String, Option<(EventKind, String)>)> = feed
+        .tracked("acme", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.appointment_id, t.message))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (
+                "A1".into(),
+                Some((EventKind::Changed, "MSH|...|A1|2".into()))
+            ),
+            ("A2".into(), Some((EventKind::New, "MSH|...|A2|1".into()))),
+        ]
+    );
+}
+
+/// The same on PostgreSQL: `store migrate` brings a schema-1 database to 2 and fills each
+/// tracked order's last message from its retained events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_older_database_gets_each_orders_last_message_from_its_events() {
+    let f = Fixture::new(Backend::Postgres, 30).await;
+    {
+        let db = f.open().await;
+        lead(&db, &[("poll", "acme")]).await;
+        let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+            .await
+            .unwrap();
+        feed.record(
+            "acme",
+            vec![
+                event("A1", "P1", EventKind::New, 1),
+                event("A2", "P2", EventKind::New, 1),
+            ],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+        feed.record(
+            "acme",
+            vec![event("A1", "P1", EventKind::Changed, 2)],
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+    }
+    let test_db = f._db.as_ref().unwrap();
+    test_db
+        .connect()
+        .await
+        .batch_execute(
+            "ALTER TABLE feed_orders DROP COLUMN message;
+             ALTER TABLE feed_orders DROP COLUMN message_kind;
+             ALTER TABLE feed_watch DROP COLUMN mapping_version;
+             UPDATE bridge_schema SET version = 1 WHERE component = 'feed';",
+        )
+        .await
+        .unwrap();
+    test_db.migrate().await;
+    let db = f.open().await;
+    let feed = Feed::open(&db, &feed_settings(&[("ris", Ordering::PerPatient)]))
+        .await
+        .unwrap();
+    let last: Vec<(String, Option<(EventKind, String)>)> = feed
+        .tracked("acme", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.appointment_id, t.message))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (
+                "A1".into(),
+                Some((EventKind::Changed, "MSH|...|A1|2".into()))
+            ),
+            ("A2".into(), Some((EventKind::New, "MSH|...|A2|1".into()))),
+        ]
+    );
 }
 
 both!(deliveries_keep_order_per_key_and_record_every_outcome);
