@@ -2,10 +2,10 @@
 //! the orders the feed tracks (the worklist as last polled) and count how many outputs
 //! change, grouped by the set of fields that change, with one example per group.
 //!
-//! Both runs use the same message time and control id, so the fields that differ on every
-//! run (MSH-7, MSH-10) never count as a change. HL7 outputs are compared field by field
-//! (`ORC-7`, `OBR[2]-4` for a repeated segment), FHIR outputs leaf by leaf
-//! (`code.coding[0].code`).
+//! Outputs are compared by the golden runner's field-level diff
+//! ([`crate::mapping::golden::diff`]): HL7 field by field down to the component (`ORC-7.6`,
+//! `OBR[2]-4` for a repeated segment), FHIR by JSON path (`code.coding[0].code`); the
+//! fields that differ on every run (MSH-7, MSH-10) never count as a change.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use super::auth::Caller;
 use super::playground::{Draft, set_for};
 use super::{Console, error};
+use crate::mapping::golden::diff::{self, FieldDiff};
 use crate::mapping::{Body, InputKind, MapOptions, MappingSet};
 
 /// Orders replayed at most.
@@ -28,80 +29,29 @@ const MAX_ORDERS: usize = 2000;
 const FIXED_NOW: &str = "2026-01-01T00:00:00+00:00[UTC]";
 const FIXED_CONTROL_ID: &str = "IMPACTPREVIEW";
 
-/// An output's fields by name.
-fn fields(body: &Body) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+/// The fields that differ between two outputs, by the golden runner's field-level diff
+/// (HL7 down to the component, FHIR by JSON path; MSH-7, MSH-10 and `meta.lastUpdated`
+/// are never a change).
+fn changes(before: &Body, after: &Body) -> Vec<FieldDiff> {
+    match (before, after) {
+        (Body::Hl7(a), Body::Hl7(b)) => diff::hl7(a, b),
+        (Body::Fhir(a), Body::Fhir(b)) => diff::json(a, b),
+        (a, b) => diff::json(&body_json(a), &body_json(b)),
+    }
+}
+
+fn body_json(body: &Body) -> Value {
     match body {
-        Body::Hl7(er7) => {
-            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-            for segment in er7.split(['\r', '\n']).filter(|s| s.len() >= 3) {
-                let name = &segment[..3];
-                let n = seen.entry(name).or_default();
-                *n += 1;
-                let label = if *n == 1 {
-                    name.to_string()
-                } else {
-                    format!("{name}[{n}]")
-                };
-                // MSH-1 is the separator itself: MSH fields are numbered from it.
-                let offset = usize::from(name == "MSH");
-                for (i, value) in segment.split('|').enumerate().skip(1) {
-                    out.insert(format!("{label}-{}", i + offset), value.to_string());
-                }
-            }
-        }
-        Body::Fhir(v) => flatten(v, String::new(), &mut out),
+        Body::Hl7(s) => Value::String(s.clone()),
+        Body::Fhir(v) => v.clone(),
     }
-    out
-}
-
-fn flatten(v: &Value, path: String, out: &mut BTreeMap<String, String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                flatten(x, p, out);
-            }
-        }
-        Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
-                flatten(x, format!("{path}[{i}]"), out);
-            }
-        }
-        Value::String(s) => {
-            out.insert(path, s.clone());
-        }
-        other => {
-            out.insert(path, other.to_string());
-        }
-    }
-}
-
-/// The fields that differ between two outputs: `(field, before, after)`. A field one
-/// output lacks is empty (ER7 drops trailing empty fields).
-fn changes(before: &Body, after: &Body) -> Vec<(String, String, String)> {
-    let (a, b) = (fields(before), fields(after));
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter_map(|k| {
-            let x = a.get(k).map_or("", String::as_str);
-            let y = b.get(k).map_or("", String::as_str);
-            (x != y).then(|| (k.clone(), x.to_string(), y.to_string()))
-        })
-        .collect()
 }
 
 /// One group of outputs that changed in the same fields.
 struct Kind {
     count: usize,
     appointments: Vec<String>,
-    example: Vec<(String, String, String)>,
+    example: Vec<FieldDiff>,
 }
 
 fn replay(
@@ -131,7 +81,7 @@ fn replay(
                     unchanged += 1;
                     continue;
                 }
-                let key: Vec<String> = c.iter().map(|x| x.0.clone()).collect();
+                let key: Vec<String> = c.iter().map(|x| x.path.clone()).collect();
                 let kind = kinds.entry(key).or_insert_with(|| Kind {
                     count: 0,
                     appointments: Vec::new(),
@@ -162,8 +112,9 @@ fn replay(
             "fields": fields,
             "count": k.count,
             "appointments": k.appointments,
-            "example": k.example.into_iter().map(|(field, before, after)| json!({
-                "field": field, "before": before, "after": after,
+            // `null`: the field is absent on that side.
+            "example": k.example.into_iter().map(|d| json!({
+                "field": d.path, "before": d.expected, "after": d.actual,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
@@ -246,17 +197,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hl7_fields_are_named_by_segment_occurrence_and_msh_counts_from_the_separator() {
-        let f = fields(&Body::Hl7("MSH|^~\\&|APP\rOBR|1|A\rOBR|2|B\r".to_string()));
-        assert_eq!(f["MSH-2"], "^~\\&");
-        assert_eq!(f["MSH-3"], "APP");
-        assert_eq!(f["OBR-2"], "A");
-        assert_eq!(f["OBR[2]-2"], "B");
+    fn hl7_changes_are_named_down_to_the_component_and_msh_time_and_id_never_count() {
         let c = changes(
-            &Body::Hl7("MSH|^~\\&|APP\rORC|NW||x".into()),
-            &Body::Hl7("MSH|^~\\&|APP\rORC|NW||y".into()),
+            &Body::Hl7("MSH|^~\\&|APP|||||20260101||ORM^O01|X1\rORC|NW||^^^^^R".into()),
+            &Body::Hl7("MSH|^~\\&|APP|||||20260102||ORM^O01|X2\rORC|NW||^^^^^S".into()),
         );
-        assert_eq!(c, vec![("ORC-3".into(), "x".into(), "y".into())]);
+        let named: Vec<_> = c.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(named, ["ORC-3.6"]);
+        assert_eq!(
+            (c[0].expected.as_deref(), c[0].actual.as_deref()),
+            (Some("R"), Some("S"))
+        );
     }
 
     #[test]
@@ -265,9 +216,7 @@ mod tests {
             &Body::Fhir(json!({"code": {"coding": [{"code": "A"}]}, "status": "active"})),
             &Body::Fhir(json!({"code": {"coding": [{"code": "B"}]}, "status": "active"})),
         );
-        assert_eq!(
-            c,
-            vec![("code.coding[0].code".into(), "A".into(), "B".into())]
-        );
+        let named: Vec<_> = c.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(named, ["code.coding[0].code"]);
     }
 }

@@ -243,7 +243,7 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
     browser.screenshot("playground").await;
 
     // Its impact on the orders the feed tracks (A0001 and A0404, neither with a priority:
-    // ORC-7 changes in each).
+    // ORC-7.6 changes in each).
     browser.find("#pg-impact-run").await.click().await;
     let impact = browser
         .wait_text("#pg-impact", |t| {
@@ -256,7 +256,7 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         "every tracked order changes: {impact}"
     );
     assert!(
-        impact.contains(&format!("{} order(s): ORC-7\n", counts[0])),
+        impact.contains(&format!("{} order(s): ORC-7.6\n", counts[0])),
         "{impact}"
     );
     browser.screenshot("impact").await;

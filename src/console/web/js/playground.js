@@ -232,8 +232,8 @@ export async function render(main, session) {
             el("summary", {}, `${k.count} order(s): ${k.fields.join(", ")}`),
             el("p", { class: "help" }, `e.g. ${k.appointments.slice(0, 5).join(", ")}`),
             el("pre", {}, k.example.map((c) => [
-              el("span", { class: "diff-del" }, `- ${c.field} ${c.before}\n`),
-              el("span", { class: "diff-add" }, `+ ${c.field} ${c.after}\n`),
+              el("span", { class: "diff-del" }, `- ${c.field} ${c.before ?? "(absent)"}\n`),
+              el("span", { class: "diff-add" }, `+ ${c.field} ${c.after ?? "(absent)"}\n`),
             ])),
           ),
         ),
