@@ -199,8 +199,8 @@ mod tests {
     #[test]
     fn hl7_changes_are_named_down_to_the_component_and_msh_time_and_id_never_count() {
         let c = changes(
-            &Body::Hl7("MSH|^~\\&|APP|||||20260101||ORM^O01|X1\rORC|NW||^^^^^R".into()),
-            &Body::Hl7("MSH|^~\\&|APP|||||20260102||ORM^O01|X2\rORC|NW||^^^^^S".into()),
+            &Body::Hl7("MSH|^~\\&|APP||||20260101||ORM^O01|X1\rORC|NW||^^^^^R".into()),
+            &Body::Hl7("MSH|^~\\&|APP||||20260102||ORM^O01|X2\rORC|NW||^^^^^S".into()),
         );
         let named: Vec<_> = c.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(named, ["ORC-3.6"]);
