@@ -98,4 +98,9 @@ impl History {
     pub fn replica(&self) -> &str {
         self.store.replica()
     }
+
+    /// Whether other replicas record versions in the same history (PostgreSQL).
+    pub fn shared(&self) -> bool {
+        self.store.shared()
+    }
 }

@@ -125,7 +125,7 @@ impl ConsoleStore for PgConsole {
             .query(
                 &format!(
                     "SELECT {AUDIT_COLUMNS} FROM console_audit
-                     WHERE $1 <= 0 OR id < $1 ORDER BY id DESC LIMIT $2"
+                     WHERE $1::bigint <= 0 OR id < $1 ORDER BY id DESC LIMIT $2"
                 ),
                 &[&before_id, &limit],
             )
@@ -238,5 +238,9 @@ impl ConsoleStore for PgConsole {
 
     fn replica(&self) -> &str {
         &self.replica
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }

@@ -10,9 +10,9 @@
 //! directory changes (a shared directory with `mappings.watch`, or the file deployed to
 //! them); the console does not push it. What the console does guarantee across replicas:
 //! the history is the cluster's (the shared store), a promotion is refused on a replica
-//! whose file is not the version another replica last promoted (it would silently undo
-//! that version), and of two replicas promoting the same file at once only one records —
-//! the other puts its old file back and answers 409.
+//! whose file is still the text another replica's latest version replaced (it would
+//! silently undo that version), and of two replicas promoting the same file at once only
+//! one records — the other puts its old file back and answers 409.
 //!
 //! [`LiveMappings::reload`]: crate::live_mappings::LiveMappings::reload
 
@@ -99,10 +99,10 @@ fn apply(console: &Console, file: &str, text: &str) -> Result<Applied, Refusal> 
     }
 }
 
-/// The file's latest version in the cluster's history, provided this replica's file is that
-/// version (or the file has none, or this replica recorded it and the file was edited here
-/// since). A version another replica promoted and this replica's directory does not have
-/// yet is refused: writing over it would undo it without a trace.
+/// The file's latest version in the cluster's history, unless another replica promoted it
+/// and this replica's file is still the text that version replaced: this replica's
+/// directory has not received it, and writing over it would undo it without a trace. (A
+/// file edited by hand since, here or elsewhere, is not refused.)
 async fn latest_here(console: &Console, file: &str) -> Result<Option<Version>, Refusal> {
     let latest = console
         .history
@@ -112,7 +112,11 @@ async fn latest_here(console: &Console, file: &str) -> Result<Option<Version>, R
     let Some(v) = latest else { return Ok(None) };
     let path = console.mappings.dir().join(file);
     let here = tokio::fs::read_to_string(&path).await.unwrap_or_default();
-    if v.after_text != here && v.replica != console.history.replica() {
+    let not_received = console.history.shared()
+        && v.replica != console.history.replica()
+        && here != v.after_text
+        && here == v.before_text;
+    if not_received {
         return Err(refuse(
             StatusCode::CONFLICT,
             &format!(

@@ -205,4 +205,8 @@ impl ConsoleStore for SqliteConsole {
     fn replica(&self) -> &str {
         &self.replica
     }
+
+    fn shared(&self) -> bool {
+        false
+    }
 }

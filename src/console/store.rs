@@ -43,6 +43,8 @@ pub trait ConsoleStore: Send + Sync {
     async fn latest_version(&self, file: &str) -> Result<Option<Version>, StoreError>;
     /// The replica this process records as.
     fn replica(&self) -> &str;
+    /// Whether other replicas share these tables (PostgreSQL).
+    fn shared(&self) -> bool;
 }
 
 /// The console's storage in `db`.

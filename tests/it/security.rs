@@ -188,7 +188,7 @@ async fn every_rpc_requires_credentials_and_a_domain_the_caller_may_use() {
     expected.insert("grpc.reflection.v1alpha.ServerReflection".into());
     assert_eq!(served_services(&channel).await, expected);
     assert_eq!(services.len(), 5, "{services:?}");
-    assert_eq!(methods.len(), 15, "{methods:#?}");
+    assert_eq!(methods.len(), 16, "{methods:#?}");
 
     // An outbox entry of `acme`, to ask for as a caller of another domain.
     let stored = pb::result_service_client::ResultServiceClient::new(channel.clone())
