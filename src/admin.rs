@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz` (QUBS answers
-//! for every configured domain, the mappings are loaded and the store answers) and
-//! `/metrics` (Prometheus text). Bound to loopback by default; see README "Security".
+//! for every configured domain, the mappings are loaded and the store answers),
+//! `/metrics` (Prometheus text) and the web console under `/console/` (behind its own
+//! sign-in). Bound to loopback by default; see README "Security".
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -129,25 +130,30 @@ struct AdminState {
     metrics: Arc<Metrics>,
 }
 
-/// Binds the admin endpoint; serves until `shutdown` is cancelled.
+/// Binds the admin endpoint; serves until `shutdown` is cancelled. The console answers
+/// 503 until the service mounts it (`console`).
 pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
     domains: Vec<String>,
     metrics: Arc<Metrics>,
+    console: Option<crate::console::Mount>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(AdminState {
-            readiness,
-            domains: Arc::new(domains),
-            metrics,
-        });
+        .route("/metrics", get(metrics_text));
+    if let Some(console) = console {
+        app = app.merge(console.routes());
+    }
+    let app = app.with_state(AdminState {
+        readiness,
+        domains: Arc::new(domains),
+        metrics,
+    });
     let task = tokio::spawn(async move {
         let served = axum::serve(
             listener.tap_io(|tcp| {

@@ -126,6 +126,9 @@ pub struct Settings {
     pub mllp: crate::mllp::MllpServerSettings,
     /// The HL7 order feed (off unless enabled).
     pub feed: crate::feed::FeedSettings,
+    /// The web console on the admin listener (nobody can sign in until users are listed).
+    #[serde(default)]
+    pub console: crate::console::ConsoleSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -304,6 +307,9 @@ impl Settings {
                 "the bridge serves several domains: say which one MLLP results belong to",
             ));
         }
+        self.console
+            .validate(&self.qubs.domains)
+            .map_err(|(key, reason)| invalid(&key, reason))?;
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
         Ok(())

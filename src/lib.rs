@@ -52,12 +52,15 @@
 //!    ORM^O01 to feed consumers over MLLP or as files, each destination with its own durable
 //!    queue, and to gRPC `WatchOrders` streams. After a mapping change it re-sends (XO)
 //!    the orders whose message the new mapping set changes ([`feed::resend`]).
-//! 9. The outbox, the feed and the pending list keep their state in the [`store`], each
-//!    through its own storage interface, on one of two backends: the embedded SQLite file
-//!    (the default, one process) or PostgreSQL, shared by several replicas that claim work
-//!    with leases and elect one leader per domain poll, destination and retention
-//!    ([`store::leader`]). Retry loops share one [`backoff`] rule.
-//! 10. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz` and `/readyz`.
+//! 9. The outbox, the feed, the pending list and the console keep their state in the
+//!    [`store`], each through its own storage interface, on one of two backends: the
+//!    embedded SQLite file (the default, one process) or PostgreSQL, shared by several
+//!    replicas that claim work with leases and elect one leader per domain poll,
+//!    destination and retention ([`store::leader`]). Retry loops share one [`backoff`] rule.
+//! 10. [`service`] runs the long-lived parts, and [`admin`] serves `/healthz`, `/readyz`,
+//!     `/metrics` and the web [`console`] (sign-in with roles and an audit log; the
+//!     operations dashboard and the mapping playground over a JSON API that calls the same
+//!     functions as the CLI and gRPC).
 //!     [`shutdown`] gives every task one cancellation token, fired by SIGINT/SIGTERM, so
 //!     in-flight work finishes before the process exits.
 //! 11. [`telemetry`] sets up logging and states the PHI rule: identifiers and counts only,
@@ -78,6 +81,7 @@ pub mod admin;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod feed;
 pub mod grpc;

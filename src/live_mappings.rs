@@ -94,6 +94,11 @@ impl LiveMappings {
         })
     }
 
+    /// The mapping directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The set to use for one piece of work (keep the `Arc` for its duration).
     pub fn current(&self) -> Arc<MappingSet> {
         self.current.load_full()

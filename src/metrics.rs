@@ -65,6 +65,8 @@ pub struct Metrics {
     /// Outbox results by state: pending (the depth) and dead.
     pub outbox_results: Family<StateLabels, Gauge>,
     pub outbox_oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Results newly committed to the outbox (retransmissions are not counted).
+    pub results_stored: Counter,
     /// Submission attempts by outcome: submitted, retry, dead.
     pub outbox_attempts: Family<OutcomeLabels, Counter>,
     pub outbox_attempt_seconds: Histogram,
@@ -101,6 +103,12 @@ impl Metrics {
         let outbox_oldest_pending_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let outbox_attempts = Family::<OutcomeLabels, Counter>::default();
         let outbox_attempt_seconds = latency_histogram();
+        let results_stored = Counter::default();
+        registry.register(
+            "results_stored",
+            "Results newly committed to the outbox (retransmissions are not counted)",
+            results_stored.clone(),
+        );
         registry.register(
             "outbox_results",
             "Results in the durable outbox: pending (the depth) and dead; submitted ones are counted by outbox_attempts",
@@ -185,6 +193,7 @@ impl Metrics {
             unmapped,
             outbox_results,
             outbox_oldest_pending_seconds,
+            results_stored,
             outbox_attempts,
             outbox_attempt_seconds,
         }

@@ -29,11 +29,12 @@ use crate::store::{Database, StoreError};
 use crate::{grpc, qubs};
 
 /// Every component's tables: what `store migrate` creates and `serve` expects.
-pub static SCHEMA: [&Component; 4] = [
+pub static SCHEMA: [&Component; 5] = [
     &crate::store::postgres::SCHEMA,
     &crate::outbox::SCHEMA,
     &crate::feed::SCHEMA,
     &crate::pending_list::SCHEMA,
+    &crate::console::store::SCHEMA,
 ];
 
 /// Replicas silent this long are dropped from `store check`.
@@ -91,11 +92,16 @@ pub async fn start(
     let client = qubs::Client::with_observer(&settings.qubs, Some(observer))?;
     let readiness = Readiness::default();
     let admin_listen: SocketAddr = settings.server.admin_listen.parse()?;
+    let console_mount = settings
+        .console
+        .enabled
+        .then(crate::console::Mount::default);
     let (admin_addr, admin_task) = admin::serve(
         admin_listen,
         readiness.clone(),
         settings.qubs.domains.clone(),
         metrics.clone(),
+        console_mount.clone(),
         shutdown.clone(),
     )
     .await
@@ -128,6 +134,9 @@ pub async fn start(
         settings.qubs.pending_list_max_age(),
     ));
     let outbox = Outbox::new(&db, metrics.store.clone());
+    let console_store = crate::console::store::open(&db);
+    let audit = crate::console::audit::AuditLog::new(console_store.clone());
+    let history = crate::console::history::History::new(console_store);
     let stats = outbox.stats(false).await?;
     tracing::info!(
         backend = db.backend().as_str(),
@@ -144,6 +153,7 @@ pub async fn start(
         config_values: settings.mappings.values.clone(),
         outbox,
         settings: settings.results.clone(),
+        metrics: metrics.clone(),
         unmapped: metrics.unmapped.clone(),
     });
     let mllp = if settings.mllp.enabled {
@@ -239,6 +249,40 @@ pub async fn start(
             move |term| retention(db_.clone(), feed.clone(), hours, term.stop),
         )));
     }
+    let mut console_tasks = Vec::new();
+    if let Some(mount) = &console_mount {
+        let samples = Arc::new(crate::console::samples::Samples::new(
+            metrics.clone(),
+            settings
+                .feed
+                .destinations
+                .iter()
+                .map(|d| d.name.clone())
+                .collect(),
+        ));
+        console_tasks.push(tokio::spawn(samples.clone().run(shutdown.clone())));
+        mount.set(Arc::new(crate::console::Console {
+            access: crate::console::Access::new(&settings.console),
+            outbox: results.outbox.clone(),
+            feed: settings.feed.enabled.then(|| feed.clone()),
+            feed_destinations: settings.feed.destinations.clone(),
+            feed_domains: settings.feed.watched(&settings.qubs.domains),
+            readiness: readiness.clone(),
+            mappings: mappings.clone(),
+            pending: pending.clone(),
+            metrics: metrics.clone(),
+            samples,
+            audit,
+            history,
+            promotions: Default::default(),
+            domains: settings.qubs.domains.clone(),
+            config_values: settings.mappings.values.clone(),
+        }));
+        tracing::info!(
+            users = settings.console.users.len(),
+            "web console at http://{admin_addr}/console/"
+        );
+    }
     let ctx = Arc::new(grpc::Context {
         client: client.clone(),
         metrics: metrics.clone(),
@@ -311,6 +355,7 @@ pub async fn start(
             ];
             tasks.extend(mllp.map(|m| m.task));
             tasks.extend(feed_tasks);
+            tasks.extend(console_tasks);
             tasks
         },
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),

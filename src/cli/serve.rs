@@ -64,6 +64,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             certificate_cn: None,
             domains: vec![DEMO_DOMAIN.to_string()],
         });
+        // The same token signs in to the web console, with every role.
+        settings.console.users.push(crate::console::ConsoleUser {
+            name: "demo".into(),
+            token_sha256: Some(grpc::auth::hash_token(DEMO_GRPC_TOKEN)),
+            roles: vec![
+                crate::console::Role::Viewer,
+                crate::console::Role::Analyst,
+                crate::console::Role::Operator,
+            ],
+            domains: Vec::new(),
+        });
         // The order feed to `qubs-bridge mllp listen` (port 2576): until the listener runs,
         // the messages wait in the destination's queue. A config file's [feed] wins.
         if !settings.feed.enabled && settings.feed.destinations.is_empty() {
@@ -111,6 +122,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     banner.map_err(Into::into)
 }
 
+/// The console's address for a browser: `localhost` for a loopback listener, since
+/// browsers keep the console's Secure cookie over plain HTTP only there.
+fn console_url(admin: std::net::SocketAddr) -> String {
+    if admin.ip().is_loopback() || admin.ip().is_unspecified() {
+        format!("http://localhost:{}/console/", admin.port())
+    } else {
+        format!("http://{admin}/console/")
+    }
+}
+
 /// Where everything listens, on stdout.
 fn print_banner(
     settings: &Settings,
@@ -153,5 +174,21 @@ fn print_banner(
         "qubs-bridge serving; admin endpoint http://{}/readyz",
         running.admin_addr
     )?;
+    if settings.console.enabled {
+        let url = console_url(running.admin_addr);
+        if simulator.is_some() {
+            writeln!(
+                out,
+                "qubs-bridge web console: {url} (sign in with the token `{DEMO_GRPC_TOKEN}`: every role)"
+            )?;
+        } else if settings.console.users.is_empty() {
+            writeln!(
+                out,
+                "qubs-bridge web console: {url} (no [[console.users]] configured: nobody can sign in)"
+            )?;
+        } else {
+            writeln!(out, "qubs-bridge web console: {url}")?;
+        }
+    }
     out.flush()
 }

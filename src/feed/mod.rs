@@ -185,6 +185,46 @@ pub struct DestinationStatus {
     pub last_error_at_ms: Option<i64>,
 }
 
+/// One event of an order's history (the console's order timeline): what was sent, when,
+/// with which mapping version, and how each destination took it.
+#[derive(Debug, Clone)]
+pub struct EventHistory {
+    pub id: i64,
+    pub kind: EventKind,
+    /// The ORM^O01's MSH-10.
+    pub control_id: String,
+    pub mapping_version: String,
+    pub created_at_ms: i64,
+    pub deliveries: Vec<DeliveryHistory>,
+}
+
+/// A delivery given up on, for operators: which order, which message, and why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub domain: String,
+    pub appointment_id: String,
+    pub kind: EventKind,
+    /// The ORM^O01's MSH-10.
+    pub control_id: String,
+    pub attempts: u32,
+    pub ack_code: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// One destination's delivery of an event.
+#[derive(Debug, Clone)]
+pub struct DeliveryHistory {
+    pub destination: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    pub attempts: u32,
+    pub ack_code: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
 /// One domain's watch, for `feed status`.
 #[derive(Debug, Clone, Default)]
 pub struct WatchStatus {
@@ -277,6 +317,27 @@ pub trait FeedStore: Send + Sync {
     async fn requeue(&self, destination: &str, domains: &[String]) -> Result<usize, StoreError>;
     /// Deletes events older than `older_than` none of whose deliveries is pending.
     async fn prune(&self, older_than: Duration) -> Result<usize, StoreError>;
+    /// Up to `limit` of a destination's dead letters (of every domain), newest first.
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Up to `limit` orders tracked in `domain`, most recently changed first: appointment
+    /// id and the document the mappings read.
+    async fn tracked_documents(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Up to `limit` of one appointment's retained events, newest first, each with its
+    /// deliveries ordered by destination.
+    async fn order_history(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventHistory>, StoreError>;
 }
 
 /// The feed's handle on its part of the store; shared by the watcher, the destinations
@@ -458,6 +519,37 @@ impl Feed {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         self.store.events(domain, after_id, limit).await
+    }
+
+    /// Up to `limit` of a destination's dead letters, newest first.
+    pub async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.store.dead_letters(destination, limit).await
+    }
+
+    /// Up to `limit` orders the feed tracks in `domain` (the worklist as last polled), most
+    /// recently changed first, with the document the mappings read.
+    pub async fn tracked_documents(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.store.tracked_documents(domain, limit).await
+    }
+
+    /// One appointment's retained events, newest first, with their deliveries.
+    pub async fn order_history(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventHistory>, StoreError> {
+        self.store
+            .order_history(domain, appointment_id, limit)
+            .await
     }
 
     /// The oldest retained event id (0 when none): older cursors cannot be resumed.

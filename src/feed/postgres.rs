@@ -24,8 +24,8 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    Baseline, DestinationStatus, DueDelivery, Event, EventKind, FeedStore, NewEvent, Ordering,
-    Outcome, Tracked, WatchStatus,
+    Baseline, DeadLetter, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory,
+    EventKind, FeedStore, NewEvent, Ordering, Outcome, Tracked, WatchStatus,
 };
 use crate::store::StoreError;
 use crate::store::leader::Role;
@@ -107,6 +107,11 @@ UPDATE feed_orders o SET (message, message_kind) = (
     WHERE e.domain = o.domain AND e.appointment_id = o.appointment_id AND e.kind <> 'removed'
     ORDER BY e.id DESC LIMIT 1);
 ",
+    },
+    Migration {
+        version: 3,
+        description: "events by appointment (an order's timeline)",
+        sql: "CREATE INDEX IF NOT EXISTS feed_events_appointment ON feed_events (domain, appointment_id, id);",
     },
 ];
 
@@ -820,6 +825,112 @@ impl FeedStore for PgFeed {
             .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(n as usize)
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let pg = &self.pg;
+        let client = pg.client("feed_read").await?;
+        let limit = limit as i64;
+        let rows = client
+            .query(
+                "SELECT d.id, e.domain, e.appointment_id, e.kind, e.control_id, d.attempts,
+                        d.ack_code, d.last_error, d.updated_at
+                 FROM feed_deliveries d JOIN feed_events e ON e.id = d.event_id
+                 WHERE d.destination = $1 AND d.state = 'dead' ORDER BY d.id DESC LIMIT $2",
+                &[&destination, &limit],
+            )
+            .await
+            .map_err(|e| pg.failed("feed_read", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                domain: r.get(1),
+                appointment_id: r.get(2),
+                kind: EventKind::parse(r.get(3)),
+                control_id: r.get(4),
+                attempts: r.get::<_, i32>(5) as u32,
+                ack_code: r.get(6),
+                last_error: r.get(7),
+                updated_at_ms: r.get(8),
+            })
+            .collect())
+    }
+
+    async fn tracked_documents(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let pg = &self.pg;
+        let client = pg.client("feed_read").await?;
+        let limit = limit as i64;
+        let rows = client
+            .query(
+                "SELECT appointment_id, document FROM feed_orders WHERE domain = $1
+                 ORDER BY updated_at DESC LIMIT $2",
+                &[&domain, &limit],
+            )
+            .await
+            .map_err(|e| pg.failed("feed_read", e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn order_history(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventHistory>, StoreError> {
+        let pg = &self.pg;
+        let client = pg.client("feed_read").await?;
+        let limit = limit as i64;
+        // One statement, so the events and their deliveries come from one snapshot even
+        // while the destination leader (on any replica) settles deliveries.
+        let rows = client
+            .query(
+                "WITH ev AS (
+                     SELECT id, kind, control_id, mapping_version, created_at FROM feed_events
+                     WHERE domain = $1 AND appointment_id = $2 ORDER BY id DESC LIMIT $3)
+                 SELECT ev.id, ev.kind, ev.control_id, ev.mapping_version, ev.created_at,
+                        d.destination, d.state, d.attempts, d.ack_code, d.last_error,
+                        d.updated_at
+                 FROM ev LEFT JOIN feed_deliveries d ON d.event_id = ev.id
+                 ORDER BY ev.id DESC, d.destination",
+                &[&domain, &appointment_id, &limit],
+            )
+            .await
+            .map_err(|e| pg.failed("feed_read", e))?;
+        let mut events: Vec<EventHistory> = Vec::new();
+        for r in &rows {
+            let id: i64 = r.get(0);
+            if events.last().is_none_or(|e| e.id != id) {
+                events.push(EventHistory {
+                    id,
+                    kind: EventKind::parse(r.get(1)),
+                    control_id: r.get(2),
+                    mapping_version: r.get(3),
+                    created_at_ms: r.get(4),
+                    deliveries: Vec::new(),
+                });
+            }
+            if let Some(destination) = r.get::<_, Option<String>>(5) {
+                let event = events.last_mut().expect("pushed above");
+                event.deliveries.push(DeliveryHistory {
+                    destination,
+                    state: r.get(6),
+                    attempts: r.get::<_, i32>(7) as u32,
+                    ack_code: r.get(8),
+                    last_error: r.get(9),
+                    updated_at_ms: r.get(10),
+                });
+            }
+        }
+        Ok(events)
     }
 }
 

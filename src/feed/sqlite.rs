@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
-    Baseline, DestinationStatus, DueDelivery, Event, EventKind, FeedStore, NewEvent, Ordering,
-    Outcome, Tracked, WatchStatus,
+    Baseline, DeadLetter, DeliveryHistory, DestinationStatus, DueDelivery, Event, EventHistory,
+    EventKind, FeedStore, NewEvent, Ordering, Outcome, Tracked, WatchStatus,
 };
 use crate::store::StoreError;
 use crate::store::migrate::Migration;
@@ -25,6 +25,12 @@ pub(super) static MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "the last message sent per order; the mapping version last compared",
         sql: SCHEMA_V2,
+    },
+    Migration {
+        version: 3,
+        description: "events by appointment (an order's timeline)",
+        sql: "CREATE INDEX IF NOT EXISTS feed_events_appointment
+                  ON feed_events(domain, appointment_id, id);",
     },
 ];
 
@@ -522,6 +528,95 @@ fn destination_status(tx: &Transaction, name: &str) -> rusqlite::Result<Destinat
     Ok(status)
 }
 
+/// A destination's dead letters, newest first.
+fn dead_letters(
+    tx: &Transaction,
+    destination: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeadLetter>> {
+    tx.prepare_cached(
+        "SELECT d.id, e.domain, e.appointment_id, e.kind, e.control_id, d.attempts, d.ack_code,
+                d.last_error, d.updated_at
+         FROM feed_deliveries d JOIN feed_events e ON e.id = d.event_id
+         WHERE d.destination = ?1 AND d.state = 'dead' ORDER BY d.id DESC LIMIT ?2",
+    )?
+    .query_map(params![destination, limit as i64], |r| {
+        Ok(DeadLetter {
+            id: r.get(0)?,
+            domain: r.get(1)?,
+            appointment_id: r.get(2)?,
+            kind: EventKind::parse(&r.get::<_, String>(3)?),
+            control_id: r.get(4)?,
+            attempts: r.get(5)?,
+            ack_code: r.get(6)?,
+            last_error: r.get(7)?,
+            updated_at_ms: r.get(8)?,
+        })
+    })?
+    .collect()
+}
+
+/// The orders the feed tracks in `domain` (the worklist as last polled), most recently
+/// changed first: appointment id and the document the mappings read.
+fn tracked_documents(
+    tx: &Transaction,
+    domain: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+    tx.prepare_cached(
+        "SELECT appointment_id, document FROM feed_orders WHERE domain = ?1
+         ORDER BY updated_at DESC LIMIT ?2",
+    )?
+    .query_map(params![domain, limit as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?
+    .collect()
+}
+
+/// One appointment's retained events, newest first, each with its deliveries.
+fn order_history(
+    tx: &Transaction,
+    domain: &str,
+    appointment_id: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<EventHistory>> {
+    let mut events: Vec<EventHistory> = tx
+        .prepare_cached(
+            "SELECT id, kind, control_id, mapping_version, created_at FROM feed_events
+             WHERE domain = ?1 AND appointment_id = ?2 ORDER BY id DESC LIMIT ?3",
+        )?
+        .query_map(params![domain, appointment_id, limit as i64], |r| {
+            Ok(EventHistory {
+                id: r.get(0)?,
+                kind: EventKind::parse(&r.get::<_, String>(1)?),
+                control_id: r.get(2)?,
+                mapping_version: r.get(3)?,
+                created_at_ms: r.get(4)?,
+                deliveries: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT destination, state, attempts, ack_code, last_error, updated_at
+         FROM feed_deliveries WHERE event_id = ?1 ORDER BY destination",
+    )?;
+    for e in &mut events {
+        e.deliveries = stmt
+            .query_map(params![e.id], |r| {
+                Ok(DeliveryHistory {
+                    destination: r.get(0)?,
+                    state: r.get(1)?,
+                    attempts: r.get(2)?,
+                    ack_code: r.get(3)?,
+                    last_error: r.get(4)?,
+                    updated_at_ms: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(events)
+}
+
 fn watch_status(tx: &Transaction, domain: &str) -> rusqlite::Result<WatchStatus> {
     let tracked: i64 = tx.row(
         "SELECT COUNT(*) FROM feed_orders WHERE domain = ?1",
@@ -770,6 +865,40 @@ impl FeedStore for SqliteFeed {
         let age = older_than.as_millis().min(i64::MAX as u128) as i64;
         self.store
             .write(move |tx, now| prune(tx, now.saturating_sub(age)))
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let destination = destination.to_string();
+        self.store
+            .read(move |tx, _| dead_letters(tx, &destination, limit))
+            .await
+    }
+
+    async fn tracked_documents(
+        &self,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let domain = domain.to_string();
+        self.store
+            .read(move |tx, _| tracked_documents(tx, &domain, limit))
+            .await
+    }
+
+    async fn order_history(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventHistory>, StoreError> {
+        let (domain, id) = (domain.to_string(), appointment_id.to_string());
+        self.store
+            .read(move |tx, _| order_history(tx, &domain, &id, limit))
             .await
     }
 }

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::pb::{self, OutputFormat, order_service_server::OrderService};
 use super::{Context, status};
 use crate::orders::{Include, Order};
-use crate::pending_list::{Found, PendingListError};
+use crate::pending_list::PendingListError;
 use crate::qubs::{self, Disposition};
 
 /// Orders sent ahead of the caller before the stream waits for it to read (flow control).
@@ -79,17 +79,8 @@ impl Context {
         domain: &str,
         appointment_id: &str,
     ) -> Result<(qubs::Appointment, bool), Status> {
-        if self.client.has_appointment_endpoint() {
-            let a = self
-                .client
-                .appointment(domain, appointment_id)
-                .await
-                .map_err(|e| status::from_qubs(&e))?;
-            return Ok((a, true));
-        }
-        match self.pending.find(domain, appointment_id).await {
-            Ok(Some(Found::Listed(a))) => Ok((a, true)),
-            Ok(Some(Found::NotListedLately(a))) => Ok((a, false)),
+        match self.pending.appointment(domain, appointment_id).await {
+            Ok(Some(found)) => Ok(found),
             Ok(None) => Err(Status::not_found(format!(
                 "appointment {appointment_id} is not in QUBS's pending reporting list for domain {domain}"
             ))),

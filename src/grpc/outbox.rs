@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::Context;
 use super::auth::Caller;
 use super::pb::{self, outbox_service_server::OutboxService};
-use crate::outbox::{Entry, EntryFilter, State, now_ms};
+use crate::outbox::{DeadLetters, Entry, EntryFilter, RetryError, State, now_ms};
 
 pub struct OutboxApi {
     ctx: Arc<Context>,
@@ -103,6 +103,7 @@ impl OutboxService for OutboxApi {
                         0 => 100,
                         n => n.min(1000) as usize,
                     },
+                    ..Default::default()
                 };
                 let entries = outbox.list(filter).await.map_err(storage)?;
                 let stats = outbox.stats(true).await.map_err(storage)?;
@@ -143,37 +144,28 @@ impl OutboxService for OutboxApi {
     ) -> Result<Response<pb::RetryOutboxResponse>, Status> {
         self.ctx
             .call("RetryOutbox", request, |who, req| async move {
-                let outbox = &self.ctx.results.outbox;
                 let allowed = domains(&who, &req.domain)?;
-                let mut ids = Vec::new();
-                if req.all_dead {
-                    let mut after_id = 0;
-                    loop {
-                        let page = outbox
-                            .list(EntryFilter {
-                                state: Some(State::Dead),
-                                domains: allowed.clone(),
-                                after_id,
-                                limit: 1000,
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(storage)?;
-                        let Some(last) = page.last() else { break };
-                        after_id = last.id;
-                        ids.extend(page.iter().map(|e| e.id));
-                    }
+                // Entries asked for by id may be of any of the caller's domains.
+                let (which, scope) = if req.all_dead {
+                    (DeadLetters::All, allowed)
                 } else if req.ids.is_empty() {
                     return Err(Status::invalid_argument("give entry ids, or all_dead"));
                 } else {
-                    for e in outbox.entries(req.ids.clone()).await.map_err(storage)? {
-                        if !allowed.contains(&e.domain) {
-                            who.authorize(&e.domain)?;
-                        }
-                        ids.push(e.id);
-                    }
-                }
-                let requeued = outbox.requeue(ids).await.map_err(storage)?;
+                    (DeadLetters::Ids(req.ids.clone()), who.domains())
+                };
+                let requeued = self
+                    .ctx
+                    .results
+                    .outbox
+                    .retry(which, &scope)
+                    .await
+                    .map_err(|e| match e {
+                        RetryError::Storage(e) => storage(e),
+                        RetryError::OtherDomain { domain, .. } => who
+                            .authorize(&domain)
+                            .err()
+                            .unwrap_or_else(|| Status::permission_denied(domain)),
+                    })?;
                 tracing::info!(caller = %who.name, requeued, "dead letters requeued");
                 Ok(Response::new(pb::RetryOutboxResponse {
                     requeued: requeued as u32,

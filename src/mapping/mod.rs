@@ -39,6 +39,7 @@ mod out_hl7;
 pub mod output_check;
 pub mod parse;
 pub mod plan;
+pub mod preview;
 mod resolve;
 pub mod schema;
 mod source;

@@ -220,9 +220,34 @@ pub struct EntryFilter {
     /// Empty: all domains.
     pub domains: Vec<String>,
     pub appointment_id: Option<String>,
+    /// The input's own id: an ORU's MSH-10, a DiagnosticReport's id.
+    pub source_id: Option<String>,
     /// Entries with a larger id only (paging).
     pub after_id: i64,
+    /// Entries with a smaller id only, when set (paging newest first).
+    pub before_id: Option<i64>,
+    /// The newest entries first (the console's recent results); oldest first otherwise.
+    pub newest_first: bool,
     pub limit: usize,
+}
+
+/// Which dead letters [`Outbox::retry`] puts back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetters {
+    /// These entries (those not dead are left as they are).
+    Ids(Vec<i64>),
+    /// Every dead letter.
+    All,
+}
+
+/// Why [`Outbox::retry`] did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error(transparent)]
+    Storage(#[from] OutboxError),
+    /// An entry asked for belongs to a domain the caller may not use.
+    #[error("outbox entry {id} belongs to domain `{domain}`")]
+    OtherDomain { id: i64, domain: String },
 }
 
 /// Counts for metrics and `/readyz`.
@@ -402,6 +427,44 @@ impl Outbox {
         let n = self.store.requeue(&ids).await?;
         self.wake.notify_one();
         Ok(n)
+    }
+
+    /// Puts dead letters back in the queue: those among `which`'s ids, or every dead letter,
+    /// of `domains` (empty: all). The one implementation behind `outbox retry`, gRPC
+    /// `RetryOutbox` and the console. Returns how many were dead and are queued again.
+    pub async fn retry(&self, which: DeadLetters, domains: &[String]) -> Result<usize, RetryError> {
+        let mut ids = Vec::new();
+        match which {
+            DeadLetters::All => {
+                let mut after_id = 0;
+                loop {
+                    let page = self
+                        .list(EntryFilter {
+                            state: Some(State::Dead),
+                            domains: domains.to_vec(),
+                            after_id,
+                            limit: 1000,
+                            ..Default::default()
+                        })
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    after_id = last.id;
+                    ids.extend(page.iter().map(|e| e.id));
+                }
+            }
+            DeadLetters::Ids(wanted) => {
+                for e in self.entries(wanted).await? {
+                    if !domains.is_empty() && !domains.contains(&e.domain) {
+                        return Err(RetryError::OtherDomain {
+                            id: e.id,
+                            domain: e.domain,
+                        });
+                    }
+                    ids.push(e.id);
+                }
+            }
+        }
+        Ok(self.requeue(ids).await?)
     }
 
     /// Deletes `submitted` or `dead` results last updated more than `older_than` ago.

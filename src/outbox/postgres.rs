@@ -34,10 +34,11 @@ use crate::store::StoreError;
 use crate::store::migrate::Migration;
 use crate::store::postgres::{OUTBOX_CHANNEL, Postgres};
 
-pub(super) static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "messages, results with claims and leases, attachments",
-    sql: "
+pub(super) static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "messages, results with claims and leases, attachments",
+        sql: "
 CREATE TABLE outbox_messages (
     id           BIGSERIAL PRIMARY KEY,
     source       TEXT    NOT NULL,
@@ -86,7 +87,13 @@ CREATE TABLE outbox_attachments (
     PRIMARY KEY (result_id, seq)
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "results by their input's id (search by MSH-10)",
+        sql: "CREATE INDEX IF NOT EXISTS outbox_results_source ON outbox_results (source_id);",
+    },
+];
 
 /// The two-key advisory lock space of per-appointment admission locks ("QUBS").
 const ADMISSION_LOCKS: i32 = 0x5155_4253;
@@ -611,8 +618,17 @@ impl OutboxStore for PgOutbox {
             args.push(a);
             sql.push_str(&format!(" AND r.appointment_id = ${}", args.len()));
         }
+        if let Some(id) = &f.source_id {
+            args.push(id);
+            sql.push_str(&format!(" AND r.source_id = ${}", args.len()));
+        }
+        if let Some(before) = &f.before_id {
+            args.push(before);
+            sql.push_str(&format!(" AND r.id < ${}", args.len()));
+        }
         args.push(&limit);
-        sql.push_str(&format!(" ORDER BY r.id LIMIT ${}", args.len()));
+        let order = if f.newest_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY r.id {order} LIMIT ${}", args.len()));
         let rows = client
             .query(&sql, &args)
             .await

@@ -17,11 +17,18 @@ use super::{
 use crate::store::migrate::Migration;
 use crate::store::sqlite::{Cached, Store};
 
-pub(super) static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "messages, results, attachments",
-    sql: SCHEMA_V1,
-}];
+pub(super) static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "messages, results, attachments",
+        sql: SCHEMA_V1,
+    },
+    Migration {
+        version: 2,
+        description: "results by their input's id (search by MSH-10)",
+        sql: "CREATE INDEX IF NOT EXISTS results_source ON results(source_id);",
+    },
+];
 
 /// The tables as they were before versions were kept per component; `IF NOT EXISTS`, so
 /// that files of that time take the migration as already done.
@@ -297,8 +304,17 @@ fn list(tx: &Transaction, f: &EntryFilter) -> rusqlite::Result<Vec<Entry>> {
         args.push(a.clone().into());
         sql.push_str(&format!(" AND r.appointment_id = ?{}", args.len()));
     }
+    if let Some(id) = &f.source_id {
+        args.push(id.clone().into());
+        sql.push_str(&format!(" AND r.source_id = ?{}", args.len()));
+    }
+    if let Some(before) = f.before_id {
+        args.push(before.into());
+        sql.push_str(&format!(" AND r.id < ?{}", args.len()));
+    }
     args.push((f.limit.max(1) as i64).into());
-    sql.push_str(&format!(" ORDER BY r.id LIMIT ?{}", args.len()));
+    let order = if f.newest_first { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY r.id {order} LIMIT ?{}", args.len()));
     let mut stmt = tx.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), read_entry)?;
     rows.collect()

@@ -373,6 +373,25 @@ impl PendingList {
     pub fn client(&self) -> &qubs::Client {
         &self.client
     }
+
+    /// One appointment for `GetOrder` and the console: from QUBS's single-appointment
+    /// endpoint when configured, else from the pending list ([`PendingList::find`]).
+    /// `Ok(None)`: not in the list. The flag says whether the latest pass listed it.
+    pub async fn appointment(
+        &self,
+        domain: &str,
+        appointment_id: &str,
+    ) -> Result<Option<(Appointment, bool)>, PendingListError> {
+        if self.client.has_appointment_endpoint() {
+            let a = self.client.appointment(domain, appointment_id).await?;
+            return Ok(Some((a, true)));
+        }
+        Ok(match self.find(domain, appointment_id).await? {
+            Some(Found::Listed(a)) => Some((a, true)),
+            Some(Found::NotListedLately(a)) => Some((a, false)),
+            None => None,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,8 @@ pub struct Results {
     pub config_values: Map<String, Value>,
     pub outbox: Arc<Outbox>,
     pub settings: ResultsSettings,
+    /// Counts results newly stored (the console's results-in chart, `results_stored`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Values the inbound mappings' code tables did not have (counted and logged).
     pub unmapped: Arc<crate::unmapped::UnmappedValues>,
 }
@@ -397,7 +399,11 @@ impl Results {
             .map(|r| r.appointment_id.clone())
             .collect();
         match self.outbox.admit(message).await {
-            Ok(Admission::Stored { ids }) | Ok(Admission::Duplicate { ids }) => Ok(ids),
+            Ok(Admission::Stored { ids }) => {
+                self.metrics.results_stored.inc_by(ids.len() as u64);
+                Ok(ids)
+            }
+            Ok(Admission::Duplicate { ids }) => Ok(ids),
             Ok(Admission::PreliminaryAfterFinal { index, final_id }) => Err(Refusal {
                 ack_code: AckCode::AE,
                 error: AckError {

@@ -53,6 +53,7 @@ pub const FEED_CHANNEL: &str = "qubs_bridge_feed";
 /// Advisory lock keys (`pg_advisory_xact_lock`); "QUBS" in the high half.
 pub(crate) const MIGRATION_LOCK: i64 = 0x5155_4253_0000_0001;
 pub(crate) const FEED_EVENTS_LOCK: i64 = 0x5155_4253_0000_0002;
+pub(crate) const CONSOLE_HISTORY_LOCK: i64 = 0x5155_4253_0000_0003;
 
 /// The store's own tables: replicas and leases, and the database clock.
 pub static SCHEMA: Component = Component {

@@ -7,6 +7,7 @@
 mod common;
 
 mod bad_input;
+mod no_phi_in_console_logs;
 mod no_phi_in_feed_logs;
 mod no_phi_in_inbound_reader_logs;
 mod no_phi_in_logs;

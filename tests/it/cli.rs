@@ -354,6 +354,8 @@ pub(crate) struct Demo {
     pub mllp: String,
     /// `http://127.0.0.1:PORT`, the embedded simulator (its `/_simulator/` control endpoints).
     pub simulator: String,
+    /// `http://localhost:PORT/console/`, the web console, as the banner prints it.
+    pub console: String,
 }
 
 impl Demo {
@@ -369,7 +371,12 @@ impl Demo {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let lines = read_until(&mut child, "admin endpoint");
+        let lines = read_until(&mut child, "web console");
+        let console = lines
+            .iter()
+            .find_map(|l| l.split_once("web console: ")?.1.split_whitespace().next())
+            .unwrap()
+            .to_string();
         let simulator = lines
             .iter()
             .find_map(|l| {
@@ -384,6 +391,7 @@ impl Demo {
             server: format!("http://{}", last_word(&lines, "gRPC API on")),
             mllp: last_word(&lines, "MLLP listener"),
             simulator,
+            console,
             child,
         }
     }

@@ -10,6 +10,8 @@ mod ack_versions;
 mod analyst_loop;
 mod cli;
 mod cli_scripting;
+mod console;
+mod console_browser;
 mod crash_recovery;
 mod feed;
 mod feed_resend;

@@ -652,11 +652,47 @@ connect_timeout_secs = 2",
         if reported.len() == MESSAGES {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{} of {MESSAGES} reports in QUBS",
-            reported.len()
-        );
+        if started.elapsed() >= Duration::from_secs(120) {
+            // What the store says of the missing ones, and what the replicas last said.
+            let client = db.connect().await;
+            let rows = client
+                .query(
+                    "SELECT appointment_id, state, attempts, claimed_by, lease_until,
+                            next_attempt_at, bridge_now_ms(), last_error
+                     FROM outbox_results ORDER BY id",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let missing: Vec<String> = rows
+                .iter()
+                .filter(|r| !reported.contains(&r.get::<_, String>(0)))
+                .map(|r| {
+                    format!(
+                        "{} state={} attempts={} claimed_by={:?} lease_until={:?} next={:?} now={} error={:?}",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, i32>(2),
+                        r.get::<_, Option<String>>(3),
+                        r.get::<_, Option<i64>>(4),
+                        r.get::<_, Option<i64>>(5),
+                        r.get::<_, i64>(6),
+                        r.get::<_, Option<String>>(7),
+                    )
+                })
+                .collect();
+            panic!(
+                "{} of {MESSAGES} reports in QUBS; {} rows stored; not in QUBS:\n{}\nlogs:\n{}",
+                reported.len(),
+                rows.len(),
+                missing.join("\n"),
+                replicas
+                    .iter()
+                    .map(|r| r.log_tail(30))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut per_appointment: HashMap<String, usize> = HashMap::new();

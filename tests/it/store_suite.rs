@@ -1,4 +1,5 @@
-//! The outbox's and the feed's storage behaviour: the same tests on both backends, the
+//! The outbox's, the feed's and the console's storage behaviour: the same tests on both
+//! backends, the
 //! embedded SQLite file and a real PostgreSQL (see `common::postgres`). Then what only
 //! PostgreSQL has: two handles on one database behave as two replicas (claims, leases,
 //! fencing, notifications, commit-ordered events), migrations, TLS and `store copy`.
@@ -9,6 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use qubs_bridge::console::audit::{AuditLog, Change};
+use qubs_bridge::console::history::{History, NewVersion, Recorded};
 use qubs_bridge::feed::{
     Baseline, DestinationSettings, EventKind, Feed, FeedSettings, NewEvent, Ordering, Outcome,
 };
@@ -992,6 +995,387 @@ async fn deliveries_keep_order_per_key_and_record_every_outcome(backend: Backend
 }
 
 // ---------------------------------------------------------------------------------------
+// What the console reads: outbox search, feed dead letters and order timelines, its audit
+// log and mapping history — on both backends.
+
+fn from_message(source_id: &str, key: &str, appointment: &str) -> NewMessage {
+    NewMessage {
+        source: qubs_bridge::outbox::Source::Hl7,
+        source_id: source_id.into(),
+        body: b"MSH|...".to_vec(),
+        results: vec![result(key, appointment, "final")],
+        awaited: false,
+    }
+}
+
+both!(the_outbox_is_searched_by_message_id_and_paged_newest_first);
+async fn the_outbox_is_searched_by_message_id_and_paged_newest_first(backend: Backend) {
+    let f = Fixture::new(backend, 30).await;
+    let (_db, outbox) = f.outbox().await;
+    let mut ids = Vec::new();
+    for (n, msh10) in ["M1", "M2", "M1", "M3", "M4"].iter().enumerate() {
+        ids.extend(stored(
+            outbox
+                .admit(from_message(msh10, &format!("k{n}"), &format!("A{n}")))
+                .await
+                .unwrap(),
+        ));
+    }
+    let search = |source_id: Option<&str>, before_id: Option<i64>, newest_first: bool| {
+        let outbox = outbox.clone();
+        let filter = EntryFilter {
+            source_id: source_id.map(str::to_string),
+            before_id,
+            newest_first,
+            limit: 2,
+            ..Default::default()
+        };
+        async move {
+            outbox
+                .list(filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // By MSH-10: both results of M1 and nothing else, oldest first unless asked.
+    assert_eq!(search(Some("M1"), None, false).await, [ids[0], ids[2]]);
+    assert_eq!(search(Some("M1"), None, true).await, [ids[2], ids[0]]);
+    assert!(search(Some("nope"), None, true).await.is_empty());
+    // Newest first, a page at a time.
+    let first = search(None, None, true).await;
+    assert_eq!(first, [ids[4], ids[3]]);
+    let second = search(None, Some(first[1]), true).await;
+    assert_eq!(second, [ids[2], ids[1]]);
+    let last = search(None, Some(second[1]), true).await;
+    assert_eq!(last, [ids[0]]);
+    // Oldest first is unchanged by the new fields.
+    assert_eq!(search(None, None, false).await, [ids[0], ids[1]]);
+}
+
+both!(feed_dead_letters_tracked_orders_and_an_orders_timeline_are_read_back);
+async fn feed_dead_letters_tracked_orders_and_an_orders_timeline_are_read_back(backend: Backend) {
+    let f = Fixture::new(backend, 30).await;
+    let db = f.open().await;
+    lead(
+        &db,
+        &[("poll", "acme"), ("deliver", "ris"), ("deliver", "pacs")],
+    )
+    .await;
+    let feed = Feed::open(
+        &db,
+        &feed_settings(&[
+            ("ris", Ordering::PerPatient),
+            ("pacs", Ordering::PerPatient),
+        ]),
+    )
+    .await
+    .unwrap();
+    feed.record(
+        "acme",
+        vec![
+            event("A1", "P1", EventKind::New, 1),
+            event("A2", "P2", EventKind::New, 1),
+        ],
+        vec![],
+        vec![],
+    )
+    .await
+    .unwrap();
+    feed.record(
+        "acme",
+        vec![event("A1", "P1", EventKind::Changed, 2)],
+        vec![],
+        vec![],
+    )
+    .await
+    .unwrap();
+    // ris: A1's NW answered AE and given up on, A2 delivered; pacs: A2 given up on.
+    let due = feed.due("ris", false, 10).await.unwrap();
+    let a1 = due.iter().find(|d| d.appointment_id == "A1").unwrap().id;
+    let a2 = due.iter().find(|d| d.appointment_id == "A2").unwrap().id;
+    feed.settle(
+        "ris",
+        vec![
+            (
+                a1,
+                Outcome::Dead {
+                    reason: "consumer answered AE: unknown patient".into(),
+                    ack_code: Some("AE".into()),
+                },
+            ),
+            (
+                a2,
+                Outcome::Delivered {
+                    ack_code: Some("AA".into()),
+                },
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let pacs_a2 = feed
+        .due("pacs", false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.appointment_id == "A2")
+        .unwrap()
+        .id;
+    feed.settle(
+        "pacs",
+        vec![(
+            pacs_a2,
+            Outcome::Dead {
+                reason: "connect failed".into(),
+                ack_code: None,
+            },
+        )],
+    )
+    .await
+    .unwrap();
+
+    let dead = feed.dead_letters("ris", 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(
+        (
+            d.id,
+            d.domain.as_str(),
+            d.appointment_id.as_str(),
+            d.kind,
+            d.control_id.as_str(),
+            d.attempts,
+            d.ack_code.as_deref(),
+        ),
+        (a1, "acme", "A1", EventKind::New, "C-A1-1", 1, Some("AE"))
+    );
+    assert_eq!(
+        d.last_error.as_deref(),
+        Some("consumer answered AE: unknown patient")
+    );
+    assert!(d.updated_at_ms > 0);
+    let pacs_dead = feed.dead_letters("pacs", 10).await.unwrap();
+    assert_eq!(pacs_dead.len(), 1);
+    assert_eq!(pacs_dead[0].appointment_id, "A2");
+    assert!(feed.dead_letters("nobody", 10).await.unwrap().is_empty());
+
+    // A1's timeline: the XO first, then the NW, each with both destinations' deliveries.
+    let history = feed.order_history("acme", "A1", 10).await.unwrap();
+    let kinds: Vec<(EventKind, &str)> = history
+        .iter()
+        .map(|e| (e.kind, e.control_id.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(EventKind::Changed, "C-A1-2"), (EventKind::New, "C-A1-1")]
+    );
+    assert_eq!(history[1].mapping_version, "v1");
+    let nw: Vec<(&str, &str, Option<&str>)> = history[1]
+        .deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.destination.as_str(),
+                d.state.as_str(),
+                d.ack_code.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(nw, [("pacs", "pending", None), ("ris", "dead", Some("AE"))]);
+    assert_eq!(
+        history[1].deliveries[1].last_error.as_deref(),
+        Some("consumer answered AE: unknown patient")
+    );
+    assert_eq!(history[0].deliveries.len(), 2);
+    assert_eq!(feed.order_history("acme", "A1", 1).await.unwrap().len(), 1);
+    assert!(
+        feed.order_history("other", "A1", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The tracked orders with the document the mappings read, most recently changed first.
+    let tracked = feed.tracked_documents("acme", 10).await.unwrap();
+    let mut names: Vec<&str> = tracked.iter().map(|(id, _)| id.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["A1", "A2"]);
+    let a1_doc = &tracked.iter().find(|(id, _)| id == "A1").unwrap().1;
+    assert_eq!(a1_doc, br#"{"n":2}"#);
+    assert_eq!(feed.tracked_documents("acme", 1).await.unwrap().len(), 1);
+    assert!(
+        feed.tracked_documents("other", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn change(n: usize) -> Change {
+    Change {
+        user: "ops".into(),
+        via: "session".into(),
+        action: "outbox.retry".into(),
+        target: format!("{n}"),
+        detail: format!("requeued {n}"),
+        outcome: "ok".into(),
+    }
+}
+
+fn version(file: &str, before: &str, after: &str) -> NewVersion {
+    NewVersion {
+        user: "analyst".into(),
+        action: "promote".into(),
+        file: file.into(),
+        before_text: before.into(),
+        after_text: after.into(),
+        set_before: "s1".into(),
+        set_after: "s2".into(),
+        note: "ORC-7.6 from the table".into(),
+        golden: "12 of 12 golden outputs matched".into(),
+    }
+}
+
+both!(the_console_audit_log_and_mapping_history_are_shared_and_versions_recorded_once);
+async fn the_console_audit_log_and_mapping_history_are_shared_and_versions_recorded_once(
+    backend: Backend,
+) {
+    let f = Fixture::new(backend, 30).await;
+    // Two replicas on PostgreSQL; on SQLite one process, so one handle.
+    let db_a = f.open().await;
+    let db_b = match backend {
+        Backend::Sqlite => db_a.clone(),
+        Backend::Postgres => f.open().await,
+    };
+    let (store_a, store_b) = (
+        qubs_bridge::console::store::open(&db_a),
+        qubs_bridge::console::store::open(&db_b),
+    );
+    let (audit_a, audit_b) = (
+        AuditLog::new(store_a.clone()),
+        AuditLog::new(store_b.clone()),
+    );
+    for n in 0..3 {
+        let log = if n == 1 { &audit_b } else { &audit_a };
+        log.record(change(n)).await.unwrap();
+    }
+    // Either replica reads all of it, newest first, paged by id.
+    let all = audit_a.list(0, 10).await.unwrap();
+    assert_eq!(all, audit_b.list(0, 10).await.unwrap());
+    let targets: Vec<&str> = all.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(targets, ["2", "1", "0"]);
+    assert_eq!(
+        (
+            all[0].user.as_str(),
+            all[0].via.as_str(),
+            all[0].action.as_str(),
+            all[0].detail.as_str(),
+            all[0].outcome.as_str()
+        ),
+        ("ops", "session", "outbox.retry", "requeued 2", "ok")
+    );
+    assert!(all[0].at_ms > 0 && all[0].at_ms >= all[2].at_ms);
+    assert_eq!(all[1].replica, db_b.replica().id);
+    assert_eq!(all[0].replica, db_a.replica().id);
+    let older = audit_b.list(all[0].id, 10).await.unwrap();
+    assert_eq!(older.len(), 2);
+    assert_eq!(audit_b.list(all[0].id, 1).await.unwrap().len(), 1);
+
+    // Mapping history: a first version, then one on top of it.
+    let (history_a, history_b) = (History::new(store_a), History::new(store_b));
+    assert_eq!(history_a.latest("orm_o01.yaml").await.unwrap(), None);
+    let Recorded::Stored(v1) = history_a
+        .record(version("orm_o01.yaml", "old", "new"), None)
+        .await
+        .unwrap()
+    else {
+        panic!("the first version is recorded")
+    };
+    let got = history_b
+        .get(v1)
+        .await
+        .unwrap()
+        .expect("every replica sees it");
+    assert_eq!(
+        (
+            got.file.as_str(),
+            got.before_text.as_str(),
+            got.after_text.as_str(),
+            got.set_before.as_str(),
+            got.set_after.as_str(),
+            got.note.as_str(),
+            got.replica.as_str()
+        ),
+        (
+            "orm_o01.yaml",
+            "old",
+            "new",
+            "s1",
+            "s2",
+            "ORC-7.6 from the table",
+            db_a.replica().id.as_str()
+        )
+    );
+    // Two promotions of one file started from v1: the first records, the second is told
+    // which version superseded it and records nothing.
+    let Recorded::Stored(v2) = history_b
+        .record(version("orm_o01.yaml", "new", "newer"), Some(v1))
+        .await
+        .unwrap()
+    else {
+        panic!("v2 follows v1")
+    };
+    match history_a
+        .record(version("orm_o01.yaml", "new", "other"), Some(v1))
+        .await
+        .unwrap()
+    {
+        Recorded::Superseded(latest) => assert_eq!(latest.id, v2),
+        other => panic!("a promotion from a superseded version recorded: {other:?}"),
+    }
+    // Nor does one that believes the file has no history yet.
+    assert!(matches!(
+        history_b
+            .record(version("orm_o01.yaml", "", "fresh"), None)
+            .await
+            .unwrap(),
+        Recorded::Superseded(_)
+    ));
+    // Another file's history is its own.
+    assert!(matches!(
+        history_a
+            .record(version("service_request.yaml", "a", "b"), None)
+            .await
+            .unwrap(),
+        Recorded::Stored(_)
+    ));
+    assert_eq!(
+        history_a.latest("orm_o01.yaml").await.unwrap().unwrap().id,
+        v2
+    );
+    let listed: Vec<(String, String)> = history_a
+        .list(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.file, v.after_text))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("service_request.yaml".to_string(), "b".to_string()),
+            ("orm_o01.yaml".into(), "newer".into()),
+            ("orm_o01.yaml".into(), "new".into()),
+        ]
+    );
+    assert_eq!(history_b.list(1).await.unwrap().len(), 1);
+    assert_eq!(history_a.get(9999).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------
 // PostgreSQL: two handles on one database are two replicas.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1484,6 +1868,15 @@ async fn postgres_store_copy_moves_an_embedded_install_into_an_empty_database() 
         )
         .await
         .unwrap();
+        let console = qubs_bridge::console::store::open(&db);
+        AuditLog::new(console.clone())
+            .record(change(1))
+            .await
+            .unwrap();
+        History::new(console)
+            .record(version("orm_o01.yaml", "old", "new"), None)
+            .await
+            .unwrap();
         ids
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1504,6 +1897,8 @@ async fn postgres_store_copy_moves_an_embedded_install_into_an_empty_database() 
     assert_eq!(rows["outbox_attachments"], 30);
     assert_eq!(rows["feed_events"], 1);
     assert_eq!(rows["feed_deliveries"], 1);
+    assert_eq!(rows["console_audit"], 1);
+    assert_eq!(rows["console_mapping_versions"], 1);
     // The copy serves as the store: same entries, and new ids continue after the old.
     let (_db, outbox) = {
         let db = Database::open(
@@ -1528,6 +1923,18 @@ async fn postgres_store_copy_moves_an_embedded_install_into_an_empty_database() 
             .unwrap(),
     )[0];
     assert!(next > *ids.iter().max().unwrap());
+    // The console's history carries on after the copied version, on any replica.
+    let history = History::new(qubs_bridge::console::store::open(&_db));
+    let copied = history.latest("orm_o01.yaml").await.unwrap().unwrap();
+    assert_eq!(copied.after_text, "new");
+    match history
+        .record(version("orm_o01.yaml", "new", "newer"), Some(copied.id))
+        .await
+        .unwrap()
+    {
+        Recorded::Stored(id) => assert!(id > copied.id),
+        other => panic!("{other:?}"),
+    }
     let due = outbox.claim(100).await.unwrap();
     assert_eq!(due.len(), 28);
     assert_eq!(due[0].body, b"MSH|...");

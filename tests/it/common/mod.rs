@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod consumer;
 pub mod logs;
 pub mod pki;
