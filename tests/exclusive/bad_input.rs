@@ -1407,13 +1407,13 @@ fn mapping_cases() -> Vec<MappingCase> {
             "tab indentation",
             format!("{GOOD_HEAD}  - target: reportText\n\tvalue: x\n"),
             "5:13",
-            "found a tab",
+            "a tab where YAML allows none",
         ),
         case(
             "duplicate key",
             "mapping: bad\nmapping: again\ninput: oru\noutput: report\nrules: []\n".into(),
             "2:",
-            "duplicate",
+            "appears twice",
         ),
         case(
             "unknown key",
