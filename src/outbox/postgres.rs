@@ -93,7 +93,20 @@ CREATE TABLE outbox_attachments (
         description: "results by their input's id (search by MSH-10)",
         sql: "CREATE INDEX IF NOT EXISTS outbox_results_source ON outbox_results (source_id);",
     },
+    Migration {
+        version: 3,
+        description: "the replica whose attempt last failed, which yields the retry to the others",
+        sql: "ALTER TABLE outbox_results ADD COLUMN IF NOT EXISTS last_failed_by TEXT;",
+    },
 ];
+
+/// How long a replica whose own attempt failed leaves the retry to the other replicas
+/// once it is due: two of their polls. A replica that cannot reach QUBS would otherwise
+/// keep taking the report back, its polls in step with the retry, while a healthy
+/// replica never gets a turn.
+fn yield_after_failure_ms() -> i64 {
+    (crate::results::worker::POLL * 2).as_millis() as i64
+}
 
 /// The two-key advisory lock space of per-appointment admission locks ("QUBS").
 const ADMISSION_LOCKS: i32 = 0x5155_4253;
@@ -352,6 +365,8 @@ impl OutboxStore for PgOutbox {
                              SELECT r.id, r.claimed_by FROM outbox_results r, t
                              WHERE r.state = 'pending' AND r.next_attempt_at <= t.now
                                AND (r.lease_until IS NULL OR r.lease_until <= t.now)
+                               AND (r.last_failed_by IS DISTINCT FROM $2
+                                    OR r.next_attempt_at + $4 <= t.now)
                                AND NOT EXISTS (
                                    SELECT 1 FROM outbox_results p
                                    WHERE p.domain = r.domain AND p.appointment_id = r.appointment_id
@@ -366,7 +381,12 @@ impl OutboxStore for PgOutbox {
                     )
                     .await
                     .map_err(fail)?,
-                &[&(limit as i64), &pg.replica().id, &self.lease_ms()],
+                &[
+                    &(limit as i64),
+                    &pg.replica().id,
+                    &self.lease_ms(),
+                    &yield_after_failure_ms(),
+                ],
             )
             .await
             .map_err(fail)?;
@@ -553,7 +573,8 @@ impl OutboxStore for PgOutbox {
                              next_attempt_at = bridge_now_ms() + $2, updated_at = bridge_now_ms(),
                              first_attempt_at = COALESCE(first_attempt_at, bridge_now_ms()),
                              last_error = $3, error_kind = 'transient', qubs_request_id = $4,
-                             claimed_by = NULL, claim_token = NULL, lease_until = NULL
+                             claimed_by = NULL, claim_token = NULL, lease_until = NULL,
+                             last_failed_by = $6
                          WHERE id = $1 AND state = 'pending' AND claim_token IS NOT DISTINCT FROM $5",
                     )
                     .await
@@ -564,6 +585,7 @@ impl OutboxStore for PgOutbox {
                     &reason,
                     &qubs_request_id,
                     &token,
+                    &pg.replica().id,
                 ],
             )
             .await

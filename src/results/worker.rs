@@ -45,7 +45,7 @@ use crate::pending_list::{PendingList, PendingListError};
 use crate::qubs::{self, ErrorKind, ReportAttachmentFile, ReportReceipt};
 
 /// How often the worker looks for due reports when nothing wakes it.
-const POLL: Duration = Duration::from_millis(500);
+pub(crate) const POLL: Duration = Duration::from_millis(500);
 
 /// What one attempt came to.
 #[derive(Debug)]

@@ -732,7 +732,14 @@ async fn send(addr: SocketAddr, message: &str, id: &str) -> String {
         .call(message.as_bytes(), Duration::from_secs(30))
         .await
         .unwrap();
-    ack_code(&ack, id)
+    let code = ack_code(&ack, id);
+    if code != "AA" {
+        eprintln!(
+            "{id} answered {code}: {}",
+            String::from_utf8_lossy(&ack).replace('\r', "\n")
+        );
+    }
+    code
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -747,9 +754,10 @@ ack_mode = \"after_submit\"
 ack_wait_secs = 20
 retry_initial_ms = 100
 retry_max_ms = 300";
-    // Replica a cannot reach QUBS at all (a closed port): it stores, and its own attempts
-    // fail; replica b submits.
-    let dead_qubs = format!("http://{}/integrations/v1", common::replicas::free_addr());
+    // Replica a cannot reach QUBS at all (a port that refuses connections): it stores, and
+    // its own attempts fail; replica b submits.
+    let (_refusing, refusing) = common::replicas::refusing_addr();
+    let dead_qubs = format!("http://{refusing}/integrations/v1");
     let body_a = config(&sim, results).replacen(&sim.base_url(), &dead_qubs, 1);
     let body_b = config(&sim, results);
     let env = db.env(LEASE_SECS);
@@ -786,7 +794,13 @@ retry_max_ms = 300";
         tokio::time::sleep(Duration::from_millis(300)).await;
         send(b.mllp, &final_, "ORD-F").await
     });
-    assert_eq!((p.as_str(), f.as_str()), ("AA", "AA"));
+    assert_eq!(
+        (p.as_str(), f.as_str()),
+        ("AA", "AA"),
+        "logs:\n{}\n{}",
+        a.log_tail(30),
+        b.log_tail(30)
+    );
     let statuses: Vec<String> = sim
         .submissions("acme")
         .into_iter()

@@ -1430,6 +1430,51 @@ async fn postgres_claims_are_exclusive_and_a_dead_replicas_are_taken_over_after_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_whose_attempt_failed_leaves_the_retry_to_the_others_first() {
+    let f = Fixture::new(Backend::Postgres, 2).await;
+    let (_db_a, a) = f.outbox().await;
+    let (_db_b, b) = f.outbox().await;
+    let id = stored(
+        a.admit(message(vec![result("k1", "A1", "final")]))
+            .await
+            .unwrap(),
+    )[0];
+    assert_eq!(ids(&a.claim(1).await.unwrap()), [id]);
+    a.retry_later(id, Duration::ZERO, "cannot connect".into(), None)
+        .await
+        .unwrap();
+    // Due at once, but not to the replica that just failed it: b takes it.
+    assert!(a.claim(1).await.unwrap().is_empty());
+    assert_eq!(ids(&b.claim(1).await.unwrap()), [id]);
+    b.retry_later(id, Duration::ZERO, "cannot connect".into(), None)
+        .await
+        .unwrap();
+    // Now b waits its turn; a, which did not fail it last, may have it.
+    assert!(b.claim(1).await.unwrap().is_empty());
+    assert_eq!(ids(&a.claim(1).await.unwrap()), [id]);
+    a.retry_later(id, Duration::ZERO, "cannot connect".into(), None)
+        .await
+        .unwrap();
+    // With no other replica taking it, the one that failed gets it back after the yield.
+    let started = std::time::Instant::now();
+    let again = loop {
+        let got = a.claim(1).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ids(&again), [id]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "taken back after {:?}",
+        started.elapsed()
+    );
+    a.settle(id, submitted()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_lost_claim_records_nothing_and_a_settle_elsewhere_wakes_the_waiter() {
     let f = Fixture::new(Backend::Postgres, 2).await;
     let (db_a, a) = f.outbox().await;

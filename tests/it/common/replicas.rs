@@ -16,6 +16,16 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// A loopback port that refuses every connection for as long as the returned socket
+/// lives: bound, never listening. A port merely found free could be taken meanwhile by
+/// another test's server, whose answers would stand in for a QUBS that cannot be reached.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// One replica process.
 pub struct Replica {
     pub name: String,
