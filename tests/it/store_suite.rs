@@ -166,6 +166,75 @@ async fn retransmissions_are_recognised_and_survive_a_restart(backend: Backend) 
     assert_eq!(due[0].entry.attachments, 1);
 }
 
+both!(admissions_at_the_same_moment_keep_their_one_by_one_meaning);
+/// Many admissions at once (on PostgreSQL they share transactions): each gets the outcome
+/// it would have had alone, in the order they were made, and one the database refuses
+/// takes no other with it.
+async fn admissions_at_the_same_moment_keep_their_one_by_one_meaning(backend: Backend) {
+    let f = Fixture::new(backend, 30).await;
+    let (_db, outbox) = f.outbox().await;
+    let mut refused = message(vec![result("k-bad", "A-bad", "final")]);
+    // Text with a NUL byte: PostgreSQL refuses it; SQLite stores it.
+    refused.results[0].domain = "ac\0me".into();
+    let mut two_results = message(vec![
+        result("k-two-1", "A20", "final"),
+        result("k-two-2", "A21", "final"),
+    ]);
+    two_results.results[1].attachments.clear();
+    let batch = [
+        message(vec![result("k-first", "A1", "final")]),
+        // Its retransmission, at the same moment.
+        message(vec![result("k-first", "A1", "final")]),
+        message(vec![result("k-final", "A2", "final")]),
+        // A preliminary after the final just before it.
+        message(vec![result("k-prelim", "A2", "preliminary")]),
+        refused,
+        two_results,
+    ];
+    let mut outcomes = Vec::new();
+    for round in 0..3 {
+        let batch: Vec<_> = batch
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                for r in &mut m.results {
+                    r.key = format!("{}-{round}", r.key);
+                    r.appointment_id = format!("{}-{round}", r.appointment_id);
+                }
+                m
+            })
+            .collect();
+        outcomes.push(futures::future::join_all(batch.into_iter().map(|m| outbox.admit(m))).await);
+    }
+    for round in outcomes {
+        let first = stored(round[0].as_ref().unwrap().clone());
+        assert_eq!(
+            round[1].as_ref().unwrap(),
+            &Admission::Duplicate { ids: first.clone() }
+        );
+        let final_id = stored(round[2].as_ref().unwrap().clone());
+        assert_eq!(
+            round[3].as_ref().unwrap(),
+            &Admission::PreliminaryAfterFinal {
+                index: 0,
+                final_id: final_id[0]
+            }
+        );
+        match backend {
+            Backend::Postgres => assert!(round[4].is_err(), "{:?}", round[4]),
+            Backend::Sqlite => assert_eq!(stored(round[4].as_ref().unwrap().clone()).len(), 1),
+        }
+        let two = stored(round[5].as_ref().unwrap().clone());
+        assert_eq!(two.len(), 2);
+        assert!(first[0] < final_id[0] && final_id[0] < two[0] && two[0] < two[1]);
+        let entries = outbox.entries(two.clone()).await.unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.attachments).collect::<Vec<_>>(),
+            [1, 0]
+        );
+    }
+}
+
 fn ids_of(d: &[Due]) -> Vec<i64> {
     ids(d)
 }

@@ -1,10 +1,11 @@
 //! The outbox on PostgreSQL, shared by several replicas.
 //!
-//! - **Intake.** A message's results are stored in one transaction that first takes a
-//!   transaction-level advisory lock per appointment: admissions for one appointment take
-//!   turns, so their ids grow in commit order (the claim below relies on it), a
-//!   retransmission arriving at two replicas at once is stored once, and the "preliminary
-//!   after final" check sees every committed final.
+//! - **Intake.** A message's results are stored in a transaction (shared with the other
+//!   messages queued at that moment, see [`admit`]) that first takes a transaction-level
+//!   advisory lock per appointment: admissions for one appointment take turns, so their ids
+//!   grow in commit order (the claim below relies on it), a retransmission arriving at two
+//!   replicas at once is stored once, and the "preliminary after final" check sees every
+//!   committed final.
 //! - **Claims.** Due results are claimed with `FOR UPDATE SKIP LOCKED`: each gets this
 //!   replica's id, a fresh claim token and a lease (`store.lease_secs`, by the database
 //!   clock). The lease is renewed every third of its length while the attempt runs; a
@@ -18,6 +19,8 @@
 //!   Nothing else notifies: the hot path stays free of `NOTIFY`'s commit-time lock.
 //! - **Small hot indexes.** Pending results are found through partial indexes; settled rows
 //!   stay out of them until `outbox purge` deletes them.
+
+mod admit;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -33,6 +36,7 @@ use super::{
 use crate::store::StoreError;
 use crate::store::migrate::Migration;
 use crate::store::postgres::{OUTBOX_CHANNEL, Postgres};
+use admit::Admitter;
 
 pub(super) static MIGRATIONS: &[Migration] = &[
     Migration {
@@ -117,13 +121,19 @@ type Claims = Mutex<HashMap<i64, i64>>;
 pub(super) struct PgOutbox {
     pg: Arc<Postgres>,
     claims: Arc<Claims>,
+    admitter: Admitter,
 }
 
 impl PgOutbox {
     pub(super) fn new(pg: Arc<Postgres>) -> PgOutbox {
         let claims: Arc<Claims> = Arc::default();
         tokio::spawn(renew_claims(pg.clone(), Arc::downgrade(&claims)));
-        PgOutbox { pg, claims }
+        let admitter = Admitter::start(pg.clone());
+        PgOutbox {
+            pg,
+            claims,
+            admitter,
+        }
     }
 
     fn token(&self, id: i64) -> Option<i64> {
@@ -215,141 +225,7 @@ fn read_entry(row: &Row) -> Entry {
 #[async_trait::async_trait]
 impl OutboxStore for PgOutbox {
     async fn admit(&self, m: NewMessage) -> Result<Admission, OutboxError> {
-        let pg = &self.pg;
-        let fail = |e| pg.failed("admit", e);
-        let mut client = pg.client("admit").await?;
-        let tx = client.transaction().await.map_err(fail)?;
-        let mut appointments: Vec<String> = m
-            .results
-            .iter()
-            .map(|r| format!("{}/{}", r.domain, r.appointment_id))
-            .collect();
-        appointments.sort();
-        appointments.dedup();
-        // One at a time, in sorted order, so that two admissions never wait for each other.
-        let lock = tx
-            .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .await
-            .map_err(fail)?;
-        for a in &appointments {
-            tx.execute(&lock, &[&ADMISSION_LOCKS, a])
-                .await
-                .map_err(fail)?;
-        }
-        // A retransmission: its keys are known (content-derived, so any match is one).
-        let keys: Vec<&str> = m.results.iter().map(|r| r.key.as_str()).collect();
-        let known: HashMap<String, i64> = tx
-            .query(
-                &tx.prepare_cached(
-                    "SELECT idempotency_key, id FROM outbox_results WHERE idempotency_key = ANY($1)",
-                )
-                .await
-                .map_err(fail)?,
-                &[&keys],
-            )
-            .await
-            .map_err(fail)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        if !known.is_empty() {
-            let ids = m
-                .results
-                .iter()
-                .filter_map(|r| known.get(&r.key).copied())
-                .collect();
-            return Ok(Admission::Duplicate { ids });
-        }
-        let final_of = tx
-            .prepare_cached(
-                "SELECT id FROM outbox_results WHERE domain = $1 AND appointment_id = $2
-                   AND report_status = 'final' AND state IN ('pending', 'submitted')
-                 ORDER BY id DESC LIMIT 1",
-            )
-            .await
-            .map_err(fail)?;
-        for (index, r) in m.results.iter().enumerate() {
-            if r.report_status != "preliminary" {
-                continue;
-            }
-            if let Some(row) = tx
-                .query_opt(&final_of, &[&r.domain, &r.appointment_id])
-                .await
-                .map_err(fail)?
-            {
-                return Ok(Admission::PreliminaryAfterFinal {
-                    index,
-                    final_id: row.get(0),
-                });
-            }
-        }
-        let message = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "INSERT INTO outbox_messages (source, body, received_at)
-                     VALUES ($1, $2, bridge_now_ms()) RETURNING id, received_at",
-                )
-                .await
-                .map_err(fail)?,
-                &[&m.source.as_str(), &m.body],
-            )
-            .await
-            .map_err(fail)?;
-        let (message_id, now): (i64, i64) = (message.get(0), message.get(1));
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO outbox_results (idempotency_key, message_id, domain, appointment_id,
-                     source_id, group_index, report_status, state, received_at, next_attempt_at,
-                     updated_at, awaited)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $8, $9) RETURNING id",
-            )
-            .await
-            .map_err(fail)?;
-        let attach = tx
-            .prepare_cached(
-                "INSERT INTO outbox_attachments (result_id, seq, file_name, content_type, content)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await
-            .map_err(fail)?;
-        let mut ids = Vec::with_capacity(m.results.len());
-        for r in &m.results {
-            let id: i64 = tx
-                .query_one(
-                    &insert,
-                    &[
-                        &r.key,
-                        &message_id,
-                        &r.domain,
-                        &r.appointment_id,
-                        &m.source_id,
-                        &(r.group as i32),
-                        &r.report_status,
-                        &now,
-                        &m.awaited,
-                    ],
-                )
-                .await
-                .map_err(fail)?
-                .get(0);
-            for (seq, a) in r.attachments.iter().enumerate() {
-                tx.execute(
-                    &attach,
-                    &[
-                        &id,
-                        &(seq as i32),
-                        &a.file_name,
-                        &a.content_type,
-                        &a.content,
-                    ],
-                )
-                .await
-                .map_err(fail)?;
-            }
-            ids.push(id);
-        }
-        tx.commit().await.map_err(fail)?;
-        Ok(Admission::Stored { ids })
+        self.admitter.admit(m).await
     }
 
     async fn claim(&self, limit: usize) -> Result<Vec<Due>, OutboxError> {
