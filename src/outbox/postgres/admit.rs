@@ -1,9 +1,5 @@
-//! Admissions on PostgreSQL, committed in groups.
-//!
-//! Every MLLP connection, gRPC call and FHIR submission admits its message on its own; one
-//! transaction each would cost the database a commit and half a dozen statements per
-//! message. Instead admissions queue for a few lanes; a free lane takes everything queued
-//! (up to [`MAX_GROUP`]) and stores it in one transaction of set-oriented statements:
+//! Admissions on PostgreSQL, committed in groups (see [`super::group`]): everything queued
+//! (up to [`MAX_GROUP`] messages) is stored in one transaction of set-oriented statements:
 //!
 //! 1. the advisory lock of every appointment in the group, in one statement, in the order of
 //!    the lock keys (so two groups, on any replicas, never wait for each other in a cycle);
@@ -14,91 +10,27 @@
 //! 4. ids from the sequences taken after the locks, in arrival order (claims rely on ids
 //!    growing with admission order per appointment), then one `INSERT … SELECT unnest(…)`
 //!    per table.
-//!
-//! A group that fails is tried again message by message, so one message that the database
-//! refuses never takes the others of its group with it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
-
 use super::ADMISSION_LOCKS;
+use super::group::Work;
 use crate::outbox::{Admission, NewMessage, OutboxError};
 use crate::store::postgres::Postgres;
 
 /// The most messages stored in one transaction.
-const MAX_GROUP: usize = 64;
+pub(super) const MAX_GROUP: usize = 64;
 
-/// How many groups may be committing at once from one replica: one fills while the other
-/// commits.
-const LANES: usize = 2;
+/// Admissions, written in groups (see [`super::group`]).
+pub(super) struct Admissions(pub(super) Arc<Postgres>);
 
-struct Job {
-    message: NewMessage,
-    answer: oneshot::Sender<Result<Admission, OutboxError>>,
-}
-
-/// The queue in front of the lanes. The lanes stop once it is dropped.
-pub(super) struct Admitter {
-    queue: mpsc::UnboundedSender<Job>,
-}
-
-impl Admitter {
-    pub(super) fn start(pg: Arc<Postgres>) -> Admitter {
-        let (queue, jobs) = mpsc::unbounded_channel();
-        let jobs = Arc::new(Mutex::new(jobs));
-        for _ in 0..LANES {
-            tokio::spawn(lane(pg.clone(), jobs.clone()));
-        }
-        Admitter { queue }
-    }
-
-    pub(super) async fn admit(&self, message: NewMessage) -> Result<Admission, OutboxError> {
-        let (answer, outcome) = oneshot::channel();
-        self.queue
-            .send(Job { message, answer })
-            .map_err(|_| OutboxError::Closed)?;
-        outcome.await.map_err(|_| OutboxError::Closed)?
-    }
-}
-
-async fn lane(pg: Arc<Postgres>, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
-    loop {
-        let mut group = Vec::new();
-        {
-            let mut jobs = jobs.lock().await;
-            let Some(first) = jobs.recv().await else {
-                return;
-            };
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match jobs.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
-        let messages: Vec<&NewMessage> = group.iter().map(|j| &j.message).collect();
-        match admit_group(&pg, &messages).await {
-            Ok(outcomes) => {
-                for (job, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = job.answer.send(Ok(outcome));
-                }
-            }
-            Err(e) if group.len() == 1 => {
-                let job = group.pop().expect("one job");
-                let _ = job.answer.send(Err(e));
-            }
-            Err(_) => {
-                for job in group {
-                    let outcome = admit_group(&pg, &[&job.message])
-                        .await
-                        .map(|mut o| o.pop().expect("one outcome"));
-                    let _ = job.answer.send(outcome);
-                }
-            }
-        }
+#[async_trait::async_trait]
+impl Work for Admissions {
+    type Item = NewMessage;
+    type Output = Admission;
+    async fn run(&self, messages: &[&NewMessage]) -> Result<Vec<Admission>, OutboxError> {
+        admit_group(&self.0, messages).await
     }
 }
 

@@ -21,6 +21,8 @@
 //!   stay out of them until `outbox purge` deletes them.
 
 mod admit;
+mod group;
+mod settle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -36,7 +38,9 @@ use super::{
 use crate::store::StoreError;
 use crate::store::migrate::Migration;
 use crate::store::postgres::{OUTBOX_CHANNEL, Postgres};
-use admit::Admitter;
+use admit::Admissions;
+use group::Grouped;
+use settle::Settles;
 
 pub(super) static MIGRATIONS: &[Migration] = &[
     Migration {
@@ -121,18 +125,22 @@ type Claims = Mutex<HashMap<i64, i64>>;
 pub(super) struct PgOutbox {
     pg: Arc<Postgres>,
     claims: Arc<Claims>,
-    admitter: Admitter,
+    admissions: Grouped<Admissions>,
+    settles: Grouped<Settles>,
 }
+
+/// How many groups of each kind one replica may be writing at once.
+const LANES: usize = 2;
 
 impl PgOutbox {
     pub(super) fn new(pg: Arc<Postgres>) -> PgOutbox {
         let claims: Arc<Claims> = Arc::default();
         tokio::spawn(renew_claims(pg.clone(), Arc::downgrade(&claims)));
-        let admitter = Admitter::start(pg.clone());
         PgOutbox {
+            admissions: Grouped::start(Admissions(pg.clone()), LANES, admit::MAX_GROUP),
+            settles: Grouped::start(Settles(pg.clone()), LANES, settle::MAX_GROUP),
             pg,
             claims,
-            admitter,
         }
     }
 
@@ -225,7 +233,7 @@ fn read_entry(row: &Row) -> Entry {
 #[async_trait::async_trait]
 impl OutboxStore for PgOutbox {
     async fn admit(&self, m: NewMessage) -> Result<Admission, OutboxError> {
-        self.admitter.admit(m).await
+        self.admissions.write(m).await
     }
 
     async fn claim(&self, limit: usize) -> Result<Vec<Due>, OutboxError> {
@@ -356,74 +364,15 @@ impl OutboxStore for PgOutbox {
         let token = self.token(id);
         // Whatever happens now, this replica stops renewing the claim.
         self.unclaim(id);
-        let pg = &self.pg;
-        let fail = |e| pg.failed("settle", e);
-        let client = pg.client("settle").await?;
-        // One row when the claim held; a notification only when someone waits.
-        let notify = format!(
-            "SELECT s.id, CASE WHEN s.awaited
-                 THEN pg_notify('{OUTBOX_CHANNEL}', 'settled:' || s.id)::text END
-             FROM s"
-        );
-        let rows = match settled {
-            Settled::Submitted(r) => {
-                client
-                    .query(
-                        &client
-                            .prepare_cached(&format!(
-                                "WITH s AS (
-                                     UPDATE outbox_results SET state = 'submitted',
-                                         attempts = attempts + 1, updated_at = bridge_now_ms(),
-                                         first_attempt_at = COALESCE(first_attempt_at, bridge_now_ms()),
-                                         last_error = NULL, error_kind = NULL, report_guid = $3,
-                                         qubs_report_status = $4, reported_at_utc = $5,
-                                         claimed_by = NULL, claim_token = NULL, lease_until = NULL
-                                     WHERE id = $1 AND state = 'pending'
-                                       AND claim_token IS NOT DISTINCT FROM $2
-                                     RETURNING id, awaited)
-                                 {notify}"
-                            ))
-                            .await
-                            .map_err(fail)?,
-                        &[
-                            &id,
-                            &token,
-                            &r.report_guid,
-                            &r.report_status,
-                            &r.reported_at_utc,
-                        ],
-                    )
-                    .await
-            }
-            Settled::Dead {
-                kind,
-                reason,
-                qubs_request_id,
-            } => {
-                client
-                    .query(
-                        &client
-                            .prepare_cached(&format!(
-                                "WITH s AS (
-                                     UPDATE outbox_results SET state = 'dead',
-                                         attempts = attempts + 1, updated_at = bridge_now_ms(),
-                                         first_attempt_at = COALESCE(first_attempt_at, bridge_now_ms()),
-                                         last_error = $3, error_kind = $4, qubs_request_id = $5,
-                                         claimed_by = NULL, claim_token = NULL, lease_until = NULL
-                                     WHERE id = $1 AND state = 'pending'
-                                       AND claim_token IS NOT DISTINCT FROM $2
-                                     RETURNING id, awaited)
-                                 {notify}"
-                            ))
-                            .await
-                            .map_err(fail)?,
-                        &[&id, &token, reason, kind, qubs_request_id],
-                    )
-                    .await
-            }
-        }
-        .map_err(fail)?;
-        if rows.is_empty() {
+        let held = self
+            .settles
+            .write(settle::Settle {
+                id,
+                token,
+                settled: settled.clone(),
+            })
+            .await?;
+        if !held {
             return Err(StoreError::ClaimLost(id));
         }
         Ok(())
