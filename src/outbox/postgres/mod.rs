@@ -240,10 +240,12 @@ impl OutboxStore for PgOutbox {
         let pg = &self.pg;
         let fail = |e| pg.failed("claim", e);
         let client = pg.client("claim").await?;
-        let claimed = client
+        // The claim returns what the attempt needs: one round trip, and a second only for
+        // results with attachments.
+        let rows = client
             .query(
                 &client
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         "WITH t AS (SELECT bridge_now_ms() AS now),
                          picked AS (
                              SELECT r.id, r.claimed_by FROM outbox_results r, t
@@ -260,9 +262,10 @@ impl OutboxStore for PgOutbox {
                          UPDATE outbox_results r
                          SET claimed_by = $2, claim_token = nextval('outbox_claim_tokens'),
                              lease_until = t.now + $3
-                         FROM picked, t WHERE r.id = picked.id
-                         RETURNING r.id, r.claim_token, picked.claimed_by, t.now",
-                    )
+                         FROM picked, t, outbox_messages m
+                         WHERE r.id = picked.id AND m.id = r.message_id
+                         RETURNING {ENTRY_COLUMNS}, m.body, r.claim_token, picked.claimed_by, t.now"
+                    ))
                     .await
                     .map_err(fail)?,
                 &[
@@ -274,39 +277,29 @@ impl OutboxStore for PgOutbox {
             )
             .await
             .map_err(fail)?;
-        if claimed.is_empty() {
+        if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(claimed.len());
         let mut now = 0;
+        let mut with_attachments = Vec::new();
         {
             let mut claims = self.claims.lock().expect("claims");
-            for row in &claimed {
-                let (id, token): (i64, i64) = (row.get(0), row.get(1));
-                if row.get::<_, Option<String>>(2).is_some() {
+            for row in &rows {
+                let (id, token): (i64, i64) = (row.get(0), row.get(22));
+                if row.get::<_, Option<String>>(23).is_some() {
                     pg.metrics.takeover("outbox_claim");
                     tracing::info!(outbox_id = id, "took over a result whose claim had run out");
                 }
-                now = row.get(3);
+                now = row.get(24);
                 claims.insert(id, token);
-                ids.push(id);
+                if row.get::<_, i64>(20) > 0 {
+                    with_attachments.push(id);
+                }
             }
         }
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(&format!(
-                        "SELECT {ENTRY_COLUMNS}, m.body FROM outbox_results r
-                         JOIN outbox_messages m ON m.id = r.message_id WHERE r.id = ANY($1)"
-                    ))
-                    .await
-                    .map_err(fail)?,
-                &[&ids],
-            )
-            .await
-            .map_err(fail)?;
         let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
-        for row in client
+        if !with_attachments.is_empty() {
+            for row in client
             .query(
                 &client
                     .prepare_cached(
@@ -315,16 +308,17 @@ impl OutboxStore for PgOutbox {
                     )
                     .await
                     .map_err(fail)?,
-                &[&ids],
+                &[&with_attachments],
             )
             .await
             .map_err(fail)?
-        {
-            attachments.entry(row.get(0)).or_default().push(Attachment {
-                file_name: row.get(1),
-                content_type: row.get(2),
-                content: row.get(3),
-            });
+            {
+                attachments.entry(row.get(0)).or_default().push(Attachment {
+                    file_name: row.get(1),
+                    content_type: row.get(2),
+                    content: row.get(3),
+                });
+            }
         }
         let mut due: Vec<Due> = rows
             .iter()
