@@ -1,7 +1,9 @@
 //! The web console's JSON API and pages over real sockets: sign-in, sessions, CSRF and
 //! roles on every route, the operations an operator runs (find a dead letter by appointment
 //! or message id, retry, purge) with their audit entries, the mapping playground (runs,
-//! drafts, golden cases), and `serve --demo`'s sign-in line. The browser tests are in
+//! drafts, golden cases, the trace and the input fields each rule reads, a case's output
+//! accepted as its expectation, a result from the outbox as input), re-sending changed
+//! orders after a promotion, and `serve --demo`'s sign-in line. The browser tests are in
 //! `console_browser`.
 
 use crate::common;
