@@ -45,6 +45,7 @@ assets! {
     "js/outbox.js" => JS,
     "js/playground.js" => JS,
     "js/yaml.js" => JS,
+    "js/trace.js" => JS,
     "js/history.js" => JS,
     "js/timeline.js" => JS,
     "js/audit.js" => JS,

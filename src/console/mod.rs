@@ -11,8 +11,9 @@
 //!   `Authorization: Bearer` for scripts. Every API route names the role it
 //!   needs in one table, [`ROUTES`], which the router consults for every request: a route
 //!   missing from it is refused, never open.
-//! - Every change (retry, purge, promotion, rollback; sign-ins too) is written to the
-//!   audit log ([`audit`]); promoted mapping files are kept with both texts ([`history`]).
+//! - Every change (retry, purge, resend, promotion, rollback, an accepted golden
+//!   expectation; sign-ins too) is written to the audit log ([`audit`]); promoted mapping
+//!   files are kept with both texts ([`history`]).
 //!   Both live in the store ([`store`]: SQLite or PostgreSQL, its own tables and
 //!   migrations), so with several replicas every console shows the whole cluster's.
 //! - Charts come from the process's own counters, sampled every few seconds into a ring
@@ -27,6 +28,7 @@ mod impact;
 mod playground;
 mod postgres;
 mod promote;
+mod resend;
 pub mod samples;
 mod settings;
 mod sqlite;
@@ -115,13 +117,16 @@ pub const ROUTES: &[Route] = &[
         "/console/api/feed/{destination}/retry",
         Role::Operator,
     ),
+    route("POST", "/console/api/feed/resend", Role::Operator),
     route("GET", "/console/api/timeline", Role::Viewer),
     route("GET", "/console/api/audit", Role::Viewer),
     route("GET", "/console/api/mappings", Role::Analyst),
     route("GET", "/console/api/cases", Role::Analyst),
     route("GET", "/console/api/order", Role::Analyst),
+    route("GET", "/console/api/outbox/{id}/input", Role::Analyst),
     route("POST", "/console/api/preview", Role::Analyst),
     route("POST", "/console/api/golden", Role::Analyst),
+    route("POST", "/console/api/golden/accept", Role::Analyst),
     route("POST", "/console/api/impact", Role::Analyst),
     route("POST", "/console/api/promote", Role::Analyst),
     route("GET", "/console/api/history", Role::Analyst),
@@ -192,13 +197,22 @@ fn router(console: Arc<Console>) -> Router {
             "/console/api/feed/{destination}/retry",
             post(api::feed_retry),
         )
+        .route("/console/api/feed/resend", post(resend::resend))
         .route("/console/api/timeline", get(api::timeline))
         .route("/console/api/audit", get(api::audit))
         .route("/console/api/mappings", get(playground::mappings))
         .route("/console/api/cases", get(playground::cases))
         .route("/console/api/order", get(playground::live_order))
+        .route(
+            "/console/api/outbox/{id}/input",
+            get(playground::outbox_input),
+        )
         .route("/console/api/preview", post(playground::preview))
         .route("/console/api/golden", post(playground::golden_run))
+        .route(
+            "/console/api/golden/accept",
+            post(playground::golden_accept),
+        )
         .route("/console/api/impact", post(impact::impact))
         .route("/console/api/promote", post(promote::promote))
         .route("/console/api/history", get(promote::history))

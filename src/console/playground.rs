@@ -11,23 +11,32 @@
 //! The answer of a run has a `trace` member: for each output field, the rule (file:line),
 //! the alternative taken, the source values, each filter step, table hits and `when`
 //! decisions ([`crate::mapping::trace`]). `fields` says, from the mapping's rules, which
-//! output fields each input field feeds.
+//! output fields each input field feeds, and `ruleReads` which input fields each rule
+//! reads, named as the trace names the rule: with both, the page goes from an output field
+//! to its inputs and from an input field to the output fields it fed in this run.
+//!
+//! A golden case's differing output can be accepted as its new expectation, one at a time
+//! ([`golden_accept`]); the playground can also take its input from a result in the outbox
+//! ([`outbox_input`]: the message as received — patient data, shown, never logged).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::api::{record, storage};
 use super::auth::Caller;
 use super::{Console, Refusal, error, refuse};
+use crate::mapping::ir::UseKind;
 use crate::mapping::yaml::{self, Node};
 use crate::mapping::{Diagnostic, FieldFate, InputKind, LoadErrors, MappingSet, golden};
 use crate::orders::{Include, Order};
+use crate::outbox::Source;
 use crate::pending_list::PendingListError;
 
 /// Largest input or draft the playground takes.
@@ -308,16 +317,21 @@ pub async fn preview(State(console): State<Arc<Console>>, Json(req): Json<RunReq
             &console.config_values,
             true,
         );
-        (run, field_uses(&set, &req.mapping))
+        (
+            run,
+            field_uses(&set, &req.mapping),
+            rule_reads(&set, &req.mapping),
+        )
     })
     .await;
     match run {
-        Ok((Ok(p), fields)) => {
+        Ok((Ok(p), fields, reads)) => {
             let mut v = serde_json::to_value(&p).unwrap_or(Value::Null);
             v["fields"] = fields;
+            v["ruleReads"] = reads;
             Json(v).into_response()
         }
-        Ok((Err(e), _)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Ok((Err(e), _, _)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the mapping run failed"),
     }
 }
@@ -347,6 +361,34 @@ fn field_uses(set: &MappingSet, mapping: &str) -> Value {
             })
             .collect(),
     )
+}
+
+/// The input fields each rule reads, by the rule's name in the trace (`orm_o01.yaml:264:9`):
+/// `{"field", "use"}` with `use` `sent` (the value comes from it) or `decides` (a `when`,
+/// a filter choosing items, the time zone of a time).
+fn rule_reads(set: &MappingSet, mapping: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    let Some(m) = set.get(mapping) else {
+        return Value::Object(out);
+    };
+    for u in &m.uses {
+        let Some(rule) = &u.rule else { continue };
+        let kind = match u.kind {
+            UseKind::Sent => "sent",
+            UseKind::Decides => "decides",
+            UseKind::Iterates => continue,
+        };
+        let reads = out
+            .entry(rule.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let read = json!({"field": u.field, "use": kind});
+        if let Value::Array(list) = reads
+            && !list.contains(&read)
+        {
+            list.push(read);
+        }
+    }
+    Value::Object(out)
 }
 
 #[derive(Deserialize, Default)]
@@ -383,8 +425,203 @@ pub(super) fn golden_json(report: &golden::GoldenReport) -> Value {
         "failed": failed,
         "results": report.results.iter().map(|r| json!({
             "name": r.name,
+            "case": r.case,
+            "status": r.status.as_str(),
             "passed": r.passed,
             "diff": r.detail,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptRequest {
+    /// The case output, as a golden run names it: `order-routine-ct/orm_o01.hl7`.
+    name: String,
+    /// The draft whose output becomes the expectation; the live set when absent.
+    #[serde(default)]
+    draft: Option<Draft>,
+}
+
+/// Why one case output could not be accepted.
+enum NotAccepted {
+    NoCase(String),
+    NoOutput(String),
+    AlreadyMatches,
+    /// The runner offered nothing to accept: an expected error, a mapping that failed.
+    Refused(String),
+    Run(golden::GoldenError),
+}
+
+/// What accepting wrote.
+struct Accepted {
+    /// The fields that differed (empty for an output without expectation before).
+    fields: Vec<String>,
+    new: bool,
+}
+
+/// Runs the case of `name` twice: once to see what differs, once accepting that one
+/// output (and no other) as [`golden::run_cases`] writes an accepted expectation for
+/// `mappings test --update`: this run's output, with the case's own clock and control id,
+/// written atomically.
+fn accept_blocking(set: &MappingSet, dir: &Path, name: &str) -> Result<Accepted, NotAccepted> {
+    let Some((case, _)) = name.split_once('/') else {
+        return Err(NotAccepted::NoOutput(name.to_string()));
+    };
+    let cases = golden::case_names(dir).map_err(NotAccepted::Run)?;
+    if !cases.iter().any(|c| c == case) {
+        return Err(NotAccepted::NoCase(case.to_string()));
+    }
+    let only = [case.to_string()];
+    let looked = golden::run_cases(set, dir, &only, &mut |_| false).map_err(NotAccepted::Run)?;
+    let Some(before) = looked.results.iter().find(|r| r.name == name) else {
+        let has: Vec<&str> = looked.results.iter().map(|r| r.name.as_str()).collect();
+        return Err(NotAccepted::NoOutput(format!(
+            "{name} (case {case} has: {})",
+            has.join(", ")
+        )));
+    };
+    if before.passed {
+        return Err(NotAccepted::AlreadyMatches);
+    }
+    let fields: Vec<String> = before.diffs.iter().map(|d| d.path.clone()).collect();
+    let new = before.status == golden::Status::New;
+    let written =
+        golden::run_cases(set, dir, &only, &mut |p| p.name == name).map_err(NotAccepted::Run)?;
+    match written.results.iter().find(|r| r.name == name) {
+        Some(r) if r.updated => Ok(Accepted { fields, new }),
+        Some(r) => Err(NotAccepted::Refused(r.detail.clone().unwrap_or_else(
+            || "the golden runner offered no output to accept".into(),
+        ))),
+        None => Err(NotAccepted::NoOutput(name.to_string())),
+    }
+}
+
+/// `POST /console/api/golden/accept {"name", "draft"?}`: one differing case output becomes
+/// its case's new expectation (the output of the draft when given, else of the live set);
+/// audited. The file is one of the case's, under `mappings/tests/<case>/`.
+pub async fn golden_accept(
+    State(console): State<Arc<Console>>,
+    Extension(caller): Extension<Caller>,
+    Json(req): Json<AcceptRequest>,
+) -> Response {
+    // Cases are written by promotions too (accepting changed outputs): one at a time.
+    let _one_at_a_time = console.promotions.lock().await;
+    let set = match set_for(&console, req.draft.as_ref()) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let against = match &req.draft {
+        Some(d) => format!("the draft of {}", d.file()),
+        None => format!("the live set {}", set.version()),
+    };
+    let dir = console.mappings.dir().join("tests");
+    let name = req.name.trim().to_string();
+    let worker = name.clone();
+    let done = tokio::task::spawn_blocking(move || accept_blocking(&set, &dir, &worker)).await;
+    let accepted = match done {
+        Ok(Ok(a)) => a,
+        Ok(Err(NotAccepted::NoCase(case))) => {
+            return error(StatusCode::NOT_FOUND, &format!("no golden case `{case}`"));
+        }
+        Ok(Err(NotAccepted::NoOutput(what))) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no golden case output {what}; name one as `<case>/<expected file>`"),
+            );
+        }
+        Ok(Err(NotAccepted::AlreadyMatches)) => {
+            return error(
+                StatusCode::CONFLICT,
+                &format!("{name} already matches with {against}: nothing to accept"),
+            );
+        }
+        Ok(Err(NotAccepted::Refused(why))) => {
+            return error(
+                StatusCode::CONFLICT,
+                &format!("{name} has no output to accept: {why}"),
+            );
+        }
+        Ok(Err(NotAccepted::Run(e))) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+        }
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "accepting the output failed",
+            );
+        }
+    };
+    // Field names only: the values are the case's patient data.
+    let changed = if accepted.new {
+        "a first expectation".to_string()
+    } else if accepted.fields.is_empty() {
+        "changed lines".to_string()
+    } else {
+        format!("fields {}", accepted.fields.join(", "))
+    };
+    record(
+        &console,
+        &caller,
+        "golden.accept",
+        name.clone(),
+        format!("{changed}; output of {against}"),
+        "ok",
+    )
+    .await;
+    tracing::info!(user = %caller.user.name, case_output = %name, "console: golden expectation accepted");
+    Json(json!({
+        "name": name,
+        "accepted": true,
+        "new": accepted.new,
+        "fields": accepted.fields,
+        "against": against,
+    }))
+    .into_response()
+}
+
+/// `GET /console/api/outbox/{id}/input`: the message outbox result `id` came in, as a
+/// playground input (`oru` or `diagnostic_report`). Patient data: for the analyst's screen,
+/// never logged.
+pub async fn outbox_input(
+    State(console): State<Arc<Console>>,
+    Extension(caller): Extension<Caller>,
+    UrlPath(id): UrlPath<i64>,
+) -> Response {
+    let entry = match console.outbox.entry(id).await {
+        Ok(Some(e)) if caller.user.may_see(&e.domain) => e,
+        Ok(_) => return error(StatusCode::NOT_FOUND, &format!("no outbox entry {id}")),
+        Err(e) => return storage(e),
+    };
+    let (source, body) = match console.outbox.message(id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no outbox entry {id}")),
+        Err(e) => return storage(e),
+    };
+    let (kind, input) = match source {
+        // As the bridge read it off the wire: in whatever charset it came.
+        Source::Hl7 => ("oru", crate::hl7::charset::decode(&body).text.into_owned()),
+        Source::Fhir => (
+            "diagnostic_report",
+            String::from_utf8_lossy(&body).into_owned(),
+        ),
+        Source::Report => {
+            return error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "outbox entry {id} came in as a report submission, which no mapping reads"
+                ),
+            );
+        }
+    };
+    Json(json!({
+        "id": id,
+        "kind": kind,
+        "input": input,
+        "domain": entry.domain,
+        "appointmentId": entry.appointment_id,
+        "sourceId": entry.source_id,
+        "group": entry.group,
+    }))
+    .into_response()
 }

@@ -16,7 +16,6 @@
 //!
 //! [`LiveMappings::reload`]: crate::live_mappings::LiveMappings::reload
 
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
@@ -31,24 +30,8 @@ use super::auth::Caller;
 use super::history::{NewVersion, Recorded, Version};
 use super::playground::{Draft, golden_json, set_for};
 use super::{Console, Refusal, error, refuse};
-use crate::mapping::{MappingSet, golden};
-
-/// Writes `text` to `path` through a temporary file in the same directory and a rename, so
-/// the watcher and a concurrent reload see the old file or the new one, never half of one.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Not `*.yaml`: the mapping set never reads it.
-    let tmp = dir.join(format!(".{name}.console-tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+use crate::mapping::MappingSet;
+use crate::mapping::golden::{self, write_atomically};
 
 /// What putting a file in place did.
 struct Applied {

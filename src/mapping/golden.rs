@@ -498,7 +498,7 @@ fn run_case(
             actual: &actual,
         };
         let mut r = if accept(&proposal) {
-            match std::fs::write(&path, &actual) {
+            match write_atomically(&path, &actual) {
                 Ok(()) => CaseResult::new(name, &cname, Status::Updated, None),
                 Err(e) => fail_named(name, &cname, format!("cannot write {file}: {e}")),
             }
@@ -517,6 +517,24 @@ fn run_case(
         }
         out.push(r);
     }
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory and a rename, so
+/// a reader (a mapping reload, a golden run beside) sees the old file or the new one, never
+/// half of one. The temporary name starts with a dot and ends in `.tmp`: neither a mapping
+/// file nor a case's expectation.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn fail_named(name: String, case: &str, detail: String) -> CaseResult {

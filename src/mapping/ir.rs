@@ -277,6 +277,9 @@ pub struct FieldUse {
     pub target: String,
     /// How it is used.
     pub kind: UseKind,
+    /// The rule, as the value trace names it (`orm_o01.yaml:264:9`); `None` for uses that
+    /// are not one rule's (a segment's `when`, a list iterated, the MSH-7 time zone).
+    pub rule: Option<Arc<str>>,
 }
 
 /// What the LOINC checks need to know about a code table.

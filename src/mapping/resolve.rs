@@ -263,7 +263,7 @@ pub fn resolve(file: &Path, ast: &FileAst, diags: &mut Diags) -> Mapping {
     };
     if output == OutputKind::Hl7 && input == InputKind::Order {
         // MSH-7 (now) is written in the site's zone.
-        note_zone_read(&mut rx, "MSH-7");
+        note_zone_read(&mut rx, "MSH-7", None);
     }
     let selectors = std::mem::take(&mut rx.selectors);
     rx.reads.extend(selectors);
@@ -768,12 +768,13 @@ fn hl7_body(rx: &mut Rx<'_>, ast: &FileAst) -> Body {
             Some(w) => cond(rx, w, &scope),
             None => None,
         };
-        attribute(rx, reads_at, &id.val, UseKind::Decides);
+        attribute(rx, reads_at, &id.val, UseKind::Decides, None);
         if let Some((p, _)) = &each {
             rx.uses.push(FieldUse {
                 field: p.shape_key(),
                 target: format!("{} (one segment per item)", id.val),
                 kind: UseKind::Iterates,
+                rule: None,
             });
         }
         let rules = rules_of(rx, it.rules.as_ref(), &scope, it.pos);
@@ -1055,7 +1056,9 @@ fn rule(rx: &mut Rx<'_>, n: &RuleAst, scope: &Scope<'_>) -> Option<Rule> {
     let reads_at = rx.reads.len();
     let when = n.when.as_ref().and_then(|w| cond(rx, w, scope));
     let shown = shown_target(scope, target_text.as_deref().unwrap_or(""));
-    attribute(rx, reads_at, &shown, UseKind::Decides);
+    // Named as the value trace names it, so a traced field finds the inputs its rule reads.
+    let rule_name: Arc<str> = format!("{}:{}", at.file, at.pos).into();
+    attribute(rx, reads_at, &shown, UseKind::Decides, Some(&rule_name));
     if n.for_each.is_some() {
         return each_rule(rx, n, scope, at, when, target_text, tpos);
     }
@@ -1130,14 +1133,14 @@ fn rule(rx: &mut Rx<'_>, n: &RuleAst, scope: &Scope<'_>) -> Option<Rule> {
             }
         }
     };
-    attribute(rx, src_reads_at, &shown, UseKind::Sent);
+    attribute(rx, src_reads_at, &shown, UseKind::Sent, Some(&rule_name));
     let filters = filters_of(rx, &n.filters, &mut many)?;
     let stage_filters = match &source {
         Source::Stages(st) => st.iter().flat_map(|s| &s.filters).collect(),
         _ => Vec::new(),
     };
     if filters.iter().chain(stage_filters).any(reads_zone) {
-        note_zone_read(rx, &shown);
+        note_zone_read(rx, &shown, Some(&rule_name));
     }
     let target = target?;
     // The key under which "set twice" is checked.
@@ -1198,7 +1201,7 @@ fn reads_zone(f: &Filter) -> bool {
 }
 
 /// Records that `target`'s value is placed in time by the site's zone.
-fn note_zone_read(rx: &mut Rx<'_>, target: &str) {
+fn note_zone_read(rx: &mut Rx<'_>, target: &str, rule: Option<&Arc<str>>) {
     const ZONE: &str = "site.timeZone";
     if !rx.reads.iter().any(|r| r == ZONE) {
         rx.reads.push(ZONE.to_string());
@@ -1207,6 +1210,7 @@ fn note_zone_read(rx: &mut Rx<'_>, target: &str) {
         field: ZONE.to_string(),
         target: format!("{target} (its UTC offset)"),
         kind: UseKind::Decides,
+        rule: rule.cloned(),
     };
     if !rx.uses.contains(&u) {
         rx.uses.push(u);
@@ -1214,7 +1218,7 @@ fn note_zone_read(rx: &mut Rx<'_>, target: &str) {
 }
 
 /// Records the reads made since `from` as uses by `target`.
-fn attribute(rx: &mut Rx<'_>, from: usize, target: &str, kind: UseKind) {
+fn attribute(rx: &mut Rx<'_>, from: usize, target: &str, kind: UseKind, rule: Option<&Arc<str>>) {
     let from = from.min(rx.reads.len());
     let new: Vec<FieldUse> = rx.reads[from..]
         .iter()
@@ -1222,6 +1226,7 @@ fn attribute(rx: &mut Rx<'_>, from: usize, target: &str, kind: UseKind) {
             field: f.clone(),
             target: target.to_string(),
             kind: kind.clone(),
+            rule: rule.cloned(),
         })
         .collect();
     // Fields that chose list items or segments (`[commentType in (AA, PA)]`,
@@ -1232,6 +1237,7 @@ fn attribute(rx: &mut Rx<'_>, from: usize, target: &str, kind: UseKind) {
             field,
             target: target.to_string(),
             kind: UseKind::Decides,
+            rule: rule.cloned(),
         })
         .collect();
     for u in new.into_iter().chain(selectors) {
@@ -1336,6 +1342,7 @@ fn each_rule(
                     .unwrap_or("(one repetition per item)"),
             ),
             kind: UseKind::Iterates,
+            rule: None,
         });
     }
     if over.as_ref().is_some_and(|p| !p.is_many()) {
@@ -1366,6 +1373,7 @@ fn each_rule(
         reads_at,
         &shown_target(scope, target_text.as_deref().unwrap_or("")),
         UseKind::Decides,
+        None,
     );
     let mut array = None;
     match rx.output {

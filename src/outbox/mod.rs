@@ -302,6 +302,9 @@ pub trait OutboxStore: Send + Sync {
 
     async fn list(&self, filter: &EntryFilter) -> Result<Vec<Entry>, OutboxError>;
 
+    /// The message result `id` came in (its source and body as received), if stored.
+    async fn message(&self, id: i64) -> Result<Option<(Source, Vec<u8>)>, OutboxError>;
+
     /// Puts dead letters back in the queue, due now; returns how many were dead.
     async fn requeue(&self, ids: &[i64]) -> Result<usize, OutboxError>;
 
@@ -420,6 +423,12 @@ impl Outbox {
 
     pub async fn list(&self, filter: EntryFilter) -> Result<Vec<Entry>, OutboxError> {
         self.store.list(&filter).await
+    }
+
+    /// The message result `id` came in, as received (an ORU^R01, a DiagnosticReport, a
+    /// report submission): patient data, for the analyst's playground; never log it.
+    pub async fn message(&self, id: i64) -> Result<Option<(Source, Vec<u8>)>, OutboxError> {
+        self.store.message(id).await
     }
 
     /// Puts dead letters back in the queue; returns how many were dead.

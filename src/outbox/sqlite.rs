@@ -504,6 +504,25 @@ impl OutboxStore for SqliteOutbox {
         self.store.read(move |tx, _| list(tx, &filter)).await
     }
 
+    async fn message(&self, id: i64) -> Result<Option<(Source, Vec<u8>)>, OutboxError> {
+        self.store
+            .read(move |tx, _| {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT m.source, m.body FROM messages m JOIN results r ON r.message_id = m.id
+                     WHERE r.id = ?1",
+                )?;
+                let mut rows = stmt.query([id])?;
+                match rows.next()? {
+                    Some(row) => {
+                        let source: String = row.get(0)?;
+                        Ok(Some((Source::parse(&source), row.get(1)?)))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .await
+    }
+
     async fn requeue(&self, ids: &[i64]) -> Result<usize, OutboxError> {
         let ids = ids.to_vec();
         self.store

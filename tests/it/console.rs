@@ -1,7 +1,9 @@
 //! The web console's JSON API and pages over real sockets: sign-in, sessions, CSRF and
 //! roles on every route, the operations an operator runs (find a dead letter by appointment
 //! or message id, retry, purge) with their audit entries, the mapping playground (runs,
-//! drafts, golden cases), and `serve --demo`'s sign-in line. The browser tests are in
+//! drafts, golden cases, the trace and the input fields each rule reads, a case's output
+//! accepted as its expectation, a result from the outbox as input), re-sending changed
+//! orders after a promotion, and `serve --demo`'s sign-in line. The browser tests are in
 //! `console_browser`.
 
 use crate::common;
@@ -1268,4 +1270,446 @@ async fn feed_dead_letters_are_listed_with_their_reason_and_retried() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Posts `body` to the API with a session cookie and, when given, its CSRF token.
+async fn post_in_session(
+    bridge: &Bridge,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Value,
+) -> u16 {
+    let mut r = http()
+        .post(url(bridge, &format!("api/{path}")))
+        .header("cookie", cookie);
+    if let Some(t) = csrf {
+        r = r.header("x-csrf-token", t);
+    }
+    r.json(&body).send().await.unwrap().status().as_u16()
+}
+
+/// The 1-based line of `needle` in `text` (the first line that is exactly it).
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l == needle)
+        .unwrap_or_else(|| panic!("no line `{needle}`"))
+        + 1
+}
+
+#[tokio::test]
+async fn the_trace_names_each_rule_and_the_input_fields_it_reads() {
+    let bridge = bridge_with_console(600).await;
+    let text = std::fs::read_to_string("mappings/orm_o01.yaml").unwrap();
+    let order: Value = serde_json::from_str(&routine_ct()).unwrap();
+    let (status, run) = call(
+        &bridge,
+        "POST",
+        "preview",
+        ANALYST,
+        json!({"mapping": "orm_o01", "input": routine_ct()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{run}");
+    let entries = run["trace"]["fields"].as_array().unwrap();
+    let entry = |target: &str| {
+        entries
+            .iter()
+            .find(|f| f["target"] == target)
+            .unwrap_or_else(|| panic!("no {target} in the trace"))
+    };
+    // ORC-7.6: the rule where the file has it, its source and raw value, each filter step.
+    let orc = entry("ORC-7.6");
+    let rule = orc["rule"].as_str().unwrap();
+    let line = line_of(&text, "      - target: ORC-7.6");
+    assert!(
+        rule.starts_with(&format!("orm_o01.yaml:{line}:")),
+        "{rule}, the rule is on line {line}"
+    );
+    let alternative = &orc["source"]["alternatives"][0];
+    assert_eq!(alternative["path"], "appointment.priority");
+    assert_eq!(alternative["raw"], order["appointment"]["priority"]);
+    let filters: Vec<&str> = orc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["filter"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        filters,
+        ["trim", "{table: priority}", "{table: hl7_priority}"]
+    );
+    assert_eq!(orc["steps"][2]["table"]["hit"], true);
+    assert_eq!(orc["value"], "A");
+    // The rule reads the priority, and so does OBR-27.6's: those are what the field feeds.
+    let reads = &run["ruleReads"];
+    assert_eq!(
+        reads[rule],
+        json!([{"field": "appointment.priority", "use": "sent"}]),
+        "{reads}"
+    );
+    let feeds: Vec<&str> = entries
+        .iter()
+        .filter(|f| {
+            reads[f["rule"].as_str().unwrap()]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["field"] == "appointment.priority"))
+        })
+        .map(|f| f["target"].as_str().unwrap())
+        .collect();
+    assert!(
+        feeds.contains(&"ORC-7.6") && feeds.contains(&"OBR-27.6"),
+        "{feeds:?}"
+    );
+    // ORC-7.4 is decided by its `when` on the start time and written in the site's zone.
+    let start = &reads[entry("ORC-7.4")["rule"].as_str().unwrap()];
+    for (field, how) in [
+        ("appointment.startTime", "decides"),
+        ("appointment.startTime", "sent"),
+        ("site.timeZone", "decides"),
+    ] {
+        assert!(
+            start
+                .as_array()
+                .unwrap()
+                .contains(&json!({"field": field, "use": how})),
+            "{field} {how}: {start}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_golden_case_output_is_accepted_as_its_new_expectation() {
+    let mappings = tempfile::tempdir().unwrap();
+    copy_tree(std::path::Path::new("mappings"), mappings.path());
+    let dir = mappings.path().to_path_buf();
+    let bridge = bridge_with(600, |s| s.mappings.dir = dir.clone()).await;
+    let text = std::fs::read_to_string(dir.join("orm_o01.yaml")).unwrap();
+    let rule = "      - target: ORC-7.6\n        from: appointment.priority\n        filters: [trim, {table: priority}, {table: hl7_priority}]\n";
+    let drafted = text.replace(rule, "      - target: ORC-7.6\n        value: S\n");
+    let draft = json!({"file": "orm_o01.yaml", "text": drafted});
+    let name = "order-routine-ct/orm_o01.hl7";
+    let expected_file = dir.join("tests/order-routine-ct/orm_o01.hl7");
+    let before = std::fs::read_to_string(&expected_file).unwrap();
+    let golden = || call(&bridge, "POST", "golden", ANALYST, json!({"draft": draft}));
+    let status_of = |report: &Value, name: &str| {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["status"].as_str().unwrap().to_string())
+    };
+    let (_, report) = golden().await;
+    assert_eq!(
+        status_of(&report, name).as_deref(),
+        Some("fail"),
+        "{report}"
+    );
+    let differing = report["failed"].as_u64().unwrap();
+    assert!(differing > 1, "other cases differ too: {report}");
+    let accept = json!({"name": name, "draft": draft});
+
+    // Refused without credentials, below the analyst role, and without the CSRF token.
+    let (status, _) = call(&bridge, "POST", "golden/accept", "nobody", accept.clone()).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(&bridge, "POST", "golden/accept", OPERATOR, accept.clone()).await;
+    assert_eq!(status, 403);
+    let (cookie, _, csrf) = sign_in(&bridge, ANALYST).await;
+    let status = post_in_session(&bridge, "golden/accept", &cookie, None, accept.clone()).await;
+    assert_eq!(status, 403);
+    assert_eq!(std::fs::read_to_string(&expected_file).unwrap(), before);
+
+    // Accepted in the session: the file is the draft's output, only ORC-7.6 changed (the
+    // case's own clock and control id keep MSH-7 and MSH-10 as they were).
+    let status = post_in_session(
+        &bridge,
+        "golden/accept",
+        &cookie,
+        Some(&csrf),
+        accept.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let after = std::fs::read_to_string(&expected_file).unwrap();
+    let orc = before.lines().find(|l| l.starts_with("ORC|")).unwrap();
+    assert!(orc.contains("^A|"), "{orc}");
+    assert_eq!(after, before.replace(orc, &orc.replace("^A|", "^S|")));
+    // That case passes with the draft now; the others still differ.
+    let (_, report) = golden().await;
+    assert_eq!(status_of(&report, name).as_deref(), Some("ok"), "{report}");
+    assert_eq!(report["failed"].as_u64().unwrap(), differing - 1);
+    assert!(
+        !dir.join("tests/order-routine-ct/.orm_o01.hl7.tmp").exists(),
+        "no temporary file is left"
+    );
+
+    // Nothing left to accept; unknown cases and outputs are named.
+    let (status, body) = call(&bridge, "POST", "golden/accept", ANALYST, accept).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already matches"));
+    let (status, _) = call(
+        &bridge,
+        "POST",
+        "golden/accept",
+        ANALYST,
+        json!({"name": "no-such-case/orm_o01.hl7"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = call(
+        &bridge,
+        "POST",
+        "golden/accept",
+        ANALYST,
+        json!({"name": "order-routine-ct/nothing.hl7"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("orm_o01.hl7"),
+        "{body}"
+    );
+
+    let (_, audit) = call(&bridge, "GET", "audit", VIEWER, Value::Null).await;
+    let entry = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "golden.accept")
+        .expect("the acceptance is audited");
+    assert_eq!(entry["user"], "ana");
+    assert_eq!(entry["via"], "session");
+    assert_eq!(entry["target"], name);
+    assert_eq!(
+        entry["detail"],
+        "fields ORC-7.6; output of the draft of orm_o01.yaml"
+    );
+}
+
+#[tokio::test]
+async fn after_a_promotion_the_changed_orders_are_resent_to_feed_consumers() {
+    let mappings = tempfile::tempdir().unwrap();
+    copy_tree(std::path::Path::new("mappings"), mappings.path());
+    let dir = mappings.path().to_path_buf();
+    let drop = tempfile::tempdir().unwrap();
+    let drop_dir = drop.path().join("drop");
+    let files = {
+        let drop_dir = drop_dir.clone();
+        move || -> Vec<String> {
+            let mut names: Vec<_> = std::fs::read_dir(&drop_dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|f| f.path())
+                        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap())
+                .collect()
+        }
+    };
+    let bridge = bridge_with(600, |s| {
+        s.mappings.dir = dir.clone();
+        s.feed.enabled = true;
+        s.feed.poll_interval_secs = 1;
+        s.feed.poll_jitter = 0.0;
+        // Only the console re-sends here: the watcher leaves a new mapping set alone.
+        s.feed.on_mapping_change = qubs_bridge::feed::OnMappingChange::Ignore;
+        s.feed.destinations = vec![qubs_bridge::feed::DestinationSettings {
+            name: "dictation".into(),
+            kind: qubs_bridge::feed::DestinationKind::File,
+            directory: Some(drop_dir.clone()),
+            ..Default::default()
+        }];
+    })
+    .await;
+    common::eventually(
+        "A0001 goes out on the feed",
+        Duration::from_secs(20),
+        || files().len() == 1,
+    )
+    .await;
+    let first = files().remove(0);
+    assert_ne!(field(&first, "ORC", 7).split('^').nth(5), Some("S"));
+
+    let text = std::fs::read_to_string(dir.join("orm_o01.yaml")).unwrap();
+    let rule = "      - target: ORC-7.6\n        from: appointment.priority\n        filters: [trim, {table: priority}, {table: hl7_priority}]\n";
+    let drafted = text.replace(rule, "      - target: ORC-7.6\n        value: S\n");
+    let (status, promoted) = call(
+        &bridge,
+        "POST",
+        "promote",
+        ANALYST,
+        json!({"draft": {"file": "orm_o01.yaml", "text": drafted}, "acceptGoldenChanges": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{promoted}");
+
+    // A dry run counts and shows the change, and sends nothing.
+    let (status, dry) = call(
+        &bridge,
+        "POST",
+        "feed/resend",
+        OPERATOR,
+        json!({"dryRun": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        (
+            dry["tracked"].clone(),
+            dry["changed"].clone(),
+            dry["resent"].clone()
+        ),
+        (json!(1), json!(1), json!(0)),
+        "{dry}"
+    );
+    assert_eq!(dry["onMappingChange"], "ignore");
+    assert_eq!(dry["mappingVersion"], promoted["setAfter"]);
+    let example = &dry["domains"][0]["example"];
+    assert_eq!(example["appointmentId"], "A0001");
+    assert_eq!(
+        example["changes"],
+        json!([{
+            "field": "ORC-7.6",
+            "before": field(&first, "ORC", 7).split('^').nth(5).unwrap_or_default(),
+            "after": "S",
+        }])
+    );
+
+    // Refused to an analyst, without credentials, and without the CSRF token.
+    let (status, _) = call(&bridge, "POST", "feed/resend", ANALYST, json!({})).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(&bridge, "POST", "feed/resend", "nobody", json!({})).await;
+    assert_eq!(status, 401);
+    let (cookie, _, csrf) = sign_in(&bridge, OPERATOR).await;
+    let status = post_in_session(&bridge, "feed/resend", &cookie, None, json!({})).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &bridge,
+        "POST",
+        "feed/resend",
+        OPERATOR,
+        json!({"domain": "globex"}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        files().len(),
+        1,
+        "nothing was sent by a dry run or a refusal"
+    );
+
+    // Re-sent: an XO with the new priority reaches the consumer; audited.
+    let status = post_in_session(&bridge, "feed/resend", &cookie, Some(&csrf), json!({})).await;
+    assert_eq!(status, 200);
+    common::eventually("the XO is delivered", Duration::from_secs(20), || {
+        files().len() == 2
+    })
+    .await;
+    let xo = files()
+        .into_iter()
+        .find(|m| m != &first)
+        .expect("a second message");
+    assert_eq!(field(&xo, "ORC", 1), "XO", "{xo}");
+    assert_eq!(field(&xo, "ORC", 7).split('^').nth(5), Some("S"), "{xo}");
+    let (_, again) = call(&bridge, "POST", "feed/resend", OPERATOR, json!({})).await;
+    assert_eq!(
+        (again["changed"].clone(), again["resent"].clone()),
+        (json!(0), json!(0)),
+        "the consumer has it now: {again}"
+    );
+
+    let (_, audit) = call(&bridge, "GET", "audit", VIEWER, Value::Null).await;
+    let resends: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "feed.resend")
+        .collect();
+    assert_eq!(resends.len(), 2, "each resend, not the dry run: {audit}");
+    let first_resend = resends[1];
+    assert_eq!(first_resend["user"], "otto");
+    assert_eq!(first_resend["target"], "domains acme");
+    assert!(
+        first_resend["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("resent 1: 1 of 1 tracked order(s) changed"),
+        "{first_resend}"
+    );
+}
+
+#[tokio::test]
+async fn the_playground_takes_a_recent_result_from_the_outbox() {
+    let bridge = bridge_with_console(600).await;
+    let message = oru("CONSOLE-INPUT-1", "A0001");
+    let mut results = ResultServiceClient::new(bridge.channel().await);
+    let id = results
+        .submit_oru(authed(
+            SubmitOruRequest {
+                message: message.clone().into_bytes(),
+                domain: "acme".into(),
+            },
+            GRPC_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports[0]
+        .outbox_id;
+    let path = format!("outbox/{id}/input");
+    // Patient data: analysts only.
+    for token in [VIEWER, OPERATOR] {
+        let (status, _) = call(&bridge, "GET", &path, token, Value::Null).await;
+        assert_eq!(status, 403);
+    }
+    let (status, _) = call(&bridge, "GET", &path, "nobody", Value::Null).await;
+    assert_eq!(status, 401);
+    let (status, input) = call(&bridge, "GET", &path, ANALYST, Value::Null).await;
+    assert_eq!(status, 200, "{input}");
+    assert_eq!(input["kind"], "oru");
+    assert_eq!(input["input"], message.as_str(), "as received");
+    assert_eq!(input["sourceId"], "CONSOLE-INPUT-1");
+    assert_eq!(input["appointmentId"], "A0001");
+    let (status, _) = call(&bridge, "GET", "outbox/999999/input", ANALYST, Value::Null).await;
+    assert_eq!(status, 404);
+
+    // It runs through the ORU mapping like any input, with its trace.
+    let (status, run) = call(
+        &bridge,
+        "POST",
+        "preview",
+        ANALYST,
+        json!({
+            "mapping": "oru_to_report",
+            "input": input["input"],
+            "siteTimeZone": "Australia/Sydney",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["errors"], json!([]), "{run}");
+    let submissions: Value = serde_json::from_str(run["output"].as_str().unwrap()).unwrap();
+    assert_eq!(submissions[0]["appointmentId"], "A0001");
+    let text = run["trace"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["target"] == "reportText")
+        .expect("the report text is traced");
+    assert!(
+        run["ruleReads"][text["rule"].as_str().unwrap()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["field"].as_str().unwrap().starts_with("OBX")),
+        "{}",
+        run["ruleReads"]
+    );
 }

@@ -1,9 +1,11 @@
 //! The console in a real headless Chromium (Debian's package, driven over WebDriver): sign
 //! in, read the dashboard, find a dead letter by appointment id and retry it, open the
-//! order's timeline, open the
-//! playground, edit the priority rule and see ORC-7 change, run the golden cases and see
-//! the field diff, promote the draft, read its diff in the history and roll it back, see a
-//! draft's error at file:line:col, read the audit log, sign out.
+//! order's timeline, open the playground, select ORC-7 and read its trace (rule and source
+//! value, checked against the mapping file and the case's order), select the priority in
+//! the input and see the output fields it feeds, edit the priority rule and see ORC-7
+//! change, run the golden cases, see the field diff and accept one case's new output,
+//! promote the draft and re-send the changed orders, read its diff in the history and roll
+//! it back, see a draft's error at file:line:col, read the audit log, sign out.
 //! Screenshots of each page go to `target/tmp/console-screenshots/`.
 
 use crate::common;
@@ -40,10 +42,13 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
     // The order feed on (to files), so that the impact preview has orders to replay.
     let drop = tempfile::tempdir().unwrap();
     let drop_dir = drop.path().to_path_buf();
+    let dropped = drop_dir.clone();
     let bridge = bridge_with(600, |s| {
         s.mappings.dir = dir.clone();
         s.feed.enabled = true;
         s.feed.poll_interval_secs = 1;
+        // The console re-sends after the promotion; the watcher would do it at its next poll.
+        s.feed.on_mapping_change = qubs_bridge::feed::OnMappingChange::Ignore;
         s.feed.destinations = vec![qubs_bridge::feed::DestinationSettings {
             name: "dictation".into(),
             kind: qubs_bridge::feed::DestinationKind::File,
@@ -195,9 +200,65 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .wait_text("#pg-output", |t| orc_priority(t).as_deref() == Some("A"))
         .await;
     assert!(output.starts_with("MSH|"), "{output}");
-    browser
-        .wait_text("#pg-trace", |t| t.contains("\"ORC-7.6\""))
+
+    // Select ORC-7: its trace names the priority rule at its line in the file, the source
+    // path with the order's raw value, and each table the value went through.
+    let order: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tests/order-routine-ct/order.json")).unwrap(),
+    )
+    .unwrap();
+    let priority = order["appointment"]["priority"].as_str().unwrap();
+    let rule_line = original
+        .lines()
+        .position(|l| l == "      - target: ORC-7.6")
+        .unwrap()
+        + 1;
+    let orc7 = r#"#pg-output .field[data-field="ORC-7"]"#;
+    browser.find(orc7).await.click().await;
+    let card = r#"#pg-trace .trace-entry[data-target="ORC-7.6"]"#;
+    let traced = browser
+        .wait_text(card, |t| t.contains("orm_o01.yaml:"))
         .await;
+    assert!(
+        traced.contains(&format!("orm_o01.yaml:{rule_line}:")),
+        "the rule is on line {rule_line}: {traced}"
+    );
+    assert!(
+        traced.contains(&format!("appointment.priority\t\"{priority}\"")),
+        "the source and its raw value: {traced}"
+    );
+    assert!(
+        traced.contains("{table: hl7_priority}") && traced.contains("hl7_priority: “"),
+        "{traced}"
+    );
+    browser
+        .run(
+            "document.querySelector('#pg-output-box').parentElement.scrollIntoView()",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("trace").await;
+    // The priority in the input, chosen with the keyboard: the output fields it feeds.
+    let input_priority = r#"#pg-input-view .field[data-path="appointment.priority"]"#;
+    browser.find(input_priority).await;
+    browser
+        .run(
+            "const s = document.querySelector(arguments[0]); s.focus(); \
+             s.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));",
+            json!([input_priority]),
+        )
+        .await;
+    let feeds = browser
+        .wait_text("#pg-feeds", |t| t.contains("ORC-7.6"))
+        .await;
+    assert!(feeds.contains("OBR-27.6"), "{feeds}");
+    let fed = browser
+        .run(
+            "return [...document.querySelectorAll('#pg-output .fed')].map(s => s.dataset.field)",
+            json!([]),
+        )
+        .await;
+    assert!(fed.as_array().unwrap().contains(&json!("ORC-7")), "{fed}");
     // What feeds ORC-7, from the rules: the priority among others.
     browser
         .find("#pg-fields-filter")
@@ -239,6 +300,13 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
     browser
         .wait_text("#pg-draft-state", |t| t.contains("draft"))
         .await;
+    // ORC-7's trace follows the draft: the constant, from the same line.
+    browser.find(orc7).await.click().await;
+    let traced = browser.wait_text(card, |t| t.contains("Constant")).await;
+    assert!(
+        traced.contains("\"S\"") && traced.contains(&format!("orm_o01.yaml:{rule_line}:")),
+        "{traced}"
+    );
     browser.run("window.scrollTo(0, 0)", json!([])).await;
     browser.screenshot("playground").await;
 
@@ -275,6 +343,40 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .await;
     assert_eq!(diff.trim(), "ORC-7.6: A → S", "{diff}");
     browser.screenshot("golden-diff").await;
+    let differing = |summary: &str| -> usize {
+        summary
+            .split("; ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count of differing outputs: {summary}"))
+    };
+    let before = differing(&summary);
+
+    // Accept that case's new output: its expected file is the draft's output now.
+    browser
+        .find(&format!("{case} button.golden-accept"))
+        .await
+        .click()
+        .await;
+    browser
+        .wait_text("#flash", |t| {
+            t.contains("new expectation written (ORC-7.6)")
+        })
+        .await;
+    let summary = browser
+        .wait_text("#pg-golden-summary", |t| differing(t) == before - 1)
+        .await;
+    assert!(summary.contains("with the draft"), "{summary}");
+    let gone = browser
+        .run(
+            "return document.querySelector(arguments[0]) === null",
+            json!([case]),
+        )
+        .await;
+    assert_eq!(gone, true, "the accepted case no longer differs");
+    let expected = std::fs::read_to_string(dir.join("tests/order-routine-ct/orm_o01.hl7")).unwrap();
+    assert_eq!(orc_priority(&expected).as_deref(), Some("S"), "{expected}");
 
     // Promote it, accepting the changed outputs as the cases' new expectations.
     browser
@@ -289,6 +391,39 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .await;
     assert!(promoted.contains("expectations accepted"), "{promoted}");
     assert_eq!(std::fs::read_to_string(&orm_file).unwrap(), drafted);
+
+    // Re-send the orders the promotion changed: checked first, then sent as XO messages.
+    browser.find("#pg-resend-check").await.click().await;
+    let check = browser
+        .wait_text("#pg-resend-summary", |t| t.contains("would be re-sent"))
+        .await;
+    let would: usize = check.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(would >= 1, "{check}");
+    browser.find("#pg-resend").await.click().await;
+    let sent = browser
+        .wait_text("#pg-resend-summary", |t| t.starts_with("Re-sent"))
+        .await;
+    assert!(
+        sent.starts_with(&format!("Re-sent {would} changed")),
+        "{sent}"
+    );
+    common::eventually(
+        "an XO reaches the consumer",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_dir(&dropped)
+                .unwrap()
+                .filter_map(Result::ok)
+                .any(|f| {
+                    std::fs::read_to_string(f.path())
+                        .unwrap_or_default()
+                        .split(['\r', '\n'])
+                        .any(|l| l.starts_with("ORC|XO|"))
+                })
+        },
+    )
+    .await;
+    browser.screenshot("resend").await;
 
     // The history: the version's diff, then the way back.
     browser.find("#nav-history").await.click().await;

@@ -1071,7 +1071,7 @@ fn from_message(source_id: &str, key: &str, appointment: &str) -> NewMessage {
     NewMessage {
         source: qubs_bridge::outbox::Source::Hl7,
         source_id: source_id.into(),
-        body: b"MSH|...".to_vec(),
+        body: format!("MSH|{source_id}|{key}").into_bytes(),
         results: vec![result(key, appointment, "final")],
         awaited: false,
     }
@@ -1122,6 +1122,12 @@ async fn the_outbox_is_searched_by_message_id_and_paged_newest_first(backend: Ba
     assert_eq!(last, [ids[0]]);
     // Oldest first is unchanged by the new fields.
     assert_eq!(search(None, None, false).await, [ids[0], ids[1]]);
+    // Each result's message as received (the playground's input).
+    assert_eq!(
+        outbox.message(ids[3]).await.unwrap(),
+        Some((qubs_bridge::outbox::Source::Hl7, b"MSH|M3|k3".to_vec()))
+    );
+    assert_eq!(outbox.message(ids[4] + 100).await.unwrap(), None);
 }
 
 both!(feed_dead_letters_tracked_orders_and_an_orders_timeline_are_read_back);

@@ -437,6 +437,26 @@ impl OutboxStore for PgOutbox {
         Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
+    async fn message(&self, id: i64) -> Result<Option<(Source, Vec<u8>)>, OutboxError> {
+        let pg = &self.pg;
+        let fail = |e| pg.failed("read", e);
+        let client = pg.client("read").await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT m.source, m.body FROM outbox_messages m
+                         JOIN outbox_results r ON r.message_id = m.id WHERE r.id = $1",
+                    )
+                    .await
+                    .map_err(fail)?,
+                &[&id],
+            )
+            .await
+            .map_err(fail)?;
+        Ok(row.map(|r| (Source::parse(r.get::<_, &str>(0)), r.get(1))))
+    }
+
     async fn list(&self, f: &EntryFilter) -> Result<Vec<Entry>, OutboxError> {
         let pg = &self.pg;
         let client = pg.client("read").await?;
