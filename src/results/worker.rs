@@ -26,7 +26,7 @@
 //! (the outbox only hands out the oldest unsettled one); different appointments go in
 //! parallel, up to `results.workers`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,8 @@ pub async fn run(
     let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(60);
     let mut store_down = false;
+    // Claimed, waiting for a free worker.
+    let mut queued: VecDeque<Due> = VecDeque::new();
     loop {
         if last_stats.elapsed() >= Duration::from_secs(2) {
             if let Ok(stats) = results.outbox.stats(false).await {
@@ -103,23 +105,17 @@ pub async fn run(
             }
             last_stats = Instant::now();
         }
-        let free = workers.saturating_sub(busy.len());
-        if free > 0 && !shutdown.is_cancelled() {
-            match results.outbox.claim(free).await {
+        // A pool's worth is claimed at once, and again only once it is all handed out: one
+        // claim per many reports, not one per report (on PostgreSQL each claim is a
+        // statement that every replica's workers compete for).
+        if queued.is_empty() && busy.len() < workers && !shutdown.is_cancelled() {
+            match results.outbox.claim(workers).await {
                 Ok(due) => {
                     if store_down {
                         tracing::info!("the outbox answers the worker again");
                         store_down = false;
                     }
-                    for d in due {
-                        let id = d.entry.id;
-                        let (results, metrics, state) =
-                            (results.clone(), metrics.clone(), state.clone());
-                        let task = running.spawn(async move {
-                            attempt(&results, &metrics, &state, d).await;
-                        });
-                        busy.insert(task.id(), id);
-                    }
+                    queued.extend(due);
                 }
                 // Said once per outage, not every round.
                 Err(e) if !store_down => {
@@ -128,6 +124,17 @@ pub async fn run(
                 }
                 Err(_) => {}
             }
+        }
+        while busy.len() < workers {
+            let Some(d) = queued.pop_front() else {
+                break;
+            };
+            let id = d.entry.id;
+            let (results, metrics, state) = (results.clone(), metrics.clone(), state.clone());
+            let task = running.spawn(async move {
+                attempt(&results, &metrics, &state, d).await;
+            });
+            busy.insert(task.id(), id);
         }
         tokio::select! {
             Some(done) = running.join_next_with_id() => {
@@ -148,8 +155,14 @@ pub async fn run(
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
         }
-        if shutdown.is_cancelled() && running.is_empty() {
-            return;
+        if shutdown.is_cancelled() {
+            // Claimed but not begun: given back, for another replica to take at once.
+            for d in queued.drain(..) {
+                results.outbox.release(d.entry.id).await;
+            }
+            if running.is_empty() {
+                return;
+            }
         }
     }
 }
