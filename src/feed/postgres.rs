@@ -30,7 +30,7 @@ use super::{
 use crate::store::StoreError;
 use crate::store::leader::Role;
 use crate::store::migrate::Migration;
-use crate::store::postgres::{FEED_CHANNEL, FEED_EVENTS_LOCK, Postgres};
+use crate::store::postgres::{FEED_CHANNEL, FEED_EVENTS_LOCK, Postgres, WALK_QUEUE_IN_ORDER};
 
 pub(super) static MIGRATIONS: &[Migration] = &[
     Migration {
@@ -460,47 +460,46 @@ impl FeedStore for PgFeed {
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let pg = &self.pg;
         let fail = |e| pg.failed("feed_due", e);
-        let client = pg.client("feed_due").await?;
-        let rows = if strict {
-            client
-                .query(
-                    &client
-                        .prepare_cached(&format!(
-                            "SELECT {DUE_COLUMNS} FROM feed_deliveries d
-                             JOIN feed_events e ON e.id = d.event_id
-                             WHERE d.id = (SELECT id FROM feed_deliveries
-                                           WHERE destination = $1 AND state = 'pending'
-                                           ORDER BY id LIMIT 1)
-                               AND d.next_attempt_at <= bridge_now_ms()"
-                        ))
-                        .await
-                        .map_err(fail)?,
-                    &[&destination],
-                )
-                .await
+        let mut client = pg.client("feed_due").await?;
+        // Strict: the first pending message alone. Otherwise the first pending message of
+        // each key, oldest first; either way walking the queue in id order.
+        let sql = if strict {
+            format!(
+                "SELECT {DUE_COLUMNS} FROM feed_deliveries d
+                 JOIN feed_events e ON e.id = d.event_id
+                 WHERE d.id = (SELECT id FROM feed_deliveries
+                               WHERE destination = $1 AND state = 'pending'
+                               ORDER BY id LIMIT 1)
+                   AND d.next_attempt_at <= bridge_now_ms()"
+            )
         } else {
-            client
-                .query(
-                    &client
-                        .prepare_cached(&format!(
-                            "SELECT {DUE_COLUMNS} FROM feed_deliveries d
-                             JOIN feed_events e ON e.id = d.event_id
-                             WHERE d.destination = $1 AND d.state = 'pending'
-                               AND d.next_attempt_at <= bridge_now_ms()
-                               AND NOT EXISTS (
-                                   SELECT 1 FROM feed_deliveries p
-                                   WHERE p.destination = d.destination
-                                     AND p.order_key = d.order_key
-                                     AND p.state = 'pending' AND p.id < d.id)
-                             ORDER BY d.id LIMIT $2"
-                        ))
-                        .await
-                        .map_err(fail)?,
-                    &[&destination, &(limit as i64)],
-                )
-                .await
-        }
+            format!(
+                "SELECT {DUE_COLUMNS} FROM feed_deliveries d
+                 JOIN feed_events e ON e.id = d.event_id
+                 WHERE d.destination = $1 AND d.state = 'pending'
+                   AND d.next_attempt_at <= bridge_now_ms()
+                   AND NOT EXISTS (
+                       SELECT 1 FROM feed_deliveries p
+                       WHERE p.destination = d.destination
+                         AND p.order_key = d.order_key
+                         AND p.state = 'pending' AND p.id < d.id)
+                 ORDER BY d.id LIMIT $2"
+            )
+        };
+        let tx = client.transaction().await.map_err(fail)?;
+        let statement = tx.prepare_cached(&sql).await.map_err(fail)?;
+        let limit = limit as i64;
+        let params: Params = if strict {
+            vec![&destination]
+        } else {
+            vec![&destination, &limit]
+        };
+        let (_, rows) = futures::try_join!(
+            tx.batch_execute(WALK_QUEUE_IN_ORDER),
+            tx.query(&statement, &params),
+        )
         .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
         Ok(rows.iter().map(read_due).collect())
     }
 

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::store::StoreError;
 use crate::store::migrate::Migration;
-use crate::store::postgres::{OUTBOX_CHANNEL, Postgres};
+use crate::store::postgres::{OUTBOX_CHANNEL, Postgres, WALK_QUEUE_IN_ORDER};
 use admit::Admissions;
 use group::Grouped;
 use settle::Settles;
@@ -239,13 +239,12 @@ impl OutboxStore for PgOutbox {
     async fn claim(&self, limit: usize) -> Result<Vec<Due>, OutboxError> {
         let pg = &self.pg;
         let fail = |e| pg.failed("claim", e);
-        let client = pg.client("claim").await?;
-        // The claim returns what the attempt needs: one round trip, and a second only for
-        // results with attachments.
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(&format!(
+        let mut client = pg.client("claim").await?;
+        // The claim returns what the attempt needs (a second read only for results with
+        // attachments); it walks the queue in id order whatever the statistics say.
+        let tx = client.transaction().await.map_err(fail)?;
+        let statement = tx
+            .prepare_cached(&format!(
                         "WITH t AS (SELECT bridge_now_ms() AS now),
                          picked AS (
                              SELECT r.id, r.claimed_by FROM outbox_results r, t
@@ -265,18 +264,17 @@ impl OutboxStore for PgOutbox {
                          FROM picked, t, outbox_messages m
                          WHERE r.id = picked.id AND m.id = r.message_id
                          RETURNING {ENTRY_COLUMNS}, m.body, r.claim_token, picked.claimed_by, t.now"
-                    ))
-                    .await
-                    .map_err(fail)?,
-                &[
-                    &(limit as i64),
-                    &pg.replica().id,
-                    &self.lease_ms(),
-                    &yield_after_failure_ms(),
-                ],
-            )
+            ))
             .await
             .map_err(fail)?;
+        let (limit, lease, yield_after) = (limit as i64, self.lease_ms(), yield_after_failure_ms());
+        let params: [&(dyn ToSql + Sync); 4] = [&limit, &pg.replica().id, &lease, &yield_after];
+        let (_, rows) = futures::try_join!(
+            tx.batch_execute(WALK_QUEUE_IN_ORDER),
+            tx.query(&statement, &params),
+        )
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
