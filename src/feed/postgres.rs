@@ -478,11 +478,10 @@ impl FeedStore for PgFeed {
                  JOIN feed_events e ON e.id = d.event_id
                  WHERE d.destination = $1 AND d.state = 'pending'
                    AND d.next_attempt_at <= bridge_now_ms()
-                   AND NOT EXISTS (
-                       SELECT 1 FROM feed_deliveries p
-                       WHERE p.destination = d.destination
-                         AND p.order_key = d.order_key
-                         AND p.state = 'pending' AND p.id < d.id)
+                   AND d.id = (
+                       SELECT min(p.id) FROM feed_deliveries p
+                       WHERE p.destination = d.destination AND p.order_key = d.order_key
+                         AND p.state = 'pending')
                  ORDER BY d.id LIMIT $2"
             )
         };
@@ -512,10 +511,9 @@ impl FeedStore for PgFeed {
                 "SELECT GREATEST(MIN(d.next_attempt_at) - bridge_now_ms(), 0)
                  FROM feed_deliveries d
                  WHERE d.destination = $1 AND d.state = 'pending'
-                   AND NOT EXISTS (SELECT 1 FROM feed_deliveries p
-                                   WHERE p.destination = d.destination
-                                     AND p.order_key = d.order_key
-                                     AND p.state = 'pending' AND p.id < d.id)",
+                   AND d.id = (SELECT min(p.id) FROM feed_deliveries p
+                               WHERE p.destination = d.destination
+                                 AND p.order_key = d.order_key AND p.state = 'pending')",
                 &[&destination],
             )
             .await

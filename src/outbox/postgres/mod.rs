@@ -252,10 +252,10 @@ impl OutboxStore for PgOutbox {
                                AND (r.lease_until IS NULL OR r.lease_until <= t.now)
                                AND (r.last_failed_by IS DISTINCT FROM $2
                                     OR r.next_attempt_at + $4 <= t.now)
-                               AND NOT EXISTS (
-                                   SELECT 1 FROM outbox_results p
+                               AND r.id = (
+                                   SELECT min(p.id) FROM outbox_results p
                                    WHERE p.domain = r.domain AND p.appointment_id = r.appointment_id
-                                     AND p.state = 'pending' AND p.id < r.id)
+                                     AND p.state = 'pending')
                              ORDER BY r.id LIMIT $1
                              FOR UPDATE OF r SKIP LOCKED)
                          UPDATE outbox_results r
