@@ -30,7 +30,7 @@ use super::{
 use crate::store::StoreError;
 use crate::store::leader::Role;
 use crate::store::migrate::Migration;
-use crate::store::postgres::{FEED_CHANNEL, FEED_EVENTS_LOCK, Postgres, WALK_QUEUE_IN_ORDER};
+use crate::store::postgres::{FEED_CHANNEL, FEED_EVENTS_LOCK, Postgres, query_queue_head};
 
 pub(super) static MIGRATIONS: &[Migration] = &[
     Migration {
@@ -462,7 +462,7 @@ impl FeedStore for PgFeed {
         let fail = |e| pg.failed("feed_due", e);
         let mut client = pg.client("feed_due").await?;
         // Strict: the first pending message alone. Otherwise the first pending message of
-        // each key, oldest first; either way walking the queue in id order.
+        // each key, oldest first.
         let sql = if strict {
             format!(
                 "SELECT {DUE_COLUMNS} FROM feed_deliveries d
@@ -485,20 +485,15 @@ impl FeedStore for PgFeed {
                  ORDER BY d.id LIMIT $2"
             )
         };
-        let tx = client.transaction().await.map_err(fail)?;
-        let statement = tx.prepare_cached(&sql).await.map_err(fail)?;
         let limit = limit as i64;
         let params: Params = if strict {
             vec![&destination]
         } else {
             vec![&destination, &limit]
         };
-        let (_, rows) = futures::try_join!(
-            tx.batch_execute(WALK_QUEUE_IN_ORDER),
-            tx.query(&statement, &params),
-        )
-        .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
+        let rows = query_queue_head(&mut client, &sql, &params)
+            .await
+            .map_err(fail)?;
         Ok(rows.iter().map(read_due).collect())
     }
 

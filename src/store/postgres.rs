@@ -33,6 +33,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::AsyncMessage;
+use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -54,19 +55,6 @@ pub const FEED_CHANNEL: &str = "qubs_bridge_feed";
 pub(crate) const MIGRATION_LOCK: i64 = 0x5155_4253_0000_0001;
 pub(crate) const FEED_EVENTS_LOCK: i64 = 0x5155_4253_0000_0002;
 pub(crate) const CONSOLE_HISTORY_LOCK: i64 = 0x5155_4253_0000_0003;
-
-/// Run (in the same transaction) before a statement that takes the head of a queue table
-/// (`outbox_results`, `feed_deliveries`) in id order.
-///
-/// A queue's statistics lag its contents: a backlog that built up since the last ANALYZE
-/// (a fresh table, or one whose last ANALYZE saw it nearly empty) is estimated at a
-/// handful of pending rows. The planner then reads every pending row, checks each one's
-/// turn and sorts them all to return the first few: measured at 80–110 ms per call with
-/// 10–12k pending, against under 1 ms for walking the pending index in id order and
-/// stopping at the limit. With sorts and bitmap scans off, that walk is the plan left,
-/// whatever the statistics say.
-pub(crate) const WALK_QUEUE_IN_ORDER: &str =
-    "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
 
 /// The store's own tables: replicas and leases, and the database clock.
 pub static SCHEMA: Component = Component {
@@ -812,6 +800,31 @@ impl rustls::client::danger::ServerCertVerifier for Unverified {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Runs `sql`, a statement that takes the head of a queue table (`outbox_results`,
+/// `feed_deliveries`) in id order, in a transaction of its own.
+///
+/// A queue's statistics lag its contents: a backlog that built up since the last ANALYZE
+/// (a fresh table, or one whose last ANALYZE saw it nearly empty) is estimated at a
+/// handful of pending rows. The planner then reads every pending row, checks each one's
+/// turn and sorts them all to return the first few: measured at 80–110 ms per call with
+/// 10–12k pending, against under 1 ms for walking the pending index in id order and
+/// stopping at the limit. With sorts and bitmap scans off for this one statement, that
+/// walk is the plan left, whatever the statistics say.
+pub(crate) async fn query_queue_head(
+    client: &mut Object,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let statement = tx.prepare_cached(sql).await?;
+    let (_, rows) = futures::try_join!(
+        tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off"),
+        tx.query(&statement, params),
+    )?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 #[cfg(test)]

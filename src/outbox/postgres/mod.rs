@@ -37,7 +37,7 @@ use super::{
 };
 use crate::store::StoreError;
 use crate::store::migrate::Migration;
-use crate::store::postgres::{OUTBOX_CHANNEL, Postgres, WALK_QUEUE_IN_ORDER};
+use crate::store::postgres::{OUTBOX_CHANNEL, Postgres, query_queue_head};
 use admit::Admissions;
 use group::Grouped;
 use settle::Settles;
@@ -240,41 +240,37 @@ impl OutboxStore for PgOutbox {
         let pg = &self.pg;
         let fail = |e| pg.failed("claim", e);
         let mut client = pg.client("claim").await?;
-        // The claim returns what the attempt needs (a second read only for results with
-        // attachments); it walks the queue in id order whatever the statistics say.
-        let tx = client.transaction().await.map_err(fail)?;
-        let statement = tx
-            .prepare_cached(&format!(
-                        "WITH t AS (SELECT bridge_now_ms() AS now),
-                         picked AS (
-                             SELECT r.id, r.claimed_by FROM outbox_results r, t
-                             WHERE r.state = 'pending' AND r.next_attempt_at <= t.now
-                               AND (r.lease_until IS NULL OR r.lease_until <= t.now)
-                               AND (r.last_failed_by IS DISTINCT FROM $2
-                                    OR r.next_attempt_at + $4 <= t.now)
-                               AND r.id = (
-                                   SELECT min(p.id) FROM outbox_results p
-                                   WHERE p.domain = r.domain AND p.appointment_id = r.appointment_id
-                                     AND p.state = 'pending')
-                             ORDER BY r.id LIMIT $1
-                             FOR UPDATE OF r SKIP LOCKED)
-                         UPDATE outbox_results r
-                         SET claimed_by = $2, claim_token = nextval('outbox_claim_tokens'),
-                             lease_until = t.now + $3
-                         FROM picked, t, outbox_messages m
-                         WHERE r.id = picked.id AND m.id = r.message_id
-                         RETURNING {ENTRY_COLUMNS}, m.body, r.claim_token, picked.claimed_by, t.now"
-            ))
-            .await
-            .map_err(fail)?;
+        // The claim returns what the attempt needs: one statement, and a second read only
+        // for results with attachments.
+        let sql = format!(
+            "WITH t AS (SELECT bridge_now_ms() AS now),
+             picked AS (
+                 SELECT r.id, r.claimed_by FROM outbox_results r, t
+                 WHERE r.state = 'pending' AND r.next_attempt_at <= t.now
+                   AND (r.lease_until IS NULL OR r.lease_until <= t.now)
+                   AND (r.last_failed_by IS DISTINCT FROM $2
+                        OR r.next_attempt_at + $4 <= t.now)
+                   AND r.id = (
+                       SELECT min(p.id) FROM outbox_results p
+                       WHERE p.domain = r.domain AND p.appointment_id = r.appointment_id
+                         AND p.state = 'pending')
+                 ORDER BY r.id LIMIT $1
+                 FOR UPDATE OF r SKIP LOCKED)
+             UPDATE outbox_results r
+             SET claimed_by = $2, claim_token = nextval('outbox_claim_tokens'),
+                 lease_until = t.now + $3
+             FROM picked, t, outbox_messages m
+             WHERE r.id = picked.id AND m.id = r.message_id
+             RETURNING {ENTRY_COLUMNS}, m.body, r.claim_token, picked.claimed_by, t.now"
+        );
         let (limit, lease, yield_after) = (limit as i64, self.lease_ms(), yield_after_failure_ms());
-        let params: [&(dyn ToSql + Sync); 4] = [&limit, &pg.replica().id, &lease, &yield_after];
-        let (_, rows) = futures::try_join!(
-            tx.batch_execute(WALK_QUEUE_IN_ORDER),
-            tx.query(&statement, &params),
+        let rows = query_queue_head(
+            &mut client,
+            &sql,
+            &[&limit, &pg.replica().id, &lease, &yield_after],
         )
+        .await
         .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
