@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+/// The lock it installs PostgreSQL under.
+#[path = "../../tests/it/common/install.rs"]
+pub mod install;
 /// The tests' PostgreSQL harness (a throwaway cluster, or `QUBS_BRIDGE_TEST_DATABASE_URL`).
 #[path = "../../tests/it/common/postgres.rs"]
 pub mod postgres;

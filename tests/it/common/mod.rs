@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod consumer;
+pub mod install;
 pub mod logs;
 pub mod pki;
 pub mod postgres;

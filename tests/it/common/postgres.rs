@@ -208,18 +208,8 @@ fn bin_dir() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postgres/install.sh");
-        // One install at a time, across test processes too.
-        let lock_path = std::env::temp_dir().join("qubs-bridge-postgres-install.lock");
-        let lock = std::fs::File::create(&lock_path).expect("install lock file");
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a file descriptor we own; released when the file is closed.
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        drop(lock);
+        let out =
+            super::install::run_locked(Command::new("bash").arg(&script).stderr(Stdio::inherit()));
         assert!(
             out.status.success(),
             "no PostgreSQL server for the tests: {} could not find or install one (see above). \
