@@ -231,6 +231,15 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         traced.contains("{table: hl7_priority}") && traced.contains("hl7_priority: “"),
         "{traced}"
     );
+    // It shows as selected (console.css: #f0b429) with the pointer still on it, as after a
+    // click with a mouse.
+    let shown = browser
+        .run(
+            "return getComputedStyle(document.querySelector(arguments[0])).backgroundColor",
+            json!([orc7]),
+        )
+        .await;
+    assert_eq!(shown, "rgb(240, 180, 41)", "ORC-7's background");
     browser
         .run(
             "document.querySelector('#pg-output-box').parentElement.scrollIntoView()",
