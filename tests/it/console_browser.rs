@@ -29,6 +29,10 @@ fn orc_priority(er7: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The playground's output once the run its last change led to is on screen (a field
+/// selected earlier would be lost with the redraw).
+const OUTPUT: &str = "#pg-output-box:not([aria-busy]) #pg-output";
+
 /// Sets a form control's value as typing would, and tells the page (`input`/`change`).
 const SET_VALUE: &str = "const e = document.querySelector(arguments[0]); e.value = arguments[1]; \
      e.dispatchEvent(new Event(arguments[2], {bubbles: true}));";
@@ -197,7 +201,7 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .run(SET_VALUE, json!(["#pg-case", "order-routine-ct", "change"]))
         .await;
     let output = browser
-        .wait_text("#pg-output", |t| orc_priority(t).as_deref() == Some("A"))
+        .wait_text(OUTPUT, |t| orc_priority(t).as_deref() == Some("A"))
         .await;
     assert!(output.starts_with("MSH|"), "{output}");
 
@@ -304,7 +308,7 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .run(SET_VALUE, json!(["#pg-yaml", drafted, "input"]))
         .await;
     browser
-        .wait_text("#pg-output", |t| orc_priority(t).as_deref() == Some("S"))
+        .wait_text(OUTPUT, |t| orc_priority(t).as_deref() == Some("S"))
         .await;
     browser
         .wait_text("#pg-draft-state", |t| t.contains("draft"))
@@ -460,7 +464,7 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         .run(SET_VALUE, json!(["#pg-mapping", "orm_o01", "change"]))
         .await;
     browser
-        .wait_text("#pg-output", |t| orc_priority(t).as_deref() == Some("A"))
+        .wait_text(OUTPUT, |t| orc_priority(t).as_deref() == Some("A"))
         .await;
     let broken = drafted.replace("        value: S\n", "        valu: S\n");
     browser

@@ -124,8 +124,27 @@ export async function render(main, session) {
     yaml.setSelectionRange(at, at + (lines[line - 1] || "").length);
   }
 
+  // The output is busy (aria-busy) from a change of mapping, case or draft until the run it
+  // leads to is on screen: until then, what it shows (and a field selected in it) is about to
+  // be replaced.
+  let changing = 0;
+  const markBusy = () => output.setAttribute("aria-busy", "true");
+  async function change(prepare) {
+    changing++;
+    markBusy();
+    try {
+      await prepare();
+    } catch (e) {
+      flash(e.message, true);
+    } finally {
+      changing--;
+    }
+    await run();
+  }
+
   async function run() {
     const mine = ++seq;
+    markBusy();
     draftState.textContent = draft() ? "draft (not saved)" : `live set ${version}`;
     try {
       const r = await api("POST", "preview", {
@@ -175,6 +194,8 @@ export async function render(main, session) {
       } else {
         flash(e.message, true);
       }
+    } finally {
+      if (mine === seq && changing === 0 && timer === null) output.removeAttribute("aria-busy");
     }
   }
 
@@ -367,7 +388,11 @@ export async function render(main, session) {
 
   function soon() {
     clearTimeout(timer);
-    timer = setTimeout(run, DEBOUNCE_MS);
+    markBusy();
+    timer = setTimeout(() => {
+      timer = null;
+      run();
+    }, DEBOUNCE_MS);
   }
 
   async function runGolden() {
@@ -551,19 +576,13 @@ export async function render(main, session) {
     }
   }
 
-  pick.addEventListener("change", async () => {
-    setYaml(mapping().text);
-    await fillCases();
-    run();
-  });
-  source.addEventListener("change", async () => {
-    try {
-      await useCase();
-    } catch (e) {
-      flash(e.message, true);
-    }
-    run();
-  });
+  pick.addEventListener("change", () =>
+    change(async () => {
+      setYaml(mapping().text);
+      await fillCases();
+    }),
+  );
+  source.addEventListener("change", () => change(useCase));
   file.addEventListener("change", loadFile);
   for (const t of [yaml, input, zone]) t.addEventListener("input", soon);
 
