@@ -1,18 +1,19 @@
-//! The console in a real headless Chromium (Debian's package, driven over WebDriver): sign
-//! in, read the dashboard, find a dead letter by appointment id and retry it, open the
-//! order's timeline, open the playground, select ORC-7 and read its trace (rule and source
-//! value, checked against the mapping file and the case's order), select the priority in
-//! the input and see the output fields it feeds, edit the priority rule and see ORC-7
-//! change, run the golden cases, see the field diff and accept one case's new output,
-//! promote the draft and re-send the changed orders, read its diff in the history and roll
-//! it back, see a draft's error at file:line:col, read the audit log, sign out.
-//! Screenshots of each page go to `target/tmp/console-screenshots/`.
+//! The console in a real headless Chromium and a real headless Firefox (Debian's packages,
+//! driven over WebDriver), the same scenario in each: sign in, read the dashboard, find a
+//! dead letter by appointment id and retry it, open the order's timeline, open the
+//! playground, select ORC-7 and read its trace (rule and source value, checked against the
+//! mapping file and the case's order), select the priority in the input and see the output
+//! fields it feeds, edit the priority rule and see ORC-7 change, run the golden cases, see
+//! the field diff and accept one case's new output, promote the draft and re-send the
+//! changed orders, read its diff in the history and roll it back, see a draft's error at
+//! file:line:col, read the audit log, sign out. Screenshots of each page go to
+//! `target/tmp/console-screenshots/` (Firefox's to its `firefox/` directory).
 
 use crate::common;
 
 use std::time::Duration;
 
-use common::browser::Browser;
+use common::browser::{Browser, Engine};
 use common::{GRPC_TOKEN, authed};
 use qubs_bridge::grpc::pb::SubmitOruRequest;
 use qubs_bridge::grpc::pb::result_service_client::ResultServiceClient;
@@ -38,7 +39,16 @@ const SET_VALUE: &str = "const e = document.querySelector(arguments[0]); e.value
      e.dispatchEvent(new Event(arguments[2], {bubbles: true}));";
 
 #[tokio::test]
-async fn an_operator_and_an_analyst_work_in_the_console() {
+async fn an_operator_and_an_analyst_work_in_the_console_in_chromium() {
+    scenario(Engine::Chromium).await;
+}
+
+#[tokio::test]
+async fn an_operator_and_an_analyst_work_in_the_console_in_firefox() {
+    scenario(Engine::Firefox).await;
+}
+
+async fn scenario(engine: Engine) {
     // A copy of the mapping directory: the test promotes a mapping.
     let mappings = tempfile::tempdir().unwrap();
     copy_tree(std::path::Path::new("mappings"), mappings.path());
@@ -112,7 +122,7 @@ async fn an_operator_and_an_analyst_work_in_the_console() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let browser = Browser::start().await;
+    let browser = Browser::start(engine).await;
     // `localhost`: browsers keep the Secure session cookie over plain HTTP only there.
     let base = format!(
         "http://localhost:{}/console/",
