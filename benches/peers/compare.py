@@ -190,12 +190,12 @@ def table(work):
             continue
         fastest = peers[0]
         lines.append("%s: %s (%d items)" % (job, title, rs[0]["items"]))
-        lines.append("  %-*s %12s %16s %5s" % (w, "implementation", "items/s", "vs fastest peer",
-                                             "runs"))
+        lines.append("  %-*s %12s %16s %5s %18s" % (w, "implementation", "items/s",
+                                                   "vs fastest peer", "runs", "allocs/item"))
         for r in rs:
-            lines.append("  %-*s %12s %15sx %5d" % (w, r["impl"], "{:,.0f}".format(r["items_per_s"]),
-                                                    ratio_text(r["items_per_s"] / fastest["items_per_s"]),
-                                                    r["runs"]))
+            lines.append("  %-*s %12s %15sx %5d %18s" % (w, r["impl"], "{:,.0f}".format(r["items_per_s"]),
+                                                         ratio_text(r["items_per_s"] / fastest["items_per_s"]),
+                                                         r["runs"], allocs_text(r)))
         lines.append("")
         ratio = ours[0]["items_per_s"] / fastest["items_per_s"]
         ok = ratio >= TARGET
@@ -207,6 +207,14 @@ def table(work):
     print("qubs-bridge / fastest peer:")
     print("\n".join(summary))
     return missed
+
+
+def allocs_text(row):
+    """Heap allocations per item and bytes asked for, where the implementation counts them
+    (the Rust side, with a counting allocator; the peers' runtimes have no comparable figure)."""
+    if "allocs_per_item" not in row:
+        return "-"
+    return "%.0f (%s B)" % (row["allocs_per_item"], "{:,.0f}".format(row["alloc_bytes_per_item"]))
 
 
 def main():

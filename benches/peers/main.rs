@@ -19,8 +19,10 @@
 //! - `sr`: order document → FHIR R4 ServiceRequest JSON with `mappings/service_request.yaml`,
 //!   with the default output check (and with fhir-sdk's typed parse, for reference).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use qubs_bridge::hl7::er7::{self, Message};
@@ -105,8 +107,65 @@ fn report_text(msg: &Message<'_>, d: &Delimiters) -> String {
     out
 }
 
-/// Times `f` over every item, best of `runs`; returns seconds and the last run's outputs.
-fn best_of<I, O>(runs: usize, items: &[I], mut f: impl FnMut(&I) -> O) -> (f64, Vec<O>) {
+/// The system allocator, counting calls and bytes while [`COUNTING`] is on: the timed runs
+/// leave it off (one relaxed load per call), one extra pass per job turns it on.
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+
+impl CountingAlloc {
+    fn count(size: usize) {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            ALLOC_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call is passed on unchanged to the system allocator; counting only reads
+// and adds to atomics and never allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::count(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::count(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    // A reallocation is counted as one allocation of the new size: it may move the block.
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::count(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Heap allocations (calls to alloc, alloc_zeroed and realloc) and bytes asked for, per item.
+#[derive(Clone, Copy)]
+struct Allocs {
+    calls: f64,
+    bytes: f64,
+}
+
+/// What one job measured.
+struct Timed<O> {
+    /// Seconds of the best run.
+    secs: f64,
+    /// The last run's outputs.
+    outputs: Vec<O>,
+    allocs: Allocs,
+}
+
+/// Times `f` over every item, best of `runs`, then runs it once more counting allocations.
+fn best_of<I, O>(runs: usize, items: &[I], mut f: impl FnMut(&I) -> O) -> Timed<O> {
     let mut best = f64::INFINITY;
     let mut last = Vec::new();
     for _ in 0..runs {
@@ -116,10 +175,28 @@ fn best_of<I, O>(runs: usize, items: &[I], mut f: impl FnMut(&I) -> O) -> (f64, 
         best = best.min(secs);
         last = black_box(out);
     }
-    (best, last)
+    // The list that keeps the outputs is made before counting starts: only the work counts.
+    let mut kept = Vec::with_capacity(items.len());
+    ALLOCS.store(0, Ordering::Relaxed);
+    ALLOC_BYTES.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    for i in items {
+        kept.push(f(black_box(i)));
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    drop(black_box(kept));
+    let n = items.len().max(1) as f64;
+    Timed {
+        secs: best,
+        outputs: last,
+        allocs: Allocs {
+            calls: ALLOCS.load(Ordering::Relaxed) as f64 / n,
+            bytes: ALLOC_BYTES.load(Ordering::Relaxed) as f64 / n,
+        },
+    }
 }
 
-fn report(job: &str, implementation: &str, detail: &str, n: usize, runs: usize, secs: f64) {
+fn report<O>(job: &str, implementation: &str, detail: &str, n: usize, runs: usize, t: &Timed<O>) {
     println!(
         "{}",
         json!({
@@ -128,8 +205,10 @@ fn report(job: &str, implementation: &str, detail: &str, n: usize, runs: usize, 
             "detail": detail,
             "items": n,
             "runs": runs,
-            "best_s": secs,
-            "items_per_s": n as f64 / secs,
+            "best_s": t.secs,
+            "items_per_s": n as f64 / t.secs,
+            "allocs_per_item": t.allocs.calls,
+            "alloc_bytes_per_item": t.allocs.bytes,
         })
     );
 }
@@ -176,13 +255,13 @@ impl Bench {
 /// Job 1: ORU^R01 → four values, with the reader and escape module directly.
 fn oru_job(b: &Bench) {
     let paths = OruPaths::new();
-    let (secs, got) = best_of(b.runs, &b.orus, |m| {
+    let t = best_of(b.runs, &b.orus, |m| {
         extract(m, &paths).expect("corpus ORU reads")
     });
     let n = b.orus.len();
     let detail = "er7::Message + Path queries + unescape";
-    report("oru", "qubs-bridge", detail, n, b.runs, secs);
-    b.save("oru.json", &got);
+    report("oru", "qubs-bridge", detail, n, b.runs, &t);
+    b.save("oru.json", &t.outputs);
 }
 
 /// Job 2: ORU^R01 → QUBS report submission with the whole inbound mapping, as the service
@@ -193,11 +272,12 @@ fn report_job(b: &Bench) {
         site: json!({"timeZone": "Australia/Sydney"}),
         config: Value::Null,
     };
-    let (secs, got) = best_of(b.runs, &b.orus, |m| {
+    let t = best_of(b.runs, &b.orus, |m| {
         b.set.map_oru(m, &ctx).expect("corpus ORU maps")
     });
     let detail = "map_oru (oru_to_report.yaml) to a report submission";
-    report("report", "qubs-bridge", detail, b.orus.len(), b.runs, secs);
+    report("report", "qubs-bridge", detail, b.orus.len(), b.runs, &t);
+    let got = t.outputs;
     // The mapping must agree with the generator on every message, not only the checked ones.
     for (i, (inbound, exp)) in got.iter().zip(&b.expected_reports).enumerate() {
         let s = serde_json::to_value(&inbound.submissions[0]).expect("serialisable");
@@ -225,18 +305,18 @@ fn orm_job(b: &Bench) {
     };
     let n = b.orders.len();
     let opts = MapOptions::default();
-    let (secs, got) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let t = best_of(b.runs, &b.orders, |o| map(o, &opts));
     let detail = "map_order(orm_o01), default output check";
-    report("orm", "qubs-bridge", detail, n, b.runs, secs);
-    b.save("orm.json", &got);
+    report("orm", "qubs-bridge", detail, n, b.runs, &t);
+    b.save("orm.json", &t.outputs);
 
     let opts = MapOptions {
         check: Some(OutputCheck::Full),
         ..MapOptions::default()
     };
-    let (secs, _) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let t = best_of(b.runs, &b.orders, |o| map(o, &opts));
     let detail = "map_order(orm_o01), full check: re-parsed by hl7-parser";
-    report("orm", "qubs-bridge (full check)", detail, n, b.runs, secs);
+    report("orm", "qubs-bridge (full check)", detail, n, b.runs, &t);
 }
 
 /// Job 4: order → FHIR ServiceRequest as the service maps it (default check: JSON, elements,
@@ -253,17 +333,17 @@ fn sr_job(b: &Bench) {
         Body::Hl7(_) => unreachable!("service_request emits FHIR"),
     };
     let opts = MapOptions::default();
-    let (secs, got) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let t = best_of(b.runs, &b.orders, |o| map(o, &opts));
     let detail = "map_order(service_request), default output check";
-    report("sr", "qubs-bridge", detail, b.orders.len(), b.runs, secs);
-    let values: Vec<Value> = got.iter().map(|j| j.to_value()).collect();
+    report("sr", "qubs-bridge", detail, b.orders.len(), b.runs, &t);
+    let values: Vec<Value> = t.outputs.iter().map(|j| j.to_value()).collect();
     b.save("sr.json", &values);
 
     let opts = MapOptions {
         check: Some(OutputCheck::Full),
         ..MapOptions::default()
     };
-    let (secs, _) = best_of(b.runs, &b.orders, |o| map(o, &opts));
+    let t = best_of(b.runs, &b.orders, |o| map(o, &opts));
     let detail = "map_order(service_request), full check: fhir-sdk typed parse";
     report(
         "sr",
@@ -271,7 +351,7 @@ fn sr_job(b: &Bench) {
         detail,
         b.orders.len(),
         b.runs,
-        secs,
+        &t,
     );
 }
 

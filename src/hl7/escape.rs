@@ -33,17 +33,37 @@ pub enum LineBreaks {
     Br,
 }
 
+/// The bytes [`escape_into`] rewrites (the delimiters, CR and LF), as a set of 256 bits:
+/// one test per byte instead of seven comparisons.
+#[derive(Clone, Copy)]
+struct ByteSet([u128; 2]);
+
+impl ByteSet {
+    fn special(d: &Delimiters) -> ByteSet {
+        let mut set = ByteSet([0; 2]);
+        for b in [
+            d.field,
+            d.component,
+            d.repetition,
+            d.escape,
+            d.subcomponent,
+            b'\r',
+            b'\n',
+        ] {
+            set.0[usize::from(b >> 7)] |= 1 << (b & 127);
+        }
+        set
+    }
+
+    fn has(self, b: u8) -> bool {
+        (self.0[usize::from(b >> 7)] >> (b & 127)) & 1 == 1
+    }
+}
+
 /// Appends `value` to `out` with every delimiter and line break escaped.
 pub fn escape_into(out: &mut String, value: &str, d: &Delimiters, breaks: LineBreaks) {
-    let needs = |b: u8| {
-        b == d.field
-            || b == d.component
-            || b == d.repetition
-            || b == d.escape
-            || b == d.subcomponent
-            || b == b'\r'
-            || b == b'\n'
-    };
+    let special = ByteSet::special(d);
+    let needs = |b: u8| special.has(b);
     if !value.bytes().any(needs) {
         out.push_str(value);
         return;
@@ -88,6 +108,16 @@ pub fn escape_into(out: &mut String, value: &str, d: &Delimiters, breaks: LineBr
         last = i;
     }
     out.push_str(&value[last..]);
+}
+
+/// Characters `c` takes once written by [`escape`]: 3 for a delimiter (`\F\`), 5 for CR
+/// or LF (`\X0D\`), else 1.
+pub fn escaped_width(c: char, d: &Delimiters) -> usize {
+    match c {
+        '\r' | '\n' => 5,
+        c if c.is_ascii() && ByteSet::special(d).has(c as u8) => 3,
+        _ => 1,
+    }
 }
 
 /// `value` with every delimiter and line break escaped (CR/LF as hex).
@@ -264,6 +294,27 @@ mod tests {
         escape_into(&mut s, "x\r\ny\nz", &d(), LineBreaks::Br);
         assert_eq!(s, "x\\.br\\y\\.br\\z");
         assert!(matches!(escape("plain", &d()), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escaped_width_counts_what_escape_writes() {
+        let other = Delimiters {
+            field: b'#',
+            component: b'!',
+            repetition: b'@',
+            escape: b'$',
+            subcomponent: b'%',
+        };
+        for d in [d(), other] {
+            for s in ["a|b^c&d~e\\f", "x\r\ny#!@$%", "Müller ñ — ok", "", "\\\\"] {
+                let widths: usize = s.chars().map(|c| escaped_width(c, &d)).sum();
+                assert_eq!(widths, escape(s, &d).chars().count(), "{s:?}");
+            }
+        }
+        // Bytes above ASCII are never special, whatever the delimiters.
+        let mut out = String::new();
+        escape_into(&mut out, "é|ÿ", &d(), LineBreaks::Hex);
+        assert_eq!(out, "é\\F\\ÿ");
     }
 
     #[test]

@@ -165,6 +165,15 @@ impl Table {
     pub fn get(&self, v: &str) -> Option<&str> {
         let k = v.trim();
         if self.ignore_case && !is_lower(k) {
+            // Short ASCII codes (`CT`, `STAT`) are lower-cased on the stack, not copied.
+            let mut buf = [0u8; 32];
+            if k.is_ascii() && k.len() <= buf.len() {
+                let low = &mut buf[..k.len()];
+                low.copy_from_slice(k.as_bytes());
+                low.make_ascii_lowercase();
+                let low = std::str::from_utf8(low).expect("ASCII stays UTF-8");
+                return self.map.get(low).map(String::as_str);
+            }
             self.map.get(&k.to_lowercase()).map(String::as_str)
         } else {
             self.map.get(k).map(String::as_str)
@@ -806,15 +815,14 @@ pub fn single_line(s: &str) -> String {
 /// field as sent, escapes included.
 pub fn fit_hl7_length(s: &str, max: usize) -> String {
     let d = crate::hl7::Delimiters::default();
-    let len = |t: &str| crate::hl7::escape::escape(t, &d).chars().count();
-    if len(s) <= max {
+    let width = |c: char| crate::hl7::escape::escaped_width(c, &d);
+    if s.chars().map(width).sum::<usize>() <= max {
         return s.to_string();
     }
     let mut out = String::new();
     let mut used = 1; // the `…`
     for c in s.chars() {
-        let mut buf = [0u8; 4];
-        let w = len(c.encode_utf8(&mut buf));
+        let w = width(c);
         if used + w > max {
             break;
         }
@@ -1090,6 +1098,15 @@ mod tests {
             apply(&Filter::Table(0), Val::One("soon".into()), &mut e).unwrap(),
             Val::One("routine".into())
         );
+        // Keys that are not short ASCII are lower-cased the general way.
+        let long = "a".repeat(40);
+        let mut t = mk(Policy::Error);
+        t.map.insert("über".into(), "over".into());
+        t.map.insert(long.clone(), "long".into());
+        assert_eq!(t.get("ÜBER"), Some("over"));
+        assert_eq!(t.get(&long.to_uppercase()), Some("long"));
+        assert_eq!(t.get("URGENT"), Some("urgent"));
+        assert_eq!(t.get("URGENTLY"), None);
         assert_eq!(
             apply(&Filter::Table(1), Val::One("soon".into()), &mut e).unwrap(),
             Val::One("soon".into())

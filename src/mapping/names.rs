@@ -253,6 +253,10 @@ fn join_words<'s>(s: &'s str, words: &[&'s str]) -> Cow<'s, str> {
 
 /// `word` is in `list` (lower-case entries), compared ignoring case, without a copy.
 fn is_word_in(list: &[&str], word: &str) -> bool {
+    // An ASCII word lower-cases to ASCII of the same length: a byte compare decides.
+    if word.is_ascii() {
+        return list.iter().any(|x| x.eq_ignore_ascii_case(word));
+    }
     list.iter()
         .any(|x| x.chars().eq(word.chars().flat_map(char::to_lowercase)))
 }

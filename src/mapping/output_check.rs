@@ -135,11 +135,7 @@ pub fn check_hl7(text: &str, limits: &Hl7Limits) -> Result<(), CheckError> {
         {
             return fail(format!("segment {n} does not start with a segment id"));
         }
-        // LF would split the segment for many readers, and VT/FS would end the MLLP frame.
-        if let Some(p) = b
-            .iter()
-            .position(|&c| matches!(c, b'\n' | 0x00 | 0x0b | 0x1c))
-        {
+        if let Some(p) = b.iter().position(|&c| is_forbidden_control(c)) {
             return fail(format!(
                 "segment {n} ({}) holds a control character (byte {p}) that must be escaped",
                 &seg[..3]
@@ -203,10 +199,11 @@ fn segment(n: usize, id: &str, seg: &str, limits: &Hl7Limits) -> Result<(), Chec
                 ));
             }
         }
-        let first_comp = field.split(['^', '~']).next().unwrap_or("");
+        // The first component of the first repetition: only MSH-7 and MSH-12 read it.
+        let first_comp = || field.split(['^', '~']).next().unwrap_or("");
         match (id, f) {
             ("MSH", 7) => {
-                let digits = first_comp.bytes().take_while(u8::is_ascii_digit).count();
+                let digits = first_comp().bytes().take_while(u8::is_ascii_digit).count();
                 if !(digits >= 12 && digits % 2 == 0) {
                     return fail("MSH-7 must be a timestamp YYYYMMDDHHMM[SS]");
                 }
@@ -224,7 +221,7 @@ fn segment(n: usize, id: &str, seg: &str, limits: &Hl7Limits) -> Result<(), Chec
             }
             ("MSH", 10) if !field.is_empty() => required_seen[2] = true,
             ("MSH", 12) => {
-                if first_comp != limits.version {
+                if first_comp() != limits.version {
                     return fail(format!(
                         "MSH-12 must be the mapping's version {}",
                         limits.version
@@ -286,6 +283,13 @@ fn segment(n: usize, id: &str, seg: &str, limits: &Hl7Limits) -> Result<(), Chec
         }
     }
     Ok(())
+}
+
+/// LF would split a segment for many readers, and VT/FS would end the MLLP frame; NUL ends
+/// C strings. One bit test per byte.
+fn is_forbidden_control(c: u8) -> bool {
+    const SET: u64 = 1 << b'\n' | 1 << 0x00 | 1 << 0x0b | 1 << 0x1c;
+    c < 64 && (SET >> c) & 1 == 1
 }
 
 /// Every `\` of a field opens an escape sequence that is closed and known.
@@ -517,7 +521,7 @@ pub fn check_fhir(resource: &str, text: &str) -> Result<(), CheckError> {
     };
     let mut refs: Vec<&str> = Vec::new();
     let mut ids: Vec<&str> = Vec::new();
-    object(resource, elements, m, resource, &mut refs, true)?;
+    object(resource, elements, m, &At::Root(resource), &mut refs, true)?;
     if let Some(c) = get(m, "contained") {
         let J::Arr(items) = c else {
             return fail("`contained` must be a list");
@@ -543,7 +547,8 @@ pub fn check_fhir(resource: &str, text: &str) -> Result<(), CheckError> {
             }
             ids.push(id);
             let ce = fhir::elements_of(rt).expect("a contained type has elements");
-            object(rt, ce, cm, &format!("contained[{k}]"), &mut refs, true)?;
+            let at = At::Index(&At::Root("contained"), k);
+            object(rt, ce, cm, &at, &mut refs, true)?;
         }
     }
     for req in fhir::required_elements(resource) {
@@ -564,6 +569,24 @@ pub fn check_fhir(resource: &str, text: &str) -> Result<(), CheckError> {
     Ok(())
 }
 
+/// Where an element is (`ServiceRequest.code.coding[0]`): built up on the stack as the check
+/// descends, and written out only into an error message.
+enum At<'p> {
+    Root(&'p str),
+    Key(&'p At<'p>, &'p str),
+    Index(&'p At<'p>, usize),
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Root(name) => f.write_str(name),
+            At::Key(parent, key) => write!(f, "{parent}.{key}"),
+            At::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 fn get<'m, 't>(m: &'m [(&'t str, J<'t>)], k: &str) -> Option<&'m J<'t>> {
     m.iter().find(|(x, _)| *x == k).map(|(_, v)| v)
 }
@@ -573,7 +596,7 @@ fn object<'t>(
     owner: &str,
     elements: fhir::Elements,
     m: &[(&'t str, J<'t>)],
-    at: &str,
+    at: &At<'_>,
     refs: &mut Vec<&'t str>,
     resource: bool,
 ) -> Result<(), CheckError> {
@@ -593,14 +616,14 @@ fn object<'t>(
         let Some(&(_, ty, list)) = elements.iter().find(|(n, _, _)| n == k) else {
             return fail(format!("{at}: `{k}` is not an element of {owner}"));
         };
-        let path = format!("{at}.{k}");
+        let path = At::Key(at, k);
         match (list, v) {
             (true, J::Arr(items)) => {
                 if items.is_empty() {
                     return fail(format!("{path} is an empty list"));
                 }
                 for (i, item) in items.iter().enumerate() {
-                    element(owner, k, ty, item, &format!("{path}[{i}]"), refs)?;
+                    element(owner, k, ty, item, &At::Index(&path, i), refs)?;
                 }
             }
             (true, _) => return fail(format!("{path} must be a list")),
@@ -617,7 +640,7 @@ fn element<'t>(
     name: &str,
     ty: &str,
     v: &J<'t>,
-    at: &str,
+    at: &At<'_>,
     refs: &mut Vec<&'t str>,
 ) -> Result<(), CheckError> {
     if ty.starts_with(|c: char| c.is_ascii_lowercase()) {
@@ -637,7 +660,7 @@ fn primitive<'t>(
     name: &str,
     ty: &str,
     v: &J<'t>,
-    at: &str,
+    at: &At<'_>,
     refs: &mut Vec<&'t str>,
 ) -> Result<(), CheckError> {
     match ty {
@@ -859,8 +882,18 @@ mod tests {
                 SR.replace("occurrencePeriod", "occurrencePeriods"),
                 "not an element",
             ),
-            (SR.replace("1961-03-14", "1961-02-30"), "date"),
-            (SR.replace("09:15:00+11:00", "09:15:00"), "dateTime"),
+            (
+                SR.replace("1961-03-14", "1961-02-30"),
+                "contained[0].birthDate is not a valid FHIR date",
+            ),
+            (
+                SR.replace("09:15:00+11:00", "09:15:00"),
+                "ServiceRequest.occurrencePeriod.start is not a valid FHIR dateTime",
+            ),
+            (
+                SR.replace("\"time\":\"2026-11-19T22:10:00Z\"", "\"time\":true"),
+                "ServiceRequest.note[0].time must be a string",
+            ),
             (
                 SR.replace("#patient\"}", "#nobody\"}"),
                 "names no contained",
@@ -872,7 +905,10 @@ mod tests {
                 ),
                 "list",
             ),
-            (SR.replace("{\"family\":\"Doe\"}", "{}"), "empty object"),
+            (
+                SR.replace("{\"family\":\"Doe\"}", "{}"),
+                "contained[0].name[0] is an empty object",
+            ),
             (
                 SR.replace(
                     "\"intent\":\"order\"",
