@@ -261,6 +261,20 @@ impl Default for Tree<'_> {
     }
 }
 
+/// Bytes a JSON string cannot hold as they are: `"`, `\\` and the control characters.
+/// One table load per byte decides; the escaping match runs only for these.
+pub(super) const JSON_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// Appends `s` as a JSON string, escaped exactly as serde_json escapes: `"` and `\`,
 /// `\b \f \n \r \t`, other control characters as `\u00XX` (lower-case hex); everything
 /// else, non-ASCII included, as it is.
@@ -269,6 +283,9 @@ pub fn json_string(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !JSON_SPECIAL[usize::from(b)] {
+            continue;
+        }
         let esc: &str = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",

@@ -28,6 +28,7 @@ use std::fmt;
 use super::fhir;
 use super::hl7;
 use super::ir::CustomSegment;
+use super::out_fhir::JSON_SPECIAL;
 
 /// How outputs are checked before they leave.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -468,6 +469,10 @@ impl<'t> Reader<'t> {
         let s = self.i;
         let mut escaped = false;
         loop {
+            // Plain bytes, skipped with one table load each.
+            while self.i < self.b.len() && !JSON_SPECIAL[usize::from(self.b[self.i])] {
+                self.i += 1;
+            }
             match self.b.get(self.i) {
                 None => return fail("JSON: a string is not closed"),
                 Some(b'"') => break,
