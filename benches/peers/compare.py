@@ -25,6 +25,8 @@ import sys
 import hl7
 
 PRIMARY = "qubs-bridge"
+# What the oru job extracts (expected_oru.json also holds each message's `report`).
+ORU_FIELDS = ("accession", "status", "interpreter", "text")
 TARGET = 20.0
 
 
@@ -89,7 +91,8 @@ def check(work):
         if not got:
             errors.append("%s: no ORU outputs saved" % impl)
         for i, g in enumerate(got):
-            for k, v in expected[i].items():
+            for k in ORU_FIELDS:
+                v = expected[i][k]
                 if g.get(k) != v:
                     errors.append("%s: ORU %d: %s is %r, expected %r"
                                   % (impl, i, k, g.get(k, "")[:120], v[:120]))
@@ -200,7 +203,7 @@ def table(work):
         ratio = ours[0]["items_per_s"] / fastest["items_per_s"]
         ok = ratio >= TARGET
         missed |= not ok
-        summary.append("  %-4s qubs-bridge / %-*s = %6sx  (%s %gx)"
+        summary.append("  %-6s qubs-bridge / %-*s = %6sx  (%s %gx)"
                        % (job, w - 2, fastest["impl"], ratio_text(ratio),
                           "meets" if ok else "misses", TARGET))
     print("\n".join(lines))

@@ -65,6 +65,10 @@ def hl7_oru(text):
     }
 
 
+_NON_ASCII_RUNS = re.compile(r"([^\x00-\x7f]+)")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
 def hl7_orm(order):
     import hl7
     msg = hl7.Message(separator="\r", sequence=[])
@@ -73,8 +77,14 @@ def hl7_orm(order):
         # The ORM is FT-style (`line_breaks: br`): one \.br\ per line break. python-hl7's
         # escape has no such mode (and writes LF as a malformed hex escape), so each line is
         # escaped on its own.
+        # It also writes each non-ASCII character as a hex escape of its code point (`…` as
+        # \X2026\), which HL7 readers decode as bytes (" &"); the message is UTF-8, so such
+        # runs are kept as they are and only the ASCII between them is escaped.
         lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        return "\\.br\\".join(msg.escape(line) for line in lines)
+        return "\\.br\\".join(
+            "".join(p if _NON_ASCII.match(p) else msg.escape(p)
+                    for p in _NON_ASCII_RUNS.split(line) if p)
+            for line in lines)
 
     for name, values in orm_segments(order):
         seg = msg.create_segment([msg.create_field([name])])
