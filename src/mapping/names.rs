@@ -356,6 +356,25 @@ mod tests {
         assert!(matches!(p.text, Cow::Borrowed(_)) && matches!(p.family, Cow::Borrowed(_)));
     }
 
+    proptest::proptest! {
+        /// Titles, particles and suffixes in any case, ASCII or not, split the same way by
+        /// the borrowing reader and by the parser.
+        #[test]
+        fn borrowed_parts_agree_with_the_parser_in_any_case(
+            words in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "dr", "DR", "Prof.", "MRS", "van", "VAN", "der", "De", "LA", "Te", "MAC",
+                    "mc", "jr", "III", "SR.", "Ó", "ó", "NÍ", "Māui", "Smith", "o'brien",
+                    "Mei-Ling", "ANNE", "İbrahim", "STRAẞE",
+                ]),
+                0..7,
+            )
+        ) {
+            let s = words.join(" ");
+            proptest::prop_assert_eq!(parts(&s), NameText::owned(&parse(&s)), "{}", s);
+        }
+    }
+
     #[test]
     fn comma_and_hl7_forms_keep_their_parts() {
         assert_eq!(

@@ -13,9 +13,9 @@ use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use qubs_bridge::hl7::Delimiters;
 use qubs_bridge::hl7::er7::{Message, Path};
-use qubs_bridge::hl7::escape::{LineBreaks, escape, escape_into, unescape};
+use qubs_bridge::hl7::escape::{LineBreaks, escape, escape_into, escaped_width, unescape};
 use qubs_bridge::hl7::writer::{self, MessageBuilder, MshFields, Position, SegmentBuilder};
-use qubs_bridge::mapping::filters::{local_to_zoned, parse_hl7_ts};
+use qubs_bridge::mapping::filters::{Policy, Table, local_to_zoned, parse_hl7_ts};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -80,6 +80,42 @@ proptest! {
             s.replace("\r\n", "\n").replace('\r', "\n")
         };
         prop_assert_eq!(unescape(&e, &d), want);
+    }
+
+    /// The widths OBR-13's length cut adds up are what `escape` writes, character by
+    /// character (the default delimiters are the cut's; any others must agree too).
+    #[test]
+    fn escaped_widths_add_up_to_the_escaped_length(s in hl7_text(40), d in delimiters()) {
+        let widths: usize = s.chars().map(|c| escaped_width(c, &d)).sum();
+        prop_assert_eq!(widths, escape(&s, &d).chars().count());
+    }
+
+    /// A table that ignores case finds a value written in any case, with or without
+    /// surrounding spaces, exactly as a lookup of its lower-cased, trimmed form would
+    /// (short ASCII keys take a copy-free path, others the general one).
+    #[test]
+    fn case_blind_tables_match_the_lower_cased_key(
+        keys in prop::collection::vec("[a-zA-Z0-9 ]{0,40}|[a-zÀ-ÿİıß ]{0,6}", 1..6),
+        probe in "[a-zA-Z0-9 ]{0,40}|[a-zA-ZÀ-ÿİıß ]{0,6}",
+    ) {
+        let map = keys
+            .iter()
+            .map(|k| (k.trim().to_lowercase(), format!("<{k}>")))
+            .collect();
+        let table = Table {
+            name: "t".into(),
+            map,
+            ignore_case: true,
+            policy: Policy::Error,
+            default: None,
+            values_at: None,
+        };
+        let want = table.map.get(&probe.trim().to_lowercase()).map(String::as_str);
+        prop_assert_eq!(table.get(&probe), want);
+        for k in keys.iter().filter(|k| k.is_ascii()) {
+            let shouted = format!(" {} ", k.to_uppercase());
+            prop_assert!(table.get(&shouted).is_some(), "{shouted:?}");
+        }
     }
 
     /// Text without delimiters or line breaks is left as it is, both ways.
