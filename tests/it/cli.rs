@@ -356,10 +356,13 @@ pub(crate) struct Demo {
     pub simulator: String,
     /// `http://localhost:PORT/console/`, the web console, as the banner prints it.
     pub console: String,
+    /// The bridge's log (stderr), shown when it does not stop in time.
+    log: tempfile::NamedTempFile,
 }
 
 impl Demo {
     pub fn start() -> Demo {
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = bridge()
             .args(["serve", "--demo", "--feed-to", "127.0.0.1:9"])
             .env("QUBS_BRIDGE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
@@ -367,8 +370,11 @@ impl Demo {
             .env("QUBS_BRIDGE__MLLP__LISTEN", "127.0.0.1:0")
             // A QUBS that fails (tests inject faults) answers after two attempts, not eight.
             .env("QUBS_BRIDGE__QUBS__RETRY__MAX_ATTEMPTS", "2")
+            // Work still in flight at SIGTERM gets 10 s, inside the 20 s the drop waits:
+            // these tests are about the CLI; service_lifecycle tests the shutdown itself.
+            .env("QUBS_BRIDGE__SERVER__SHUTDOWN_GRACE_SECS", "10")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let lines = read_until(&mut child, "web console");
@@ -393,6 +399,7 @@ impl Demo {
             simulator,
             console,
             child,
+            log,
         }
     }
 }
@@ -400,7 +407,18 @@ impl Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         sigterm(&self.child);
-        wait_exit(&mut self.child, Duration::from_secs(20));
+        if wait_exit_within(&mut self.child, Duration::from_secs(20)).is_none()
+            && !std::thread::panicking()
+        {
+            // What the bridge was doing: its log says which task it was still waiting for.
+            let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "the demo did not exit within 20 s of SIGTERM; its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
     }
 }
 
