@@ -294,8 +294,8 @@ pub fn json_string(out: &mut String, s: &str) {
             b'\t' => "\\t",
             0x08 => "\\b",
             0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
+            // The other control characters: JSON_SPECIAL lets no other byte through.
+            _ => "",
         };
         out.push_str(&s[start..i]);
         if esc.is_empty() {

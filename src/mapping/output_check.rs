@@ -491,8 +491,8 @@ impl<'t> Reader<'t> {
                         _ => return fail("JSON: an escape in a string is malformed"),
                     }
                 }
-                Some(c) if *c < 0x20 => return fail("JSON: a control character in a string"),
-                Some(_) => self.i += 1,
+                // The skip above stops only at `"`, `\\` and control characters.
+                Some(_) => return fail("JSON: a control character in a string"),
             }
         }
         let raw = &self.t[s..self.i];
@@ -922,6 +922,10 @@ mod tests {
                 "twice",
             ),
             (SR.replace("\\n", "\\x"), "escape"),
+            (
+                SR.replace("a \\\"b\\\"", "a\tb"),
+                "control character in a string",
+            ),
             (format!("{SR} x"), "after the resource"),
         ];
         for (text, want) in cases {
